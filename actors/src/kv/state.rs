@@ -1,0 +1,367 @@
+//! The key-value state machine: an ordered map from key to (value, version),
+//! changed only by applying logged commands in index order. Applying is
+//! deterministic, so replaying the WAL rebuilds exactly the state that was
+//! acknowledged. A later storage engine replaces the map; this interface stays.
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+
+use serde::{Deserialize, Serialize};
+
+use super::KvError;
+
+/// A scan stops adding items once it holds this many key and value bytes, so
+/// an answer always fits in one TCP frame and one HTTP response buffer.
+pub const SCAN_RESPONSE_SIZE_MAX_BYTES: usize = 8 * 1024 * 1024;
+
+/// A value and the version that wrote it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Versioned {
+    /// The stored bytes.
+    pub value: Vec<u8>,
+    /// Log index of the write that stored them. It increases with every
+    /// write to the key, including across a delete and re-create.
+    pub version: u64,
+}
+
+/// A change to the state, as stored in the WAL (MessagePack, field names kept).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum KvCommand {
+    /// Store a value, if the version matches when one is expected.
+    Put {
+        /// The key.
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        /// The new value.
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+        /// Compare-and-set: the version the key must have; 0 = must not exist.
+        expected_version: Option<u64>,
+    },
+    /// Remove a key, if the version matches when one is expected.
+    Delete {
+        /// The key.
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        /// Compare-and-delete: the version the key must have.
+        expected_version: Option<u64>,
+    },
+}
+
+impl KvCommand {
+    /// Serializes the command for the WAL.
+    pub fn encode(&self) -> Vec<u8> {
+        rmp_serde::to_vec_named(self).expect("a KV command always serializes")
+    }
+
+    /// Reads a command back from a WAL payload.
+    pub fn decode(payload: &[u8]) -> Result<Self, String> {
+        rmp_serde::from_slice(payload).map_err(|e| e.to_string())
+    }
+}
+
+/// What applying a write did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriteOutcome {
+    /// The key now has this version.
+    Written {
+        /// The new version.
+        version: u64,
+    },
+    /// The key, which had this version, is gone.
+    Deleted {
+        /// The version that was removed.
+        deleted_version: u64,
+    },
+}
+
+/// Which keys a scan visits: the intersection of a prefix and `[start, end)`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ScanRange {
+    /// Only keys starting with these bytes (empty = all).
+    pub prefix: Vec<u8>,
+    /// First key, inclusive.
+    pub start: Option<Vec<u8>>,
+    /// Last key, exclusive.
+    pub end: Option<Vec<u8>>,
+    /// At most this many items.
+    pub limit: usize,
+}
+
+/// One item of a scan.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScanItem {
+    /// The key.
+    pub key: Vec<u8>,
+    /// Its value and version.
+    pub versioned: Versioned,
+}
+
+/// A page of a scan.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ScanPage {
+    /// Items in key order.
+    pub items: Vec<ScanItem>,
+    /// More keys match beyond the last item (ask again from just after it).
+    pub more: bool,
+}
+
+/// The ordered map and how far into the log it has been applied.
+#[derive(Debug, Default)]
+pub struct KvState {
+    map: BTreeMap<Vec<u8>, Versioned>,
+    applied_index: u64,
+}
+
+impl KvState {
+    /// An empty state at index 0.
+    pub fn new() -> Self {
+        KvState::default()
+    }
+
+    /// Index of the last applied command.
+    pub fn applied_index(&self) -> u64 {
+        self.applied_index
+    }
+
+    /// Number of keys.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Whether there are no keys.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// The value and version of a key.
+    pub fn get(&self, key: &[u8]) -> Option<&Versioned> {
+        self.map.get(key)
+    }
+
+    /// Applies the command at `index`. Commands must come in index order; a
+    /// failed compare-and-set still consumes its index and changes nothing.
+    pub fn apply(&mut self, index: u64, command: &KvCommand) -> Result<WriteOutcome, KvError> {
+        assert!(
+            index > self.applied_index,
+            "command {index} applied after {}",
+            self.applied_index
+        );
+        self.applied_index = index;
+        match command {
+            KvCommand::Put {
+                key,
+                value,
+                expected_version,
+            } => {
+                let current = self.map.get(key).map_or(0, |v| v.version);
+                if let Some(expected) = *expected_version {
+                    if expected != current {
+                        return Err(KvError::VersionMismatch { expected, current });
+                    }
+                }
+                self.map.insert(
+                    key.clone(),
+                    Versioned {
+                        value: value.clone(),
+                        version: index,
+                    },
+                );
+                Ok(WriteOutcome::Written { version: index })
+            }
+            KvCommand::Delete {
+                key,
+                expected_version,
+            } => {
+                let Some(current) = self.map.get(key).map(|v| v.version) else {
+                    return Err(KvError::NotFound);
+                };
+                if let Some(expected) = *expected_version {
+                    if expected != current {
+                        return Err(KvError::VersionMismatch { expected, current });
+                    }
+                }
+                self.map.remove(key);
+                Ok(WriteOutcome::Deleted {
+                    deleted_version: current,
+                })
+            }
+        }
+    }
+
+    /// Returns the keys in `range` in order, at most `range.limit` of them and
+    /// at most about `SCAN_RESPONSE_SIZE_MAX_BYTES` of data (always at least one item).
+    pub fn scan(&self, range: &ScanRange) -> ScanPage {
+        let lower = match &range.start {
+            Some(start) if start.as_slice() > range.prefix.as_slice() => start.as_slice(),
+            _ => range.prefix.as_slice(),
+        };
+        let mut page = ScanPage::default();
+        let mut size_bytes = 0usize;
+        let candidates = self
+            .map
+            .range::<[u8], _>((Bound::Included(lower), Bound::Unbounded))
+            .take_while(|(key, _)| key.starts_with(&range.prefix))
+            .take_while(|(key, _)| range.end.as_ref().is_none_or(|end| key.as_slice() < end.as_slice()));
+        for (key, versioned) in candidates {
+            let item_size = key.len() + versioned.value.len();
+            let over_budget = !page.items.is_empty() && size_bytes + item_size > SCAN_RESPONSE_SIZE_MAX_BYTES;
+            if page.items.len() >= range.limit || over_budget {
+                page.more = true;
+                break;
+            }
+            size_bytes += item_size;
+            page.items.push(ScanItem {
+                key: key.clone(),
+                versioned: versioned.clone(),
+            });
+        }
+        page
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(key: &str, value: &str, expected_version: Option<u64>) -> KvCommand {
+        KvCommand::Put {
+            key: key.as_bytes().to_vec(),
+            value: value.as_bytes().to_vec(),
+            expected_version,
+        }
+    }
+
+    fn delete(key: &str, expected_version: Option<u64>) -> KvCommand {
+        KvCommand::Delete {
+            key: key.as_bytes().to_vec(),
+            expected_version,
+        }
+    }
+
+    #[test]
+    fn versions_increase_with_every_write_even_across_delete() {
+        let mut state = KvState::new();
+        assert_eq!(state.apply(1, &put("a", "1", None)), Ok(WriteOutcome::Written { version: 1 }));
+        assert_eq!(state.apply(2, &put("b", "x", None)), Ok(WriteOutcome::Written { version: 2 }));
+        assert_eq!(state.apply(3, &put("a", "2", None)), Ok(WriteOutcome::Written { version: 3 }));
+        assert_eq!(state.apply(4, &delete("a", None)), Ok(WriteOutcome::Deleted { deleted_version: 3 }));
+        assert_eq!(state.get(b"a"), None);
+        assert_eq!(state.apply(5, &put("a", "3", None)), Ok(WriteOutcome::Written { version: 5 }));
+        assert_eq!(
+            state.get(b"a"),
+            Some(&Versioned {
+                value: b"3".to_vec(),
+                version: 5
+            })
+        );
+        assert_eq!(state.applied_index(), 5);
+    }
+
+    #[test]
+    fn compare_and_set_checks_the_current_version() {
+        let mut state = KvState::new();
+        assert_eq!(state.apply(1, &put("k", "v1", Some(0))), Ok(WriteOutcome::Written { version: 1 }));
+        assert_eq!(
+            state.apply(2, &put("k", "v2", Some(0))),
+            Err(KvError::VersionMismatch { expected: 0, current: 1 })
+        );
+        assert_eq!(
+            state.apply(3, &put("k", "v2", Some(7))),
+            Err(KvError::VersionMismatch { expected: 7, current: 1 })
+        );
+        assert_eq!(state.get(b"k").map(|v| v.value.as_slice()), Some(&b"v1"[..]));
+        assert_eq!(state.apply(4, &put("k", "v2", Some(1))), Ok(WriteOutcome::Written { version: 4 }));
+        assert_eq!(
+            state.apply(5, &delete("k", Some(1))),
+            Err(KvError::VersionMismatch { expected: 1, current: 4 })
+        );
+        assert_eq!(state.apply(6, &delete("k", Some(4))), Ok(WriteOutcome::Deleted { deleted_version: 4 }));
+        assert_eq!(state.apply(7, &delete("k", None)), Err(KvError::NotFound));
+    }
+
+    fn keys(page: &ScanPage) -> Vec<String> {
+        page.items
+            .iter()
+            .map(|i| String::from_utf8_lossy(&i.key).into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn scan_honours_prefix_bounds_and_limit() {
+        let mut state = KvState::new();
+        for (i, key) in ["a", "app/1", "app/2", "app/3", "apq", "b"].iter().enumerate() {
+            state.apply(i as u64 + 1, &put(key, "v", None)).expect("put");
+        }
+        let all = state.scan(&ScanRange { limit: 100, ..ScanRange::default() });
+        assert_eq!(keys(&all), ["a", "app/1", "app/2", "app/3", "apq", "b"]);
+        assert!(!all.more);
+
+        let prefixed = state.scan(&ScanRange {
+            prefix: b"app/".to_vec(),
+            limit: 100,
+            ..ScanRange::default()
+        });
+        assert_eq!(keys(&prefixed), ["app/1", "app/2", "app/3"]);
+
+        let limited = state.scan(&ScanRange {
+            prefix: b"app/".to_vec(),
+            limit: 2,
+            ..ScanRange::default()
+        });
+        assert_eq!(keys(&limited), ["app/1", "app/2"]);
+        assert!(limited.more);
+
+        let exactly = state.scan(&ScanRange {
+            prefix: b"app/".to_vec(),
+            limit: 3,
+            ..ScanRange::default()
+        });
+        assert!(!exactly.more, "no key beyond the third matches the prefix");
+
+        let ranged = state.scan(&ScanRange {
+            start: Some(b"app/2".to_vec()),
+            end: Some(b"b".to_vec()),
+            limit: 100,
+            ..ScanRange::default()
+        });
+        assert_eq!(keys(&ranged), ["app/2", "app/3", "apq"]);
+
+        let both = state.scan(&ScanRange {
+            prefix: b"app/".to_vec(),
+            start: Some(b"a".to_vec()),
+            end: Some(b"app/3".to_vec()),
+            limit: 100,
+        });
+        assert_eq!(keys(&both), ["app/1", "app/2"]);
+
+        let empty = state.scan(&ScanRange {
+            start: Some(b"z".to_vec()),
+            end: Some(b"a".to_vec()),
+            limit: 100,
+            ..ScanRange::default()
+        });
+        assert!(empty.items.is_empty() && !empty.more);
+    }
+
+    #[test]
+    fn scan_stops_at_the_byte_budget_but_returns_at_least_one_item() {
+        let mut state = KvState::new();
+        let big = "x".repeat(SCAN_RESPONSE_SIZE_MAX_BYTES / 2 + 1);
+        for (i, key) in ["k1", "k2", "k3"].iter().enumerate() {
+            state.apply(i as u64 + 1, &put(key, &big, None)).expect("put");
+        }
+        let page = state.scan(&ScanRange { limit: 100, ..ScanRange::default() });
+        assert_eq!(keys(&page), ["k1"]);
+        assert!(page.more);
+    }
+
+    #[test]
+    fn commands_round_trip_through_their_wal_encoding() {
+        for command in [put("k", "v", Some(3)), put("", "", None), delete("k", None)] {
+            assert_eq!(KvCommand::decode(&command.encode()), Ok(command));
+        }
+        assert!(KvCommand::decode(b"\xc1garbage").is_err());
+    }
+}

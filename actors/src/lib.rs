@@ -1,0 +1,9 @@
+//! HarmonyDB's subsystems. Each folder is one subsystem: a core in plain Rust
+//! (no actix, unit-testable) and a thin actix actor that owns it and talks to
+//! the rest of the node only through typed messages.
+//!
+//! - [`wal`]: the write-ahead log and the `WalWriter` actor (group commit).
+//! - [`kv`]: the key-value state machine and the `KvStore` actor in front of it.
+
+pub mod kv;
+pub mod wal;

@@ -1,0 +1,590 @@
+//! The segmented log itself: open with recovery, append, sync, read back, and
+//! delete old segments. Plain Rust with file I/O and no actors; the
+//! `WalWriter` actor owns one `Wal` and adds group commit on top.
+//!
+//! Invariant that recovery leans on: every segment except the last is fully
+//! synced before the first byte is written to the next one. So a torn or
+//! corrupt record can only be in the last segment, where it is the unsynced
+//! tail of a crash and is cut; damage anywhere else is media corruption of
+//! acknowledged data and the WAL refuses to open.
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use memmap2::{Mmap, MmapMut, MmapOptions};
+use tracing::{info, warn};
+
+use super::format::{
+    decode_record, encode_record, record_size_bytes, DecodeStop, RecordKind, RecordRef,
+    SegmentHeader, RECORD_PAYLOAD_SIZE_MAX_BYTES, SEGMENT_HEADER_SIZE_BYTES,
+};
+use super::WalError;
+
+/// Default size of a preallocated segment file.
+pub const SEGMENT_SIZE_DEFAULT_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Smallest segment size accepted, so a segment always holds a header and some records.
+pub const SEGMENT_SIZE_MIN_BYTES: u64 = 4096;
+
+const SEGMENT_SUFFIX: &str = ".seg";
+const TEMP_SUFFIX: &str = ".seg.tmp";
+
+/// How the log is laid out on disk.
+#[derive(Clone, Debug)]
+pub struct WalOptions {
+    /// Size each new segment file is preallocated to. A record larger than a
+    /// segment gets a segment of its own, sized to fit.
+    pub segment_size_bytes: u64,
+}
+
+impl Default for WalOptions {
+    fn default() -> Self {
+        WalOptions {
+            segment_size_bytes: SEGMENT_SIZE_DEFAULT_BYTES,
+        }
+    }
+}
+
+/// What recovery found and what it had to cut.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// Segment files kept.
+    pub segments: usize,
+    /// Index of the first record in the log (or the next to be written, if empty).
+    pub first_index: u64,
+    /// Index of the last intact record, `first_index - 1` when the log is empty.
+    pub last_index: u64,
+    /// The torn or corrupt tail that was cut, if any.
+    pub cut: Option<TailCut>,
+}
+
+/// A tail removed at recovery.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TailCut {
+    /// The segment file holding the first bad byte.
+    pub segment: PathBuf,
+    /// Offset of the first bad record inside that segment.
+    pub offset: u64,
+    /// Bytes cut: from `offset` to the last non-zero byte of the segment.
+    pub bytes: u64,
+    /// Which check failed.
+    pub reason: String,
+}
+
+/// A segment that is complete and synced.
+#[derive(Debug)]
+struct ClosedSegment {
+    first_index: u64,
+    last_index: u64,
+    path: PathBuf,
+}
+
+/// The segment being appended to, mapped writable.
+#[derive(Debug)]
+struct ActiveSegment {
+    first_index: u64,
+    path: PathBuf,
+    map: MmapMut,
+    write_offset: usize,
+    synced_offset: usize,
+}
+
+/// A segmented, checksummed, append-only log of records numbered 1, 2, 3, ...
+#[derive(Debug)]
+pub struct Wal {
+    dir: PathBuf,
+    options: WalOptions,
+    closed: Vec<ClosedSegment>,
+    active: ActiveSegment,
+    next_index: u64,
+}
+
+impl Wal {
+    /// Opens the log in `dir` (created if missing), recovering it: segments are
+    /// scanned, a torn or corrupt tail of the last segment is cut and reported.
+    pub fn open(dir: &Path, options: WalOptions) -> Result<(Wal, RecoveryReport), WalError> {
+        if options.segment_size_bytes < SEGMENT_SIZE_MIN_BYTES {
+            return Err(WalError::Config(format!(
+                "segment size {} is below the minimum {SEGMENT_SIZE_MIN_BYTES} bytes",
+                options.segment_size_bytes
+            )));
+        }
+        fs::create_dir_all(dir).map_err(|e| io_error(e, "create WAL directory", dir))?;
+        let segment_paths = list_segments(dir)?;
+        if segment_paths.is_empty() {
+            let active = create_segment(dir, 1, options.segment_size_bytes)?;
+            let wal = Wal {
+                dir: dir.to_path_buf(),
+                options,
+                closed: Vec::new(),
+                active,
+                next_index: 1,
+            };
+            let report = wal.report(None);
+            return Ok((wal, report));
+        }
+
+        let mut closed = Vec::new();
+        let mut expected_first: Option<u64> = None;
+        let last_position = segment_paths.len() - 1;
+        for (position, (named_first, path)) in segment_paths.iter().enumerate() {
+            if let Some(expected) = expected_first {
+                if *named_first != expected {
+                    return Err(WalError::Corrupt {
+                        segment: path.clone(),
+                        offset: 0,
+                        reason: format!(
+                            "segment starts at index {named_first}, but the previous one ended at {}",
+                            expected - 1
+                        ),
+                    });
+                }
+            }
+            if position < last_position {
+                let last_index = scan_closed_segment(path, *named_first)?;
+                closed.push(ClosedSegment {
+                    first_index: *named_first,
+                    last_index,
+                    path: path.clone(),
+                });
+                expected_first = Some(last_index + 1);
+            } else {
+                let (active, cut) = recover_last_segment(path, *named_first, &options)?;
+                let next_index = active.first_index + count_records(&active)?;
+                let wal = Wal {
+                    dir: dir.to_path_buf(),
+                    options,
+                    closed,
+                    active,
+                    next_index,
+                };
+                let report = wal.report(cut);
+                return Ok((wal, report));
+            }
+        }
+        unreachable!("the loop returns at the last segment");
+    }
+
+    fn report(&self, cut: Option<TailCut>) -> RecoveryReport {
+        RecoveryReport {
+            segments: self.closed.len() + 1,
+            first_index: self.first_index(),
+            last_index: self.last_index(),
+            cut,
+        }
+    }
+
+    /// Index of the oldest record still in the log.
+    pub fn first_index(&self) -> u64 {
+        self.closed
+            .first()
+            .map_or(self.active.first_index, |s| s.first_index)
+    }
+
+    /// Index of the newest record, or `first_index() - 1` if the log is empty.
+    pub fn last_index(&self) -> u64 {
+        self.next_index - 1
+    }
+
+    /// Number of segment files, the active one included.
+    pub fn segment_count(&self) -> usize {
+        self.closed.len() + 1
+    }
+
+    /// Bytes written to the active segment but not yet synced.
+    pub fn unsynced_bytes(&self) -> usize {
+        self.active.write_offset - self.active.synced_offset
+    }
+
+    /// Appends a record. It is in the OS page cache once this returns (so it
+    /// survives a process crash) and durable after the next `sync`.
+    /// Returns the number of bytes written.
+    pub fn append(&mut self, index: u64, kind: RecordKind, payload: &[u8]) -> Result<usize, WalError> {
+        assert_eq!(index, self.next_index, "WAL append out of order");
+        if payload.len() > RECORD_PAYLOAD_SIZE_MAX_BYTES {
+            return Err(WalError::RecordTooLarge {
+                size_bytes: payload.len(),
+                size_max_bytes: RECORD_PAYLOAD_SIZE_MAX_BYTES,
+            });
+        }
+        let size = record_size_bytes(payload.len());
+        if self.active.write_offset + size > self.active.map.len() {
+            self.roll(index, size)?;
+        }
+        let start = self.active.write_offset;
+        encode_record(&mut self.active.map[start..start + size], index, kind, payload);
+        self.active.write_offset += size;
+        self.next_index += 1;
+        Ok(size)
+    }
+
+    /// Makes every appended record durable (msync of the written range, which
+    /// the kernel runs as an fdatasync of that range).
+    pub fn sync(&mut self) -> Result<(), WalError> {
+        let active = &mut self.active;
+        if active.synced_offset < active.write_offset {
+            let len = active.write_offset - active.synced_offset;
+            active
+                .map
+                .flush_range(active.synced_offset, len)
+                .map_err(|e| io_error(e, "sync WAL segment", &active.path))?;
+            active.synced_offset = active.write_offset;
+        }
+        Ok(())
+    }
+
+    /// Closes the active segment (synced in full, to keep the invariant at the
+    /// top of this file) and starts a new one whose first record is `index`.
+    fn roll(&mut self, index: u64, record_size: usize) -> Result<(), WalError> {
+        self.sync()?;
+        let size = self
+            .options
+            .segment_size_bytes
+            .max((SEGMENT_HEADER_SIZE_BYTES + record_size) as u64);
+        let next = create_segment(&self.dir, index, size)?;
+        let previous = std::mem::replace(&mut self.active, next);
+        self.closed.push(ClosedSegment {
+            first_index: previous.first_index,
+            last_index: index - 1,
+            path: previous.path,
+        });
+        metrics::counter!("harmonydb_wal_segments_created_total").increment(1);
+        Ok(())
+    }
+
+    /// Calls `visit` with every record whose index is at least `from_index`, in order.
+    pub fn read_from<E>(
+        &self,
+        from_index: u64,
+        mut visit: impl FnMut(RecordRef<'_>) -> Result<(), E>,
+    ) -> Result<(), ReadError<E>> {
+        for segment in &self.closed {
+            if segment.last_index < from_index {
+                continue;
+            }
+            let map = map_readonly(&segment.path)?;
+            visit_records(&segment.path, &map, segment.first_index, from_index, &mut visit)?;
+        }
+        let written = &self.active.map[..self.active.write_offset];
+        visit_records(&self.active.path, written, self.active.first_index, from_index, &mut visit)
+    }
+
+    /// Deletes every segment all of whose records are below `index`. The active
+    /// segment is never deleted. Returns how many segment files were removed.
+    pub fn delete_below(&mut self, index: u64) -> Result<usize, WalError> {
+        let keep_from = self
+            .closed
+            .iter()
+            .position(|s| s.last_index >= index)
+            .unwrap_or(self.closed.len());
+        for segment in self.closed.drain(..keep_from) {
+            fs::remove_file(&segment.path)
+                .map_err(|e| io_error(e, "delete WAL segment", &segment.path))?;
+            info!(segment = %segment.path.display(), last_index = segment.last_index, "deleted WAL segment");
+        }
+        if keep_from > 0 {
+            sync_dir(&self.dir)?;
+        }
+        Ok(keep_from)
+    }
+}
+
+/// Reading the log back failed: either the log itself or the visitor.
+#[derive(Debug)]
+pub enum ReadError<E> {
+    /// The WAL could not be read.
+    Wal(WalError),
+    /// The visitor returned an error, which stopped the read.
+    Visitor(E),
+}
+
+impl<E> From<WalError> for ReadError<E> {
+    fn from(error: WalError) -> Self {
+        ReadError::Wal(error)
+    }
+}
+
+fn visit_records<E>(
+    path: &Path,
+    segment_bytes: &[u8],
+    first_index: u64,
+    from_index: u64,
+    visit: &mut impl FnMut(RecordRef<'_>) -> Result<(), E>,
+) -> Result<(), ReadError<E>> {
+    let mut offset = SEGMENT_HEADER_SIZE_BYTES;
+    let mut index = first_index;
+    loop {
+        match decode_record(&segment_bytes[offset.min(segment_bytes.len())..], index) {
+            Ok(record) => {
+                if record.index >= from_index {
+                    visit(record).map_err(ReadError::Visitor)?;
+                }
+                offset += record_size_bytes(record.payload.len());
+                index += 1;
+            }
+            // Recovery already validated these bytes; End is the normal way out.
+            Err(DecodeStop::End) => return Ok(()),
+            Err(DecodeStop::Corrupt(reason)) => {
+                return Err(ReadError::Wal(WalError::Corrupt {
+                    segment: path.to_path_buf(),
+                    offset: offset as u64,
+                    reason: format!("record changed on disk after recovery: {reason}"),
+                }))
+            }
+        }
+    }
+}
+
+fn count_records(active: &ActiveSegment) -> Result<u64, WalError> {
+    let mut count = 0u64;
+    let written = &active.map[..active.write_offset];
+    visit_records::<()>(&active.path, written, active.first_index, 0, &mut |_| {
+        count += 1;
+        Ok(())
+    })
+    .map_err(|e| match e {
+        ReadError::Wal(e) => e,
+        ReadError::Visitor(()) => unreachable!("the counting visitor never fails"),
+    })?;
+    Ok(count)
+}
+
+fn segment_path(dir: &Path, first_index: u64) -> PathBuf {
+    dir.join(format!("{first_index:020}{SEGMENT_SUFFIX}"))
+}
+
+/// Lists segment files sorted by first index, removing leftovers of a crash
+/// during segment creation (`.seg.tmp` files, which never held a record).
+fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, WalError> {
+    let mut segments = Vec::new();
+    let entries = fs::read_dir(dir).map_err(|e| io_error(e, "list WAL directory", dir))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| io_error(e, "list WAL directory", dir))?;
+        let path = entry.path();
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        if name.ends_with(TEMP_SUFFIX) {
+            warn!(file = %path.display(), "removing an unfinished WAL segment left by a crash");
+            fs::remove_file(&path).map_err(|e| io_error(e, "remove unfinished segment", &path))?;
+            continue;
+        }
+        let Some(stem) = name.strip_suffix(SEGMENT_SUFFIX) else {
+            continue;
+        };
+        let first_index = stem.parse::<u64>().map_err(|_| WalError::Corrupt {
+            segment: path.clone(),
+            offset: 0,
+            reason: "segment file name is not a 20-digit index".to_string(),
+        })?;
+        segments.push((first_index, path));
+    }
+    segments.sort();
+    Ok(segments)
+}
+
+fn create_segment(dir: &Path, first_index: u64, size_bytes: u64) -> Result<ActiveSegment, WalError> {
+    let final_path = segment_path(dir, first_index);
+    let temp_path = dir.join(format!("{first_index:020}{TEMP_SUFFIX}"));
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&temp_path)
+        .map_err(|e| io_error(e, "create WAL segment", &temp_path))?;
+    preallocate(&file, size_bytes).map_err(|e| io_error(e, "preallocate WAL segment", &temp_path))?;
+    let header = SegmentHeader { first_index }.encode();
+    file.write_all_at(&header, 0)
+        .map_err(|e| io_error(e, "write WAL segment header", &temp_path))?;
+    file.sync_all()
+        .map_err(|e| io_error(e, "sync WAL segment", &temp_path))?;
+    // The rename publishes a segment whose header is already durable, so a
+    // crash never leaves a half-made segment under a real segment name.
+    fs::rename(&temp_path, &final_path)
+        .map_err(|e| io_error(e, "rename WAL segment", &final_path))?;
+    sync_dir(dir)?;
+    let map = map_writable(&file, &final_path)?;
+    Ok(ActiveSegment {
+        first_index,
+        path: final_path,
+        map,
+        write_offset: SEGMENT_HEADER_SIZE_BYTES,
+        synced_offset: SEGMENT_HEADER_SIZE_BYTES,
+    })
+}
+
+/// Reserves the segment's blocks up front so appends never hit ENOSPC halfway
+/// through a record written through the mapping (which would be a SIGBUS).
+fn preallocate(file: &File, size_bytes: u64) -> io::Result<()> {
+    file.set_len(size_bytes)?;
+    let length = libc::off_t::try_from(size_bytes)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "segment size too large"))?;
+    // SAFETY: posix_fallocate only reads the descriptor, which `file` keeps open.
+    let rc = unsafe { libc::posix_fallocate(std::os::fd::AsRawFd::as_raw_fd(file), 0, length) };
+    match rc {
+        0 => Ok(()),
+        // Filesystems without fallocate (tmpfs on old kernels, some overlays) fall back to the sparse file.
+        libc::EOPNOTSUPP | libc::EINVAL => Ok(()),
+        errno => Err(io::Error::from_raw_os_error(errno)),
+    }
+}
+
+fn map_writable(file: &File, path: &Path) -> Result<MmapMut, WalError> {
+    // SAFETY: the data directory is locked by this process (see the node's lock
+    // file), so no other process truncates or writes the segment while mapped.
+    unsafe { MmapOptions::new().map_mut(file) }.map_err(|e| io_error(e, "map WAL segment", path))
+}
+
+fn map_readonly(path: &Path) -> Result<Mmap, WalError> {
+    let file = File::open(path).map_err(|e| io_error(e, "open WAL segment", path))?;
+    // SAFETY: as in `map_writable`; closed segments are also never written again.
+    unsafe { MmapOptions::new().map(&file) }.map_err(|e| io_error(e, "map WAL segment", path))
+}
+
+/// Validates a segment that is not the last one: all of it must be intact.
+/// Returns the index of its last record.
+fn scan_closed_segment(path: &Path, named_first: u64) -> Result<u64, WalError> {
+    let map = map_readonly(path)?;
+    let corrupt = |offset: usize, reason: String| WalError::Corrupt {
+        segment: path.to_path_buf(),
+        offset: offset as u64,
+        reason,
+    };
+    let header = SegmentHeader::decode(&map).map_err(|reason| corrupt(0, reason))?;
+    if header.first_index != named_first {
+        return Err(corrupt(
+            0,
+            format!("header says first index {}, file name says {named_first}", header.first_index),
+        ));
+    }
+    let mut offset = SEGMENT_HEADER_SIZE_BYTES;
+    let mut index = named_first;
+    loop {
+        match decode_record(&map[offset.min(map.len())..], index) {
+            Ok(record) => {
+                offset += record_size_bytes(record.payload.len());
+                index += 1;
+            }
+            Err(DecodeStop::End) => {
+                if let Some(garbage) = last_nonzero(&map[offset.min(map.len())..]) {
+                    return Err(corrupt(
+                        offset + garbage,
+                        "non-zero bytes after the last record of a closed segment".to_string(),
+                    ));
+                }
+                return Ok(index - 1);
+            }
+            Err(DecodeStop::Corrupt(reason)) => {
+                return Err(corrupt(
+                    offset,
+                    format!("{reason}; this segment was synced before the next one was started, so acknowledged records are damaged"),
+                ))
+            }
+        }
+    }
+}
+
+/// Opens the last segment for appending, cutting a torn or corrupt tail.
+fn recover_last_segment(
+    path: &Path,
+    named_first: u64,
+    options: &WalOptions,
+) -> Result<(ActiveSegment, Option<TailCut>), WalError> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(|e| io_error(e, "open WAL segment", path))?;
+    let length = file
+        .metadata()
+        .map_err(|e| io_error(e, "stat WAL segment", path))?
+        .len();
+    let mut header_bytes = [0u8; SEGMENT_HEADER_SIZE_BYTES];
+    let header_read = file.read_at(&mut header_bytes, 0).map_err(|e| io_error(e, "read WAL segment", path))?;
+    let header = SegmentHeader::decode(&header_bytes[..header_read]).map_err(|reason| WalError::Corrupt {
+        segment: path.to_path_buf(),
+        offset: 0,
+        reason,
+    })?;
+    if header.first_index != named_first {
+        return Err(WalError::Corrupt {
+            segment: path.to_path_buf(),
+            offset: 0,
+            reason: format!("header says first index {}, file name says {named_first}", header.first_index),
+        });
+    }
+    // A file cut short (a copy gone wrong, a truncating tool) is grown back to
+    // a full segment; the missing bytes read as zeros, which is the log's end.
+    if length < options.segment_size_bytes {
+        preallocate(&file, options.segment_size_bytes).map_err(|e| io_error(e, "grow WAL segment", path))?;
+    }
+    let mut map = map_writable(&file, path)?;
+    let mut offset = SEGMENT_HEADER_SIZE_BYTES;
+    let mut index = named_first;
+    let stop = loop {
+        match decode_record(&map[offset..], index) {
+            Ok(record) => {
+                offset += record_size_bytes(record.payload.len());
+                index += 1;
+            }
+            Err(stop) => break stop,
+        }
+    };
+    let garbage_end = last_nonzero(&map[offset..]).map(|at| offset + at + 1);
+    let cut = match (stop, garbage_end) {
+        (DecodeStop::End, None) => None,
+        (DecodeStop::End, Some(end)) => Some((end, "non-zero bytes after the last record".to_string())),
+        (DecodeStop::Corrupt(reason), end) => Some((end.unwrap_or(offset), reason)),
+    };
+    let cut = match cut {
+        None => None,
+        Some((end, reason)) => {
+            // Zero the cut region so a later append that is shorter than it
+            // can't be followed by stale bytes that look like a record.
+            map[offset..end].fill(0);
+            map.flush_range(offset, end - offset)
+                .map_err(|e| io_error(e, "sync WAL segment", path))?;
+            let cut = TailCut {
+                segment: path.to_path_buf(),
+                offset: offset as u64,
+                bytes: (end - offset) as u64,
+                reason,
+            };
+            warn!(
+                segment = %cut.segment.display(),
+                offset = cut.offset,
+                bytes = cut.bytes,
+                reason = %cut.reason,
+                "cut the WAL's torn or corrupt tail"
+            );
+            Some(cut)
+        }
+    };
+    Ok((
+        ActiveSegment {
+            first_index: named_first,
+            path: path.to_path_buf(),
+            map,
+            write_offset: offset,
+            synced_offset: offset,
+        },
+        cut,
+    ))
+}
+
+fn last_nonzero(bytes: &[u8]) -> Option<usize> {
+    bytes.iter().rposition(|b| *b != 0)
+}
+
+fn sync_dir(dir: &Path) -> Result<(), WalError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io_error(e, "sync WAL directory", dir))
+}
+
+fn io_error(source: io::Error, action: &'static str, path: &Path) -> WalError {
+    WalError::io(source, action, path)
+}

@@ -1,0 +1,409 @@
+//! The `WalWriter` actor: one per node, on an arbiter of its own because its
+//! syncs block the thread.
+//!
+//! Group commit: an `Append` is written into the mapped segment at once, but
+//! its answer waits. The first append of a batch schedules a `Flush` with
+//! `notify`, and actix runs notified items only after the mailbox is empty,
+//! so the flush sees every append that was waiting: one sync, then every
+//! waiter is answered. While a sync blocks, new appends pile up in the
+//! mailbox and become the next batch.
+
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use tokio::sync::oneshot;
+use tracing::{error, info};
+
+use super::format::RecordKind;
+use super::log::Wal;
+use super::WalError;
+
+/// Unsynced bytes after which an append syncs at once instead of waiting for
+/// the mailbox to drain, so a flood of appends can't grow a batch without bound.
+const BATCH_SIZE_MAX_BYTES: usize = 8 * 1024 * 1024;
+
+/// Mailbox bound of the writer.
+pub const WAL_MAILBOX_CAPACITY: usize = 1024;
+
+/// When appended records are synced to disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FsyncPolicy {
+    /// Sync before answering an append (with group commit). Survives power loss.
+    Always,
+    /// Answer after the write; sync on a timer. A crash of the machine loses at
+    /// most this interval; a crash of the process loses nothing.
+    Interval(Duration),
+    /// Never sync except at shutdown; the OS writes back when it likes.
+    Never,
+}
+
+impl FromStr for FsyncPolicy {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "always" => Ok(FsyncPolicy::Always),
+            "never" => Ok(FsyncPolicy::Never),
+            _ => {
+                let Some(ms) = text.strip_prefix("interval:") else {
+                    return Err(format!(
+                        "invalid fsync policy {text:?}: expected always, never or interval:<ms>"
+                    ));
+                };
+                match ms.parse::<u64>() {
+                    Ok(ms) if ms > 0 => Ok(FsyncPolicy::Interval(Duration::from_millis(ms))),
+                    _ => Err(format!(
+                        "invalid fsync interval {ms:?}: expected a whole number of milliseconds above 0"
+                    )),
+                }
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for FsyncPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FsyncPolicy::Always => write!(f, "always"),
+            FsyncPolicy::Interval(every) => write!(f, "interval:{}", every.as_millis()),
+            FsyncPolicy::Never => write!(f, "never"),
+        }
+    }
+}
+
+/// One record to append.
+#[derive(Clone, Debug)]
+pub struct WalEntry {
+    /// Its log index; must follow the last appended one.
+    pub index: u64,
+    /// The bytes to store.
+    pub payload: Vec<u8>,
+}
+
+/// Appends entries; answers with the index of the last one once they are as
+/// durable as the fsync policy promises.
+#[derive(Debug)]
+pub struct Append {
+    /// Entries in index order.
+    pub entries: Vec<WalEntry>,
+}
+
+impl Message for Append {
+    type Result = Result<u64, WalError>;
+}
+
+/// Syncs everything appended so far, whatever the policy; answers with the last index.
+#[derive(Debug)]
+pub struct Sync;
+
+impl Message for Sync {
+    type Result = Result<u64, WalError>;
+}
+
+/// Deletes segments whose records are all below `index` (log compaction).
+#[derive(Debug)]
+pub struct DeleteBelow {
+    /// Records below this index may go.
+    pub index: u64,
+}
+
+impl Message for DeleteBelow {
+    type Result = Result<usize, WalError>;
+}
+
+/// Asks for counters, for tests and benchmarks.
+#[derive(Debug)]
+pub struct GetStats;
+
+/// What the writer has done since it started.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WalStats {
+    /// Syncs performed.
+    pub syncs: u64,
+    /// Records appended.
+    pub records: u64,
+    /// Index of the last record.
+    pub last_index: u64,
+}
+
+impl Message for GetStats {
+    type Result = WalStats;
+}
+
+impl WalStats {
+    /// The message that asks a writer for its stats.
+    pub fn request() -> GetStats {
+        GetStats
+    }
+}
+
+/// Internal: flush the current batch after the mailbox drained.
+struct Flush;
+
+impl Message for Flush {
+    type Result = ();
+}
+
+/// Owns the node's WAL and serializes every write to it.
+pub struct WalWriter {
+    wal: Wal,
+    policy: FsyncPolicy,
+    waiting: Vec<(u64, oneshot::Sender<Result<u64, WalError>>)>,
+    waiting_records: usize,
+    flush_scheduled: bool,
+    failure: Option<WalError>,
+    stats: WalStats,
+}
+
+impl WalWriter {
+    /// Wraps an opened (recovered) WAL.
+    pub fn new(wal: Wal, policy: FsyncPolicy) -> Self {
+        let last_index = wal.last_index();
+        metrics::gauge!("harmonydb_wal_segments").set(wal.segment_count() as f64);
+        WalWriter {
+            wal,
+            policy,
+            waiting: Vec::new(),
+            waiting_records: 0,
+            flush_scheduled: false,
+            failure: None,
+            stats: WalStats {
+                last_index,
+                ..WalStats::default()
+            },
+        }
+    }
+
+    /// Starts the writer on an arbiter of its own with a bounded mailbox.
+    pub fn start_on(self, arbiter: &ArbiterHandle) -> Addr<WalWriter> {
+        WalWriter::start_in_arbiter(arbiter, move |ctx: &mut Context<WalWriter>| {
+            ctx.set_mailbox_capacity(WAL_MAILBOX_CAPACITY);
+            self
+        })
+    }
+
+    fn append_entries(&mut self, entries: &[WalEntry]) -> Result<u64, WalError> {
+        if let Some(failure) = &self.failure {
+            return Err(failure.clone());
+        }
+        let mut bytes_written = 0usize;
+        for entry in entries {
+            match self.wal.append(entry.index, RecordKind::Entry, &entry.payload) {
+                Ok(size) => bytes_written += size,
+                Err(error) => {
+                    self.fail(&error);
+                    return Err(error);
+                }
+            }
+        }
+        self.stats.records += entries.len() as u64;
+        self.stats.last_index = self.wal.last_index();
+        metrics::counter!("harmonydb_wal_write_bytes_total").increment(bytes_written as u64);
+        metrics::gauge!("harmonydb_wal_segments").set(self.wal.segment_count() as f64);
+        Ok(self.wal.last_index())
+    }
+
+    fn sync_now(&mut self) -> Result<(), WalError> {
+        if let Some(failure) = &self.failure {
+            return Err(failure.clone());
+        }
+        if self.wal.unsynced_bytes() == 0 {
+            return Ok(());
+        }
+        let started = Instant::now();
+        if let Err(error) = self.wal.sync() {
+            self.fail(&error);
+            return Err(error);
+        }
+        metrics::histogram!("harmonydb_wal_fsync_duration_seconds")
+            .record(started.elapsed().as_secs_f64());
+        self.stats.syncs += 1;
+        Ok(())
+    }
+
+    /// Syncs once and answers the whole batch.
+    fn flush(&mut self) {
+        self.flush_scheduled = false;
+        if self.waiting.is_empty() {
+            return;
+        }
+        let result = self.sync_now();
+        metrics::histogram!("harmonydb_wal_batch_size_records").record(self.waiting_records as f64);
+        self.waiting_records = 0;
+        for (last_index, reply) in self.waiting.drain(..) {
+            // A waiter that went away (its caller timed out) needs no answer.
+            let _ = reply.send(result.clone().map(|()| last_index));
+        }
+    }
+
+    /// After a failed write or sync nothing later can be trusted to be
+    /// durable (a failed fsync may have dropped dirty pages), so the writer
+    /// refuses everything from here on and the node must restart to recover.
+    fn fail(&mut self, error: &WalError) {
+        error!(%error, "WAL failed; refusing further writes until the node restarts");
+        metrics::counter!("harmonydb_wal_failures_total").increment(1);
+        let failure = WalError::Failed(error.to_string());
+        for (_, reply) in self.waiting.drain(..) {
+            let _ = reply.send(Err(failure.clone()));
+        }
+        self.failure = Some(failure);
+    }
+}
+
+impl Actor for WalWriter {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        if let FsyncPolicy::Interval(every) = self.policy {
+            ctx.run_interval(every, |writer, _| {
+                // A failure is already logged and poisons the writer; nothing else to do here.
+                let _ = writer.sync_now();
+            });
+        }
+    }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        self.flush();
+        match self.sync_now() {
+            Ok(()) => info!(last_index = self.wal.last_index(), "WAL synced at shutdown"),
+            Err(error) => error!(%error, "WAL sync at shutdown failed"),
+        }
+    }
+}
+
+impl Handler<Append> for WalWriter {
+    type Result = ResponseFuture<Result<u64, WalError>>;
+
+    fn handle(&mut self, msg: Append, ctx: &mut Self::Context) -> Self::Result {
+        let result = self.append_entries(&msg.entries);
+        let last_index = match result {
+            Ok(last_index) => last_index,
+            Err(error) => return Box::pin(async move { Err(error) }),
+        };
+        if self.policy != FsyncPolicy::Always {
+            return Box::pin(async move { Ok(last_index) });
+        }
+        let (reply, answer) = oneshot::channel();
+        self.waiting.push((last_index, reply));
+        self.waiting_records += msg.entries.len();
+        if self.wal.unsynced_bytes() >= BATCH_SIZE_MAX_BYTES {
+            self.flush();
+        } else if !self.flush_scheduled {
+            self.flush_scheduled = true;
+            ctx.notify(Flush);
+        }
+        Box::pin(async move { answer.await.unwrap_or(Err(WalError::Stopped)) })
+    }
+}
+
+impl Handler<Flush> for WalWriter {
+    type Result = ();
+
+    fn handle(&mut self, _: Flush, _: &mut Self::Context) {
+        self.flush();
+    }
+}
+
+impl Handler<Sync> for WalWriter {
+    type Result = Result<u64, WalError>;
+
+    fn handle(&mut self, _: Sync, _: &mut Self::Context) -> Self::Result {
+        self.flush();
+        self.sync_now()?;
+        Ok(self.wal.last_index())
+    }
+}
+
+impl Handler<DeleteBelow> for WalWriter {
+    type Result = Result<usize, WalError>;
+
+    fn handle(&mut self, msg: DeleteBelow, _: &mut Self::Context) -> Self::Result {
+        let deleted = self.wal.delete_below(msg.index)?;
+        metrics::gauge!("harmonydb_wal_segments").set(self.wal.segment_count() as f64);
+        Ok(deleted)
+    }
+}
+
+impl Handler<GetStats> for WalWriter {
+    type Result = MessageResult<GetStats>;
+
+    fn handle(&mut self, _: GetStats, _: &mut Self::Context) -> Self::Result {
+        MessageResult(self.stats)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wal::WalOptions;
+
+    #[test]
+    fn fsync_policy_parses_and_prints() {
+        assert_eq!("always".parse(), Ok(FsyncPolicy::Always));
+        assert_eq!("never".parse(), Ok(FsyncPolicy::Never));
+        assert_eq!(
+            "interval:25".parse(),
+            Ok(FsyncPolicy::Interval(Duration::from_millis(25)))
+        );
+        assert_eq!(FsyncPolicy::Interval(Duration::from_millis(25)).to_string(), "interval:25");
+        for bad in ["", "sometimes", "interval:", "interval:0", "interval:-3", "interval:1.5"] {
+            assert!(bad.parse::<FsyncPolicy>().is_err(), "{bad:?} was accepted");
+        }
+    }
+
+    fn entry(index: u64) -> WalEntry {
+        WalEntry {
+            index,
+            payload: format!("record {index}").into_bytes(),
+        }
+    }
+
+    #[actix_rt::test]
+    async fn concurrent_appends_share_syncs() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (wal, _) = Wal::open(dir.path(), WalOptions::default()).expect("open");
+        let writer = WalWriter::create(|ctx| {
+            ctx.set_mailbox_capacity(WAL_MAILBOX_CAPACITY);
+            WalWriter::new(wal, FsyncPolicy::Always)
+        });
+        // 64 appends sent before any is awaited all land in one mailbox drain.
+        let pending: Vec<_> = (1..=64).map(|i| writer.send(Append { entries: vec![entry(i)] })).collect();
+        for (i, answer) in pending.into_iter().enumerate() {
+            let last = answer.await.expect("mailbox").expect("append");
+            assert_eq!(last, i as u64 + 1);
+        }
+        let stats = writer.send(GetStats).await.expect("stats");
+        assert_eq!(stats.records, 64);
+        assert!(stats.syncs >= 1 && stats.syncs < 8, "64 queued appends took {} syncs", stats.syncs);
+
+        // What was acknowledged is there after reopening.
+        drop(writer);
+        actix_rt::time::sleep(Duration::from_millis(50)).await;
+        let (wal, report) = Wal::open(dir.path(), WalOptions::default()).expect("reopen");
+        assert_eq!(report.last_index, 64);
+        assert_eq!(report.cut, None);
+        let mut seen = Vec::new();
+        wal.read_from::<()>(1, |record| {
+            seen.push(record.payload.to_vec());
+            Ok(())
+        })
+        .expect("read");
+        assert_eq!(seen.len(), 64);
+        assert_eq!(seen[63], b"record 64".to_vec());
+    }
+
+    #[actix_rt::test]
+    async fn interval_and_never_answer_without_waiting_for_a_sync() {
+        for policy in [FsyncPolicy::Never, FsyncPolicy::Interval(Duration::from_secs(3600))] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let (wal, _) = Wal::open(dir.path(), WalOptions::default()).expect("open");
+            let writer = WalWriter::new(wal, policy).start();
+            let last = writer.send(Append { entries: vec![entry(1), entry(2)] }).await;
+            assert_eq!(last.expect("mailbox").expect("append"), 2);
+            assert_eq!(writer.send(GetStats).await.expect("stats").syncs, 0);
+            assert_eq!(writer.send(Sync).await.expect("mailbox").expect("sync"), 2);
+            assert_eq!(writer.send(GetStats).await.expect("stats").syncs, 1);
+        }
+    }
+}
