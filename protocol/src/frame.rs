@@ -1,0 +1,26 @@
+//! Length-prefixed framing: a 4-byte big-endian body length, then the body.
+//! tokio-util's `LengthDelimitedCodec` does the work; this module fixes its
+//! parameters so the client and server agree.
+
+use std::io;
+
+use tokio_util::codec::{length_delimited::LengthDelimitedCodecError, LengthDelimitedCodec};
+
+/// Default limit on a frame body, in bytes.
+pub const FRAME_SIZE_DEFAULT_MAX_BYTES: usize = 16 * 1024 * 1024;
+
+/// The codec for frames of at most `frame_size_max_bytes`.
+pub fn codec(frame_size_max_bytes: usize) -> LengthDelimitedCodec {
+    LengthDelimitedCodec::builder()
+        .big_endian()
+        .length_field_length(4)
+        .max_frame_length(frame_size_max_bytes)
+        .new_codec()
+}
+
+/// Whether a read error is the codec refusing a frame over the limit.
+pub fn is_frame_too_large(error: &io::Error) -> bool {
+    error
+        .get_ref()
+        .is_some_and(|inner| inner.is::<LengthDelimitedCodecError>())
+}
