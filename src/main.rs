@@ -1,1 +1,35 @@
-fn main() {}
+//! The `harmonydb` binary: `serve` runs a node, `kv` talks to one.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use harmonydb::cli::{run_kv, Cli, Command};
+use harmonydb::config::Config;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => {
+            let config = match Config::resolve(&args) {
+                Ok(config) => config,
+                Err(error) => {
+                    eprintln!("error: {error}");
+                    return ExitCode::from(2);
+                }
+            };
+            if let Err(error) = harmonydb::telemetry::init_logging(&config.log_level, config.log_format) {
+                eprintln!("error: {error}");
+                return ExitCode::from(2);
+            }
+            match harmonydb::node::run(config) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    // Logging is up by now, so the error goes where the operator reads logs.
+                    tracing::error!(%error, "harmonydb failed");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Kv(args) => run_kv(args),
+    }
+}

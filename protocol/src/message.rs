@@ -174,6 +174,8 @@ pub enum ErrorCode {
     ValueTooLarge,
     /// The request body has the wrong content type (HTTP).
     UnsupportedMediaType,
+    /// The route exists but not for this HTTP method.
+    MethodNotAllowed,
     /// A TCP frame longer than the node's limit.
     FrameTooLarge,
     /// A TCP frame that is not a valid request.
@@ -200,6 +202,7 @@ impl ErrorCode {
             ErrorCode::VersionMismatch => "version_mismatch",
             ErrorCode::ValueTooLarge => "value_too_large",
             ErrorCode::UnsupportedMediaType => "unsupported_media_type",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::FrameTooLarge => "frame_too_large",
             ErrorCode::MalformedFrame => "malformed_frame",
             ErrorCode::UnknownOperation => "unknown_operation",

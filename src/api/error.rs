@@ -1,0 +1,134 @@
+//! The one place where subsystem errors become API errors: a code that is
+//! the same on HTTP and TCP, a message for people, and an HTTP status.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use harmonydb_actors::kv::KvError;
+use harmonydb_protocol::ErrorCode;
+use serde::Serialize;
+
+/// An error as a client sees it.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct ApiError {
+    /// Machine-readable code.
+    pub code: ErrorCode,
+    /// Explanation for a person.
+    pub message: String,
+}
+
+impl ApiError {
+    /// An error with a code and message.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        ApiError {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// A malformed request.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        ApiError::new(ErrorCode::BadRequest, message)
+    }
+
+    /// Maps a store error, naming the key where the store's error doesn't.
+    pub fn from_kv(error: KvError, key: Option<&[u8]>) -> Self {
+        let code = match &error {
+            KvError::InvalidKey(_) => ErrorCode::InvalidKey,
+            KvError::ValueTooLarge { .. } => ErrorCode::ValueTooLarge,
+            KvError::InvalidScan(_) => ErrorCode::BadRequest,
+            KvError::NotFound => ErrorCode::NotFound,
+            KvError::VersionMismatch { .. } => ErrorCode::VersionMismatch,
+            KvError::Overloaded => ErrorCode::Overloaded,
+            KvError::ShuttingDown => ErrorCode::ShuttingDown,
+            KvError::Storage(_) => ErrorCode::StorageUnavailable,
+            KvError::CorruptEntry { .. } => ErrorCode::Internal,
+        };
+        let message = match (key, &error) {
+            (Some(key), KvError::NotFound | KvError::VersionMismatch { .. }) => {
+                format!("key {}: {error}", String::from_utf8_lossy(key))
+            }
+            _ => error.to_string(),
+        };
+        ApiError { code, message }
+    }
+
+    /// The HTTP status for this error's code.
+    pub fn status(&self) -> StatusCode {
+        match self.code {
+            ErrorCode::BadRequest
+            | ErrorCode::InvalidKey
+            | ErrorCode::MalformedFrame
+            | ErrorCode::UnknownOperation => StatusCode::BAD_REQUEST,
+            ErrorCode::NotFound => StatusCode::NOT_FOUND,
+            ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ErrorCode::VersionMismatch => StatusCode::CONFLICT,
+            ErrorCode::ValueTooLarge | ErrorCode::FrameTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ErrorCode::Overloaded | ErrorCode::ShuttingDown | ErrorCode::StorageUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: ErrorDetail<'a>,
+}
+
+#[derive(Serialize)]
+struct ErrorDetail<'a> {
+    code: &'a str,
+    message: &'a str,
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        self.status()
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut response = HttpResponse::build(self.status());
+        if self.code == ErrorCode::Overloaded {
+            response.insert_header(("Retry-After", "1"));
+        }
+        response.json(ErrorBody {
+            error: ErrorDetail {
+                code: self.code.as_str(),
+                message: &self.message,
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_errors_map_to_the_documented_statuses() {
+        let cases = [
+            (KvError::InvalidKey("empty".into()), 400),
+            (KvError::NotFound, 404),
+            (KvError::VersionMismatch { expected: 1, current: 2 }, 409),
+            (
+                KvError::ValueTooLarge {
+                    size_bytes: 2,
+                    size_max_bytes: 1,
+                },
+                413,
+            ),
+            (KvError::Overloaded, 503),
+            (KvError::ShuttingDown, 503),
+            (KvError::Storage("disk".into()), 503),
+        ];
+        for (error, status) in cases {
+            let api = ApiError::from_kv(error.clone(), Some(b"k"));
+            assert_eq!(api.status().as_u16(), status, "{error:?}");
+        }
+        let not_found = ApiError::from_kv(KvError::NotFound, Some(b"users/7"));
+        assert!(not_found.message.contains("users/7"), "{}", not_found.message);
+    }
+}

@@ -1,0 +1,210 @@
+//! The MessagePack TCP API. Each connection has a reader that decodes frames
+//! and starts one task per request (bounded per connection), and a writer
+//! that sends answers as they complete, in any order, matched by id.
+//!
+//! A frame over the limit, a body that doesn't decode, or an unknown `op`
+//! gets an error frame (with the request's id when it can be read, else 0),
+//! after which the connection stops reading and closes once in-flight
+//! answers are written. Nothing a peer sends can panic or stall the node.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use harmonydb_actors::kv::{KvHandle, KvOp, KvReply, ScanRange, WriteOutcome};
+use harmonydb_protocol::frame::{codec, is_frame_too_large};
+use harmonydb_protocol::message::{decode_request, encode};
+use harmonydb_protocol::{ErrorCode, Item, Request, RequestFrame, Response, ResponseFrame};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch, Semaphore};
+use tokio_util::codec::{FramedRead, FramedWrite};
+use tracing::{debug, info, warn, Instrument};
+
+use super::error::ApiError;
+use super::http::SCAN_LIMIT_DEFAULT;
+
+/// Requests one connection may have in the store at once; past it the
+/// reader stops reading, which pushes back on the client through TCP.
+pub const CONNECTION_INFLIGHT_MAX: usize = 1024;
+
+/// Answers queued for one connection's socket.
+const ANSWER_QUEUE_CAPACITY: usize = 1024;
+
+/// Accepts connections until `shutdown` turns true.
+pub async fn serve(listener: TcpListener, kv: KvHandle, frame_size_max_bytes: usize, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let kv = kv.clone();
+                    tokio::spawn(connection(stream, peer, kv, frame_size_max_bytes));
+                }
+                // Accept errors (EMFILE, a reset before accept) concern one peer; keep listening.
+                Err(error) => warn!(%error, "accepting a TCP connection failed"),
+            },
+            _ = shutdown.changed() => {
+                info!("TCP listener closed");
+                return;
+            }
+        }
+    }
+}
+
+async fn connection(stream: TcpStream, peer: SocketAddr, kv: KvHandle, frame_size_max_bytes: usize) {
+    let _ = stream.set_nodelay(true);
+    metrics::gauge!("harmonydb_tcp_connections").increment(1.0);
+    let (read_half, write_half) = stream.into_split();
+    let (answers, queue) = mpsc::channel::<Bytes>(ANSWER_QUEUE_CAPACITY);
+    let writer = tokio::spawn(write_answers(write_half, queue, frame_size_max_bytes));
+    let inflight = Arc::new(Semaphore::new(CONNECTION_INFLIGHT_MAX));
+    let mut frames = FramedRead::new(read_half, codec(frame_size_max_bytes));
+
+    while let Some(next) = frames.next().await {
+        let bytes = match next {
+            Ok(bytes) => bytes,
+            Err(error) if is_frame_too_large(&error) => {
+                let message = format!("frame exceeds the limit of {frame_size_max_bytes} bytes");
+                reject(&answers, 0, ErrorCode::FrameTooLarge, message, peer).await;
+                break;
+            }
+            Err(error) => {
+                debug!(%peer, %error, "TCP connection read failed");
+                break;
+            }
+        };
+        let frame = match decode_request(&bytes) {
+            Ok(frame) => frame,
+            Err(failure) => {
+                reject(&answers, failure.id, failure.code, failure.message, peer).await;
+                break;
+            }
+        };
+        let Ok(permit) = inflight.clone().acquire_owned().await else {
+            break;
+        };
+        let kv = kv.clone();
+        let answers = answers.clone();
+        tokio::spawn(async move {
+            let answer = handle(&kv, frame).await;
+            // The writer is gone only if the socket failed; the client won't read this anyway.
+            let _ = answers.send(Bytes::from(encode(&answer))).await;
+            drop(permit);
+        });
+    }
+    drop(answers);
+    let _ = writer.await;
+    metrics::gauge!("harmonydb_tcp_connections").decrement(1.0);
+}
+
+/// Sends a connection-ending error frame.
+async fn reject(answers: &mpsc::Sender<Bytes>, id: u64, code: ErrorCode, message: String, peer: SocketAddr) {
+    warn!(%peer, id, code = code.as_str(), %message, "closing TCP connection after a bad frame");
+    metrics::counter!("harmonydb_tcp_protocol_errors_total", "code" => code.as_str()).increment(1);
+    let frame = ResponseFrame {
+        id,
+        body: Response::Error { code, message },
+    };
+    let _ = answers.send(Bytes::from(encode(&frame))).await;
+}
+
+async fn write_answers(
+    write_half: tokio::net::tcp::OwnedWriteHalf,
+    mut queue: mpsc::Receiver<Bytes>,
+    frame_size_max_bytes: usize,
+) {
+    let mut sink = FramedWrite::new(write_half, codec(frame_size_max_bytes.max(harmonydb_protocol::FRAME_SIZE_DEFAULT_MAX_BYTES)));
+    while let Some(frame) = queue.recv().await {
+        // Answers that are already waiting go out with one flush.
+        let mut result = sink.feed(frame).await;
+        while result.is_ok() {
+            match queue.try_recv() {
+                Ok(frame) => result = sink.feed(frame).await,
+                Err(_) => break,
+            }
+        }
+        if result.and(SinkExt::<Bytes>::flush(&mut sink).await).is_err() {
+            return;
+        }
+    }
+    let _ = SinkExt::<Bytes>::close(&mut sink).await;
+}
+
+/// Runs one request and builds its answer frame.
+async fn handle(kv: &KvHandle, frame: RequestFrame) -> ResponseFrame {
+    let started = Instant::now();
+    let op_name = frame.body.op_name();
+    let span = tracing::debug_span!("tcp_request", id = frame.id, op = op_name, trace = frame.trace.as_deref());
+    let body = match execute(kv, frame.body).instrument(span).await {
+        Ok(body) => body,
+        Err(error) => Response::Error {
+            code: error.code,
+            message: error.message,
+        },
+    };
+    let status = match &body {
+        Response::Error { code, .. } => code.as_str(),
+        _ => "ok",
+    };
+    let labels = [("op", op_name), ("status", status)];
+    metrics::counter!("harmonydb_tcp_requests_total", &labels).increment(1);
+    metrics::histogram!("harmonydb_tcp_request_duration_seconds", &labels).record(started.elapsed().as_secs_f64());
+    ResponseFrame { id: frame.id, body }
+}
+
+async fn execute(kv: &KvHandle, request: Request) -> Result<Response, ApiError> {
+    let key = match &request {
+        Request::Get { key } | Request::Put { key, .. } | Request::Delete { key, .. } => Some(key.clone()),
+        Request::Scan { .. } | Request::Health => None,
+    };
+    let op = match request {
+        Request::Get { key } => KvOp::Get { key },
+        Request::Put {
+            key,
+            value,
+            expected_version,
+        } => KvOp::Put {
+            key,
+            value,
+            expected_version,
+        },
+        Request::Delete { key, expected_version } => KvOp::Delete { key, expected_version },
+        Request::Scan {
+            prefix,
+            start,
+            end,
+            limit,
+        } => KvOp::Scan(ScanRange {
+            prefix,
+            start,
+            end,
+            limit: limit.map_or(SCAN_LIMIT_DEFAULT, |l| l as usize),
+        }),
+        Request::Health => KvOp::Health,
+    };
+    let reply = kv.call(op).await.map_err(|e| ApiError::from_kv(e, key.as_deref()))?;
+    let key = key.unwrap_or_default();
+    Ok(match reply {
+        KvReply::Value(versioned) => Response::Value {
+            key,
+            value: versioned.value,
+            version: versioned.version,
+        },
+        KvReply::Written(WriteOutcome::Written { version }) => Response::Written { key, version },
+        KvReply::Written(WriteOutcome::Deleted { deleted_version }) => Response::Deleted { key, deleted_version },
+        KvReply::Page(page) => Response::Items {
+            items: page
+                .items
+                .into_iter()
+                .map(|item| Item {
+                    key: item.key,
+                    value: item.versioned.value,
+                    version: item.versioned.version,
+                })
+                .collect(),
+            more: page.more,
+        },
+        KvReply::Healthy { applied_index } => Response::Health { applied_index },
+    })
+}

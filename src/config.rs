@@ -1,0 +1,297 @@
+//! Node settings: each one a command-line flag, a `HARMONYDB_*` environment
+//! variable, and a key of the TOML file given by `--config`. A flag beats the
+//! environment (clap resolves those two), which beats the file, which beats
+//! the default.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use harmonydb_actors::kv::VALUE_SIZE_DEFAULT_MAX_BYTES;
+use harmonydb_actors::wal::{
+    FsyncPolicy, RECORD_PAYLOAD_SIZE_MAX_BYTES, SEGMENT_SIZE_DEFAULT_BYTES, SEGMENT_SIZE_MIN_BYTES,
+};
+use harmonydb_protocol::FRAME_SIZE_DEFAULT_MAX_BYTES;
+use serde::Deserialize;
+
+/// Bytes a frame needs beyond its value: key, field names, framing.
+const FRAME_OVERHEAD_MAX_BYTES: usize = 64 * 1024;
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Pretty,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `harmonydb serve` flags. Every one is optional here so that an unset flag
+/// falls through to the config file and then to the default.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct ServeArgs {
+    /// TOML file with any of the settings below (keys in snake_case).
+    #[arg(long, env = "HARMONYDB_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Directory for the WAL and the lock file [default: ./harmonydb-data].
+    #[arg(long, env = "HARMONYDB_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// HTTP JSON API address [default: 127.0.0.1:8080].
+    #[arg(long, env = "HARMONYDB_HTTP_ADDR", value_name = "IP:PORT")]
+    pub http_addr: Option<SocketAddr>,
+    /// MessagePack TCP API address [default: 127.0.0.1:7070].
+    #[arg(long, env = "HARMONYDB_TCP_ADDR", value_name = "IP:PORT")]
+    pub tcp_addr: Option<SocketAddr>,
+    /// When the WAL syncs: always | interval:<ms> | never [default: always].
+    #[arg(long, env = "HARMONYDB_FSYNC", value_name = "POLICY", value_parser = FsyncPolicy::from_str)]
+    pub fsync: Option<FsyncPolicy>,
+    /// Log filter: a level (info) or directives (info,harmonydb_actors=debug) [default: info].
+    #[arg(long, env = "HARMONYDB_LOG_LEVEL", value_name = "FILTER")]
+    pub log_level: Option<String>,
+    /// Log line format [default: pretty].
+    #[arg(long, env = "HARMONYDB_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Largest value accepted, in bytes [default: 1048576].
+    #[arg(long, env = "HARMONYDB_MAX_VALUE_BYTES", value_name = "BYTES")]
+    pub max_value_bytes: Option<usize>,
+    /// Largest TCP frame accepted, in bytes [default: 16777216].
+    #[arg(long, env = "HARMONYDB_MAX_FRAME_BYTES", value_name = "BYTES")]
+    pub max_frame_bytes: Option<usize>,
+    /// Size of each preallocated WAL segment file, in bytes [default: 67108864].
+    #[arg(long, env = "HARMONYDB_WAL_SEGMENT_BYTES", value_name = "BYTES")]
+    pub wal_segment_bytes: Option<u64>,
+}
+
+/// The config file: the same settings as the flags.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    data_dir: Option<PathBuf>,
+    http_addr: Option<SocketAddr>,
+    tcp_addr: Option<SocketAddr>,
+    fsync: Option<String>,
+    log_level: Option<String>,
+    log_format: Option<LogFormat>,
+    max_value_bytes: Option<usize>,
+    max_frame_bytes: Option<usize>,
+    wal_segment_bytes: Option<u64>,
+}
+
+/// A node's resolved settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// Where the node keeps its files.
+    pub data_dir: PathBuf,
+    /// HTTP listen address.
+    pub http_addr: SocketAddr,
+    /// TCP listen address.
+    pub tcp_addr: SocketAddr,
+    /// WAL sync policy.
+    pub fsync: FsyncPolicy,
+    /// Log filter directives.
+    pub log_level: String,
+    /// Log line format.
+    pub log_format: LogFormat,
+    /// Largest value accepted.
+    pub value_size_max_bytes: usize,
+    /// Largest TCP frame accepted.
+    pub frame_size_max_bytes: usize,
+    /// WAL segment file size.
+    pub wal_segment_size_bytes: u64,
+}
+
+/// A setting that can't be used, named with where it came from.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("cannot read config file {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The config file is not valid TOML for these settings.
+    #[error("invalid config file {}: {message}", path.display())]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, with line and column.
+        message: String,
+    },
+    /// A value is out of range or not understood.
+    #[error("invalid setting {name}: {message}")]
+    Invalid {
+        /// The setting's name.
+        name: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl Config {
+    /// Merges flags and environment (already in `args`) with the config file and defaults.
+    pub fn resolve(args: &ServeArgs) -> Result<Config, ConfigError> {
+        let file = match &args.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        let fsync = match (&args.fsync, &file.fsync) {
+            (Some(policy), _) => *policy,
+            (None, Some(text)) => FsyncPolicy::from_str(text).map_err(|message| ConfigError::Invalid {
+                name: "fsync",
+                message,
+            })?,
+            (None, None) => FsyncPolicy::Always,
+        };
+        let config = Config {
+            data_dir: pick(&args.data_dir, file.data_dir, || PathBuf::from("./harmonydb-data")),
+            http_addr: pick(&args.http_addr, file.http_addr, || SocketAddr::from(([127, 0, 0, 1], 8080))),
+            tcp_addr: pick(&args.tcp_addr, file.tcp_addr, || SocketAddr::from(([127, 0, 0, 1], 7070))),
+            fsync,
+            log_level: pick(&args.log_level, file.log_level, || "info".to_string()),
+            log_format: pick(&args.log_format, file.log_format, || LogFormat::Pretty),
+            value_size_max_bytes: pick(&args.max_value_bytes, file.max_value_bytes, || {
+                VALUE_SIZE_DEFAULT_MAX_BYTES
+            }),
+            frame_size_max_bytes: pick(&args.max_frame_bytes, file.max_frame_bytes, || {
+                FRAME_SIZE_DEFAULT_MAX_BYTES
+            }),
+            wal_segment_size_bytes: pick(&args.wal_segment_bytes, file.wal_segment_bytes, || {
+                SEGMENT_SIZE_DEFAULT_BYTES
+            }),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let value_limit = RECORD_PAYLOAD_SIZE_MAX_BYTES - FRAME_OVERHEAD_MAX_BYTES;
+        if self.value_size_max_bytes == 0 || self.value_size_max_bytes > value_limit {
+            return Err(ConfigError::Invalid {
+                name: "max_value_bytes",
+                message: format!("{} is outside 1..={value_limit}", self.value_size_max_bytes),
+            });
+        }
+        let frame_floor = self.value_size_max_bytes + FRAME_OVERHEAD_MAX_BYTES;
+        if self.frame_size_max_bytes < frame_floor || self.frame_size_max_bytes > u32::MAX as usize {
+            return Err(ConfigError::Invalid {
+                name: "max_frame_bytes",
+                message: format!(
+                    "{} must be at least max_value_bytes + {FRAME_OVERHEAD_MAX_BYTES} = {frame_floor} (so the largest value fits in a frame) and at most {}",
+                    self.frame_size_max_bytes,
+                    u32::MAX
+                ),
+            });
+        }
+        if self.wal_segment_size_bytes < SEGMENT_SIZE_MIN_BYTES {
+            return Err(ConfigError::Invalid {
+                name: "wal_segment_bytes",
+                message: format!(
+                    "{} is below the minimum of {SEGMENT_SIZE_MIN_BYTES}",
+                    self.wal_segment_size_bytes
+                ),
+            });
+        }
+        crate::telemetry::parse_log_filter(&self.log_level).map_err(|message| ConfigError::Invalid {
+            name: "log_level",
+            message,
+        })?;
+        Ok(())
+    }
+}
+
+fn pick<T: Clone>(flag_or_env: &Option<T>, file: Option<T>, default: impl FnOnce() -> T) -> T {
+    flag_or_env.clone().or(file).unwrap_or_else(default)
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file_with(text: &str) -> tempfile::NamedTempFile {
+        let file = tempfile::NamedTempFile::new().expect("temp file");
+        std::fs::write(file.path(), text).expect("write");
+        file
+    }
+
+    #[test]
+    fn defaults_apply_when_nothing_is_set() {
+        let config = Config::resolve(&ServeArgs::default()).expect("defaults are valid");
+        assert_eq!(config.data_dir, PathBuf::from("./harmonydb-data"));
+        assert_eq!(config.http_addr.to_string(), "127.0.0.1:8080");
+        assert_eq!(config.tcp_addr.to_string(), "127.0.0.1:7070");
+        assert_eq!(config.fsync, FsyncPolicy::Always);
+        assert_eq!(config.log_format, LogFormat::Pretty);
+        assert_eq!(config.value_size_max_bytes, 1024 * 1024);
+    }
+
+    #[test]
+    fn flags_beat_the_file_which_beats_defaults() {
+        let file = file_with(
+            "data_dir = \"/from/file\"\nhttp_addr = \"127.0.0.1:9000\"\nfsync = \"interval:10\"\nlog_format = \"json\"\n",
+        );
+        let args = ServeArgs {
+            config: Some(file.path().to_path_buf()),
+            http_addr: Some("127.0.0.1:9999".parse().expect("addr")),
+            ..ServeArgs::default()
+        };
+        let config = Config::resolve(&args).expect("valid");
+        assert_eq!(config.http_addr.to_string(), "127.0.0.1:9999");
+        assert_eq!(config.data_dir, PathBuf::from("/from/file"));
+        assert_eq!(config.fsync, FsyncPolicy::Interval(std::time::Duration::from_millis(10)));
+        assert_eq!(config.log_format, LogFormat::Json);
+        assert_eq!(config.tcp_addr.to_string(), "127.0.0.1:7070");
+    }
+
+    #[test]
+    fn bad_files_and_values_say_what_is_wrong() {
+        let unknown = file_with("data_dri = \"/typo\"\n");
+        let args = ServeArgs {
+            config: Some(unknown.path().to_path_buf()),
+            ..ServeArgs::default()
+        };
+        let message = Config::resolve(&args).expect_err("unknown key").to_string();
+        assert!(message.contains("data_dri"), "{message}");
+
+        let bad_fsync = file_with("fsync = \"sometimes\"\n");
+        let args = ServeArgs {
+            config: Some(bad_fsync.path().to_path_buf()),
+            ..ServeArgs::default()
+        };
+        let message = Config::resolve(&args).expect_err("bad fsync").to_string();
+        assert!(message.contains("fsync") && message.contains("sometimes"), "{message}");
+
+        let args = ServeArgs {
+            config: Some(PathBuf::from("/nonexistent/harmonydb.toml")),
+            ..ServeArgs::default()
+        };
+        assert!(matches!(Config::resolve(&args), Err(ConfigError::Read { .. })));
+
+        let args = ServeArgs {
+            max_value_bytes: Some(2 * 1024 * 1024),
+            max_frame_bytes: Some(1024 * 1024),
+            ..ServeArgs::default()
+        };
+        let message = Config::resolve(&args).expect_err("frame too small").to_string();
+        assert!(message.contains("max_frame_bytes"), "{message}");
+
+        let args = ServeArgs {
+            log_level: Some("loud".into()),
+            ..ServeArgs::default()
+        };
+        assert!(Config::resolve(&args).is_err());
+    }
+}

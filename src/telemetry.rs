@@ -1,0 +1,106 @@
+//! Logs (tracing) and metrics (Prometheus text via `metrics-exporter-prometheus`).
+//! Every metric is named `harmonydb_<subsystem>_<name>_<unit>`, has a help
+//! text, and histograms have real buckets so Grafana can take quantiles.
+
+use std::str::FromStr;
+
+use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::prelude::*;
+
+use crate::config::LogFormat;
+
+/// Bucket bounds for latencies, 50 µs to 10 s.
+const DURATION_BUCKETS_SECONDS: &[f64] = &[
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0, 10.0,
+];
+
+/// Bucket bounds for batch sizes.
+const BATCH_BUCKETS_RECORDS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0];
+
+/// Parses a log filter such as `info` or `warn,harmonydb_actors=debug`.
+pub fn parse_log_filter(text: &str) -> Result<Targets, String> {
+    Targets::from_str(text).map_err(|e| format!("{text:?} is not a log filter ({e}); try info, debug or warn,harmonydb=debug"))
+}
+
+/// Installs the global log subscriber, writing to stderr.
+pub fn init_logging(filter: &str, format: LogFormat) -> Result<(), String> {
+    let targets = parse_log_filter(filter)?;
+    let registry = tracing_subscriber::registry().with(targets);
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let result = match format {
+        LogFormat::Pretty => registry
+            .with(tracing_subscriber::fmt::layer().with_ansi(ansi).with_writer(std::io::stderr))
+            .try_init(),
+        LogFormat::Json => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_writer(std::io::stderr),
+            )
+            .try_init(),
+    };
+    result.map_err(|e| format!("cannot install the log subscriber: {e}"))
+}
+
+/// Installs the Prometheus recorder and describes every metric.
+pub fn install_metrics() -> Result<PrometheusHandle, String> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), DURATION_BUCKETS_SECONDS)
+        .and_then(|b| b.set_buckets_for_metric(Matcher::Suffix("_records".into()), BATCH_BUCKETS_RECORDS))
+        .map_err(|e| format!("invalid metric buckets: {e}"))?
+        .install_recorder()
+        .map_err(|e| format!("cannot install the metrics recorder: {e}"))?;
+    describe_metrics();
+    Ok(handle)
+}
+
+fn describe_metrics() {
+    describe_counter!("harmonydb_http_requests_total", "HTTP requests answered, by route, method and status.");
+    describe_histogram!(
+        "harmonydb_http_request_duration_seconds",
+        Unit::Seconds,
+        "Time from an HTTP request's arrival to its answer, by route, method and status."
+    );
+    describe_gauge!("harmonydb_http_requests_in_flight", "HTTP requests being handled now.");
+    describe_counter!("harmonydb_tcp_requests_total", "TCP requests answered, by operation and status.");
+    describe_histogram!(
+        "harmonydb_tcp_request_duration_seconds",
+        Unit::Seconds,
+        "Time from a TCP request's decoding to its answer being queued, by operation and status."
+    );
+    describe_gauge!("harmonydb_tcp_connections", "Open client TCP connections.");
+    describe_counter!(
+        "harmonydb_tcp_protocol_errors_total",
+        "TCP connections closed for a bad frame, by error code."
+    );
+    describe_histogram!(
+        "harmonydb_wal_fsync_duration_seconds",
+        Unit::Seconds,
+        "Time one WAL sync (msync of the written range) took."
+    );
+    describe_histogram!(
+        "harmonydb_wal_batch_size_records",
+        "Records made durable by one WAL sync (group commit batch)."
+    );
+    describe_counter!("harmonydb_wal_write_bytes_total", Unit::Bytes, "Bytes appended to the WAL.");
+    describe_gauge!("harmonydb_wal_segments", "WAL segment files on disk.");
+    describe_counter!("harmonydb_wal_segments_created_total", "WAL segments created by roll-over.");
+    describe_counter!(
+        "harmonydb_wal_failures_total",
+        "WAL write or sync failures; after one the node refuses writes until restarted."
+    );
+    describe_histogram!(
+        "harmonydb_kv_append_batch_size_records",
+        "Writes the KV store sent to the WAL in one append."
+    );
+    describe_gauge!("harmonydb_kv_pending_writes", "Writes waiting for the WAL before they are applied.");
+    describe_gauge!("harmonydb_kv_keys", "Keys in the KV state.");
+    describe_counter!(
+        "harmonydb_kv_overloaded_total",
+        "Requests refused because too many were already in the store."
+    );
+}
