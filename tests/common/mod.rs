@@ -1,0 +1,203 @@
+//! Test harness: starts the real `harmonydb` binary on ports the OS picks
+//! (`127.0.0.1:0`), learns the bound addresses from its JSON "listening" log
+//! line, and kills it when the test ends, however the test ends.
+
+#![allow(dead_code)] // Each test binary uses a different part of the harness.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long a node may take to start listening.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The binary under test.
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_harmonydb")
+}
+
+/// A running node.
+pub struct Node {
+    child: Child,
+    /// HTTP address it listens on.
+    pub http: SocketAddr,
+    /// TCP address it listens on.
+    pub tcp: SocketAddr,
+    /// Its data directory.
+    pub data_dir: PathBuf,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Node {
+    /// Starts a node on `data_dir` with extra flags, and waits until it listens.
+    pub fn start(data_dir: &Path, extra_args: &[&str]) -> Node {
+        Node::start_with_env(data_dir, extra_args, &[])
+    }
+
+    /// Like `start`, with environment variables set for the process.
+    pub fn start_with_env(data_dir: &Path, extra_args: &[&str], env: &[(&str, &str)]) -> Node {
+        let mut command = Command::new(binary());
+        command
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["--log-format", "json"]);
+        if !env.iter().any(|(k, _)| *k == "HARMONYDB_HTTP_ADDR") && !extra_args.contains(&"--http-addr") {
+            command.args(["--http-addr", "127.0.0.1:0"]);
+        }
+        if !env.iter().any(|(k, _)| *k == "HARMONYDB_TCP_ADDR") && !extra_args.contains(&"--tcp-addr") {
+            command.args(["--tcp-addr", "127.0.0.1:0"]);
+        }
+        command.args(extra_args);
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let mut child = command
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start harmonydb");
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (addrs_tx, addrs_rx) = std::sync::mpsc::channel();
+        let log_writer = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) {
+                    if event["message"] == "listening" {
+                        let http = event["http_addr"].as_str().and_then(|a| a.parse().ok());
+                        let tcp = event["tcp_addr"].as_str().and_then(|a| a.parse().ok());
+                        let _ = addrs_tx.send((http, tcp));
+                    }
+                }
+                log_writer.lock().expect("log lock").push(line);
+            }
+        });
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            match addrs_rx.recv_timeout(Duration::from_millis(100)) {
+                Ok((Some(http), Some(tcp))) => {
+                    return Node {
+                        child,
+                        http,
+                        tcp,
+                        data_dir: data_dir.to_path_buf(),
+                        log,
+                    }
+                }
+                Ok(_) => panic!("listening line without addresses"),
+                Err(_) => {
+                    if let Ok(Some(status)) = child.try_wait() {
+                        panic!(
+                            "harmonydb exited with {status} before listening; log:\n{}",
+                            log.lock().expect("log").join("\n")
+                        );
+                    }
+                    assert!(Instant::now() < deadline, "harmonydb did not start listening in time");
+                }
+            }
+        }
+    }
+
+    /// `http://ADDR/PATH`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.http, path)
+    }
+
+    /// The node's log lines so far.
+    pub fn log(&self) -> Vec<String> {
+        self.log.lock().expect("log").clone()
+    }
+
+    /// SIGKILL, as a crash: nothing is flushed, no handler runs.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then wait for the exit.
+    pub fn terminate(&mut self) -> ExitStatus {
+        self.signal(libc::SIGTERM);
+        self.wait_exit(Duration::from_secs(30))
+    }
+
+    /// Sends a signal to the node.
+    pub fn signal(&self, signal: libc::c_int) {
+        let pid = libc::pid_t::try_from(self.child.id()).expect("pid fits");
+        // SAFETY: kill(2) with a pid this test spawned and has not reaped.
+        unsafe {
+            libc::kill(pid, signal);
+        }
+    }
+
+    /// Waits for the process to exit, killing it if it takes longer than `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                // Let the log reader thread drain what the process wrote last.
+                std::thread::sleep(Duration::from_millis(50));
+                return status;
+            }
+            if Instant::now() > deadline {
+                self.kill9();
+                panic!("harmonydb did not exit within {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An HTTP agent with short timeouts that returns error statuses as responses.
+pub fn http_agent() -> ureq::Agent {
+    ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(30))
+        .build()
+}
+
+/// Sends a request and returns status and body, whatever the status.
+pub fn http(request: ureq::Request, body: Option<&str>) -> (u16, String) {
+    let result = match body {
+        Some(body) => request.send_string(body),
+        None => request.call(),
+    };
+    match result {
+        Ok(response) => (response.status(), response.into_string().expect("body")),
+        Err(ureq::Error::Status(status, response)) => (status, response.into_string().expect("body")),
+        Err(error) => panic!("HTTP transport error: {error}"),
+    }
+}
+
+/// A small deterministic random generator (xorshift64*), so a failing run replays.
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator from a non-zero seed.
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.max(1))
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// A number in `0..bound`.
+    pub fn below(&mut self, bound: u64) -> u64 {
+        self.next_u64() % bound
+    }
+}
