@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
-use actix_web::error::{JsonPayloadError, PathError, QueryPayloadError};
+use actix_web::error::{JsonPayloadError, QueryPayloadError};
 use actix_web::middleware::Next;
 use actix_web::{web, App, HttpRequest, HttpResponse};
 use base64::Engine;
@@ -51,7 +51,6 @@ pub fn app(
     App::new()
         .app_data(web::Data::new(state))
         .app_data(web::JsonConfig::default().limit(json_limit_bytes).error_handler(json_error))
-        .app_data(web::PathConfig::default().error_handler(path_error))
         .app_data(web::QueryConfig::default().error_handler(query_error))
         .wrap(actix_web::middleware::from_fn(record_metrics))
         .service(
@@ -95,15 +94,60 @@ struct DeleteQuery {
     expected_version: Option<u64>,
 }
 
-/// Query of `GET /kv`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ScanQuery {
-    #[serde(default)]
-    prefix: String,
-    start: Option<String>,
-    end: Option<String>,
-    limit: Option<usize>,
+/// The key of `/kv/{key}`: the raw path after `/kv/`, percent-decoded to
+/// bytes. actix's own path decoding replaces invalid UTF-8 silently, which
+/// would store a different key than the client named, so it is not used here.
+fn path_key(request: &HttpRequest) -> Result<Vec<u8>, ApiError> {
+    let raw = request.uri().path().strip_prefix("/kv/").unwrap_or_default();
+    percent_decode_strict(raw).map_err(|message| ApiError::new(ErrorCode::InvalidKey, message))
+}
+
+/// Percent-decodes, refusing a `%` that is not followed by two hex digits.
+fn percent_decode_strict(text: &str) -> Result<Vec<u8>, String> {
+    let bytes = text.as_bytes();
+    for (at, byte) in bytes.iter().enumerate() {
+        let escape_ok = bytes.get(at + 1..at + 3).is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit));
+        if *byte == b'%' && !escape_ok {
+            return Err(format!("invalid percent-escape at byte {at} of {text:?}"));
+        }
+    }
+    Ok(percent_encoding::percent_decode(bytes).collect())
+}
+
+/// Parses `prefix`, `start`, `end` and `limit` from a scan's query string.
+/// Values are percent-decoded to bytes (`+` is a space), like keys in paths.
+fn scan_range(query: &str) -> Result<ScanRange, ApiError> {
+    let mut range = ScanRange {
+        limit: SCAN_LIMIT_DEFAULT,
+        ..ScanRange::default()
+    };
+    let mut seen = Vec::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if seen.contains(&name) {
+            return Err(ApiError::bad_request(format!("query parameter {name:?} is given twice")));
+        }
+        seen.push(name);
+        let value = percent_decode_strict(&value.replace('+', " "))
+            .map_err(|e| ApiError::bad_request(format!("query parameter {name:?}: {e}")))?;
+        match name {
+            "prefix" => range.prefix = value,
+            "start" => range.start = Some(value),
+            "end" => range.end = Some(value),
+            "limit" => {
+                range.limit = std::str::from_utf8(&value)
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .ok_or_else(|| ApiError::bad_request(format!("limit {:?} is not a whole number", value.escape_ascii().to_string())))?
+            }
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "unknown query parameter {other:?}; expected prefix, start, end or limit"
+                )))
+            }
+        }
+    }
+    Ok(range)
 }
 
 /// Adds `bytes` to `object` as `name: "text"` when they are UTF-8 and as
@@ -135,8 +179,8 @@ fn key_number_json(key: &[u8], name: &str, number: u64) -> Value {
     Value::Object(object)
 }
 
-async fn get(state: web::Data<HttpState>, key: web::Path<String>) -> Result<HttpResponse, ApiError> {
-    let key = key.into_inner().into_bytes();
+async fn get(state: web::Data<HttpState>, request: HttpRequest) -> Result<HttpResponse, ApiError> {
+    let key = path_key(&request)?;
     let reply = call(&state, KvOp::Get { key: key.clone() }, &key).await?;
     let KvReply::Value(Versioned { value, version }) = reply else {
         return Err(unexpected(&reply));
@@ -146,10 +190,10 @@ async fn get(state: web::Data<HttpState>, key: web::Path<String>) -> Result<Http
 
 async fn put(
     state: web::Data<HttpState>,
-    key: web::Path<String>,
+    request: HttpRequest,
     body: web::Json<PutBody>,
 ) -> Result<HttpResponse, ApiError> {
-    let key = key.into_inner().into_bytes();
+    let key = path_key(&request)?;
     let body = body.into_inner();
     let value = match (body.value, body.value_base64) {
         (Some(text), None) => text.into_bytes(),
@@ -176,10 +220,10 @@ async fn put(
 
 async fn delete(
     state: web::Data<HttpState>,
-    key: web::Path<String>,
+    request: HttpRequest,
     query: web::Query<DeleteQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let key = key.into_inner().into_bytes();
+    let key = path_key(&request)?;
     let op = KvOp::Delete {
         key: key.clone(),
         expected_version: query.expected_version,
@@ -192,14 +236,8 @@ async fn delete(
     }
 }
 
-async fn scan(state: web::Data<HttpState>, query: web::Query<ScanQuery>) -> Result<HttpResponse, ApiError> {
-    let query = query.into_inner();
-    let range = ScanRange {
-        prefix: query.prefix.into_bytes(),
-        start: query.start.map(String::into_bytes),
-        end: query.end.map(String::into_bytes),
-        limit: query.limit.unwrap_or(SCAN_LIMIT_DEFAULT),
-    };
+async fn scan(state: web::Data<HttpState>, request: HttpRequest) -> Result<HttpResponse, ApiError> {
+    let range = scan_range(request.query_string())?;
     let reply = call(&state, KvOp::Scan(range), &[]).await?;
     let KvReply::Page(page) = reply else {
         return Err(unexpected(&reply));
@@ -273,10 +311,6 @@ fn json_error(error: JsonPayloadError, _: &HttpRequest) -> actix_web::Error {
         other => ApiError::bad_request(format!("unreadable body: {other}")),
     };
     api.into()
-}
-
-fn path_error(error: PathError, _: &HttpRequest) -> actix_web::Error {
-    ApiError::new(ErrorCode::InvalidKey, format!("the key in the path is not valid UTF-8 text: {error}")).into()
 }
 
 fn query_error(error: QueryPayloadError, _: &HttpRequest) -> actix_web::Error {
@@ -369,5 +403,20 @@ mod tests {
         assert_eq!(body["value_base64"], "AP8B");
         assert!(body.get("value").is_none());
         assert_eq!(body["key"], "bin");
+    }
+
+    #[test]
+    fn keys_and_scan_parameters_decode_to_exact_bytes() {
+        assert_eq!(percent_decode_strict("a%2Fb%FF").expect("valid"), b"a/b\xff".to_vec());
+        assert!(percent_decode_strict("bad%G1").is_err());
+        assert!(percent_decode_strict("cut%F").is_err());
+        let range = scan_range("prefix=a%20b&start=x+y&limit=5").expect("valid");
+        assert_eq!(range.prefix, b"a b".to_vec());
+        assert_eq!(range.start, Some(b"x y".to_vec()));
+        assert_eq!(range.limit, 5);
+        assert!(scan_range("limit=5&limit=6").is_err());
+        assert!(scan_range("colour=blue").is_err());
+        assert!(scan_range("limit=-1").is_err());
+        assert_eq!(scan_range("").expect("empty").limit, SCAN_LIMIT_DEFAULT);
     }
 }
