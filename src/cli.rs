@@ -35,7 +35,12 @@ pub enum Command {
 #[derive(Debug, clap::Args)]
 pub struct KvArgs {
     /// The node's TCP address.
-    #[arg(long, global = true, env = "HARMONYDB_ADDR", default_value = "127.0.0.1:7070")]
+    #[arg(
+        long,
+        global = true,
+        env = "HARMONYDB_ADDR",
+        default_value = "127.0.0.1:7070"
+    )]
     pub addr: String,
     /// Seconds to wait for an answer.
     #[arg(long, global = true, default_value_t = 10)]
@@ -99,7 +104,10 @@ pub enum KvCommand {
 
 /// Runs a `kv` command and returns the process exit code.
 pub fn run_kv(args: KvArgs) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("error: cannot start the async runtime: {error}");
@@ -111,7 +119,9 @@ pub fn run_kv(args: KvArgs) -> ExitCode {
         Err(error) => {
             eprintln!("error: {error}");
             match error {
-                ClientError::Server { .. } | ClientError::UnexpectedResponse(_) => ExitCode::from(1),
+                ClientError::Server { .. } | ClientError::UnexpectedResponse(_) => {
+                    ExitCode::from(1)
+                }
                 _ => ExitCode::from(3),
             }
         }
@@ -146,10 +156,15 @@ async fn kv(args: KvArgs) -> Result<(), ClientError> {
             expected_version,
             value,
         } => {
-            let version = client.cas(key.as_bytes(), expected_version, value.as_bytes()).await?;
+            let version = client
+                .cas(key.as_bytes(), expected_version, value.as_bytes())
+                .await?;
             writeln!(out, "OK version {version}")
         }
-        KvCommand::Del { key, expected_version } => {
+        KvCommand::Del {
+            key,
+            expected_version,
+        } => {
             let deleted = client.delete(key.as_bytes(), expected_version).await?;
             writeln!(out, "deleted {key} (was version {deleted})")
         }

@@ -139,16 +139,24 @@ impl Config {
         };
         let fsync = match (&args.fsync, &file.fsync) {
             (Some(policy), _) => *policy,
-            (None, Some(text)) => FsyncPolicy::from_str(text).map_err(|message| ConfigError::Invalid {
-                name: "fsync",
-                message,
-            })?,
+            (None, Some(text)) => {
+                FsyncPolicy::from_str(text).map_err(|message| ConfigError::Invalid {
+                    name: "fsync",
+                    message,
+                })?
+            }
             (None, None) => FsyncPolicy::Always,
         };
         let config = Config {
-            data_dir: pick(&args.data_dir, file.data_dir, || PathBuf::from("./harmonydb-data")),
-            http_addr: pick(&args.http_addr, file.http_addr, || SocketAddr::from(([127, 0, 0, 1], 8080))),
-            tcp_addr: pick(&args.tcp_addr, file.tcp_addr, || SocketAddr::from(([127, 0, 0, 1], 7070))),
+            data_dir: pick(&args.data_dir, file.data_dir, || {
+                PathBuf::from("./harmonydb-data")
+            }),
+            http_addr: pick(&args.http_addr, file.http_addr, || {
+                SocketAddr::from(([127, 0, 0, 1], 8080))
+            }),
+            tcp_addr: pick(&args.tcp_addr, file.tcp_addr, || {
+                SocketAddr::from(([127, 0, 0, 1], 7070))
+            }),
             fsync,
             log_level: pick(&args.log_level, file.log_level, || "info".to_string()),
             log_format: pick(&args.log_format, file.log_format, || LogFormat::Pretty),
@@ -175,7 +183,8 @@ impl Config {
             });
         }
         let frame_floor = self.value_size_max_bytes + FRAME_OVERHEAD_MAX_BYTES;
-        if self.frame_size_max_bytes < frame_floor || self.frame_size_max_bytes > u32::MAX as usize {
+        if self.frame_size_max_bytes < frame_floor || self.frame_size_max_bytes > u32::MAX as usize
+        {
             return Err(ConfigError::Invalid {
                 name: "max_frame_bytes",
                 message: format!(
@@ -194,9 +203,11 @@ impl Config {
                 ),
             });
         }
-        crate::telemetry::parse_log_filter(&self.log_level).map_err(|message| ConfigError::Invalid {
-            name: "log_level",
-            message,
+        crate::telemetry::parse_log_filter(&self.log_level).map_err(|message| {
+            ConfigError::Invalid {
+                name: "log_level",
+                message,
+            }
         })?;
         Ok(())
     }
@@ -251,7 +262,10 @@ mod tests {
         let config = Config::resolve(&args).expect("valid");
         assert_eq!(config.http_addr.to_string(), "127.0.0.1:9999");
         assert_eq!(config.data_dir, PathBuf::from("/from/file"));
-        assert_eq!(config.fsync, FsyncPolicy::Interval(std::time::Duration::from_millis(10)));
+        assert_eq!(
+            config.fsync,
+            FsyncPolicy::Interval(std::time::Duration::from_millis(10))
+        );
         assert_eq!(config.log_format, LogFormat::Json);
         assert_eq!(config.tcp_addr.to_string(), "127.0.0.1:7070");
     }
@@ -272,20 +286,28 @@ mod tests {
             ..ServeArgs::default()
         };
         let message = Config::resolve(&args).expect_err("bad fsync").to_string();
-        assert!(message.contains("fsync") && message.contains("sometimes"), "{message}");
+        assert!(
+            message.contains("fsync") && message.contains("sometimes"),
+            "{message}"
+        );
 
         let args = ServeArgs {
             config: Some(PathBuf::from("/nonexistent/harmonydb.toml")),
             ..ServeArgs::default()
         };
-        assert!(matches!(Config::resolve(&args), Err(ConfigError::Read { .. })));
+        assert!(matches!(
+            Config::resolve(&args),
+            Err(ConfigError::Read { .. })
+        ));
 
         let args = ServeArgs {
             max_value_bytes: Some(2 * 1024 * 1024),
             max_frame_bytes: Some(1024 * 1024),
             ..ServeArgs::default()
         };
-        let message = Config::resolve(&args).expect_err("frame too small").to_string();
+        let message = Config::resolve(&args)
+            .expect_err("frame too small")
+            .to_string();
         assert!(message.contains("max_frame_bytes"), "{message}");
 
         let args = ServeArgs {

@@ -17,7 +17,9 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            if let Err(error) = harmonydb::telemetry::init_logging(&config.log_level, config.log_format) {
+            if let Err(error) =
+                harmonydb::telemetry::init_logging(&config.log_level, config.log_format)
+            {
                 eprintln!("error: {error}");
                 return ExitCode::from(2);
             }

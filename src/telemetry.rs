@@ -18,11 +18,24 @@ const DURATION_BUCKETS_SECONDS: &[f64] = &[
 ];
 
 /// Bucket bounds for batch sizes.
-const BATCH_BUCKETS_RECORDS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0];
+const BATCH_BUCKETS_RECORDS: &[f64] = &[
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0,
+];
 
 /// Parses a log filter such as `info` or `warn,harmonydb_actors=debug`.
+/// A bare word must be a level: tracing would read `loud` as "everything
+/// from target loud", which hides a typo instead of reporting it.
 pub fn parse_log_filter(text: &str) -> Result<Targets, String> {
-    Targets::from_str(text).map_err(|e| format!("{text:?} is not a log filter ({e}); try info, debug or warn,harmonydb=debug"))
+    const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+    let hint = "try info, debug or warn,harmonydb=debug";
+    for directive in text.split(',').map(str::trim) {
+        if !directive.contains('=') && !LEVELS.contains(&directive.to_ascii_lowercase().as_str()) {
+            return Err(format!(
+                "{directive:?} in log filter {text:?} is not a level; {hint}"
+            ));
+        }
+    }
+    Targets::from_str(text).map_err(|e| format!("{text:?} is not a log filter ({e}); {hint}"))
 }
 
 /// Installs the global log subscriber, writing to stderr.
@@ -32,7 +45,11 @@ pub fn init_logging(filter: &str, format: LogFormat) -> Result<(), String> {
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let result = match format {
         LogFormat::Pretty => registry
-            .with(tracing_subscriber::fmt::layer().with_ansi(ansi).with_writer(std::io::stderr))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(ansi)
+                    .with_writer(std::io::stderr),
+            )
             .try_init(),
         LogFormat::Json => registry
             .with(
@@ -50,7 +67,9 @@ pub fn init_logging(filter: &str, format: LogFormat) -> Result<(), String> {
 pub fn install_metrics() -> Result<PrometheusHandle, String> {
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), DURATION_BUCKETS_SECONDS)
-        .and_then(|b| b.set_buckets_for_metric(Matcher::Suffix("_records".into()), BATCH_BUCKETS_RECORDS))
+        .and_then(|b| {
+            b.set_buckets_for_metric(Matcher::Suffix("_records".into()), BATCH_BUCKETS_RECORDS)
+        })
         .map_err(|e| format!("invalid metric buckets: {e}"))?
         .install_recorder()
         .map_err(|e| format!("cannot install the metrics recorder: {e}"))?;
@@ -59,14 +78,23 @@ pub fn install_metrics() -> Result<PrometheusHandle, String> {
 }
 
 fn describe_metrics() {
-    describe_counter!("harmonydb_http_requests_total", "HTTP requests answered, by route, method and status.");
+    describe_counter!(
+        "harmonydb_http_requests_total",
+        "HTTP requests answered, by route, method and status."
+    );
     describe_histogram!(
         "harmonydb_http_request_duration_seconds",
         Unit::Seconds,
         "Time from an HTTP request's arrival to its answer, by route, method and status."
     );
-    describe_gauge!("harmonydb_http_requests_in_flight", "HTTP requests being handled now.");
-    describe_counter!("harmonydb_tcp_requests_total", "TCP requests answered, by operation and status.");
+    describe_gauge!(
+        "harmonydb_http_requests_in_flight",
+        "HTTP requests being handled now."
+    );
+    describe_counter!(
+        "harmonydb_tcp_requests_total",
+        "TCP requests answered, by operation and status."
+    );
     describe_histogram!(
         "harmonydb_tcp_request_duration_seconds",
         Unit::Seconds,
@@ -86,9 +114,16 @@ fn describe_metrics() {
         "harmonydb_wal_batch_size_records",
         "Records made durable by one WAL sync (group commit batch)."
     );
-    describe_counter!("harmonydb_wal_write_bytes_total", Unit::Bytes, "Bytes appended to the WAL.");
+    describe_counter!(
+        "harmonydb_wal_write_bytes_total",
+        Unit::Bytes,
+        "Bytes appended to the WAL."
+    );
     describe_gauge!("harmonydb_wal_segments", "WAL segment files on disk.");
-    describe_counter!("harmonydb_wal_segments_created_total", "WAL segments created by roll-over.");
+    describe_counter!(
+        "harmonydb_wal_segments_created_total",
+        "WAL segments created by roll-over."
+    );
     describe_counter!(
         "harmonydb_wal_failures_total",
         "WAL write or sync failures; after one the node refuses writes until restarted."
@@ -97,7 +132,10 @@ fn describe_metrics() {
         "harmonydb_kv_append_batch_size_records",
         "Writes the KV store sent to the WAL in one append."
     );
-    describe_gauge!("harmonydb_kv_pending_writes", "Writes waiting for the WAL before they are applied.");
+    describe_gauge!(
+        "harmonydb_kv_pending_writes",
+        "Writes waiting for the WAL before they are applied."
+    );
     describe_gauge!("harmonydb_kv_keys", "Keys in the KV state.");
     describe_counter!(
         "harmonydb_kv_overloaded_total",

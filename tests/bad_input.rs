@@ -30,7 +30,8 @@ fn start(dir: &std::path::Path) -> Node {
 fn expect_error(result: (u16, String), status: u16, code: &str) {
     let (actual_status, body) = result;
     assert_eq!(actual_status, status, "body: {body}");
-    let json: serde_json::Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"));
+    let json: serde_json::Value =
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"));
     assert_eq!(json["error"]["code"], code, "body: {body}");
     let message = json["error"]["message"].as_str().unwrap_or_default();
     assert!(!message.is_empty(), "empty message: {body}");
@@ -43,32 +44,90 @@ fn http_errors_have_the_right_status_and_code() {
     let agent = http_agent();
     let put = |key: &str, body: &str| {
         http(
-            agent.put(&node.url(&format!("/kv/{key}"))).set("Content-Type", "application/json"),
+            agent
+                .put(&node.url(&format!("/kv/{key}")))
+                .set("Content-Type", "application/json"),
             Some(body),
         )
     };
 
     // 400: malformed bodies and keys.
     expect_error(put("k", "{not json"), 400, "bad_request");
-    expect_error(put("k", r#"{"value": "a", "value_base64": "YQ=="}"#), 400, "bad_request");
+    expect_error(
+        put("k", r#"{"value": "a", "value_base64": "YQ=="}"#),
+        400,
+        "bad_request",
+    );
     expect_error(put("k", r#"{}"#), 400, "bad_request");
-    expect_error(put("k", r#"{"value_base64": "not base64!"}"#), 400, "bad_request");
-    expect_error(put("k", r#"{"value": "a", "colour": "blue"}"#), 400, "bad_request");
-    expect_error(put("k", r#"{"value": "a", "expected_version": -1}"#), 400, "bad_request");
+    expect_error(
+        put("k", r#"{"value_base64": "not base64!"}"#),
+        400,
+        "bad_request",
+    );
+    expect_error(
+        put("k", r#"{"value": "a", "colour": "blue"}"#),
+        400,
+        "bad_request",
+    );
+    expect_error(
+        put("k", r#"{"value": "a", "expected_version": -1}"#),
+        400,
+        "bad_request",
+    );
     expect_error(put("k", r#"{"value": 7}"#), 400, "bad_request");
-    expect_error(put(&"k".repeat(5000), r#"{"value": "a"}"#), 400, "invalid_key");
-    expect_error(http(agent.get(&node.url("/kv/bad%G1escape")), None), 400, "invalid_key");
+    expect_error(
+        put(&"k".repeat(5000), r#"{"value": "a"}"#),
+        400,
+        "invalid_key",
+    );
+    expect_error(
+        http(agent.get(&node.url("/kv/bad%G1escape")), None),
+        400,
+        "invalid_key",
+    );
     expect_error(put("", r#"{"value": "a"}"#), 400, "invalid_key");
-    expect_error(http(agent.get(&node.url("/kv?limit=0")), None), 400, "bad_request");
-    expect_error(http(agent.get(&node.url("/kv?limit=10001")), None), 400, "bad_request");
-    expect_error(http(agent.get(&node.url("/kv?limit=many")), None), 400, "bad_request");
-    expect_error(http(agent.get(&node.url("/kv?colour=blue")), None), 400, "bad_request");
+    expect_error(
+        http(agent.get(&node.url("/kv?limit=0")), None),
+        400,
+        "bad_request",
+    );
+    expect_error(
+        http(agent.get(&node.url("/kv?limit=10001")), None),
+        400,
+        "bad_request",
+    );
+    expect_error(
+        http(agent.get(&node.url("/kv?limit=many")), None),
+        400,
+        "bad_request",
+    );
+    expect_error(
+        http(agent.get(&node.url("/kv?colour=blue")), None),
+        400,
+        "bad_request",
+    );
 
     // 404: missing keys and routes.
-    expect_error(http(agent.get(&node.url("/kv/missing")), None), 404, "not_found");
-    expect_error(http(agent.delete(&node.url("/kv/missing")), None), 404, "not_found");
-    expect_error(http(agent.get(&node.url("/nowhere")), None), 404, "not_found");
-    expect_error(http(agent.post(&node.url("/kv/k")), Some("")), 405, "method_not_allowed");
+    expect_error(
+        http(agent.get(&node.url("/kv/missing")), None),
+        404,
+        "not_found",
+    );
+    expect_error(
+        http(agent.delete(&node.url("/kv/missing")), None),
+        404,
+        "not_found",
+    );
+    expect_error(
+        http(agent.get(&node.url("/nowhere")), None),
+        404,
+        "not_found",
+    );
+    expect_error(
+        http(agent.post(&node.url("/kv/k")), Some("")),
+        405,
+        "method_not_allowed",
+    );
 
     // 409: compare-and-set on the wrong version.
     let (status, body) = put("cas", r#"{"value": "first", "expected_version": 0}"#);
@@ -76,17 +135,30 @@ fn http_errors_have_the_right_status_and_code() {
     let version = serde_json::from_str::<serde_json::Value>(&body).expect("json")["version"]
         .as_u64()
         .expect("version");
-    expect_error(put("cas", r#"{"value": "again", "expected_version": 0}"#), 409, "version_mismatch");
-    let stale = format!(r#"{{"value": "x", "expected_version": {}}}"#, version + 100);
-    expect_error(put("cas", &stale), 409, "version_mismatch");
     expect_error(
-        http(agent.delete(&node.url(&format!("/kv/cas?expected_version={}", version + 1))), None),
+        put("cas", r#"{"value": "again", "expected_version": 0}"#),
         409,
         "version_mismatch",
     );
-    let (status, body) = http(agent.delete(&node.url(&format!("/kv/cas?expected_version={version}"))), None);
+    let stale = format!(r#"{{"value": "x", "expected_version": {}}}"#, version + 100);
+    expect_error(put("cas", &stale), 409, "version_mismatch");
+    expect_error(
+        http(
+            agent.delete(&node.url(&format!("/kv/cas?expected_version={}", version + 1))),
+            None,
+        ),
+        409,
+        "version_mismatch",
+    );
+    let (status, body) = http(
+        agent.delete(&node.url(&format!("/kv/cas?expected_version={version}"))),
+        None,
+    );
     assert_eq!(status, 200, "{body}");
-    assert!(body.contains(&format!("\"deleted_version\":{version}")), "{body}");
+    assert!(
+        body.contains(&format!("\"deleted_version\":{version}")),
+        "{body}"
+    );
 
     // 413: a value over the node's limit, and a body over the JSON limit.
     let big = format!(r#"{{"value": "{}"}}"#, "x".repeat(VALUE_LIMIT + 1));
@@ -97,9 +169,18 @@ fn http_errors_have_the_right_status_and_code() {
     assert_eq!(put("big", &exactly).0, 200);
 
     // 415: not JSON.
-    expect_error(http(agent.put(&node.url("/kv/k")), Some(r#"{"value": "a"}"#)), 415, "unsupported_media_type");
     expect_error(
-        http(agent.put(&node.url("/kv/k")).set("Content-Type", "text/plain"), Some(r#"{"value": "a"}"#)),
+        http(agent.put(&node.url("/kv/k")), Some(r#"{"value": "a"}"#)),
+        415,
+        "unsupported_media_type",
+    );
+    expect_error(
+        http(
+            agent
+                .put(&node.url("/kv/k"))
+                .set("Content-Type", "text/plain"),
+            Some(r#"{"value": "a"}"#),
+        ),
         415,
         "unsupported_media_type",
     );
@@ -112,7 +193,9 @@ fn http_errors_have_the_right_status_and_code() {
 
 fn connect(node: &Node) -> TcpStream {
     let stream = TcpStream::connect(node.tcp).expect("connect");
-    stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
     stream
 }
 
@@ -134,7 +217,9 @@ fn read_error_then_eof(stream: &mut TcpStream) -> (u64, ErrorCode) {
     };
     assert!(!message.is_empty());
     let mut rest = Vec::new();
-    stream.read_to_end(&mut rest).expect("the node closes the connection");
+    stream
+        .read_to_end(&mut rest)
+        .expect("the node closes the connection");
     assert!(rest.is_empty(), "bytes after the error frame: {rest:?}");
     (answer.id, code)
 }
@@ -152,13 +237,23 @@ fn tcp_bad_frames_get_an_error_frame_and_a_close() {
 
     // A frame over the limit: only the length is sent; the node must not wait for the body.
     let mut stream = connect(&node);
-    stream.write_all(&((FRAME_LIMIT as u32) + 1).to_be_bytes()).expect("write");
-    assert_eq!(read_error_then_eof(&mut stream), (0, ErrorCode::FrameTooLarge));
+    stream
+        .write_all(&((FRAME_LIMIT as u32) + 1).to_be_bytes())
+        .expect("write");
+    assert_eq!(
+        read_error_then_eof(&mut stream),
+        (0, ErrorCode::FrameTooLarge)
+    );
 
     // A body that is not MessagePack.
     let mut stream = connect(&node);
-    stream.write_all(&frame(b"\xc1\xc1 definitely not msgpack")).expect("write");
-    assert_eq!(read_error_then_eof(&mut stream), (0, ErrorCode::MalformedFrame));
+    stream
+        .write_all(&frame(b"\xc1\xc1 definitely not msgpack"))
+        .expect("write");
+    assert_eq!(
+        read_error_then_eof(&mut stream),
+        (0, ErrorCode::MalformedFrame)
+    );
 
     // An unknown operation: the id is still answered.
     #[derive(serde::Serialize)]
@@ -166,15 +261,29 @@ fn tcp_bad_frames_get_an_error_frame_and_a_close() {
         op: &'static str,
     }
     let mut stream = connect(&node);
-    let body = rmp_serde::to_vec_named(&RawFrame { id: 42, body: Op { op: "explode" } }).expect("encode");
+    let body = rmp_serde::to_vec_named(&RawFrame {
+        id: 42,
+        body: Op { op: "explode" },
+    })
+    .expect("encode");
     stream.write_all(&frame(&body)).expect("write");
-    assert_eq!(read_error_then_eof(&mut stream), (42, ErrorCode::UnknownOperation));
+    assert_eq!(
+        read_error_then_eof(&mut stream),
+        (42, ErrorCode::UnknownOperation)
+    );
 
     // A known operation missing a field.
     let mut stream = connect(&node);
-    let body = rmp_serde::to_vec_named(&RawFrame { id: 43, body: Op { op: "put" } }).expect("encode");
+    let body = rmp_serde::to_vec_named(&RawFrame {
+        id: 43,
+        body: Op { op: "put" },
+    })
+    .expect("encode");
     stream.write_all(&frame(&body)).expect("write");
-    assert_eq!(read_error_then_eof(&mut stream), (43, ErrorCode::MalformedFrame));
+    assert_eq!(
+        read_error_then_eof(&mut stream),
+        (43, ErrorCode::MalformedFrame)
+    );
 
     // Valid requests before a bad one are still answered before the close.
     let mut stream = connect(&node);
@@ -184,8 +293,14 @@ fn tcp_bad_frames_get_an_error_frame_and_a_close() {
         #[serde(with = "serde_bytes")]
         key: Vec<u8>,
     }
-    let get = rmp_serde::to_vec_named(&RawFrame { id: 7, body: Get { op: "get", key: b"absent".to_vec() } })
-        .expect("encode");
+    let get = rmp_serde::to_vec_named(&RawFrame {
+        id: 7,
+        body: Get {
+            op: "get",
+            key: b"absent".to_vec(),
+        },
+    })
+    .expect("encode");
     stream.write_all(&frame(&get)).expect("write");
     stream.write_all(&frame(b"\xc1")).expect("write");
     let mut answers = Vec::new();
@@ -201,15 +316,22 @@ fn tcp_bad_frames_get_an_error_frame_and_a_close() {
         rest = &rest[4 + length..];
     }
     codes.sort_by_key(|(id, _)| *id);
-    assert_eq!(codes, [(0, ErrorCode::MalformedFrame), (7, ErrorCode::NotFound)]);
+    assert_eq!(
+        codes,
+        [(0, ErrorCode::MalformedFrame), (7, ErrorCode::NotFound)]
+    );
 
     // A frame cut off by the client closing: the node just drops the connection.
     let mut stream = connect(&node);
     stream.write_all(&100u32.to_be_bytes()).expect("write");
     stream.write_all(b"only part of it").expect("write");
-    stream.shutdown(std::net::Shutdown::Write).expect("shutdown");
+    stream
+        .shutdown(std::net::Shutdown::Write)
+        .expect("shutdown");
     let mut rest = Vec::new();
-    stream.read_to_end(&mut rest).expect("the node closes the connection");
+    stream
+        .read_to_end(&mut rest)
+        .expect("the node closes the connection");
 
     assert_node_serves(&node);
 }
@@ -230,7 +352,9 @@ fn random_garbage_on_the_tcp_port_never_hurts_the_node() {
             garbage = framed;
         }
         stream.write_all(&garbage).expect("write");
-        stream.shutdown(std::net::Shutdown::Write).expect("shutdown");
+        stream
+            .shutdown(std::net::Shutdown::Write)
+            .expect("shutdown");
         let mut rest = Vec::new();
         // The node answers (or not) and closes; it must not keep us waiting.
         if let Err(error) = stream.read_to_end(&mut rest) {
@@ -249,10 +373,15 @@ fn assert_node_serves(node: &Node) {
         .build()
         .expect("runtime");
     runtime.block_on(async {
-        let client = harmonydb_protocol::Client::connect(node.tcp).await.expect("connect");
+        let client = harmonydb_protocol::Client::connect(node.tcp)
+            .await
+            .expect("connect");
         let version = client.put(b"still", b"alive").await.expect("put");
         let item = client.get(b"still").await.expect("get").expect("present");
-        assert_eq!((item.value.as_slice(), item.version), (&b"alive"[..], version));
+        assert_eq!(
+            (item.value.as_slice(), item.version),
+            (&b"alive"[..], version)
+        );
     });
     let (status, _) = http(http_agent().get(&node.url("/health")), None);
     assert_eq!(status, 200);

@@ -37,11 +37,18 @@ fn kv_commands_print_results_and_exit_with_meaningful_codes() {
     let get = kv(&node, &["get", "greeting"]);
     assert!(get.status.success());
     assert_eq!(stdout(&get), "hello world\n");
-    assert_eq!(stdout(&kv(&node, &["get", "greeting", "--with-version"])), "1\thello world\n");
+    assert_eq!(
+        stdout(&kv(&node, &["get", "greeting", "--with-version"])),
+        "1\thello world\n"
+    );
 
     let stale = kv(&node, &["cas", "greeting", "7", "bye"]);
     assert_eq!(stale.status.code(), Some(1));
-    assert!(stderr(&stale).contains("version_mismatch"), "{}", stderr(&stale));
+    assert!(
+        stderr(&stale).contains("version_mismatch"),
+        "{}",
+        stderr(&stale)
+    );
 
     let cas = kv(&node, &["cas", "greeting", "1", "bye"]);
     assert!(cas.status.success(), "{}", stderr(&cas));
@@ -52,8 +59,15 @@ fn kv_commands_print_results_and_exit_with_meaningful_codes() {
     let scan = kv(&node, &["scan", "--limit", "2"]);
     assert!(scan.status.success());
     assert_eq!(stdout(&scan), "fresh\t4\tnew\ngreeting\t3\tbye\n");
-    assert!(stderr(&scan).contains("more keys follow"), "{}", stderr(&scan));
-    assert_eq!(stdout(&kv(&node, &["scan", "--prefix", "oth"])), "other\t5\tx\n");
+    assert!(
+        stderr(&scan).contains("more keys follow"),
+        "{}",
+        stderr(&scan)
+    );
+    assert_eq!(
+        stdout(&kv(&node, &["scan", "--prefix", "oth"])),
+        "other\t5\tx\n"
+    );
 
     let del = kv(&node, &["del", "greeting"]);
     assert!(del.status.success());
@@ -61,18 +75,29 @@ fn kv_commands_print_results_and_exit_with_meaningful_codes() {
 
     let missing = kv(&node, &["get", "greeting"]);
     assert_eq!(missing.status.code(), Some(1));
-    assert!(stderr(&missing).contains("not_found"), "{}", stderr(&missing));
+    assert!(
+        stderr(&missing).contains("not_found"),
+        "{}",
+        stderr(&missing)
+    );
 
     let bad_scan = kv(&node, &["scan", "--limit", "0"]);
     assert_eq!(bad_scan.status.code(), Some(1));
-    assert!(stderr(&bad_scan).contains("bad_request"), "{}", stderr(&bad_scan));
+    assert!(
+        stderr(&bad_scan).contains("bad_request"),
+        "{}",
+        stderr(&bad_scan)
+    );
 
     // The HTTP API sees what the CLI wrote.
     let (status, body) = http(http_agent().get(&node.url("/kv/fresh")), None);
     assert_eq!(status, 200);
     assert!(body.contains("\"value\":\"new\""), "{body}");
 
-    let usage = Command::new(binary()).args(["kv", "get"]).output().expect("run");
+    let usage = Command::new(binary())
+        .args(["kv", "get"])
+        .output()
+        .expect("run");
     assert_eq!(usage.status.code(), Some(2));
 }
 
@@ -88,7 +113,11 @@ fn kv_reports_an_unreachable_node_with_exit_code_3() {
         .output()
         .expect("run");
     assert_eq!(output.status.code(), Some(3));
-    assert!(stderr(&output).contains("cannot connect"), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("cannot connect"),
+        "{}",
+        stderr(&output)
+    );
 }
 
 #[test]
@@ -107,7 +136,12 @@ fn settings_come_from_flags_then_environment_then_file() {
     // The file's data_dir loses to the flag the harness passes, so point the flag at the same place.
     let node = Node::start_with_env(
         &data_dir,
-        &["--config", config.to_str().expect("utf-8 path"), "--fsync", "never"],
+        &[
+            "--config",
+            config.to_str().expect("utf-8 path"),
+            "--fsync",
+            "never",
+        ],
         &[("HARMONYDB_HTTP_ADDR", "127.0.0.1:0")],
     );
     let log = node.log().join("\n");
@@ -116,7 +150,9 @@ fn settings_come_from_flags_then_environment_then_file() {
     assert!(data_dir.join("LOCK").exists());
     // The file's value limit applies: 101 bytes are refused.
     let (status, body) = http(
-        http_agent().put(&node.url("/kv/k")).set("Content-Type", "application/json"),
+        http_agent()
+            .put(&node.url("/kv/k"))
+            .set("Content-Type", "application/json"),
         Some(&format!("{{\"value\": \"{}\"}}", "x".repeat(101))),
     );
     assert_eq!(status, 413, "{body}");
@@ -127,18 +163,34 @@ fn a_second_node_on_the_same_data_dir_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
     let _first = Node::start(dir.path(), &[]);
     let second = Command::new(binary())
-        .args(["serve", "--http-addr", "127.0.0.1:0", "--tcp-addr", "127.0.0.1:0", "--data-dir"])
+        .args([
+            "serve",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--tcp-addr",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
         .arg(dir.path())
         .output()
         .expect("run");
     assert!(!second.status.success());
     let message = stderr(&second);
-    assert!(message.contains("in use by another harmonydb process"), "{message}");
-    assert!(message.contains(&format!("pid {}", holder_pid(dir.path()))), "{message}");
+    assert!(
+        message.contains("in use by another harmonydb process"),
+        "{message}"
+    );
+    assert!(
+        message.contains(&format!("pid {}", holder_pid(dir.path()))),
+        "{message}"
+    );
 }
 
 fn holder_pid(data_dir: &std::path::Path) -> String {
-    std::fs::read_to_string(data_dir.join("LOCK")).expect("lock file").trim().to_string()
+    std::fs::read_to_string(data_dir.join("LOCK"))
+        .expect("lock file")
+        .trim()
+        .to_string()
 }
 
 #[test]

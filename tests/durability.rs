@@ -13,7 +13,12 @@ use futures_util::StreamExt;
 use harmonydb_protocol::Client;
 
 /// The acknowledged write with the highest version wins per key.
-fn record(acked: &mut HashMap<Vec<u8>, (Vec<u8>, u64)>, key: Vec<u8>, value: Vec<u8>, version: u64) {
+fn record(
+    acked: &mut HashMap<Vec<u8>, (Vec<u8>, u64)>,
+    key: Vec<u8>,
+    value: Vec<u8>,
+    version: u64,
+) {
     let entry = acked.entry(key).or_insert((Vec::new(), 0));
     if version > entry.1 {
         *entry = (value, version);
@@ -67,7 +72,10 @@ fn http_puts(node: &Node, count: usize) -> Vec<(Vec<u8>, Vec<u8>, u64)> {
             })
         })
         .collect();
-    threads.into_iter().flat_map(|t| t.join().expect("http thread")).collect()
+    threads
+        .into_iter()
+        .flat_map(|t| t.join().expect("http thread"))
+        .collect()
 }
 
 async fn verify(node: &Node, acked: &HashMap<Vec<u8>, (Vec<u8>, u64)>) {
@@ -84,9 +92,20 @@ async fn verify(node: &Node, acked: &HashMap<Vec<u8>, (Vec<u8>, u64)>) {
         .collect::<Vec<_>>()
         .await;
     for (key, (value, version), item) in checks {
-        let item = item.unwrap_or_else(|| panic!("acknowledged key {} lost", String::from_utf8_lossy(key)));
-        assert_eq!(&item.value, value, "value of {}", String::from_utf8_lossy(key));
-        assert_eq!(item.version, *version, "version of {}", String::from_utf8_lossy(key));
+        let item = item
+            .unwrap_or_else(|| panic!("acknowledged key {} lost", String::from_utf8_lossy(key)));
+        assert_eq!(
+            &item.value,
+            value,
+            "value of {}",
+            String::from_utf8_lossy(key)
+        );
+        assert_eq!(
+            item.version,
+            *version,
+            "version of {}",
+            String::from_utf8_lossy(key)
+        );
     }
 }
 
@@ -94,7 +113,10 @@ async fn verify(node: &Node, acked: &HashMap<Vec<u8>, (Vec<u8>, u64)>) {
 async fn acknowledged_writes_survive_kill_9() {
     let dir = tempfile::tempdir().expect("tempdir");
     // Small segments, so the run crosses many segment roll-overs too.
-    let mut node = Node::start(dir.path(), &["--fsync", "always", "--wal-segment-bytes", "1048576"]);
+    let mut node = Node::start(
+        dir.path(),
+        &["--fsync", "always", "--wal-segment-bytes", "1048576"],
+    );
     let mut acked = HashMap::new();
     tcp_puts(&node, 10_000, &mut acked).await;
     let http_node = &node;
@@ -112,7 +134,10 @@ async fn acknowledged_writes_survive_kill_9() {
     assert_eq!(status, 200, "{body}");
     let body: serde_json::Value = serde_json::from_str(&body).expect("json");
     assert_eq!(body["value"], "http value 7 ünïcode");
-    assert_eq!(body["version"].as_u64(), Some(acked[&b"http/0007".to_vec()].1));
+    assert_eq!(
+        body["version"].as_u64(),
+        Some(acked[&b"http/0007".to_vec()].1)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

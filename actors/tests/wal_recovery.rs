@@ -22,8 +22,12 @@ fn options(segment_size_bytes: u64) -> WalOptions {
 fn write_log(dir: &Path, segment_size_bytes: u64, payloads: &[Vec<u8>]) -> Vec<(u64, PathBuf)> {
     let (mut wal, _) = Wal::open(dir, options(segment_size_bytes)).expect("open");
     for (i, payload) in payloads.iter().enumerate() {
-        wal.append(i as u64 + 1, harmonydb_actors::wal::RecordKind::Entry, payload)
-            .expect("append");
+        wal.append(
+            i as u64 + 1,
+            harmonydb_actors::wal::RecordKind::Entry,
+            payload,
+        )
+        .expect("append");
     }
     wal.sync().expect("sync");
     drop(wal);
@@ -75,7 +79,11 @@ enum Damage {
 }
 
 fn apply(path: &Path, damage: &Damage) {
-    let file = OpenOptions::new().read(true).write(true).open(path).expect("open segment");
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .expect("open segment");
     match *damage {
         Damage::Cut(at) => file.set_len(at).expect("truncate"),
         Damage::Flip(at, mask) => {
@@ -184,19 +192,33 @@ fn check_recovery(
         return Ok(());
     };
     let (mut wal, report) = opened.map_err(|e| TestCaseError::fail(format!("{damage:?}: {e}")))?;
-    prop_assert_eq!(report.last_index, survivors as u64, "{:?} {:?}", damage, report);
+    prop_assert_eq!(
+        report.last_index,
+        survivors as u64,
+        "{:?} {:?}",
+        damage,
+        report
+    );
     prop_assert_eq!(&read_all(&wal), &payloads[..survivors].to_vec());
     if survivors < payloads.len() {
-        prop_assert!(report.cut.is_some(), "records were lost but no cut was reported");
+        prop_assert!(
+            report.cut.is_some(),
+            "records were lost but no cut was reported"
+        );
     }
 
     // The log goes on from the cut, and what was cut never comes back.
     let next = survivors as u64 + 1;
-    wal.append(next, harmonydb_actors::wal::RecordKind::Entry, b"after recovery")
-        .map_err(|e| TestCaseError::fail(e.to_string()))?;
+    wal.append(
+        next,
+        harmonydb_actors::wal::RecordKind::Entry,
+        b"after recovery",
+    )
+    .map_err(|e| TestCaseError::fail(e.to_string()))?;
     wal.sync().map_err(|e| TestCaseError::fail(e.to_string()))?;
     drop(wal);
-    let (wal, report) = Wal::open(dir, options(segment_size)).map_err(|e| TestCaseError::fail(e.to_string()))?;
+    let (wal, report) =
+        Wal::open(dir, options(segment_size)).map_err(|e| TestCaseError::fail(e.to_string()))?;
     prop_assert_eq!(report.cut, None);
     let mut expected_records = payloads[..survivors].to_vec();
     expected_records.push(b"after recovery".to_vec());
@@ -209,10 +231,16 @@ fn segments_roll_over_and_old_ones_can_be_deleted() {
     let dir = tempfile::tempdir().expect("tempdir");
     let payloads: Vec<Vec<u8>> = (0..200).map(|i| vec![i as u8; 100]).collect();
     let files = write_log(dir.path(), 4096, &payloads);
-    assert!(files.len() > 3, "200 records of 117 bytes fill more than 3 segments of 4 KiB");
+    assert!(
+        files.len() > 3,
+        "200 records of 117 bytes fill more than 3 segments of 4 KiB"
+    );
 
     let (mut wal, report) = Wal::open(dir.path(), options(4096)).expect("open");
-    assert_eq!((report.first_index, report.last_index, report.cut), (1, 200, None));
+    assert_eq!(
+        (report.first_index, report.last_index, report.cut),
+        (1, 200, None)
+    );
     let third_first = files[2].0;
     let deleted = wal.delete_below(third_first).expect("delete");
     assert_eq!(deleted, 2);
@@ -247,5 +275,9 @@ fn a_missing_segment_in_the_middle_is_refused() {
     let files = write_log(dir.path(), 4096, &payloads);
     fs::remove_file(&files[1].1).expect("remove");
     let opened = Wal::open(dir.path(), options(4096));
-    assert!(matches!(opened, Err(WalError::Corrupt { .. })), "{:?}", opened.map(|(_, r)| r));
+    assert!(
+        matches!(opened, Err(WalError::Corrupt { .. })),
+        "{:?}",
+        opened.map(|(_, r)| r)
+    );
 }

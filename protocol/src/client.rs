@@ -97,11 +97,15 @@ pub struct Client {
 
 impl Client {
     /// Connects to a node's TCP address.
-    pub async fn connect(addr: impl ToSocketAddrs + std::fmt::Display) -> Result<Client, ClientError> {
-        let stream = TcpStream::connect(&addr).await.map_err(|e| ClientError::Connect {
-            addr: addr.to_string(),
-            reason: e.to_string(),
-        })?;
+    pub async fn connect(
+        addr: impl ToSocketAddrs + std::fmt::Display,
+    ) -> Result<Client, ClientError> {
+        let stream = TcpStream::connect(&addr)
+            .await
+            .map_err(|e| ClientError::Connect {
+                addr: addr.to_string(),
+                reason: e.to_string(),
+            })?;
         // Requests are small and latency-bound; batching is done by the writer task.
         let _ = stream.set_nodelay(true);
         let (read_half, write_half) = stream.into_split();
@@ -152,7 +156,11 @@ impl Client {
                     }
                     continue;
                 }
-                let waiter = reader_shared.pending.lock().ok().and_then(|mut p| p.remove(&frame.id));
+                let waiter = reader_shared
+                    .pending
+                    .lock()
+                    .ok()
+                    .and_then(|mut p| p.remove(&frame.id));
                 if let Some(waiter) = waiter {
                     let _ = waiter.send(Ok(frame.body));
                 }
@@ -184,14 +192,24 @@ impl Client {
         if let Ok(mut pending) = self.shared.pending.lock() {
             pending.insert(id, waiter);
         }
-        let frame = encode(&RequestFrame { id, trace: None, body });
+        let frame = encode(&RequestFrame {
+            id,
+            trace: None,
+            body,
+        });
         if self.outgoing.send(Bytes::from(frame)).await.is_err() {
             self.forget(id);
-            return Err(ClientError::ConnectionLost("the connection's writer stopped".into()));
+            return Err(ClientError::ConnectionLost(
+                "the connection's writer stopped".into(),
+            ));
         }
         let response = match tokio::time::timeout(self.timeout, answer).await {
             Ok(Ok(result)) => result?,
-            Ok(Err(_)) => return Err(ClientError::ConnectionLost("the connection's reader stopped".into())),
+            Ok(Err(_)) => {
+                return Err(ClientError::ConnectionLost(
+                    "the connection's reader stopped".into(),
+                ))
+            }
             Err(_) => {
                 self.forget(id);
                 return Err(ClientError::Timeout(self.timeout));
@@ -212,7 +230,15 @@ impl Client {
     /// Reads a key: its value and version, or `None` if it does not exist.
     pub async fn get(&self, key: &[u8]) -> Result<Option<Item>, ClientError> {
         match self.request(Request::Get { key: key.to_vec() }).await {
-            Ok(Response::Value { key, value, version }) => Ok(Some(Item { key, value, version })),
+            Ok(Response::Value {
+                key,
+                value,
+                version,
+            }) => Ok(Some(Item {
+                key,
+                value,
+                version,
+            })),
             Ok(other) => Err(unexpected("get", &other)),
             Err(error) if error.code() == Some(ErrorCode::NotFound) => Ok(None),
             Err(error) => Err(error),
@@ -226,11 +252,21 @@ impl Client {
 
     /// Writes a key only if its version is `expected_version` (0 = it must not
     /// exist); returns the new version, or a `version_mismatch` error.
-    pub async fn cas(&self, key: &[u8], expected_version: u64, value: &[u8]) -> Result<u64, ClientError> {
+    pub async fn cas(
+        &self,
+        key: &[u8],
+        expected_version: u64,
+        value: &[u8],
+    ) -> Result<u64, ClientError> {
         self.write(key, value, Some(expected_version)).await
     }
 
-    async fn write(&self, key: &[u8], value: &[u8], expected_version: Option<u64>) -> Result<u64, ClientError> {
+    async fn write(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        expected_version: Option<u64>,
+    ) -> Result<u64, ClientError> {
         let request = Request::Put {
             key: key.to_vec(),
             value: value.to_vec(),
@@ -243,13 +279,19 @@ impl Client {
     }
 
     /// Deletes a key (only at `expected_version`, if given); returns the version it had.
-    pub async fn delete(&self, key: &[u8], expected_version: Option<u64>) -> Result<u64, ClientError> {
+    pub async fn delete(
+        &self,
+        key: &[u8],
+        expected_version: Option<u64>,
+    ) -> Result<u64, ClientError> {
         let request = Request::Delete {
             key: key.to_vec(),
             expected_version,
         };
         match self.request(request).await? {
-            Response::Deleted { deleted_version, .. } => Ok(deleted_version),
+            Response::Deleted {
+                deleted_version, ..
+            } => Ok(deleted_version),
             other => Err(unexpected("delete", &other)),
         }
     }

@@ -259,7 +259,10 @@ pub fn decode_request(bytes: &[u8]) -> Result<RequestFrame, DecodeFailure> {
         Some(op) if !REQUEST_OPS.contains(&op.as_str()) => Err(DecodeFailure {
             id,
             code: ErrorCode::UnknownOperation,
-            message: format!("unknown operation {op:?}; known: {}", REQUEST_OPS.join(", ")),
+            message: format!(
+                "unknown operation {op:?}; known: {}",
+                REQUEST_OPS.join(", ")
+            ),
         }),
         _ => Err(DecodeFailure {
             id,
@@ -371,7 +374,10 @@ mod tests {
             body: OddBody { op: "explode" },
         });
         let failure = decode_request(&bytes).expect_err("unknown op");
-        assert_eq!((failure.id, failure.code), (77, ErrorCode::UnknownOperation));
+        assert_eq!(
+            (failure.id, failure.code),
+            (77, ErrorCode::UnknownOperation)
+        );
     }
 
     #[test]

@@ -112,7 +112,13 @@ mod tests {
         let cases = [
             (KvError::InvalidKey("empty".into()), 400),
             (KvError::NotFound, 404),
-            (KvError::VersionMismatch { expected: 1, current: 2 }, 409),
+            (
+                KvError::VersionMismatch {
+                    expected: 1,
+                    current: 2,
+                },
+                409,
+            ),
             (
                 KvError::ValueTooLarge {
                     size_bytes: 2,
@@ -129,6 +135,10 @@ mod tests {
             assert_eq!(api.status().as_u16(), status, "{error:?}");
         }
         let not_found = ApiError::from_kv(KvError::NotFound, Some(b"users/7"));
-        assert!(not_found.message.contains("users/7"), "{}", not_found.message);
+        assert!(
+            not_found.message.contains("users/7"),
+            "{}",
+            not_found.message
+        );
     }
 }

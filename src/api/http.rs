@@ -47,10 +47,15 @@ pub fn app(
         InitError = (),
     >,
 > {
-    let json_limit_bytes = state.kv.limits().value_size_max_bytes * JSON_OVERHEAD_FACTOR + JSON_OVERHEAD_BYTES;
+    let json_limit_bytes =
+        state.kv.limits().value_size_max_bytes * JSON_OVERHEAD_FACTOR + JSON_OVERHEAD_BYTES;
     App::new()
         .app_data(web::Data::new(state))
-        .app_data(web::JsonConfig::default().limit(json_limit_bytes).error_handler(json_error))
+        .app_data(
+            web::JsonConfig::default()
+                .limit(json_limit_bytes)
+                .error_handler(json_error),
+        )
         .app_data(web::QueryConfig::default().error_handler(query_error))
         .wrap(actix_web::middleware::from_fn(record_metrics))
         .service(
@@ -98,7 +103,11 @@ struct DeleteQuery {
 /// bytes. actix's own path decoding replaces invalid UTF-8 silently, which
 /// would store a different key than the client named, so it is not used here.
 fn path_key(request: &HttpRequest) -> Result<Vec<u8>, ApiError> {
-    let raw = request.uri().path().strip_prefix("/kv/").unwrap_or_default();
+    let raw = request
+        .uri()
+        .path()
+        .strip_prefix("/kv/")
+        .unwrap_or_default();
     percent_decode_strict(raw).map_err(|message| ApiError::new(ErrorCode::InvalidKey, message))
 }
 
@@ -106,7 +115,9 @@ fn path_key(request: &HttpRequest) -> Result<Vec<u8>, ApiError> {
 fn percent_decode_strict(text: &str) -> Result<Vec<u8>, String> {
     let bytes = text.as_bytes();
     for (at, byte) in bytes.iter().enumerate() {
-        let escape_ok = bytes.get(at + 1..at + 3).is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit));
+        let escape_ok = bytes
+            .get(at + 1..at + 3)
+            .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit));
         if *byte == b'%' && !escape_ok {
             return Err(format!("invalid percent-escape at byte {at} of {text:?}"));
         }
@@ -125,7 +136,9 @@ fn scan_range(query: &str) -> Result<ScanRange, ApiError> {
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
         if seen.contains(&name) {
-            return Err(ApiError::bad_request(format!("query parameter {name:?} is given twice")));
+            return Err(ApiError::bad_request(format!(
+                "query parameter {name:?} is given twice"
+            )));
         }
         seen.push(name);
         let value = percent_decode_strict(&value.replace('+', " "))
@@ -138,7 +151,12 @@ fn scan_range(query: &str) -> Result<ScanRange, ApiError> {
                 range.limit = std::str::from_utf8(&value)
                     .ok()
                     .and_then(|v| v.parse().ok())
-                    .ok_or_else(|| ApiError::bad_request(format!("limit {:?} is not a whole number", value.escape_ascii().to_string())))?
+                    .ok_or_else(|| {
+                        ApiError::bad_request(format!(
+                            "limit {:?} is not a whole number",
+                            value.escape_ascii().to_string()
+                        ))
+                    })?
             }
             other => {
                 return Err(ApiError::bad_request(format!(
@@ -201,9 +219,15 @@ async fn put(
             .decode(encoded.as_bytes())
             .map_err(|e| ApiError::bad_request(format!("value_base64 is not valid base64: {e}")))?,
         (Some(_), Some(_)) => {
-            return Err(ApiError::bad_request("give either value or value_base64, not both"))
+            return Err(ApiError::bad_request(
+                "give either value or value_base64, not both",
+            ))
         }
-        (None, None) => return Err(ApiError::bad_request("the body needs a value or value_base64 field")),
+        (None, None) => {
+            return Err(ApiError::bad_request(
+                "the body needs a value or value_base64 field",
+            ))
+        }
     };
     let op = KvOp::Put {
         key: key.clone(),
@@ -268,11 +292,18 @@ async fn metrics(state: web::Data<HttpState>) -> HttpResponse {
 
 async fn call(state: &HttpState, op: KvOp, key: &[u8]) -> Result<KvReply, ApiError> {
     let key = (!key.is_empty()).then_some(key);
-    state.kv.call(op).await.map_err(|e| ApiError::from_kv(e, key))
+    state
+        .kv
+        .call(op)
+        .await
+        .map_err(|e| ApiError::from_kv(e, key))
 }
 
 fn unexpected(reply: &KvReply) -> ApiError {
-    ApiError::new(ErrorCode::Internal, format!("the store answered with {reply:?}"))
+    ApiError::new(
+        ErrorCode::Internal,
+        format!("the store answered with {reply:?}"),
+    )
 }
 
 async fn method_not_allowed(request: HttpRequest) -> HttpResponse {
@@ -307,7 +338,9 @@ fn json_error(error: JsonPayloadError, _: &HttpRequest) -> actix_web::Error {
             ErrorCode::ValueTooLarge,
             format!("body exceeds the limit of {limit} bytes"),
         ),
-        JsonPayloadError::Deserialize(e) => ApiError::bad_request(format!("malformed JSON body: {e}")),
+        JsonPayloadError::Deserialize(e) => {
+            ApiError::bad_request(format!("malformed JSON body: {e}"))
+        }
         other => ApiError::bad_request(format!("unreadable body: {other}")),
     };
     api.into()
@@ -330,14 +363,21 @@ async fn record_metrics(
     metrics::gauge!("harmonydb_http_requests_in_flight").decrement(1.0);
     let (route, status) = match &result {
         Ok(response) => (
-            response.request().match_pattern().unwrap_or_else(|| "unmatched".to_string()),
+            response
+                .request()
+                .match_pattern()
+                .unwrap_or_else(|| "unmatched".to_string()),
             response.status().as_u16().to_string(),
         ),
-        Err(error) => ("unmatched".to_string(), error.as_response_error().status_code().as_u16().to_string()),
+        Err(error) => (
+            "unmatched".to_string(),
+            error.as_response_error().status_code().as_u16().to_string(),
+        ),
     };
     let labels = [("route", route), ("method", method), ("status", status)];
     metrics::counter!("harmonydb_http_requests_total", &labels).increment(1);
-    metrics::histogram!("harmonydb_http_request_duration_seconds", &labels).record(started.elapsed().as_secs_f64());
+    metrics::histogram!("harmonydb_http_request_duration_seconds", &labels)
+        .record(started.elapsed().as_secs_f64());
     result
 }
 
@@ -345,12 +385,14 @@ async fn record_metrics(
 mod tests {
     use super::*;
     use actix::Actor;
-    use actix_web::test;
+    use actix_web::test as web_test;
     use harmonydb_actors::kv::{recover_state, KvLimits, KvStore};
     use harmonydb_actors::wal::{FsyncPolicy, Wal, WalOptions, WalWriter};
 
     fn metrics_handle() -> PrometheusHandle {
-        metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder().handle()
+        metrics_exporter_prometheus::PrometheusBuilder::new()
+            .build_recorder()
+            .handle()
     }
 
     fn store(dir: &std::path::Path) -> (KvHandle, actix::Addr<KvStore>) {
@@ -369,17 +411,25 @@ mod tests {
     async fn a_stopped_store_answers_503_shutting_down() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (kv, addr) = store(dir.path());
-        addr.send(harmonydb_actors::kv::BeginShutdown).await.expect("shutdown");
-        let app = test::init_service(app(HttpState {
+        addr.send(harmonydb_actors::kv::BeginShutdown)
+            .await
+            .expect("shutdown");
+        let app = web_test::init_service(app(HttpState {
             kv,
             metrics: metrics_handle(),
         }))
         .await;
-        let response = test::call_service(&app, test::TestRequest::get().uri("/kv/a").to_request()).await;
+        let response =
+            web_test::call_service(&app, web_test::TestRequest::get().uri("/kv/a").to_request())
+                .await;
         assert_eq!(response.status().as_u16(), 503);
-        let body: serde_json::Value = test::read_body_json(response).await;
+        let body: serde_json::Value = web_test::read_body_json(response).await;
         assert_eq!(body["error"]["code"], "shutting_down");
-        let health = test::call_service(&app, test::TestRequest::get().uri("/health").to_request()).await;
+        let health = web_test::call_service(
+            &app,
+            web_test::TestRequest::get().uri("/health").to_request(),
+        )
+        .await;
         assert_eq!(health.status().as_u16(), 503);
     }
 
@@ -387,19 +437,25 @@ mod tests {
     async fn binary_values_come_back_as_base64_and_text_as_text() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (kv, _) = store(dir.path());
-        let app = test::init_service(app(HttpState {
+        let app = web_test::init_service(app(HttpState {
             kv,
             metrics: metrics_handle(),
         }))
         .await;
-        let put = test::TestRequest::put()
+        let put = web_test::TestRequest::put()
             .uri("/kv/bin")
             .insert_header(actix_web::http::header::ContentType::json())
             .set_payload(r#"{"value_base64": "AP8B"}"#)
             .to_request();
-        assert_eq!(test::call_service(&app, put).await.status().as_u16(), 200);
-        let body: serde_json::Value =
-            test::call_and_read_body_json(&app, test::TestRequest::get().uri("/kv/bin").to_request()).await;
+        assert_eq!(
+            web_test::call_service(&app, put).await.status().as_u16(),
+            200
+        );
+        let body: serde_json::Value = web_test::call_and_read_body_json(
+            &app,
+            web_test::TestRequest::get().uri("/kv/bin").to_request(),
+        )
+        .await;
         assert_eq!(body["value_base64"], "AP8B");
         assert!(body.get("value").is_none());
         assert_eq!(body["key"], "bin");
@@ -407,7 +463,10 @@ mod tests {
 
     #[test]
     fn keys_and_scan_parameters_decode_to_exact_bytes() {
-        assert_eq!(percent_decode_strict("a%2Fb%FF").expect("valid"), b"a/b\xff".to_vec());
+        assert_eq!(
+            percent_decode_strict("a%2Fb%FF").expect("valid"),
+            b"a/b\xff".to_vec()
+        );
         assert!(percent_decode_strict("bad%G1").is_err());
         assert!(percent_decode_strict("cut%F").is_err());
         let range = scan_range("prefix=a%20b&start=x+y&limit=5").expect("valid");

@@ -33,7 +33,12 @@ pub const CONNECTION_INFLIGHT_MAX: usize = 1024;
 const ANSWER_QUEUE_CAPACITY: usize = 1024;
 
 /// Accepts connections until `shutdown` turns true.
-pub async fn serve(listener: TcpListener, kv: KvHandle, frame_size_max_bytes: usize, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(
+    listener: TcpListener,
+    kv: KvHandle,
+    frame_size_max_bytes: usize,
+    mut shutdown: watch::Receiver<bool>,
+) {
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -52,7 +57,12 @@ pub async fn serve(listener: TcpListener, kv: KvHandle, frame_size_max_bytes: us
     }
 }
 
-async fn connection(stream: TcpStream, peer: SocketAddr, kv: KvHandle, frame_size_max_bytes: usize) {
+async fn connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    kv: KvHandle,
+    frame_size_max_bytes: usize,
+) {
     let _ = stream.set_nodelay(true);
     metrics::gauge!("harmonydb_tcp_connections").increment(1.0);
     let (read_half, write_half) = stream.into_split();
@@ -99,7 +109,13 @@ async fn connection(stream: TcpStream, peer: SocketAddr, kv: KvHandle, frame_siz
 }
 
 /// Sends a connection-ending error frame.
-async fn reject(answers: &mpsc::Sender<Bytes>, id: u64, code: ErrorCode, message: String, peer: SocketAddr) {
+async fn reject(
+    answers: &mpsc::Sender<Bytes>,
+    id: u64,
+    code: ErrorCode,
+    message: String,
+    peer: SocketAddr,
+) {
     warn!(%peer, id, code = code.as_str(), %message, "closing TCP connection after a bad frame");
     metrics::counter!("harmonydb_tcp_protocol_errors_total", "code" => code.as_str()).increment(1);
     let frame = ResponseFrame {
@@ -114,7 +130,10 @@ async fn write_answers(
     mut queue: mpsc::Receiver<Bytes>,
     frame_size_max_bytes: usize,
 ) {
-    let mut sink = FramedWrite::new(write_half, codec(frame_size_max_bytes.max(harmonydb_protocol::FRAME_SIZE_DEFAULT_MAX_BYTES)));
+    let mut sink = FramedWrite::new(
+        write_half,
+        codec(frame_size_max_bytes.max(harmonydb_protocol::FRAME_SIZE_DEFAULT_MAX_BYTES)),
+    );
     while let Some(frame) = queue.recv().await {
         // Answers that are already waiting go out with one flush.
         let mut result = sink.feed(frame).await;
@@ -124,7 +143,10 @@ async fn write_answers(
                 Err(_) => break,
             }
         }
-        if result.and(SinkExt::<Bytes>::flush(&mut sink).await).is_err() {
+        if result
+            .and(SinkExt::<Bytes>::flush(&mut sink).await)
+            .is_err()
+        {
             return;
         }
     }
@@ -135,7 +157,12 @@ async fn write_answers(
 async fn handle(kv: &KvHandle, frame: RequestFrame) -> ResponseFrame {
     let started = Instant::now();
     let op_name = frame.body.op_name();
-    let span = tracing::debug_span!("tcp_request", id = frame.id, op = op_name, trace = frame.trace.as_deref());
+    let span = tracing::debug_span!(
+        "tcp_request",
+        id = frame.id,
+        op = op_name,
+        trace = frame.trace.as_deref()
+    );
     let body = match execute(kv, frame.body).instrument(span).await {
         Ok(body) => body,
         Err(error) => Response::Error {
@@ -149,13 +176,16 @@ async fn handle(kv: &KvHandle, frame: RequestFrame) -> ResponseFrame {
     };
     let labels = [("op", op_name), ("status", status)];
     metrics::counter!("harmonydb_tcp_requests_total", &labels).increment(1);
-    metrics::histogram!("harmonydb_tcp_request_duration_seconds", &labels).record(started.elapsed().as_secs_f64());
+    metrics::histogram!("harmonydb_tcp_request_duration_seconds", &labels)
+        .record(started.elapsed().as_secs_f64());
     ResponseFrame { id: frame.id, body }
 }
 
 async fn execute(kv: &KvHandle, request: Request) -> Result<Response, ApiError> {
     let key = match &request {
-        Request::Get { key } | Request::Put { key, .. } | Request::Delete { key, .. } => Some(key.clone()),
+        Request::Get { key } | Request::Put { key, .. } | Request::Delete { key, .. } => {
+            Some(key.clone())
+        }
         Request::Scan { .. } | Request::Health => None,
     };
     let op = match request {
@@ -169,7 +199,13 @@ async fn execute(kv: &KvHandle, request: Request) -> Result<Response, ApiError> 
             value,
             expected_version,
         },
-        Request::Delete { key, expected_version } => KvOp::Delete { key, expected_version },
+        Request::Delete {
+            key,
+            expected_version,
+        } => KvOp::Delete {
+            key,
+            expected_version,
+        },
         Request::Scan {
             prefix,
             start,
@@ -183,7 +219,10 @@ async fn execute(kv: &KvHandle, request: Request) -> Result<Response, ApiError> 
         }),
         Request::Health => KvOp::Health,
     };
-    let reply = kv.call(op).await.map_err(|e| ApiError::from_kv(e, key.as_deref()))?;
+    let reply = kv
+        .call(op)
+        .await
+        .map_err(|e| ApiError::from_kv(e, key.as_deref()))?;
     let key = key.unwrap_or_default();
     Ok(match reply {
         KvReply::Value(versioned) => Response::Value {
@@ -192,7 +231,10 @@ async fn execute(kv: &KvHandle, request: Request) -> Result<Response, ApiError> 
             version: versioned.version,
         },
         KvReply::Written(WriteOutcome::Written { version }) => Response::Written { key, version },
-        KvReply::Written(WriteOutcome::Deleted { deleted_version }) => Response::Deleted { key, deleted_version },
+        KvReply::Written(WriteOutcome::Deleted { deleted_version }) => Response::Deleted {
+            key,
+            deleted_version,
+        },
         KvReply::Page(page) => Response::Items {
             items: page
                 .items

@@ -45,10 +45,14 @@ impl Node {
             .arg("--data-dir")
             .arg(data_dir)
             .args(["--log-format", "json"]);
-        if !env.iter().any(|(k, _)| *k == "HARMONYDB_HTTP_ADDR") && !extra_args.contains(&"--http-addr") {
+        if !env.iter().any(|(k, _)| *k == "HARMONYDB_HTTP_ADDR")
+            && !extra_args.contains(&"--http-addr")
+        {
             command.args(["--http-addr", "127.0.0.1:0"]);
         }
-        if !env.iter().any(|(k, _)| *k == "HARMONYDB_TCP_ADDR") && !extra_args.contains(&"--tcp-addr") {
+        if !env.iter().any(|(k, _)| *k == "HARMONYDB_TCP_ADDR")
+            && !extra_args.contains(&"--tcp-addr")
+        {
             command.args(["--tcp-addr", "127.0.0.1:0"]);
         }
         command.args(extra_args);
@@ -97,7 +101,10 @@ impl Node {
                             log.lock().expect("log").join("\n")
                         );
                     }
-                    assert!(Instant::now() < deadline, "harmonydb did not start listening in time");
+                    assert!(
+                        Instant::now() < deadline,
+                        "harmonydb did not start listening in time"
+                    );
                 }
             }
         }
@@ -174,7 +181,9 @@ pub fn http(request: ureq::Request, body: Option<&str>) -> (u16, String) {
     };
     match result {
         Ok(response) => (response.status(), response.into_string().expect("body")),
-        Err(ureq::Error::Status(status, response)) => (status, response.into_string().expect("body")),
+        Err(ureq::Error::Status(status, response)) => {
+            (status, response.into_string().expect("body"))
+        }
         Err(error) => panic!("HTTP transport error: {error}"),
     }
 }

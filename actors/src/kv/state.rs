@@ -24,7 +24,9 @@ pub struct Versioned {
     pub version: u64,
 }
 
-/// A change to the state, as stored in the WAL (MessagePack, field names kept).
+/// A change to the state, as stored in the WAL: MessagePack, compact form
+/// (an array `[op, key, value, expected_version]`, no field names; every
+/// byte here is in every synced page, see docs/wal-format.md).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum KvCommand {
@@ -52,7 +54,7 @@ pub enum KvCommand {
 impl KvCommand {
     /// Serializes the command for the WAL.
     pub fn encode(&self) -> Vec<u8> {
-        rmp_serde::to_vec_named(self).expect("a KV command always serializes")
+        rmp_serde::to_vec(self).expect("a KV command always serializes")
     }
 
     /// Reads a command back from a WAL payload.
@@ -203,10 +205,16 @@ impl KvState {
             .map
             .range::<[u8], _>((Bound::Included(lower), Bound::Unbounded))
             .take_while(|(key, _)| key.starts_with(&range.prefix))
-            .take_while(|(key, _)| range.end.as_ref().is_none_or(|end| key.as_slice() < end.as_slice()));
+            .take_while(|(key, _)| {
+                range
+                    .end
+                    .as_ref()
+                    .is_none_or(|end| key.as_slice() < end.as_slice())
+            });
         for (key, versioned) in candidates {
             let item_size = key.len() + versioned.value.len();
-            let over_budget = !page.items.is_empty() && size_bytes + item_size > SCAN_RESPONSE_SIZE_MAX_BYTES;
+            let over_budget =
+                !page.items.is_empty() && size_bytes + item_size > SCAN_RESPONSE_SIZE_MAX_BYTES;
             if page.items.len() >= range.limit || over_budget {
                 page.more = true;
                 break;
@@ -243,12 +251,27 @@ mod tests {
     #[test]
     fn versions_increase_with_every_write_even_across_delete() {
         let mut state = KvState::new();
-        assert_eq!(state.apply(1, &put("a", "1", None)), Ok(WriteOutcome::Written { version: 1 }));
-        assert_eq!(state.apply(2, &put("b", "x", None)), Ok(WriteOutcome::Written { version: 2 }));
-        assert_eq!(state.apply(3, &put("a", "2", None)), Ok(WriteOutcome::Written { version: 3 }));
-        assert_eq!(state.apply(4, &delete("a", None)), Ok(WriteOutcome::Deleted { deleted_version: 3 }));
+        assert_eq!(
+            state.apply(1, &put("a", "1", None)),
+            Ok(WriteOutcome::Written { version: 1 })
+        );
+        assert_eq!(
+            state.apply(2, &put("b", "x", None)),
+            Ok(WriteOutcome::Written { version: 2 })
+        );
+        assert_eq!(
+            state.apply(3, &put("a", "2", None)),
+            Ok(WriteOutcome::Written { version: 3 })
+        );
+        assert_eq!(
+            state.apply(4, &delete("a", None)),
+            Ok(WriteOutcome::Deleted { deleted_version: 3 })
+        );
         assert_eq!(state.get(b"a"), None);
-        assert_eq!(state.apply(5, &put("a", "3", None)), Ok(WriteOutcome::Written { version: 5 }));
+        assert_eq!(
+            state.apply(5, &put("a", "3", None)),
+            Ok(WriteOutcome::Written { version: 5 })
+        );
         assert_eq!(
             state.get(b"a"),
             Some(&Versioned {
@@ -262,22 +285,43 @@ mod tests {
     #[test]
     fn compare_and_set_checks_the_current_version() {
         let mut state = KvState::new();
-        assert_eq!(state.apply(1, &put("k", "v1", Some(0))), Ok(WriteOutcome::Written { version: 1 }));
+        assert_eq!(
+            state.apply(1, &put("k", "v1", Some(0))),
+            Ok(WriteOutcome::Written { version: 1 })
+        );
         assert_eq!(
             state.apply(2, &put("k", "v2", Some(0))),
-            Err(KvError::VersionMismatch { expected: 0, current: 1 })
+            Err(KvError::VersionMismatch {
+                expected: 0,
+                current: 1
+            })
         );
         assert_eq!(
             state.apply(3, &put("k", "v2", Some(7))),
-            Err(KvError::VersionMismatch { expected: 7, current: 1 })
+            Err(KvError::VersionMismatch {
+                expected: 7,
+                current: 1
+            })
         );
-        assert_eq!(state.get(b"k").map(|v| v.value.as_slice()), Some(&b"v1"[..]));
-        assert_eq!(state.apply(4, &put("k", "v2", Some(1))), Ok(WriteOutcome::Written { version: 4 }));
+        assert_eq!(
+            state.get(b"k").map(|v| v.value.as_slice()),
+            Some(&b"v1"[..])
+        );
+        assert_eq!(
+            state.apply(4, &put("k", "v2", Some(1))),
+            Ok(WriteOutcome::Written { version: 4 })
+        );
         assert_eq!(
             state.apply(5, &delete("k", Some(1))),
-            Err(KvError::VersionMismatch { expected: 1, current: 4 })
+            Err(KvError::VersionMismatch {
+                expected: 1,
+                current: 4
+            })
         );
-        assert_eq!(state.apply(6, &delete("k", Some(4))), Ok(WriteOutcome::Deleted { deleted_version: 4 }));
+        assert_eq!(
+            state.apply(6, &delete("k", Some(4))),
+            Ok(WriteOutcome::Deleted { deleted_version: 4 })
+        );
         assert_eq!(state.apply(7, &delete("k", None)), Err(KvError::NotFound));
     }
 
@@ -291,10 +335,18 @@ mod tests {
     #[test]
     fn scan_honours_prefix_bounds_and_limit() {
         let mut state = KvState::new();
-        for (i, key) in ["a", "app/1", "app/2", "app/3", "apq", "b"].iter().enumerate() {
-            state.apply(i as u64 + 1, &put(key, "v", None)).expect("put");
+        for (i, key) in ["a", "app/1", "app/2", "app/3", "apq", "b"]
+            .iter()
+            .enumerate()
+        {
+            state
+                .apply(i as u64 + 1, &put(key, "v", None))
+                .expect("put");
         }
-        let all = state.scan(&ScanRange { limit: 100, ..ScanRange::default() });
+        let all = state.scan(&ScanRange {
+            limit: 100,
+            ..ScanRange::default()
+        });
         assert_eq!(keys(&all), ["a", "app/1", "app/2", "app/3", "apq", "b"]);
         assert!(!all.more);
 
@@ -350,11 +402,25 @@ mod tests {
         let mut state = KvState::new();
         let big = "x".repeat(SCAN_RESPONSE_SIZE_MAX_BYTES / 2 + 1);
         for (i, key) in ["k1", "k2", "k3"].iter().enumerate() {
-            state.apply(i as u64 + 1, &put(key, &big, None)).expect("put");
+            state
+                .apply(i as u64 + 1, &put(key, &big, None))
+                .expect("put");
         }
-        let page = state.scan(&ScanRange { limit: 100, ..ScanRange::default() });
+        let page = state.scan(&ScanRange {
+            limit: 100,
+            ..ScanRange::default()
+        });
         assert_eq!(keys(&page), ["k1"]);
         assert!(page.more);
+    }
+
+    #[test]
+    fn the_wal_encoding_is_the_documented_compact_array() {
+        // docs/wal-format.md: fixarray(4) "put" bin8(key) bin8(value) nil
+        let bytes = put("k", "v", None).encode();
+        assert_eq!(bytes, b"\x94\xa3put\xc4\x01k\xc4\x01v\xc0".to_vec());
+        let bytes = delete("k", Some(7)).encode();
+        assert_eq!(bytes, b"\x93\xa6delete\xc4\x01k\x07".to_vec());
     }
 
     #[test]

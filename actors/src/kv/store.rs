@@ -75,10 +75,11 @@ pub fn recover_state(wal: &Wal) -> Result<KvState, KvError> {
     let mut state = KvState::new();
     let result = wal.read_from(wal.first_index(), |record| {
         debug_assert_eq!(record.kind, RecordKind::Entry);
-        let command = KvCommand::decode(record.payload).map_err(|reason| KvError::CorruptEntry {
-            index: record.index,
-            reason,
-        })?;
+        let command =
+            KvCommand::decode(record.payload).map_err(|reason| KvError::CorruptEntry {
+                index: record.index,
+                reason,
+            })?;
         // A refused compare-and-set is part of the history too; its error is not a replay error.
         let _ = state.apply(record.index, &command);
         Ok(())
@@ -128,7 +129,11 @@ impl KvStore {
             index,
             payload: command.encode(),
         });
-        self.pending.push_back(PendingWrite { index, command, reply });
+        self.pending.push_back(PendingWrite {
+            index,
+            command,
+            reply,
+        });
         metrics::gauge!("harmonydb_kv_pending_writes").set(self.pending.len() as f64);
         if !self.appends_scheduled {
             self.appends_scheduled = true;
@@ -196,7 +201,12 @@ impl Handler<KvRequest> for KvStore {
         }
         match op {
             KvOp::Get { key } => {
-                let answer = self.state.get(&key).cloned().map(KvReply::Value).ok_or(KvError::NotFound);
+                let answer = self
+                    .state
+                    .get(&key)
+                    .cloned()
+                    .map(KvReply::Value)
+                    .ok_or(KvError::NotFound);
                 let _ = reply.send(answer);
             }
             KvOp::Scan(range) => {
@@ -228,9 +238,17 @@ impl Handler<KvRequest> for KvStore {
                 reply,
                 ctx,
             ),
-            KvOp::Delete { key, expected_version } => {
-                self.submit_write(KvCommand::Delete { key, expected_version }, reply, ctx)
-            }
+            KvOp::Delete {
+                key,
+                expected_version,
+            } => self.submit_write(
+                KvCommand::Delete {
+                    key,
+                    expected_version,
+                },
+                reply,
+                ctx,
+            ),
         }
     }
 }
@@ -259,7 +277,10 @@ impl Handler<BeginShutdown> for KvStore {
     type Result = ResponseFuture<()>;
 
     fn handle(&mut self, _: BeginShutdown, _: &mut Self::Context) -> Self::Result {
-        info!(pending_writes = self.pending.len(), "KV store stops taking requests");
+        info!(
+            pending_writes = self.pending.len(),
+            "KV store stops taking requests"
+        );
         self.closing = true;
         let (done, wait) = oneshot::channel();
         self.shutdown_waiters.push(done);
@@ -287,7 +308,11 @@ impl KvHandle {
     /// A handle to a running store.
     pub fn new(addr: Addr<KvStore>, limits: KvLimits) -> Self {
         let inflight = Arc::new(Semaphore::new(limits.inflight_requests_max));
-        KvHandle { addr, limits, inflight }
+        KvHandle {
+            addr,
+            limits,
+            inflight,
+        }
     }
 
     /// The limits this handle enforces.
@@ -303,13 +328,15 @@ impl KvHandle {
             return Err(KvError::Overloaded);
         };
         let (reply, answer) = oneshot::channel();
-        self.addr.try_send(KvRequest { op, reply }).map_err(|error| match error {
-            SendError::Full(_) => {
-                metrics::counter!("harmonydb_kv_overloaded_total").increment(1);
-                KvError::Overloaded
-            }
-            SendError::Closed(_) => KvError::ShuttingDown,
-        })?;
+        self.addr
+            .try_send(KvRequest { op, reply })
+            .map_err(|error| match error {
+                SendError::Full(_) => {
+                    metrics::counter!("harmonydb_kv_overloaded_total").increment(1);
+                    KvError::Overloaded
+                }
+                SendError::Closed(_) => KvError::ShuttingDown,
+            })?;
         answer.await.map_err(|_| KvError::ShuttingDown)?
     }
 }
@@ -326,7 +353,11 @@ mod tests {
         let next_index = wal.last_index() + 1;
         let writer = WalWriter::new(wal, FsyncPolicy::Always).start();
         let store = KvStore::new(state, next_index, writer.clone()).start();
-        (KvHandle::new(store.clone(), KvLimits::default()), store, writer)
+        (
+            KvHandle::new(store.clone(), KvLimits::default()),
+            store,
+            writer,
+        )
     }
 
     fn put(key: &str, value: &str, expected_version: Option<u64>) -> KvOp {
@@ -344,13 +375,33 @@ mod tests {
         // Sent together, so they are applied in the order the store received them.
         let answers = concurrently(
             &kv,
-            vec![put("a", "1", None), put("b", "2", Some(0)), put("a", "3", Some(1)), put("a", "4", Some(1))],
+            vec![
+                put("a", "1", None),
+                put("b", "2", Some(0)),
+                put("a", "3", Some(1)),
+                put("a", "4", Some(1)),
+            ],
         )
         .await;
-        assert_eq!(answers[0], Ok(KvReply::Written(WriteOutcome::Written { version: 1 })));
-        assert_eq!(answers[1], Ok(KvReply::Written(WriteOutcome::Written { version: 2 })));
-        assert_eq!(answers[2], Ok(KvReply::Written(WriteOutcome::Written { version: 3 })));
-        assert_eq!(answers[3], Err(KvError::VersionMismatch { expected: 1, current: 3 }));
+        assert_eq!(
+            answers[0],
+            Ok(KvReply::Written(WriteOutcome::Written { version: 1 }))
+        );
+        assert_eq!(
+            answers[1],
+            Ok(KvReply::Written(WriteOutcome::Written { version: 2 }))
+        );
+        assert_eq!(
+            answers[2],
+            Ok(KvReply::Written(WriteOutcome::Written { version: 3 }))
+        );
+        assert_eq!(
+            answers[3],
+            Err(KvError::VersionMismatch {
+                expected: 1,
+                current: 3
+            })
+        );
         assert_eq!(
             kv.call(KvOp::Get { key: "a".into() }).await,
             Ok(KvReply::Value(Versioned {
@@ -359,7 +410,10 @@ mod tests {
             }))
         );
         store.send(BeginShutdown).await.expect("shutdown");
-        assert_eq!(kv.call(KvOp::Get { key: "a".into() }).await, Err(KvError::ShuttingDown));
+        assert_eq!(
+            kv.call(KvOp::Get { key: "a".into() }).await,
+            Err(KvError::ShuttingDown)
+        );
         drop((store, writer, kv));
         actix_rt::time::sleep(std::time::Duration::from_millis(50)).await;
 
@@ -367,7 +421,10 @@ mod tests {
         let state = recover_state(&wal).expect("recover");
         assert_eq!(state.applied_index(), 4);
         assert_eq!(state.get(b"a").map(|v| v.version), Some(3));
-        assert_eq!(state.get(b"b").map(|v| v.value.clone()), Some(b"2".to_vec()));
+        assert_eq!(
+            state.get(b"b").map(|v| v.value.clone()),
+            Some(b"2".to_vec())
+        );
         let page = state.scan(&ScanRange {
             limit: 10,
             ..ScanRange::default()
@@ -384,15 +441,31 @@ mod tests {
             ..KvLimits::default()
         };
         let small = KvHandle::new(kv.addr.clone(), limits);
-        assert!(matches!(small.call(put("k", "12345", None)).await, Err(KvError::ValueTooLarge { .. })));
-        assert!(matches!(small.call(put("", "1", None)).await, Err(KvError::InvalidKey(_))));
+        assert!(matches!(
+            small.call(put("k", "12345", None)).await,
+            Err(KvError::ValueTooLarge { .. })
+        ));
+        assert!(matches!(
+            small.call(put("", "1", None)).await,
+            Err(KvError::InvalidKey(_))
+        ));
         let long_key = "k".repeat(crate::kv::KEY_SIZE_MAX_BYTES + 1);
-        assert!(matches!(small.call(KvOp::Get { key: long_key.into() }).await, Err(KvError::InvalidKey(_))));
+        assert!(matches!(
+            small
+                .call(KvOp::Get {
+                    key: long_key.into()
+                })
+                .await,
+            Err(KvError::InvalidKey(_))
+        ));
         let scan = KvOp::Scan(ScanRange {
             limit: 0,
             ..ScanRange::default()
         });
-        assert!(matches!(small.call(scan).await, Err(KvError::InvalidScan(_))));
+        assert!(matches!(
+            small.call(scan).await,
+            Err(KvError::InvalidScan(_))
+        ));
     }
 
     #[actix_rt::test]
@@ -408,7 +481,10 @@ mod tests {
         // until all eight callers have tried to send.
         let ops = (0..8).map(|i| put(&format!("k{i}"), "v", None)).collect();
         let results = concurrently(&kv, ops).await;
-        let refused = results.iter().filter(|r| **r == Err(KvError::Overloaded)).count();
+        let refused = results
+            .iter()
+            .filter(|r| **r == Err(KvError::Overloaded))
+            .count();
         assert_eq!(refused, 6, "{results:?}");
         // Once the first two are answered there is room again.
         assert!(kv.call(KvOp::Get { key: "k0".into() }).await.is_ok());

@@ -242,7 +242,10 @@ mod tests {
     fn wrong_index_is_corruption() {
         let mut buf = vec![0u8; record_size_bytes(1)];
         encode_record(&mut buf, 5, RecordKind::Entry, b"x");
-        assert!(matches!(decode_record(&buf, 6), Err(DecodeStop::Corrupt(_))));
+        assert!(matches!(
+            decode_record(&buf, 6),
+            Err(DecodeStop::Corrupt(_))
+        ));
     }
 
     #[test]

@@ -201,7 +201,12 @@ impl Wal {
     /// Appends a record. It is in the OS page cache once this returns (so it
     /// survives a process crash) and durable after the next `sync`.
     /// Returns the number of bytes written.
-    pub fn append(&mut self, index: u64, kind: RecordKind, payload: &[u8]) -> Result<usize, WalError> {
+    pub fn append(
+        &mut self,
+        index: u64,
+        kind: RecordKind,
+        payload: &[u8],
+    ) -> Result<usize, WalError> {
         assert_eq!(index, self.next_index, "WAL append out of order");
         if payload.len() > RECORD_PAYLOAD_SIZE_MAX_BYTES {
             return Err(WalError::RecordTooLarge {
@@ -214,7 +219,12 @@ impl Wal {
             self.roll(index, size)?;
         }
         let start = self.active.write_offset;
-        encode_record(&mut self.active.map[start..start + size], index, kind, payload);
+        encode_record(
+            &mut self.active.map[start..start + size],
+            index,
+            kind,
+            payload,
+        );
         self.active.write_offset += size;
         self.next_index += 1;
         Ok(size)
@@ -265,10 +275,22 @@ impl Wal {
                 continue;
             }
             let map = map_readonly(&segment.path)?;
-            visit_records(&segment.path, &map, segment.first_index, from_index, &mut visit)?;
+            visit_records(
+                &segment.path,
+                &map,
+                segment.first_index,
+                from_index,
+                &mut visit,
+            )?;
         }
         let written = &self.active.map[..self.active.write_offset];
-        visit_records(&self.active.path, written, self.active.first_index, from_index, &mut visit)
+        visit_records(
+            &self.active.path,
+            written,
+            self.active.first_index,
+            from_index,
+            &mut visit,
+        )
     }
 
     /// Deletes every segment all of whose records are below `index`. The active
@@ -385,7 +407,11 @@ fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, WalError> {
     Ok(segments)
 }
 
-fn create_segment(dir: &Path, first_index: u64, size_bytes: u64) -> Result<ActiveSegment, WalError> {
+fn create_segment(
+    dir: &Path,
+    first_index: u64,
+    size_bytes: u64,
+) -> Result<ActiveSegment, WalError> {
     let final_path = segment_path(dir, first_index);
     let temp_path = dir.join(format!("{first_index:020}{TEMP_SUFFIX}"));
     let file = OpenOptions::new()
@@ -395,7 +421,8 @@ fn create_segment(dir: &Path, first_index: u64, size_bytes: u64) -> Result<Activ
         .truncate(true)
         .open(&temp_path)
         .map_err(|e| io_error(e, "create WAL segment", &temp_path))?;
-    preallocate(&file, size_bytes).map_err(|e| io_error(e, "preallocate WAL segment", &temp_path))?;
+    preallocate(&file, size_bytes)
+        .map_err(|e| io_error(e, "preallocate WAL segment", &temp_path))?;
     let header = SegmentHeader { first_index }.encode();
     file.write_all_at(&header, 0)
         .map_err(|e| io_error(e, "write WAL segment header", &temp_path))?;
@@ -457,7 +484,10 @@ fn scan_closed_segment(path: &Path, named_first: u64) -> Result<u64, WalError> {
     if header.first_index != named_first {
         return Err(corrupt(
             0,
-            format!("header says first index {}, file name says {named_first}", header.first_index),
+            format!(
+                "header says first index {}, file name says {named_first}",
+                header.first_index
+            ),
         ));
     }
     let mut offset = SEGMENT_HEADER_SIZE_BYTES;
@@ -503,23 +533,31 @@ fn recover_last_segment(
         .map_err(|e| io_error(e, "stat WAL segment", path))?
         .len();
     let mut header_bytes = [0u8; SEGMENT_HEADER_SIZE_BYTES];
-    let header_read = file.read_at(&mut header_bytes, 0).map_err(|e| io_error(e, "read WAL segment", path))?;
-    let header = SegmentHeader::decode(&header_bytes[..header_read]).map_err(|reason| WalError::Corrupt {
-        segment: path.to_path_buf(),
-        offset: 0,
-        reason,
+    let header_read = file
+        .read_at(&mut header_bytes, 0)
+        .map_err(|e| io_error(e, "read WAL segment", path))?;
+    let header = SegmentHeader::decode(&header_bytes[..header_read]).map_err(|reason| {
+        WalError::Corrupt {
+            segment: path.to_path_buf(),
+            offset: 0,
+            reason,
+        }
     })?;
     if header.first_index != named_first {
         return Err(WalError::Corrupt {
             segment: path.to_path_buf(),
             offset: 0,
-            reason: format!("header says first index {}, file name says {named_first}", header.first_index),
+            reason: format!(
+                "header says first index {}, file name says {named_first}",
+                header.first_index
+            ),
         });
     }
     // A file cut short (a copy gone wrong, a truncating tool) is grown back to
     // a full segment; the missing bytes read as zeros, which is the log's end.
     if length < options.segment_size_bytes {
-        preallocate(&file, options.segment_size_bytes).map_err(|e| io_error(e, "grow WAL segment", path))?;
+        preallocate(&file, options.segment_size_bytes)
+            .map_err(|e| io_error(e, "grow WAL segment", path))?;
     }
     let mut map = map_writable(&file, path)?;
     let mut offset = SEGMENT_HEADER_SIZE_BYTES;
@@ -536,7 +574,9 @@ fn recover_last_segment(
     let garbage_end = last_nonzero(&map[offset..]).map(|at| offset + at + 1);
     let cut = match (stop, garbage_end) {
         (DecodeStop::End, None) => None,
-        (DecodeStop::End, Some(end)) => Some((end, "non-zero bytes after the last record".to_string())),
+        (DecodeStop::End, Some(end)) => {
+            Some((end, "non-zero bytes after the last record".to_string()))
+        }
         (DecodeStop::Corrupt(reason), end) => Some((end.unwrap_or(offset), reason)),
     };
     let cut = match cut {

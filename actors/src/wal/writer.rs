@@ -121,6 +121,8 @@ pub struct GetStats;
 pub struct WalStats {
     /// Syncs performed.
     pub syncs: u64,
+    /// Time spent in those syncs, in microseconds.
+    pub sync_time_total_us: u64,
     /// Records appended.
     pub records: u64,
     /// Index of the last record.
@@ -189,7 +191,10 @@ impl WalWriter {
         }
         let mut bytes_written = 0usize;
         for entry in entries {
-            match self.wal.append(entry.index, RecordKind::Entry, &entry.payload) {
+            match self
+                .wal
+                .append(entry.index, RecordKind::Entry, &entry.payload)
+            {
                 Ok(size) => bytes_written += size,
                 Err(error) => {
                     self.fail(&error);
@@ -216,9 +221,10 @@ impl WalWriter {
             self.fail(&error);
             return Err(error);
         }
-        metrics::histogram!("harmonydb_wal_fsync_duration_seconds")
-            .record(started.elapsed().as_secs_f64());
+        let elapsed = started.elapsed();
+        metrics::histogram!("harmonydb_wal_fsync_duration_seconds").record(elapsed.as_secs_f64());
         self.stats.syncs += 1;
+        self.stats.sync_time_total_us += elapsed.as_micros() as u64;
         Ok(())
     }
 
@@ -346,8 +352,18 @@ mod tests {
             "interval:25".parse(),
             Ok(FsyncPolicy::Interval(Duration::from_millis(25)))
         );
-        assert_eq!(FsyncPolicy::Interval(Duration::from_millis(25)).to_string(), "interval:25");
-        for bad in ["", "sometimes", "interval:", "interval:0", "interval:-3", "interval:1.5"] {
+        assert_eq!(
+            FsyncPolicy::Interval(Duration::from_millis(25)).to_string(),
+            "interval:25"
+        );
+        for bad in [
+            "",
+            "sometimes",
+            "interval:",
+            "interval:0",
+            "interval:-3",
+            "interval:1.5",
+        ] {
             assert!(bad.parse::<FsyncPolicy>().is_err(), "{bad:?} was accepted");
         }
     }
@@ -368,14 +384,24 @@ mod tests {
             WalWriter::new(wal, FsyncPolicy::Always)
         });
         // 64 appends sent before any is awaited all land in one mailbox drain.
-        let pending: Vec<_> = (1..=64).map(|i| writer.send(Append { entries: vec![entry(i)] })).collect();
+        let pending: Vec<_> = (1..=64)
+            .map(|i| {
+                writer.send(Append {
+                    entries: vec![entry(i)],
+                })
+            })
+            .collect();
         for (i, answer) in pending.into_iter().enumerate() {
             let last = answer.await.expect("mailbox").expect("append");
             assert_eq!(last, i as u64 + 1);
         }
         let stats = writer.send(GetStats).await.expect("stats");
         assert_eq!(stats.records, 64);
-        assert!(stats.syncs >= 1 && stats.syncs < 8, "64 queued appends took {} syncs", stats.syncs);
+        assert!(
+            stats.syncs >= 1 && stats.syncs < 8,
+            "64 queued appends took {} syncs",
+            stats.syncs
+        );
 
         // What was acknowledged is there after reopening.
         drop(writer);
@@ -395,11 +421,18 @@ mod tests {
 
     #[actix_rt::test]
     async fn interval_and_never_answer_without_waiting_for_a_sync() {
-        for policy in [FsyncPolicy::Never, FsyncPolicy::Interval(Duration::from_secs(3600))] {
+        for policy in [
+            FsyncPolicy::Never,
+            FsyncPolicy::Interval(Duration::from_secs(3600)),
+        ] {
             let dir = tempfile::tempdir().expect("tempdir");
             let (wal, _) = Wal::open(dir.path(), WalOptions::default()).expect("open");
             let writer = WalWriter::new(wal, policy).start();
-            let last = writer.send(Append { entries: vec![entry(1), entry(2)] }).await;
+            let last = writer
+                .send(Append {
+                    entries: vec![entry(1), entry(2)],
+                })
+                .await;
             assert_eq!(last.expect("mailbox").expect("append"), 2);
             assert_eq!(writer.send(GetStats).await.expect("stats").syncs, 0);
             assert_eq!(writer.send(Sync).await.expect("mailbox").expect("sync"), 2);
