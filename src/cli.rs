@@ -122,6 +122,7 @@ pub fn run_kv(args: KvArgs) -> ExitCode {
                 ClientError::Server { .. } | ClientError::UnexpectedResponse(_) => {
                     ExitCode::from(1)
                 }
+                ClientError::RequestTooLarge { .. } | ClientError::NotAScan(_) => ExitCode::from(2),
                 _ => ExitCode::from(3),
             }
         }

@@ -8,16 +8,21 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use tokio::net::{TcpStream, ToSocketAddrs};
 use tokio::sync::{mpsc, oneshot};
-use tokio_util::codec::{FramedRead, FramedWrite};
+use tokio_util::codec::FramedRead;
 
-use crate::frame::{codec, FRAME_SIZE_DEFAULT_MAX_BYTES};
+use crate::frame::{codec, write_queued_frames, FRAME_SIZE_DEFAULT_MAX_BYTES};
 use crate::message::{encode, ErrorCode, Item, Request, RequestFrame, Response, ResponseFrame};
 
 /// Requests queued for the socket before `request` waits for room.
 const OUTGOING_QUEUE_CAPACITY: usize = 1024;
+
+/// Largest answer the client reads. Answers are bounded by the node (values
+/// by its value limit, scans by their byte budget), so this only guards
+/// against a peer that is not a HarmonyDB node.
+const ANSWER_SIZE_MAX_BYTES: usize = 80 * 1024 * 1024;
 
 /// How long a request waits for its answer by default.
 pub const REQUEST_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);
@@ -47,6 +52,17 @@ pub enum ClientError {
         /// The node's explanation.
         message: String,
     },
+    /// The request is larger than a frame may be; nothing was sent.
+    #[error("request of {size_bytes} bytes exceeds the frame limit of {size_max_bytes} bytes")]
+    RequestTooLarge {
+        /// The encoded request's size.
+        size_bytes: usize,
+        /// The frame limit.
+        size_max_bytes: usize,
+    },
+    /// `Client::scan` was given a request that is not a scan; nothing was sent.
+    #[error("scan was given a {0} request")]
+    NotAScan(&'static str),
     /// The node answered with a response that doesn't fit the request.
     #[error("unexpected response: {0}")]
     UnexpectedResponse(String),
@@ -93,6 +109,7 @@ pub struct Client {
     shared: Arc<Shared>,
     outgoing: mpsc::Sender<Bytes>,
     timeout: Duration,
+    request_size_max_bytes: usize,
 }
 
 impl Client {
@@ -114,30 +131,20 @@ impl Client {
             pending: Mutex::new(HashMap::new()),
             closed: Mutex::new(None),
         });
-        let (outgoing, mut queue) = mpsc::channel::<Bytes>(OUTGOING_QUEUE_CAPACITY);
+        let (outgoing, queue) = mpsc::channel::<Bytes>(OUTGOING_QUEUE_CAPACITY);
 
         let writer_shared = shared.clone();
         tokio::spawn(async move {
-            let mut sink = FramedWrite::new(write_half, codec(FRAME_SIZE_DEFAULT_MAX_BYTES));
-            while let Some(frame) = queue.recv().await {
-                // Everything already queued goes out with one flush.
-                let mut result = sink.feed(frame).await;
-                while result.is_ok() {
-                    match queue.try_recv() {
-                        Ok(frame) => result = sink.feed(frame).await,
-                        Err(_) => break,
-                    }
-                }
-                if let Err(error) = result.and(SinkExt::<Bytes>::flush(&mut sink).await) {
-                    writer_shared.fail_all(ClientError::ConnectionLost(error.to_string()));
-                    return;
-                }
+            let written = write_queued_frames(write_half, queue, ANSWER_SIZE_MAX_BYTES).await;
+            if let Err(error) = written {
+                writer_shared.fail_all(ClientError::ConnectionLost(error.to_string()));
             }
         });
 
         let reader_shared = shared.clone();
         tokio::spawn(async move {
-            let mut frames = FramedRead::new(read_half, codec(FRAME_SIZE_DEFAULT_MAX_BYTES));
+            let mut frames = FramedRead::new(read_half, codec(ANSWER_SIZE_MAX_BYTES));
+            let mut connection_error = None;
             let reason = loop {
                 let bytes = match frames.next().await {
                     Some(Ok(bytes)) => bytes,
@@ -149,10 +156,12 @@ impl Client {
                     Err(error) => break format!("undecodable response frame: {error}"),
                 };
                 if frame.id == 0 {
-                    // An error about the connection itself: it ends every request on it.
+                    // An error about the connection itself. The node still
+                    // answers requests it had already started before it
+                    // closes, so keep reading; what is left unanswered at
+                    // the close fails with this error.
                     if let Response::Error { code, message } = frame.body {
-                        reader_shared.fail_all(ClientError::Server { code, message });
-                        return;
+                        connection_error = Some(ClientError::Server { code, message });
                     }
                     continue;
                 }
@@ -165,13 +174,14 @@ impl Client {
                     let _ = waiter.send(Ok(frame.body));
                 }
             };
-            reader_shared.fail_all(ClientError::ConnectionLost(reason));
+            reader_shared.fail_all(connection_error.unwrap_or(ClientError::ConnectionLost(reason)));
         });
 
         Ok(Client {
             shared,
             outgoing,
             timeout: REQUEST_TIMEOUT_DEFAULT,
+            request_size_max_bytes: FRAME_SIZE_DEFAULT_MAX_BYTES,
         })
     }
 
@@ -181,22 +191,41 @@ impl Client {
         self
     }
 
+    /// The same connection for a node whose `max_frame_bytes` is not the
+    /// default: requests up to `frame_size_max_bytes` are sent.
+    pub fn with_frame_limit(mut self, frame_size_max_bytes: usize) -> Self {
+        self.request_size_max_bytes = frame_size_max_bytes;
+        self
+    }
+
     /// Sends a request and waits for its answer. An error answer from the
     /// node is returned as `ClientError::Server`.
     pub async fn request(&self, body: Request) -> Result<Response, ClientError> {
-        if let Some(error) = self.shared.closed.lock().ok().and_then(|c| c.clone()) {
-            return Err(error);
-        }
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
-        let (waiter, answer) = oneshot::channel();
-        if let Ok(mut pending) = self.shared.pending.lock() {
-            pending.insert(id, waiter);
-        }
         let frame = encode(&RequestFrame {
             id,
             trace: None,
             body,
         });
+        // Checked here so one oversized request fails alone instead of
+        // failing the connection's writer and every request on it.
+        if frame.len() > self.request_size_max_bytes {
+            return Err(ClientError::RequestTooLarge {
+                size_bytes: frame.len(),
+                size_max_bytes: self.request_size_max_bytes,
+            });
+        }
+        let (waiter, answer) = oneshot::channel();
+        if let Ok(mut pending) = self.shared.pending.lock() {
+            pending.insert(id, waiter);
+        }
+        // Registered first, checked second: `fail_all` marks the connection
+        // closed before it drains the pending map, so a request either is
+        // drained (and answered with the error) or sees the mark here.
+        if let Some(error) = self.shared.closed.lock().ok().and_then(|c| c.clone()) {
+            self.forget(id);
+            return Err(error);
+        }
         if self.outgoing.send(Bytes::from(frame)).await.is_err() {
             self.forget(id);
             return Err(ClientError::ConnectionLost(
@@ -299,10 +328,7 @@ impl Client {
     /// Scans keys in order; returns the items and whether more match.
     pub async fn scan(&self, request: Request) -> Result<(Vec<Item>, bool), ClientError> {
         if !matches!(request, Request::Scan { .. }) {
-            return Err(ClientError::UnexpectedResponse(format!(
-                "scan was given a {} request",
-                request.op_name()
-            )));
+            return Err(ClientError::NotAScan(request.op_name()));
         }
         match self.request(request).await? {
             Response::Items { items, more } => Ok((items, more)),

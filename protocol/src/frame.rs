@@ -4,7 +4,13 @@
 
 use std::io;
 
-use tokio_util::codec::{length_delimited::LengthDelimitedCodecError, LengthDelimitedCodec};
+use bytes::Bytes;
+use futures_util::SinkExt;
+use tokio::io::AsyncWrite;
+use tokio::sync::mpsc;
+use tokio_util::codec::{
+    length_delimited::LengthDelimitedCodecError, FramedWrite, LengthDelimitedCodec,
+};
 
 /// Default limit on a frame body, in bytes.
 pub const FRAME_SIZE_DEFAULT_MAX_BYTES: usize = 16 * 1024 * 1024;
@@ -23,4 +29,23 @@ pub fn is_frame_too_large(error: &io::Error) -> bool {
     error
         .get_ref()
         .is_some_and(|inner| inner.is::<LengthDelimitedCodecError>())
+}
+
+/// Writes the frame bodies arriving on `queue` to `writer` until the queue
+/// closes, then closes the writer. Bodies already queued when one is written
+/// go out with it under one flush, so a busy connection makes few syscalls.
+pub async fn write_queued_frames<W: AsyncWrite + Unpin>(
+    writer: W,
+    mut queue: mpsc::Receiver<Bytes>,
+    frame_size_max_bytes: usize,
+) -> io::Result<()> {
+    let mut sink = FramedWrite::new(writer, codec(frame_size_max_bytes));
+    while let Some(body) = queue.recv().await {
+        sink.feed(body).await?;
+        while let Ok(body) = queue.try_recv() {
+            sink.feed(body).await?;
+        }
+        SinkExt::<Bytes>::flush(&mut sink).await?;
+    }
+    SinkExt::<Bytes>::close(&mut sink).await
 }

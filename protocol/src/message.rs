@@ -239,6 +239,13 @@ pub struct DecodeFailure {
 /// Decodes a request frame body; on failure, salvages the id and says why.
 pub fn decode_request(bytes: &[u8]) -> Result<RequestFrame, DecodeFailure> {
     let error = match rmp_serde::from_slice::<RequestFrame>(bytes) {
+        Ok(frame) if frame.id == 0 => {
+            return Err(DecodeFailure {
+                id: 0,
+                code: ErrorCode::MalformedFrame,
+                message: "request id 0 is reserved for connection errors; use 1 or above".into(),
+            })
+        }
         Ok(frame) => return Ok(frame),
         Err(error) => error.to_string(),
     };
@@ -384,11 +391,12 @@ mod tests {
     fn garbage_is_malformed_with_id_zero() {
         let failure = decode_request(b"\xff\x00garbage").expect_err("garbage");
         assert_eq!((failure.id, failure.code), (0, ErrorCode::MalformedFrame));
-        let missing_key = encode(&RequestFrame {
-            id: 5,
+        let reserved_id = encode(&RequestFrame {
+            id: 0,
             trace: None,
             body: Request::Health,
         });
-        assert!(decode_request(&missing_key).is_ok());
+        let failure = decode_request(&reserved_id).expect_err("id 0 is reserved");
+        assert_eq!((failure.id, failure.code), (0, ErrorCode::MalformedFrame));
     }
 }

@@ -12,14 +12,16 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use harmonydb_actors::kv::{KvHandle, KvOp, KvReply, ScanRange, WriteOutcome};
-use harmonydb_protocol::frame::{codec, is_frame_too_large};
+use harmonydb_protocol::frame::{codec, is_frame_too_large, write_queued_frames};
 use harmonydb_protocol::message::{decode_request, encode};
-use harmonydb_protocol::{ErrorCode, Item, Request, RequestFrame, Response, ResponseFrame};
+use harmonydb_protocol::{
+    ErrorCode, Item, Request, RequestFrame, Response, ResponseFrame, FRAME_SIZE_DEFAULT_MAX_BYTES,
+};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Semaphore};
-use tokio_util::codec::{FramedRead, FramedWrite};
+use tokio_util::codec::FramedRead;
 use tracing::{debug, info, warn, Instrument};
 
 use super::error::ApiError;
@@ -67,7 +69,14 @@ async fn connection(
     metrics::gauge!("harmonydb_tcp_connections").increment(1.0);
     let (read_half, write_half) = stream.into_split();
     let (answers, queue) = mpsc::channel::<Bytes>(ANSWER_QUEUE_CAPACITY);
-    let writer = tokio::spawn(write_answers(write_half, queue, frame_size_max_bytes));
+    // Scan answers are bounded by the store's byte budget, not the request
+    // frame limit, so answers may use the larger of the two limits.
+    let answer_size_max_bytes = frame_size_max_bytes.max(FRAME_SIZE_DEFAULT_MAX_BYTES);
+    let writer = tokio::spawn(write_queued_frames(
+        write_half,
+        queue,
+        answer_size_max_bytes,
+    ));
     let inflight = Arc::new(Semaphore::new(CONNECTION_INFLIGHT_MAX));
     let mut frames = FramedRead::new(read_half, codec(frame_size_max_bytes));
 
@@ -123,34 +132,6 @@ async fn reject(
         body: Response::Error { code, message },
     };
     let _ = answers.send(Bytes::from(encode(&frame))).await;
-}
-
-async fn write_answers(
-    write_half: tokio::net::tcp::OwnedWriteHalf,
-    mut queue: mpsc::Receiver<Bytes>,
-    frame_size_max_bytes: usize,
-) {
-    let mut sink = FramedWrite::new(
-        write_half,
-        codec(frame_size_max_bytes.max(harmonydb_protocol::FRAME_SIZE_DEFAULT_MAX_BYTES)),
-    );
-    while let Some(frame) = queue.recv().await {
-        // Answers that are already waiting go out with one flush.
-        let mut result = sink.feed(frame).await;
-        while result.is_ok() {
-            match queue.try_recv() {
-                Ok(frame) => result = sink.feed(frame).await,
-                Err(_) => break,
-            }
-        }
-        if result
-            .and(SinkExt::<Bytes>::flush(&mut sink).await)
-            .is_err()
-        {
-            return;
-        }
-    }
-    let _ = SinkExt::<Bytes>::close(&mut sink).await;
 }
 
 /// Runs one request and builds its answer frame.
