@@ -29,6 +29,7 @@ pub struct Node {
     /// Its data directory.
     pub data_dir: PathBuf,
     log: Arc<Mutex<Vec<String>>>,
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Node {
@@ -68,17 +69,18 @@ impl Node {
         let log = Arc::new(Mutex::new(Vec::new()));
         let (addrs_tx, addrs_rx) = std::sync::mpsc::channel();
         let log_writer = log.clone();
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
-                if let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) {
-                    if event["message"] == "listening" {
-                        let http = event["http_addr"].as_str().and_then(|a| a.parse().ok());
-                        let tcp = event["tcp_addr"].as_str().and_then(|a| a.parse().ok());
-                        let _ = addrs_tx.send((http, tcp));
-                    }
-                }
+                let event = serde_json::from_str::<serde_json::Value>(&line).ok();
+                // Logged before the addresses are handed over, so a test that
+                // reads the log right after `start` sees the listening line.
                 log_writer.lock().expect("log lock").push(line);
+                if let Some(event) = event.filter(|e| e["message"] == "listening") {
+                    let http = event["http_addr"].as_str().and_then(|a| a.parse().ok());
+                    let tcp = event["tcp_addr"].as_str().and_then(|a| a.parse().ok());
+                    let _ = addrs_tx.send((http, tcp));
+                }
             }
         });
         let deadline = Instant::now() + START_TIMEOUT;
@@ -91,7 +93,8 @@ impl Node {
                         tcp,
                         data_dir: data_dir.to_path_buf(),
                         log,
-                    }
+                        reader: Some(reader),
+                    };
                 }
                 Ok(_) => panic!("listening line without addresses"),
                 Err(_) => {
@@ -146,8 +149,10 @@ impl Node {
         let deadline = Instant::now() + timeout;
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
-                // Let the log reader thread drain what the process wrote last.
-                std::thread::sleep(Duration::from_millis(50));
+                // The reader ends at the pipe's end of file: then the log is complete.
+                if let Some(reader) = self.reader.take() {
+                    let _ = reader.join();
+                }
                 return status;
             }
             if Instant::now() > deadline {
