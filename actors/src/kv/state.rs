@@ -144,7 +144,7 @@ impl KvState {
 
     /// Applies the command at `index`. Commands must come in index order; a
     /// failed compare-and-set still consumes its index and changes nothing.
-    pub fn apply(&mut self, index: u64, command: &KvCommand) -> Result<WriteOutcome, KvError> {
+    pub fn apply(&mut self, index: u64, command: KvCommand) -> Result<WriteOutcome, KvError> {
         assert!(
             index > self.applied_index,
             "command {index} applied after {}",
@@ -157,34 +157,44 @@ impl KvState {
                 value,
                 expected_version,
             } => {
-                let current = self.map.get(key).map_or(0, |v| v.version);
-                if let Some(expected) = *expected_version {
+                // One lookup, and the command's buffers move into the map.
+                let entry = self.map.entry(key);
+                let current = match &entry {
+                    std::collections::btree_map::Entry::Occupied(held) => held.get().version,
+                    std::collections::btree_map::Entry::Vacant(_) => 0,
+                };
+                if let Some(expected) = expected_version {
                     if expected != current {
                         return Err(KvError::VersionMismatch { expected, current });
                     }
                 }
-                self.map.insert(
-                    key.clone(),
-                    Versioned {
-                        value: value.clone(),
-                        version: index,
-                    },
-                );
+                let versioned = Versioned {
+                    value,
+                    version: index,
+                };
+                match entry {
+                    std::collections::btree_map::Entry::Occupied(mut held) => {
+                        held.insert(versioned);
+                    }
+                    std::collections::btree_map::Entry::Vacant(slot) => {
+                        slot.insert(versioned);
+                    }
+                }
                 Ok(WriteOutcome::Written { version: index })
             }
             KvCommand::Delete {
                 key,
                 expected_version,
             } => {
-                let Some(current) = self.map.get(key).map(|v| v.version) else {
+                let Some(current) = self.map.get(&key).map(|v| v.version) else {
                     return Err(KvError::NotFound);
                 };
-                if let Some(expected) = *expected_version {
+                if let Some(expected) = expected_version {
                     if expected != current {
                         return Err(KvError::VersionMismatch { expected, current });
                     }
                 }
-                self.map.remove(key);
+                self.map.remove(&key);
                 Ok(WriteOutcome::Deleted {
                     deleted_version: current,
                 })
@@ -252,24 +262,24 @@ mod tests {
     fn versions_increase_with_every_write_even_across_delete() {
         let mut state = KvState::new();
         assert_eq!(
-            state.apply(1, &put("a", "1", None)),
+            state.apply(1, put("a", "1", None)),
             Ok(WriteOutcome::Written { version: 1 })
         );
         assert_eq!(
-            state.apply(2, &put("b", "x", None)),
+            state.apply(2, put("b", "x", None)),
             Ok(WriteOutcome::Written { version: 2 })
         );
         assert_eq!(
-            state.apply(3, &put("a", "2", None)),
+            state.apply(3, put("a", "2", None)),
             Ok(WriteOutcome::Written { version: 3 })
         );
         assert_eq!(
-            state.apply(4, &delete("a", None)),
+            state.apply(4, delete("a", None)),
             Ok(WriteOutcome::Deleted { deleted_version: 3 })
         );
         assert_eq!(state.get(b"a"), None);
         assert_eq!(
-            state.apply(5, &put("a", "3", None)),
+            state.apply(5, put("a", "3", None)),
             Ok(WriteOutcome::Written { version: 5 })
         );
         assert_eq!(
@@ -286,18 +296,18 @@ mod tests {
     fn compare_and_set_checks_the_current_version() {
         let mut state = KvState::new();
         assert_eq!(
-            state.apply(1, &put("k", "v1", Some(0))),
+            state.apply(1, put("k", "v1", Some(0))),
             Ok(WriteOutcome::Written { version: 1 })
         );
         assert_eq!(
-            state.apply(2, &put("k", "v2", Some(0))),
+            state.apply(2, put("k", "v2", Some(0))),
             Err(KvError::VersionMismatch {
                 expected: 0,
                 current: 1
             })
         );
         assert_eq!(
-            state.apply(3, &put("k", "v2", Some(7))),
+            state.apply(3, put("k", "v2", Some(7))),
             Err(KvError::VersionMismatch {
                 expected: 7,
                 current: 1
@@ -308,21 +318,21 @@ mod tests {
             Some(&b"v1"[..])
         );
         assert_eq!(
-            state.apply(4, &put("k", "v2", Some(1))),
+            state.apply(4, put("k", "v2", Some(1))),
             Ok(WriteOutcome::Written { version: 4 })
         );
         assert_eq!(
-            state.apply(5, &delete("k", Some(1))),
+            state.apply(5, delete("k", Some(1))),
             Err(KvError::VersionMismatch {
                 expected: 1,
                 current: 4
             })
         );
         assert_eq!(
-            state.apply(6, &delete("k", Some(4))),
+            state.apply(6, delete("k", Some(4))),
             Ok(WriteOutcome::Deleted { deleted_version: 4 })
         );
-        assert_eq!(state.apply(7, &delete("k", None)), Err(KvError::NotFound));
+        assert_eq!(state.apply(7, delete("k", None)), Err(KvError::NotFound));
     }
 
     fn keys(page: &ScanPage) -> Vec<String> {
@@ -339,9 +349,7 @@ mod tests {
             .iter()
             .enumerate()
         {
-            state
-                .apply(i as u64 + 1, &put(key, "v", None))
-                .expect("put");
+            state.apply(i as u64 + 1, put(key, "v", None)).expect("put");
         }
         let all = state.scan(&ScanRange {
             limit: 100,
@@ -403,7 +411,7 @@ mod tests {
         let big = "x".repeat(SCAN_RESPONSE_SIZE_MAX_BYTES / 2 + 1);
         for (i, key) in ["k1", "k2", "k3"].iter().enumerate() {
             state
-                .apply(i as u64 + 1, &put(key, &big, None))
+                .apply(i as u64 + 1, put(key, &big, None))
                 .expect("put");
         }
         let page = state.scan(&ScanRange {

@@ -81,7 +81,7 @@ pub fn recover_state(wal: &Wal) -> Result<KvState, KvError> {
                 reason,
             })?;
         // A refused compare-and-set is part of the history too; its error is not a replay error.
-        let _ = state.apply(record.index, &command);
+        let _ = state.apply(record.index, command);
         Ok(())
     });
     match result {
@@ -134,7 +134,6 @@ impl KvStore {
             command,
             reply,
         });
-        metrics::gauge!("harmonydb_kv_pending_writes").set(self.pending.len() as f64);
         if !self.appends_scheduled {
             self.appends_scheduled = true;
             ctx.notify(SendAppends);
@@ -170,7 +169,7 @@ impl KvStore {
                 break;
             }
             let write = self.pending.pop_front().expect("front exists");
-            let outcome = self.state.apply(write.index, &write.command);
+            let outcome = self.state.apply(write.index, write.command);
             let _ = write.reply.send(outcome.map(KvReply::Written));
         }
         metrics::gauge!("harmonydb_kv_pending_writes").set(self.pending.len() as f64);
@@ -262,6 +261,7 @@ impl Handler<SendAppends> for KvStore {
             return;
         }
         let entries = std::mem::take(&mut self.unsent);
+        metrics::gauge!("harmonydb_kv_pending_writes").set(self.pending.len() as f64);
         let batch = (entries[0].index, entries[entries.len() - 1].index);
         metrics::histogram!("harmonydb_kv_append_batch_size_records").record(entries.len() as f64);
         // `send` waits for room in the writer's bounded mailbox: back-pressure, not loss.
