@@ -61,6 +61,11 @@ pub struct ServeArgs {
     /// Size of each preallocated WAL segment file, in bytes [default: 67108864].
     #[arg(long, env = "HARMONYDB_WAL_SEGMENT_BYTES", value_name = "BYTES")]
     pub wal_segment_bytes: Option<u64>,
+    /// At recovery, cut the WAL at a corrupt record even when intact records
+    /// follow it (they are lost). Without it the node refuses to start and
+    /// names the damage.
+    #[arg(long, env = "HARMONYDB_WAL_TRUNCATE_CORRUPT_TAIL")]
+    pub wal_truncate_corrupt_tail: bool,
 }
 
 /// The config file: the same settings as the flags.
@@ -76,6 +81,7 @@ struct FileConfig {
     max_value_bytes: Option<usize>,
     max_frame_bytes: Option<usize>,
     wal_segment_bytes: Option<u64>,
+    wal_truncate_corrupt_tail: Option<bool>,
 }
 
 /// A node's resolved settings.
@@ -99,6 +105,8 @@ pub struct Config {
     pub frame_size_max_bytes: usize,
     /// WAL segment file size.
     pub wal_segment_size_bytes: u64,
+    /// Cut a corrupt WAL tail even when intact records follow it.
+    pub wal_truncate_corrupt_tail: bool,
 }
 
 /// A setting that can't be used, named with where it came from.
@@ -169,6 +177,8 @@ impl Config {
             wal_segment_size_bytes: pick(&args.wal_segment_bytes, file.wal_segment_bytes, || {
                 SEGMENT_SIZE_DEFAULT_BYTES
             }),
+            wal_truncate_corrupt_tail: args.wal_truncate_corrupt_tail
+                || file.wal_truncate_corrupt_tail.unwrap_or(false),
         };
         config.validate()?;
         Ok(config)

@@ -21,6 +21,12 @@ use crate::config::Config;
 /// How long the HTTP server waits for in-flight requests at shutdown.
 const HTTP_SHUTDOWN_TIMEOUT_SECONDS: u64 = 10;
 
+/// How long shutdown waits for TCP connections to write their last answers.
+const CONNECTION_DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How often histogram samples are folded into the exporter's buckets.
+const METRICS_UPKEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Why a node could not start or stop cleanly.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -130,11 +136,10 @@ pub fn run(config: Config) -> Result<(), NodeError> {
     let wal_dir = config.data_dir.join("wal");
     let options = WalOptions {
         segment_size_bytes: config.wal_segment_size_bytes,
+        truncate_corrupt_tail: config.wal_truncate_corrupt_tail,
     };
+    // A cut tail is logged by the WAL itself, with segment, offset and bytes.
     let (wal, report) = Wal::open(&wal_dir, options)?;
-    if let Some(cut) = &report.cut {
-        warn!(segment = %cut.segment.display(), offset = cut.offset, bytes = cut.bytes, reason = %cut.reason, "recovery cut a torn WAL tail");
-    }
     let state = recover_state(&wal)?;
     info!(
         segments = report.segments,
@@ -155,6 +160,17 @@ async fn serve(
     next_index: u64,
     metrics: metrics_exporter_prometheus::PrometheusHandle,
 ) -> Result<(), NodeError> {
+    // Installed first, so a signal during start-up also shuts down cleanly.
+    let signals = Signals::install()?;
+    // The exporter only drains histogram samples when asked; without this a
+    // node nobody scrapes would keep every sample in memory.
+    let upkeep_handle = metrics.clone();
+    actix_rt::spawn(async move {
+        loop {
+            actix_rt::time::sleep(METRICS_UPKEEP_INTERVAL).await;
+            upkeep_handle.run_upkeep();
+        }
+    });
     // Syncs block their thread, so the WAL writer gets an arbiter of its own.
     // The store shares the main arbiter with the TCP connections: an answered
     // writer's next request then reaches the store without a thread hop, so
@@ -218,14 +234,20 @@ async fn serve(
         "listening"
     );
 
-    wait_for_signal().await?;
+    signals.wait().await;
     info!("shutting down: no new requests; finishing accepted writes");
+    // TCP connections stop reading; the requests they started still get answers.
     let _ = stop_accepting.send(true);
-    let _ = tcp_task.await;
     // The store refuses new requests from here on and answers once every
     // accepted write is applied, so nothing acknowledged is left in flight.
     if kv_store.send(BeginShutdown).await.is_err() {
         error!("the KV store stopped before shutdown");
+    }
+    if actix_rt::time::timeout(CONNECTION_DRAIN_TIMEOUT, tcp_task)
+        .await
+        .is_err()
+    {
+        warn!("TCP connections did not drain in time; closing them");
     }
     http_handle.stop(true).await;
     let _ = http_task.await;
@@ -240,19 +262,31 @@ async fn serve(
     Ok(())
 }
 
-async fn wait_for_signal() -> Result<(), NodeError> {
-    let install = |kind: SignalKind, name: &'static str| {
-        signal(kind).map_err(|source| NodeError::Io {
-            action: "install handler for",
-            path: PathBuf::from(name),
-            source,
+/// SIGTERM and SIGINT handlers.
+struct Signals {
+    terminate: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Signals, NodeError> {
+        let install = |kind: SignalKind, name: &'static str| {
+            signal(kind).map_err(|source| NodeError::Io {
+                action: "install handler for",
+                path: PathBuf::from(name),
+                source,
+            })
+        };
+        Ok(Signals {
+            terminate: install(SignalKind::terminate(), "SIGTERM")?,
+            interrupt: install(SignalKind::interrupt(), "SIGINT")?,
         })
-    };
-    let mut terminate = install(SignalKind::terminate(), "SIGTERM")?;
-    let mut interrupt = install(SignalKind::interrupt(), "SIGINT")?;
-    tokio::select! {
-        _ = terminate.recv() => info!(signal = "SIGTERM", "signal received"),
-        _ = interrupt.recv() => info!(signal = "SIGINT", "signal received"),
     }
-    Ok(())
+
+    async fn wait(mut self) {
+        tokio::select! {
+            _ = self.terminate.recv() => info!(signal = "SIGTERM", "signal received"),
+            _ = self.interrupt.recv() => info!(signal = "SIGINT", "signal received"),
+        }
+    }
 }

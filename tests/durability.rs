@@ -174,3 +174,95 @@ async fn sigterm_shuts_down_cleanly_and_keeps_every_write() {
     let status = node.wait_exit(Duration::from_secs(30));
     assert!(status.success(), "exit status {status}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_writes_keeps_every_acknowledged_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut node = Node::start(dir.path(), &[]);
+    let client = Client::connect(node.tcp).await.expect("connect");
+    // Writers keep going while the node is told to stop; some writes are
+    // acknowledged, the rest fail (shutting_down or a closed connection).
+    let writers: Vec<_> = (0..8)
+        .map(|w| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                let mut acked = Vec::new();
+                for i in 0..100_000u64 {
+                    let key = format!("w{w}/{i}").into_bytes();
+                    match client.put(&key, b"v").await {
+                        Ok(version) => acked.push((key, version)),
+                        Err(_) => break,
+                    }
+                }
+                acked
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let status = tokio::task::block_in_place(|| node.terminate());
+    assert!(status.success(), "exit status {status}");
+    let mut acked = HashMap::new();
+    for writer in writers {
+        for (key, version) in writer.await.expect("writer") {
+            acked.insert(key, (b"v".to_vec(), version));
+        }
+    }
+    assert!(
+        !acked.is_empty(),
+        "no write was acknowledged before the signal"
+    );
+    let log = node.log().join("\n");
+    assert!(log.contains("stopped cleanly"), "{log}");
+    let node = Node::start(dir.path(), &[]);
+    verify(&node, &acked).await;
+}
+
+#[test]
+fn a_corrupt_wal_record_before_intact_ones_is_refused_until_the_operator_allows_the_cut() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut node = Node::start(dir.path(), &[]);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let client = Client::connect(node.tcp).await.expect("connect");
+        for i in 0..10 {
+            client
+                .put(format!("k{i}").as_bytes(), b"value")
+                .await
+                .expect("put");
+        }
+    });
+    node.kill9();
+    // Flip a byte inside the third record's payload (records are ~30 bytes).
+    let segment = dir.path().join("wal").join("00000000000000000001.seg");
+    let mut bytes = std::fs::read(&segment).expect("read segment");
+    bytes[32 + 2 * 30 + 25] ^= 0xff;
+    std::fs::write(&segment, &bytes).expect("write segment");
+
+    let refused = std::process::Command::new(common::binary())
+        .args([
+            "serve",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--tcp-addr",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .output()
+        .expect("run");
+    assert!(!refused.status.success());
+    let message = String::from_utf8_lossy(&refused.stderr);
+    assert!(message.contains("intact records follow"), "{message}");
+
+    let node = Node::start(dir.path(), &["--wal-truncate-corrupt-tail"]);
+    let log = node.log().join("\n");
+    assert!(log.contains("cut the WAL"), "{log}");
+    let (status, body) = http(http_agent().get(&node.url("/health")), None);
+    assert_eq!(status, 200, "{body}");
+    let applied: serde_json::Value = serde_json::from_str(&body).expect("json");
+    let applied = applied["applied_index"].as_u64().expect("applied index");
+    assert!(applied < 10, "the cut kept {applied} records");
+}

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use actix::Arbiter;
 use harmonydb_actors::kv::{recover_state, KvHandle, KvLimits, KvOp, KvStore};
-use harmonydb_actors::wal::{FsyncPolicy, Wal, WalOptions, WalStats, WalWriter};
+use harmonydb_actors::wal::{FsyncPolicy, GetStats, Wal, WalOptions, WalWriter};
 
 const PAYLOAD_SIZE_BYTES: usize = 100;
 const WRITER_COUNTS: [usize; 3] = [1, 8, 64];
@@ -86,7 +86,7 @@ fn group_commit_rate(writers: usize, duration: Duration) -> RunResult {
 
         let stop = Arc::new(AtomicBool::new(false));
         let done = Arc::new(AtomicU64::new(0));
-        let before = writer.send(WalStats::request()).await.expect("stats");
+        let before = writer.send(GetStats).await.expect("stats");
         let started = Instant::now();
         let tasks: Vec<_> = (0..writers)
             .map(|w| {
@@ -113,7 +113,7 @@ fn group_commit_rate(writers: usize, duration: Duration) -> RunResult {
             task.await.expect("writer task");
         }
         let elapsed = started.elapsed().as_secs_f64();
-        let after = writer.send(WalStats::request()).await.expect("stats");
+        let after = writer.send(GetStats).await.expect("stats");
         wal_arbiter.stop();
         let appends = done.load(Ordering::Relaxed) as f64;
         let syncs = (after.syncs - before.syncs) as f64;

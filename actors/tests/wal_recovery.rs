@@ -14,7 +14,10 @@ const SEGMENT_HEADER_BYTES: u64 = 32;
 const RECORD_HEADER_BYTES: u64 = 17;
 
 fn options(segment_size_bytes: u64) -> WalOptions {
-    WalOptions { segment_size_bytes }
+    WalOptions {
+        segment_size_bytes,
+        truncate_corrupt_tail: false,
+    }
 }
 
 /// Writes `payloads` as records 1..=n, synced, and returns the segment files
@@ -186,6 +189,10 @@ proptest! {
     }
 }
 
+/// Recovers after `damage` to the last segment (whose first record is
+/// `last_segment_first`). Default recovery must refuse when intact records
+/// follow a corrupt one (they may be acknowledged); recovery told to truncate
+/// must then return exactly the records before the damage.
 fn check_recovery(
     dir: &Path,
     segment_size: u64,
@@ -203,6 +210,24 @@ fn check_recovery(
             damage
         );
         return Ok(());
+    };
+    // A flip inside a record that has intact records after it.
+    let corrupt_with_intact_after =
+        matches!(damage, Damage::Flip(..)) && survivors + 1 < payloads.len();
+    let opened = if corrupt_with_intact_after {
+        prop_assert!(
+            matches!(&opened, Err(WalError::Corrupt { reason, .. }) if reason.contains("intact records follow")),
+            "corruption before intact records was cut silently: {:?} {:?}",
+            damage,
+            opened.map(|(_, r)| r)
+        );
+        let truncating = WalOptions {
+            truncate_corrupt_tail: true,
+            ..options(segment_size)
+        };
+        Wal::open(dir, truncating)
+    } else {
+        opened
     };
     let (mut wal, report) = opened.map_err(|e| TestCaseError::fail(format!("{damage:?}: {e}")))?;
     prop_assert_eq!(
@@ -238,6 +263,46 @@ fn check_recovery(
     expected_records.push(b"after recovery".to_vec());
     prop_assert_eq!(read_all(&wal), expected_records);
     Ok(())
+}
+
+#[test]
+fn a_first_record_larger_than_a_segment_grows_the_empty_segment() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut wal, _) = Wal::open(dir.path(), options(4096)).expect("open");
+    let big = vec![7u8; 20_000];
+    wal.append(1, harmonydb_actors::wal::RecordKind::Entry, &big)
+        .expect("append");
+    wal.append(2, harmonydb_actors::wal::RecordKind::Entry, b"small")
+        .expect("append");
+    wal.sync().expect("sync");
+    // The empty first segment grew to hold record 1; record 2 rolled over.
+    assert_eq!(segments(dir.path()).len(), 2);
+    assert_eq!(wal.segment_count(), 2);
+    assert_eq!(wal.delete_below(1).expect("delete"), 0);
+    drop(wal);
+    let (mut wal, report) = Wal::open(dir.path(), options(4096)).expect("reopen");
+    assert_eq!(report.last_index, 2);
+    assert_eq!(read_all(&wal), vec![big, b"small".to_vec()]);
+    // Deleting below 2 removes the first segment and never the active one.
+    assert_eq!(wal.delete_below(2).expect("delete"), 1);
+    drop(wal);
+    let (wal, report) = Wal::open(dir.path(), options(4096)).expect("reopen");
+    assert_eq!((report.first_index, report.last_index), (2, 2));
+    assert_eq!(read_all(&wal), vec![b"small".to_vec()]);
+}
+
+#[test]
+fn odd_segment_names_are_refused() {
+    for name in ["5.seg", "00000000000000000000.seg"] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join(name), [0u8; 64]).expect("write");
+        let opened = Wal::open(dir.path(), options(4096));
+        assert!(
+            matches!(opened, Err(WalError::Corrupt { .. })),
+            "{name}: {:?}",
+            opened.map(|(_, r)| r)
+        );
+    }
 }
 
 #[test]

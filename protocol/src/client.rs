@@ -107,7 +107,7 @@ impl Shared {
 #[derive(Clone)]
 pub struct Client {
     shared: Arc<Shared>,
-    outgoing: mpsc::Sender<Bytes>,
+    outgoing: mpsc::Sender<(Bytes, ())>,
     timeout: Duration,
     request_size_max_bytes: usize,
 }
@@ -131,7 +131,7 @@ impl Client {
             pending: Mutex::new(HashMap::new()),
             closed: Mutex::new(None),
         });
-        let (outgoing, queue) = mpsc::channel::<Bytes>(OUTGOING_QUEUE_CAPACITY);
+        let (outgoing, queue) = mpsc::channel::<(Bytes, ())>(OUTGOING_QUEUE_CAPACITY);
 
         let writer_shared = shared.clone();
         tokio::spawn(async move {
@@ -226,7 +226,7 @@ impl Client {
             self.forget(id);
             return Err(error);
         }
-        if self.outgoing.send(Bytes::from(frame)).await.is_err() {
+        if self.outgoing.send((Bytes::from(frame), ())).await.is_err() {
             self.forget(id);
             return Err(ClientError::ConnectionLost(
                 "the connection's writer stopped".into(),

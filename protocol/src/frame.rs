@@ -12,6 +12,9 @@ use tokio_util::codec::{
     length_delimited::LengthDelimitedCodecError, FramedWrite, LengthDelimitedCodec,
 };
 
+/// How long a write may wait for the peer to read before the connection is dropped.
+pub const FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Default limit on a frame body, in bytes.
 pub const FRAME_SIZE_DEFAULT_MAX_BYTES: usize = 16 * 1024 * 1024;
 
@@ -34,18 +37,27 @@ pub fn is_frame_too_large(error: &io::Error) -> bool {
 /// Writes the frame bodies arriving on `queue` to `writer` until the queue
 /// closes, then closes the writer. Bodies already queued when one is written
 /// go out with it under one flush, so a busy connection makes few syscalls.
-pub async fn write_queued_frames<W: AsyncWrite + Unpin>(
+/// Each body comes with a value `T` that is dropped once the body is flushed
+/// (a server uses it to hold memory-budget permits until then).
+pub async fn write_queued_frames<W: AsyncWrite + Unpin, T>(
     writer: W,
-    mut queue: mpsc::Receiver<Bytes>,
+    mut queue: mpsc::Receiver<(Bytes, T)>,
     frame_size_max_bytes: usize,
 ) -> io::Result<()> {
     let mut sink = FramedWrite::new(writer, codec(frame_size_max_bytes));
-    while let Some(body) = queue.recv().await {
+    let mut held = Vec::new();
+    while let Some((body, hold)) = queue.recv().await {
         sink.feed(body).await?;
-        while let Ok(body) = queue.try_recv() {
+        held.push(hold);
+        while let Ok((body, hold)) = queue.try_recv() {
             sink.feed(body).await?;
+            held.push(hold);
         }
-        SinkExt::<Bytes>::flush(&mut sink).await?;
+        // A peer that stops reading can't hold the node's memory forever.
+        tokio::time::timeout(FLUSH_TIMEOUT, SinkExt::<Bytes>::flush(&mut sink))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "peer did not read for 30 s"))??;
+        held.clear();
     }
     SinkExt::<Bytes>::close(&mut sink).await
 }

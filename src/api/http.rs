@@ -350,6 +350,23 @@ fn query_error(error: QueryPayloadError, _: &HttpRequest) -> actix_web::Error {
     ApiError::bad_request(format!("invalid query string: {error}")).into()
 }
 
+/// Counts a request in flight until dropped, also when the request's future
+/// is dropped before it completes (a client that disconnects).
+struct InFlight;
+
+impl InFlight {
+    fn enter() -> InFlight {
+        metrics::gauge!("harmonydb_http_requests_in_flight").increment(1.0);
+        InFlight
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        metrics::gauge!("harmonydb_http_requests_in_flight").decrement(1.0);
+    }
+}
+
 /// Counts and times every request by route pattern (not raw path, so keys
 /// don't explode the label set), method and status.
 async fn record_metrics(
@@ -358,9 +375,9 @@ async fn record_metrics(
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let started = Instant::now();
     let method = request.method().to_string();
-    metrics::gauge!("harmonydb_http_requests_in_flight").increment(1.0);
+    let in_flight = InFlight::enter();
     let result = next.call(request).await;
-    metrics::gauge!("harmonydb_http_requests_in_flight").decrement(1.0);
+    drop(in_flight);
     let (route, status) = match &result {
         Ok(response) => (
             response

@@ -6,6 +6,10 @@
 //! gets an error frame (with the request's id when it can be read, else 0),
 //! after which the connection stops reading and closes once in-flight
 //! answers are written. Nothing a peer sends can panic or stall the node.
+//!
+//! Bounds: connections (`CONNECTIONS_MAX`), requests in flight per
+//! connection (`CONNECTION_INFLIGHT_MAX`), and bytes of answers held for all
+//! connections (`ANSWER_BUDGET_BYTES`); each waits rather than grows.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -20,7 +24,8 @@ use harmonydb_protocol::{
     ErrorCode, Item, Request, RequestFrame, Response, ResponseFrame, FRAME_SIZE_DEFAULT_MAX_BYTES,
 };
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
 use tokio_util::codec::FramedRead;
 use tracing::{debug, info, warn, Instrument};
 
@@ -31,95 +36,161 @@ use super::http::SCAN_LIMIT_DEFAULT;
 /// reader stops reading, which pushes back on the client through TCP.
 pub const CONNECTION_INFLIGHT_MAX: usize = 1024;
 
+/// Open client connections at once; a connection over it is closed at accept.
+pub const CONNECTIONS_MAX: usize = 1024;
+
+/// Bytes of encoded answers the node holds for all connections together
+/// (waiting in queues or unflushed). An answer waits for room, so a client
+/// that pipelines large scans and never reads can't make the node hold more.
+pub const ANSWER_BUDGET_BYTES: usize = 256 * 1024 * 1024;
+
+/// Bytes of encoded answers one connection may hold, so that one client that
+/// stops reading can take at most this much of the node-wide budget.
+pub const CONNECTION_ANSWER_BUDGET_BYTES: usize = 32 * 1024 * 1024;
+
 /// Answers queued for one connection's socket.
 const ANSWER_QUEUE_CAPACITY: usize = 1024;
 
-/// Accepts connections until `shutdown` turns true.
+/// An encoded answer and the budget permits it holds until it is flushed.
+type Answer = (Bytes, Vec<OwnedSemaphorePermit>);
+
+/// Accepts connections until `shutdown` turns true, then waits for every
+/// connection to finish: each stops reading, writes the answers of the
+/// requests it had started, and closes.
 pub async fn serve(
     listener: TcpListener,
     kv: KvHandle,
     frame_size_max_bytes: usize,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let connection_slots = Arc::new(Semaphore::new(CONNECTIONS_MAX));
+    let answer_budget = Arc::new(Semaphore::new(ANSWER_BUDGET_BYTES));
+    let mut connections = JoinSet::new();
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    let kv = kv.clone();
-                    tokio::spawn(connection(stream, peer, kv, frame_size_max_bytes));
+                    let Ok(slot) = connection_slots.clone().try_acquire_owned() else {
+                        warn!(%peer, limit = CONNECTIONS_MAX, "refusing a TCP connection: too many open");
+                        metrics::counter!("harmonydb_tcp_connections_refused_total").increment(1);
+                        continue;
+                    };
+                    let connection = Connection {
+                        peer,
+                        kv: kv.clone(),
+                        frame_size_max_bytes,
+                        answer_budget: answer_budget.clone(),
+                        shutdown: shutdown.clone(),
+                    };
+                    connections.spawn(async move {
+                        connection.run(stream).await;
+                        drop(slot);
+                    });
                 }
                 // Accept errors (EMFILE, a reset before accept) concern one peer; keep listening.
                 Err(error) => warn!(%error, "accepting a TCP connection failed"),
             },
-            _ = shutdown.changed() => {
-                info!("TCP listener closed");
-                return;
-            }
+            // Finished connections are reaped as they end, so the set stays small.
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            _ = shutdown.changed() => break,
         }
     }
+    drop(listener);
+    info!(
+        open_connections = connections.len(),
+        "TCP listener closed; draining connections"
+    );
+    while connections.join_next().await.is_some() {}
+    info!("TCP connections drained");
 }
 
-async fn connection(
-    stream: TcpStream,
+/// One client connection.
+struct Connection {
     peer: SocketAddr,
     kv: KvHandle,
     frame_size_max_bytes: usize,
-) {
-    let _ = stream.set_nodelay(true);
-    metrics::gauge!("harmonydb_tcp_connections").increment(1.0);
-    let (read_half, write_half) = stream.into_split();
-    let (answers, queue) = mpsc::channel::<Bytes>(ANSWER_QUEUE_CAPACITY);
-    // Scan answers are bounded by the store's byte budget, not the request
-    // frame limit, so answers may use the larger of the two limits.
-    let answer_size_max_bytes = frame_size_max_bytes.max(FRAME_SIZE_DEFAULT_MAX_BYTES);
-    let writer = tokio::spawn(write_queued_frames(
-        write_half,
-        queue,
-        answer_size_max_bytes,
-    ));
-    let inflight = Arc::new(Semaphore::new(CONNECTION_INFLIGHT_MAX));
-    let mut frames = FramedRead::new(read_half, codec(frame_size_max_bytes));
+    answer_budget: Arc<Semaphore>,
+    shutdown: watch::Receiver<bool>,
+}
 
-    while let Some(next) = frames.next().await {
-        let bytes = match next {
-            Ok(bytes) => bytes,
-            Err(error) if is_frame_too_large(&error) => {
-                let message = format!("frame exceeds the limit of {frame_size_max_bytes} bytes");
-                reject(&answers, 0, ErrorCode::FrameTooLarge, message, peer).await;
+impl Connection {
+    async fn run(mut self, stream: TcpStream) {
+        let _ = stream.set_nodelay(true);
+        metrics::gauge!("harmonydb_tcp_connections").increment(1.0);
+        let (read_half, write_half) = stream.into_split();
+        let (answers, queue) = mpsc::channel::<Answer>(ANSWER_QUEUE_CAPACITY);
+        // Scan answers are bounded by the store's byte budget, not the request
+        // frame limit, so answers may use the larger of the two limits.
+        let answer_size_max_bytes = self.frame_size_max_bytes.max(FRAME_SIZE_DEFAULT_MAX_BYTES);
+        let writer = tokio::spawn(write_queued_frames(
+            write_half,
+            queue,
+            answer_size_max_bytes,
+        ));
+        let inflight = Arc::new(Semaphore::new(CONNECTION_INFLIGHT_MAX));
+        let connection_budget = Arc::new(Semaphore::new(CONNECTION_ANSWER_BUDGET_BYTES));
+        let mut frames = FramedRead::new(read_half, codec(self.frame_size_max_bytes));
+        let peer = self.peer;
+
+        loop {
+            let next = tokio::select! {
+                next = frames.next() => next,
+                // Shutdown: stop reading; what was started is still answered.
+                _ = self.shutdown.changed() => break,
+            };
+            let bytes = match next {
+                None => break,
+                Some(Ok(bytes)) => bytes,
+                Some(Err(error)) if is_frame_too_large(&error) => {
+                    let message = format!(
+                        "frame exceeds the limit of {} bytes",
+                        self.frame_size_max_bytes
+                    );
+                    reject(&answers, 0, ErrorCode::FrameTooLarge, message, peer).await;
+                    break;
+                }
+                Some(Err(error)) => {
+                    debug!(%peer, %error, "TCP connection read failed");
+                    break;
+                }
+            };
+            let frame = match decode_request(&bytes) {
+                Ok(frame) => frame,
+                Err(failure) => {
+                    reject(&answers, failure.id, failure.code, failure.message, peer).await;
+                    break;
+                }
+            };
+            let Ok(permit) = inflight.clone().acquire_owned().await else {
                 break;
-            }
-            Err(error) => {
-                debug!(%peer, %error, "TCP connection read failed");
-                break;
-            }
-        };
-        let frame = match decode_request(&bytes) {
-            Ok(frame) => frame,
-            Err(failure) => {
-                reject(&answers, failure.id, failure.code, failure.message, peer).await;
-                break;
-            }
-        };
-        let Ok(permit) = inflight.clone().acquire_owned().await else {
-            break;
-        };
-        let kv = kv.clone();
-        let answers = answers.clone();
-        tokio::spawn(async move {
-            let answer = handle(&kv, frame).await;
-            // The writer is gone only if the socket failed; the client won't read this anyway.
-            let _ = answers.send(Bytes::from(encode(&answer))).await;
-            drop(permit);
-        });
+            };
+            let kv = self.kv.clone();
+            let answers = answers.clone();
+            let budgets = [connection_budget.clone(), self.answer_budget.clone()];
+            tokio::spawn(async move {
+                let answer = Bytes::from(encode(&handle(&kv, frame).await));
+                let mut held = Vec::with_capacity(budgets.len());
+                for budget in budgets {
+                    // A budget is never closed, so this only waits for room; an
+                    // answer larger than a whole budget takes all of it.
+                    let bytes = answer.len().min(CONNECTION_ANSWER_BUDGET_BYTES);
+                    let bytes = u32::try_from(bytes).unwrap_or(u32::MAX);
+                    held.extend(budget.acquire_many_owned(bytes).await.ok());
+                }
+                // The writer is gone only if the socket failed; the client won't read this anyway.
+                let _ = answers.send((answer, held)).await;
+                drop(permit);
+            });
+        }
+        drop(answers);
+        let _ = writer.await;
+        metrics::gauge!("harmonydb_tcp_connections").decrement(1.0);
     }
-    drop(answers);
-    let _ = writer.await;
-    metrics::gauge!("harmonydb_tcp_connections").decrement(1.0);
 }
 
 /// Sends a connection-ending error frame.
 async fn reject(
-    answers: &mpsc::Sender<Bytes>,
+    answers: &mpsc::Sender<Answer>,
     id: u64,
     code: ErrorCode,
     message: String,
@@ -131,7 +202,9 @@ async fn reject(
         id,
         body: Response::Error { code, message },
     };
-    let _ = answers.send(Bytes::from(encode(&frame))).await;
+    let _ = answers
+        .send((Bytes::from(encode(&frame)), Vec::new()))
+        .await;
 }
 
 /// Runs one request and builds its answer frame.

@@ -1,6 +1,6 @@
 //! The WAL's on-disk layout: segment headers and records, encoded and decoded
 //! byte by byte as `docs/wal-format.md` describes them. Nothing here touches a
-//! file; `segment.rs` and `log.rs` do the I/O.
+//! file; `log.rs` does the I/O.
 
 /// First eight bytes of every segment file.
 pub const SEGMENT_MAGIC: [u8; 8] = *b"HDBWAL\r\n";

@@ -18,7 +18,8 @@ use tracing::{info, warn};
 
 use super::format::{
     decode_record, encode_record, record_size_bytes, DecodeStop, RecordKind, RecordRef,
-    SegmentHeader, RECORD_PAYLOAD_SIZE_MAX_BYTES, SEGMENT_HEADER_SIZE_BYTES,
+    SegmentHeader, RECORD_HEADER_SIZE_BYTES, RECORD_PAYLOAD_SIZE_MAX_BYTES,
+    SEGMENT_HEADER_SIZE_BYTES,
 };
 use super::WalError;
 
@@ -37,12 +38,17 @@ pub struct WalOptions {
     /// Size each new segment file is preallocated to. A record larger than a
     /// segment gets a segment of its own, sized to fit.
     pub segment_size_bytes: u64,
+    /// Cut the last segment at a corrupt record even when intact records
+    /// follow it. Off by default: such records may be acknowledged writes
+    /// damaged by the disk, so recovery refuses and names the damage instead.
+    pub truncate_corrupt_tail: bool,
 }
 
 impl Default for WalOptions {
     fn default() -> Self {
         WalOptions {
             segment_size_bytes: SEGMENT_SIZE_DEFAULT_BYTES,
+            truncate_corrupt_tail: false,
         }
     }
 }
@@ -86,6 +92,7 @@ struct ClosedSegment {
 struct ActiveSegment {
     first_index: u64,
     path: PathBuf,
+    file: File,
     map: MmapMut,
     write_offset: usize,
     synced_offset: usize,
@@ -253,6 +260,19 @@ impl Wal {
             .options
             .segment_size_bytes
             .max((SEGMENT_HEADER_SIZE_BYTES + record_size) as u64);
+        if self.active.first_index == index {
+            // The active segment holds no record yet, and a new segment
+            // would have the same name: grow this one to fit instead.
+            let active = &mut self.active;
+            preallocate(&active.file, size)
+                .map_err(|e| io_error(e, "grow WAL segment", &active.path))?;
+            active
+                .file
+                .sync_all()
+                .map_err(|e| io_error(e, "sync WAL segment", &active.path))?;
+            active.map = map_writable(&active.file, &active.path)?;
+            return Ok(());
+        }
         let next = create_segment(&self.dir, index, size)?;
         let previous = std::mem::replace(&mut self.active, next);
         self.closed.push(ClosedSegment {
@@ -396,11 +416,15 @@ fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, WalError> {
         let Some(stem) = name.strip_suffix(SEGMENT_SUFFIX) else {
             continue;
         };
-        let first_index = stem.parse::<u64>().map_err(|_| WalError::Corrupt {
-            segment: path.clone(),
-            offset: 0,
-            reason: "segment file name is not a 20-digit index".to_string(),
-        })?;
+        let first_index = stem
+            .parse::<u64>()
+            .ok()
+            .filter(|index| stem.len() == 20 && *index >= 1)
+            .ok_or_else(|| WalError::Corrupt {
+                segment: path.clone(),
+                offset: 0,
+                reason: "segment file name is not a 20-digit index of 1 or more".to_string(),
+            })?;
         segments.push((first_index, path));
     }
     segments.sort();
@@ -437,6 +461,7 @@ fn create_segment(
     Ok(ActiveSegment {
         first_index,
         path: final_path,
+        file,
         map,
         write_offset: SEGMENT_HEADER_SIZE_BYTES,
         synced_offset: SEGMENT_HEADER_SIZE_BYTES,
@@ -571,6 +596,18 @@ fn recover_last_segment(
             Err(stop) => break stop,
         }
     };
+    if let DecodeStop::Corrupt(reason) = &stop {
+        let intact_after = count_intact_records_after(&map, offset + 1, index);
+        if intact_after > 0 && !options.truncate_corrupt_tail {
+            return Err(WalError::Corrupt {
+                segment: path.to_path_buf(),
+                offset: offset as u64,
+                reason: format!(
+                    "{reason}; {intact_after} intact records follow it, which may be acknowledged writes, so recovery will not cut them (restart with --wal-truncate-corrupt-tail to drop everything from this offset on)"
+                ),
+            });
+        }
+    }
     let garbage_end = last_nonzero(&map[offset..]).map(|at| offset + at + 1);
     let cut = match (stop, garbage_end) {
         (DecodeStop::End, None) => None,
@@ -607,12 +644,40 @@ fn recover_last_segment(
         ActiveSegment {
             first_index: named_first,
             path: path.to_path_buf(),
+            file,
             map,
             write_offset: offset,
             synced_offset: offset,
         },
         cut,
     ))
+}
+
+/// Counts records that look intact (plausible header, index after
+/// `bad_index`, valid checksum) anywhere from `from` on. A torn write leaves
+/// none after it in the common case; damage in the middle of synced data does.
+/// The index check runs before the checksum, so garbage costs little.
+fn count_intact_records_after(segment: &[u8], from: usize, bad_index: u64) -> usize {
+    let mut count = 0;
+    let mut position = from;
+    while position + RECORD_HEADER_SIZE_BYTES <= segment.len() {
+        let header = &segment[position..position + RECORD_HEADER_SIZE_BYTES];
+        let mut index_bytes = [0u8; 8];
+        index_bytes.copy_from_slice(&header[9..17]);
+        let index = u64::from_le_bytes(index_bytes);
+        let plausible = header[8] == RecordKind::Entry as u8
+            && index > bad_index
+            && index - bad_index <= (segment.len() / RECORD_HEADER_SIZE_BYTES) as u64;
+        if plausible {
+            if let Ok(record) = decode_record(&segment[position..], index) {
+                count += 1;
+                position += record_size_bytes(record.payload.len());
+                continue;
+            }
+        }
+        position += 1;
+    }
+    count
 }
 
 fn last_nonzero(bytes: &[u8]) -> Option<usize> {

@@ -17,7 +17,10 @@ pub use log::{
     ReadError, RecoveryReport, TailCut, Wal, WalOptions, SEGMENT_SIZE_DEFAULT_BYTES,
     SEGMENT_SIZE_MIN_BYTES,
 };
-pub use writer::{Append, DeleteBelow, FsyncPolicy, Sync, WalEntry, WalStats, WalWriter};
+pub use writer::{
+    Append, DeleteBelow, FsyncPolicy, GetStats, Sync, WalEntry, WalStats, WalWriter,
+    WAL_MAILBOX_CAPACITY,
+};
 
 /// Everything that can go wrong in the WAL.
 #[derive(Clone, Debug, thiserror::Error)]

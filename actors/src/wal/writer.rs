@@ -102,6 +102,8 @@ impl Message for Sync {
 }
 
 /// Deletes segments whose records are all below `index` (log compaction).
+/// Only for indexes the state machine has checkpointed: recovery replays
+/// from the first index still in the WAL.
 #[derive(Debug)]
 pub struct DeleteBelow {
     /// Records below this index may go.
@@ -131,13 +133,6 @@ pub struct WalStats {
 
 impl Message for GetStats {
     type Result = WalStats;
-}
-
-impl WalStats {
-    /// The message that asks a writer for its stats.
-    pub fn request() -> GetStats {
-        GetStats
-    }
 }
 
 /// Internal: flush the current batch after the mailbox drained.
@@ -325,6 +320,9 @@ impl Handler<DeleteBelow> for WalWriter {
     type Result = Result<usize, WalError>;
 
     fn handle(&mut self, msg: DeleteBelow, _: &mut Self::Context) -> Self::Result {
+        if let Some(failure) = &self.failure {
+            return Err(failure.clone());
+        }
         let deleted = self.wal.delete_below(msg.index)?;
         metrics::gauge!("harmonydb_wal_segments").set(self.wal.segment_count() as f64);
         Ok(deleted)

@@ -1,0 +1,219 @@
+//! The in-memory Raft log: a snapshot point followed by entries, with the
+//! commit, applied and stable (persisted) marks. The caller's WAL holds the
+//! durable copy; this is what the core reasons about. Compaction keeps it bounded.
+
+use super::types::{Configuration, Entry, EntryPayload, SnapshotMeta};
+
+/// Entries after a snapshot point, and how far they are committed, applied and persisted.
+#[derive(Clone, Debug)]
+pub(crate) struct RaftLog {
+    /// The compaction point: everything up to `snapshot.index` is in the snapshot.
+    pub snapshot: SnapshotMeta,
+    /// `entries[i].index == snapshot.index + 1 + i`.
+    entries: Vec<Entry>,
+    /// Highest index known committed.
+    pub committed: u64,
+    /// Highest index handed to the caller to apply.
+    pub applied: u64,
+    /// Highest index the caller has persisted.
+    pub stable: u64,
+}
+
+impl RaftLog {
+    /// A log starting after `snapshot` with `entries` (all persisted).
+    pub fn new(snapshot: SnapshotMeta, entries: Vec<Entry>, committed: u64) -> Self {
+        for (offset, entry) in entries.iter().enumerate() {
+            assert_eq!(entry.index, snapshot.index + 1 + offset as u64, "log entries are not contiguous");
+        }
+        let last = snapshot.index + entries.len() as u64;
+        let applied = snapshot.index;
+        RaftLog {
+            committed: committed.max(snapshot.index).min(last),
+            applied,
+            stable: last,
+            snapshot,
+            entries,
+        }
+    }
+
+    /// First index still held as an entry.
+    pub fn first_index(&self) -> u64 {
+        self.snapshot.index + 1
+    }
+
+    /// Index of the last entry (the snapshot's index if there are none).
+    pub fn last_index(&self) -> u64 {
+        self.snapshot.index + self.entries.len() as u64
+    }
+
+    /// Term of the last entry.
+    pub fn last_term(&self) -> u64 {
+        self.entries.last().map_or(self.snapshot.term, |e| e.term)
+    }
+
+    /// Term at `index`, or `None` if it is compacted away or past the end.
+    pub fn term(&self, index: u64) -> Option<u64> {
+        if index == self.snapshot.index {
+            return Some(self.snapshot.term);
+        }
+        self.entry(index).map(|e| e.term)
+    }
+
+    /// The entry at `index`, if held.
+    pub fn entry(&self, index: u64) -> Option<&Entry> {
+        if index <= self.snapshot.index {
+            return None;
+        }
+        self.entries.get((index - self.snapshot.index - 1) as usize)
+    }
+
+    /// Whether this log has an entry `(index, term)`. Indexes inside the
+    /// snapshot match: they are committed, and committed entries are the
+    /// same on every node.
+    pub fn matches(&self, index: u64, term: u64) -> bool {
+        index < self.snapshot.index || self.term(index) == Some(term)
+    }
+
+    /// Whether a candidate's log is at least as up to date as this one (Raft §5.4.1).
+    pub fn is_up_to_date(&self, last_index: u64, last_term: u64) -> bool {
+        last_term > self.last_term() || (last_term == self.last_term() && last_index >= self.last_index())
+    }
+
+    /// Appends entries created by this node as leader.
+    pub fn append(&mut self, entry: Entry) {
+        assert_eq!(entry.index, self.last_index() + 1, "leader appended out of order");
+        self.entries.push(entry);
+    }
+
+    /// Follower side of AppendEntries: if `(prev_index, prev_term)` matches,
+    /// truncate any conflicting suffix and append what is new. Returns the
+    /// index of the last entry of the message and the entries removed by
+    /// truncation, or `None` on mismatch.
+    pub fn maybe_append(&mut self, prev_index: u64, prev_term: u64, entries: Vec<Entry>) -> Option<(u64, Vec<Entry>)> {
+        if !self.matches(prev_index, prev_term) {
+            return None;
+        }
+        let last_new = prev_index + entries.len() as u64;
+        let mut removed = Vec::new();
+        for entry in entries {
+            if entry.index <= self.snapshot.index {
+                continue;
+            }
+            match self.term(entry.index) {
+                Some(term) if term == entry.term => continue,
+                Some(_) => {
+                    // A conflict: everything from here on is replaced. A
+                    // committed entry can never conflict (Log Matching).
+                    assert!(entry.index > self.committed, "conflict at committed index {}", entry.index);
+                    let keep = (entry.index - self.snapshot.index - 1) as usize;
+                    removed.extend(self.entries.drain(keep..));
+                    self.stable = self.stable.min(entry.index - 1);
+                    self.entries.push(entry);
+                }
+                None => self.entries.push(entry),
+            }
+        }
+        Some((last_new, removed))
+    }
+
+    /// The fast back-off hint for a rejected append at `prev_index`: the
+    /// index the leader should try next and the conflicting term (0 if the
+    /// follower's log is just shorter).
+    pub fn conflict_hint(&self, prev_index: u64) -> (u64, u64) {
+        if prev_index > self.last_index() {
+            return (self.last_index() + 1, 0);
+        }
+        let conflict_term = self.term(prev_index).unwrap_or(0);
+        let mut index = prev_index;
+        while index > self.first_index() && self.term(index - 1) == Some(conflict_term) {
+            index -= 1;
+        }
+        (index, conflict_term)
+    }
+
+    /// Last index whose term is `term`, if this log has one.
+    pub fn last_index_of_term(&self, term: u64) -> Option<u64> {
+        self.entries.iter().rev().find(|e| e.term == term).map(|e| e.index)
+    }
+
+    /// Entries in `from..=to`, at most `count_max` of them and about
+    /// `size_max_bytes` (always at least one if the range is not empty).
+    pub fn slice(&self, from: u64, to: u64, count_max: usize, size_max_bytes: usize) -> Vec<Entry> {
+        let mut out = Vec::new();
+        let mut size = 0usize;
+        let mut index = from.max(self.first_index());
+        while index <= to.min(self.last_index()) && out.len() < count_max {
+            let Some(entry) = self.entry(index) else { break };
+            size += entry.size_bytes();
+            if !out.is_empty() && size > size_max_bytes {
+                break;
+            }
+            out.push(entry.clone());
+            index += 1;
+        }
+        out
+    }
+
+    /// Entries not yet persisted.
+    pub fn unstable(&self) -> &[Entry] {
+        let from = (self.stable.max(self.snapshot.index) - self.snapshot.index) as usize;
+        &self.entries[from.min(self.entries.len())..]
+    }
+
+    /// Committed entries not yet handed to the caller, at most `size_max_bytes` (at least one).
+    pub fn next_committed(&self, size_max_bytes: usize) -> Vec<Entry> {
+        if self.applied >= self.committed {
+            return Vec::new();
+        }
+        self.slice(self.applied + 1, self.committed, usize::MAX, size_max_bytes)
+    }
+
+    /// Drops entries up to `index` (which must be applied), keeping its term
+    /// and the configuration in force there as the new snapshot point.
+    pub fn compact(&mut self, index: u64, config: Configuration) {
+        assert!(index <= self.applied, "compacting past the applied index");
+        if index <= self.snapshot.index {
+            return;
+        }
+        let term = self.term(index).expect("an applied index has a term");
+        let drop = (index - self.snapshot.index) as usize;
+        self.entries.drain(..drop);
+        self.snapshot = SnapshotMeta { index, term, config };
+    }
+
+    /// Replaces the log with a snapshot received from the leader. Returns the
+    /// entries that were discarded.
+    pub fn restore(&mut self, meta: SnapshotMeta) -> Vec<Entry> {
+        let removed = std::mem::take(&mut self.entries);
+        self.committed = meta.index;
+        self.applied = meta.index;
+        self.stable = meta.index;
+        self.snapshot = meta;
+        removed
+    }
+
+    /// The configuration in force: the last one in the log, or the snapshot's.
+    pub fn config(&self) -> (u64, Configuration) {
+        self.entries
+            .iter()
+            .rev()
+            .find_map(|e| match &e.payload {
+                EntryPayload::Config(config) => Some((e.index, config.clone())),
+                _ => None,
+            })
+            .unwrap_or_else(|| (self.snapshot.index, self.snapshot.config.clone()))
+    }
+
+    /// The configuration in force at `index` (for snapshots).
+    pub fn config_at(&self, index: u64) -> Configuration {
+        self.entries
+            .iter()
+            .rev()
+            .filter(|e| e.index <= index)
+            .find_map(|e| match &e.payload {
+                EntryPayload::Config(config) => Some(config.clone()),
+                _ => None,
+            })
+            .unwrap_or_else(|| self.snapshot.config.clone())
+    }
+}
