@@ -4,6 +4,8 @@
 //!
 //! - [`wal`]: the write-ahead log and the `WalWriter` actor (group commit).
 //! - [`kv`]: the key-value state machine and the `KvStore` actor in front of it.
+//! - [`raft`]: the Raft consensus core (pure; its actor comes with the cluster).
 
 pub mod kv;
+pub mod raft;
 pub mod wal;

@@ -160,14 +160,6 @@ impl RaftLog {
         &self.entries[from.min(self.entries.len())..]
     }
 
-    /// Committed entries not yet handed to the caller, at most `size_max_bytes` (at least one).
-    pub fn next_committed(&self, size_max_bytes: usize) -> Vec<Entry> {
-        if self.applied >= self.committed {
-            return Vec::new();
-        }
-        self.slice(self.applied + 1, self.committed, usize::MAX, size_max_bytes)
-    }
-
     /// Drops entries up to `index` (which must be applied), keeping its term
     /// and the configuration in force there as the new snapshot point.
     pub fn compact(&mut self, index: u64, config: Configuration) {

@@ -36,8 +36,6 @@ pub(crate) struct Progress {
     pub probe_sent: bool,
     /// Heard from since the last check-quorum round.
     pub recent_active: bool,
-    /// Tick of the last message received from it (for leases).
-    pub last_heard_tick: u64,
     /// Highest read-confirmation round it acknowledged.
     pub acked_seq: u64,
 }
@@ -52,7 +50,6 @@ impl Progress {
             in_flight: VecDeque::new(),
             probe_sent: false,
             recent_active: false,
-            last_heard_tick: 0,
             acked_seq: 0,
         }
     }
@@ -98,14 +95,6 @@ impl Progress {
     /// A rejection: go back to probing from `next_index`.
     pub fn reject(&mut self, next_index: u64) {
         self.next_index = next_index.max(self.match_index + 1);
-        self.mode = ReplicationMode::Probe;
-        self.probe_sent = false;
-        self.in_flight.clear();
-    }
-
-    /// The follower is unreachable or confused: forget what is in flight and probe.
-    pub fn reset_to_probe(&mut self) {
-        self.next_index = self.match_index + 1;
         self.mode = ReplicationMode::Probe;
         self.probe_sent = false;
         self.in_flight.clear();

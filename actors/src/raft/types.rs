@@ -205,9 +205,12 @@ pub enum MessageBody {
         /// The entries matched and were appended.
         success: bool,
         /// On success, the last index now known to match; on rejection, the
-        /// index the leader should try next (fast back-off).
+        /// `prev_log_index` that did not match.
         index: u64,
-        /// On rejection, the term of the follower's conflicting entry (0 if none).
+        /// On rejection, where the follower suggests trying next (fast back-off).
+        hint_index: u64,
+        /// On rejection, the term of the follower's conflicting entry (0 if
+        /// its log is just shorter).
         conflict_term: u64,
     },
     /// Leader liveness, commit index, and ReadIndex confirmation round `seq`.
@@ -289,6 +292,14 @@ pub enum RaftError {
     /// Too many reads or proposals waiting.
     #[error("too many requests in flight")]
     Overloaded,
+    /// Compaction asked for an index that is not applied, or already compacted.
+    #[error("cannot compact to index {index}: {reason}")]
+    InvalidCompaction {
+        /// The index asked for.
+        index: u64,
+        /// Why not.
+        reason: String,
+    },
 }
 
 /// A proposal this node made that will not be applied as proposed.

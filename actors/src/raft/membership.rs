@@ -1,0 +1,83 @@
+//! Membership changes by joint consensus: a change of voters first appends
+//! C_old,new (decisions need majorities of both), and once that commits the
+//! leader appends C_new. Learners are added and removed directly; they get
+//! the log but never vote. A leader that is not in C_new steps down once
+//! C_new commits.
+
+use super::node::{Raft, Role};
+use super::types::{ConfChange, Configuration, EntryPayload, RaftError};
+
+impl Raft {
+    /// Proposes a membership change; returns the index of its config entry.
+    pub fn propose_conf_change(&mut self, change: ConfChange) -> Result<u64, RaftError> {
+        if self.role != Role::Leader {
+            return Err(RaftError::NotLeader { leader: self.leader });
+        }
+        if self.membership.is_joint() || self.membership_index > self.log.committed {
+            return Err(RaftError::ConfChangeInProgress);
+        }
+        let current = self.membership.clone();
+        let target = apply_change(&current, &change)?;
+        let entry = if target.voters == current.voters {
+            target
+        } else {
+            Configuration {
+                voters: target.voters,
+                voters_outgoing: current.voters,
+                learners: target.learners,
+            }
+        };
+        self.propose_payload(EntryPayload::Config(entry))
+    }
+
+    /// After a commit on the leader: finish a joint change, or step down if
+    /// the committed configuration no longer has this node as a voter.
+    pub(crate) fn on_leader_commit_for_membership(&mut self) {
+        if self.membership_index > self.log.committed {
+            return;
+        }
+        if self.membership.is_joint() {
+            let final_config = Configuration {
+                voters: self.membership.voters.clone(),
+                voters_outgoing: Default::default(),
+                learners: self.membership.learners.clone(),
+            };
+            self.append_entry(EntryPayload::Config(final_config));
+            self.broadcast_append();
+        } else if !self.membership.voters.contains(&self.id) {
+            // Removed: hand over by stopping; the remaining voters elect a leader.
+            self.become_follower(self.term, 0);
+        }
+    }
+}
+
+/// The configuration after `change`, or why it is not allowed.
+fn apply_change(current: &Configuration, change: &ConfChange) -> Result<Configuration, RaftError> {
+    let mut next = current.clone();
+    match *change {
+        ConfChange::AddVoter(id) => {
+            if id == 0 || current.voters.contains(&id) {
+                return Err(RaftError::InvalidConfChange(format!("{id} is already a voter or invalid")));
+            }
+            next.learners.remove(&id);
+            next.voters.insert(id);
+        }
+        ConfChange::AddLearner(id) => {
+            if id == 0 || current.members().contains(&id) {
+                return Err(RaftError::InvalidConfChange(format!("{id} is already a member or invalid")));
+            }
+            next.learners.insert(id);
+        }
+        ConfChange::Remove(id) => {
+            if !current.members().contains(&id) {
+                return Err(RaftError::InvalidConfChange(format!("{id} is not a member")));
+            }
+            next.voters.remove(&id);
+            next.learners.remove(&id);
+            if next.voters.is_empty() {
+                return Err(RaftError::InvalidConfChange("cannot remove the last voter".into()));
+            }
+        }
+    }
+    Ok(next)
+}

@@ -1,0 +1,263 @@
+//! Log replication: the leader's batched, pipelined AppendEntries with fast
+//! back-off, the follower's side, heartbeats, and the commit rule.
+
+use super::node::{Raft, Role};
+use super::progress::ReplicationMode;
+use super::types::{Entry, MessageBody, NodeId};
+
+impl Raft {
+    /// Sends what each follower is missing, as far as its window allows.
+    pub(crate) fn broadcast_append(&mut self) {
+        let peers: Vec<NodeId> = self.progress.keys().copied().collect();
+        for peer in peers {
+            self.send_append(peer);
+        }
+    }
+
+    /// Sends appends to `peer` while its window has room and it is missing
+    /// entries (one probe at a time while the match point is unknown).
+    pub(crate) fn send_append(&mut self, peer: NodeId) {
+        loop {
+            let Some(progress) = self.progress.get(&peer) else { return };
+            if !progress.can_send(self.config.in_flight_max) {
+                if matches!(progress.mode, ReplicationMode::Snapshot { .. }) {
+                    self.send_snapshot_chunk(peer);
+                }
+                return;
+            }
+            let next = progress.next_index;
+            let probing = progress.mode == ReplicationMode::Probe;
+            if next < self.log.first_index() {
+                self.start_snapshot(peer);
+                return;
+            }
+            let prev_log_index = next - 1;
+            let Some(prev_log_term) = self.log.term(prev_log_index) else {
+                self.start_snapshot(peer);
+                return;
+            };
+            let entries = self.log.slice(
+                next,
+                self.log.last_index(),
+                self.config.append_entries_max,
+                self.config.append_size_max_bytes,
+            );
+            if entries.is_empty() && !probing {
+                return;
+            }
+            let last = entries.last().map_or(prev_log_index, |e| e.index);
+            let commit = self.log.committed;
+            if let Some(progress) = self.progress.get_mut(&peer) {
+                progress.sent(last);
+            }
+            self.send(
+                peer,
+                MessageBody::AppendEntries {
+                    prev_log_index,
+                    prev_log_term,
+                    entries,
+                    leader_commit: commit,
+                },
+            );
+            if probing {
+                return;
+            }
+        }
+    }
+
+    pub(crate) fn handle_append(
+        &mut self,
+        from: NodeId,
+        prev_log_index: u64,
+        prev_log_term: u64,
+        entries: Vec<Entry>,
+        leader_commit: u64,
+    ) {
+        if self.role != Role::Follower {
+            // A candidate hearing from the term's leader follows it.
+            self.become_follower(self.term, from);
+        }
+        self.leader = from;
+        self.election_elapsed = 0;
+        if prev_log_index < self.log.committed {
+            // Already committed here; answer with what we know matches.
+            let committed = self.log.committed;
+            let skip = (committed - prev_log_index) as usize;
+            let rest: Vec<Entry> = entries.into_iter().skip(skip).collect();
+            let Some(committed_term) = self.log.term(committed) else {
+                return;
+            };
+            return self.handle_append(from, committed, committed_term, rest, leader_commit);
+        }
+        let has_config = entries.iter().any(|e| matches!(e.payload, super::types::EntryPayload::Config(_)));
+        match self.log.maybe_append(prev_log_index, prev_log_term, entries) {
+            Some((last_new, removed)) => {
+                self.on_entries_removed(&removed);
+                if has_config {
+                    self.refresh_membership();
+                }
+                let commit = leader_commit.min(last_new);
+                if commit > self.log.committed {
+                    self.log.committed = commit;
+                }
+                self.send(
+                    from,
+                    MessageBody::AppendEntriesResponse {
+                        success: true,
+                        index: last_new,
+                        hint_index: 0,
+                        conflict_term: 0,
+                    },
+                );
+            }
+            None => {
+                let (hint_index, conflict_term) = self.log.conflict_hint(prev_log_index);
+                self.send(
+                    from,
+                    MessageBody::AppendEntriesResponse {
+                        success: false,
+                        index: prev_log_index,
+                        hint_index,
+                        conflict_term,
+                    },
+                );
+            }
+        }
+    }
+
+    pub(crate) fn handle_append_response(
+        &mut self,
+        from: NodeId,
+        success: bool,
+        index: u64,
+        hint_index: u64,
+        conflict_term: u64,
+    ) {
+        if self.role != Role::Leader {
+            return;
+        }
+        let last_index = self.log.last_index();
+        // Fast back-off: skip the follower's whole conflicting term at once.
+        // If this log has that term, resume after its last entry of it; else
+        // at the first index the follower has of it.
+        let next_try = (!success).then(|| match conflict_term {
+            0 => hint_index,
+            term => self.log.last_index_of_term(term).map_or(hint_index, |i| i + 1),
+        });
+        let Some(progress) = self.progress.get_mut(&from) else { return };
+        progress.recent_active = true;
+        match next_try {
+            None => {
+                let moved = progress.acknowledge(index.min(last_index));
+                if moved {
+                    self.maybe_commit();
+                    self.maybe_finish_transfer(from);
+                }
+            }
+            Some(next) => {
+                // A rejection below the match point is an old answer; a
+                // rejection with index 0 came from step_term (newer term).
+                if index == 0 || index < progress.match_index || matches!(progress.mode, ReplicationMode::Snapshot { .. }) {
+                    return;
+                }
+                // Always move strictly back from what was rejected, so probing ends.
+                progress.reject(next.min(index).max(1));
+            }
+        }
+        self.send_append(from);
+    }
+
+    /// Sends heartbeats carrying a new read-confirmation round.
+    pub(crate) fn broadcast_heartbeat(&mut self) {
+        self.read_seq += 1;
+        let seq = self.read_seq;
+        self.seq_sent_tick.insert(seq, self.now);
+        // Rounds older than an election timeout can't extend a lease or confirm a read.
+        let horizon = self.now.saturating_sub(2 * self.config.election_timeout_ticks);
+        self.seq_sent_tick.retain(|_, tick| *tick >= horizon);
+        let peers: Vec<(NodeId, u64)> = self.progress.iter().map(|(id, p)| (*id, p.match_index)).collect();
+        for (peer, match_index) in peers {
+            let commit = self.log.committed.min(match_index);
+            self.send(peer, MessageBody::Heartbeat { commit, seq });
+        }
+    }
+
+    pub(crate) fn handle_heartbeat(&mut self, from: NodeId, commit: u64, seq: u64) {
+        if self.role != Role::Follower {
+            self.become_follower(self.term, from);
+        }
+        self.leader = from;
+        self.election_elapsed = 0;
+        // The leader sends at most what it knows this follower has, so this is safe.
+        if commit > self.log.committed && commit <= self.log.last_index() {
+            self.log.committed = commit;
+        }
+        self.send(from, MessageBody::HeartbeatResponse { seq });
+    }
+
+    pub(crate) fn handle_heartbeat_response(&mut self, from: NodeId, seq: u64) {
+        if self.role != Role::Leader {
+            return;
+        }
+        let last_index = self.log.last_index();
+        let in_flight_max = self.config.in_flight_max;
+        let Some(progress) = self.progress.get_mut(&from) else { return };
+        progress.recent_active = true;
+        progress.acked_seq = progress.acked_seq.max(seq);
+        match progress.mode {
+            // A lost probe or a lost snapshot chunk is retried on every heartbeat answer.
+            ReplicationMode::Probe => progress.probe_sent = false,
+            ReplicationMode::Replicate if progress.in_flight.len() >= in_flight_max => {
+                // The window is full and answers may be lost: free a slot.
+                progress.in_flight.pop_front();
+            }
+            ReplicationMode::Snapshot { .. } => {
+                if let ReplicationMode::Snapshot { in_flight, .. } = &mut progress.mode {
+                    *in_flight = 0;
+                }
+            }
+            _ => {}
+        }
+        let behind = progress.match_index < last_index;
+        self.advance_reads();
+        if behind {
+            self.send_append(from);
+        }
+    }
+
+    /// Commits the highest index a quorum has persisted, if it is of this
+    /// term (Raft §5.4.2: never by counting replicas of older entries).
+    pub(crate) fn maybe_commit(&mut self) {
+        if self.role != Role::Leader {
+            return;
+        }
+        let own_match = self.log.stable;
+        let quorum_index = self.membership.quorum_index(|id| {
+            if id == self.id {
+                own_match
+            } else {
+                self.progress.get(&id).map_or(0, |p| p.match_index)
+            }
+        });
+        if quorum_index <= self.log.committed || self.log.term(quorum_index) != Some(self.term) {
+            return;
+        }
+        self.log.committed = quorum_index;
+        self.on_commit_advanced();
+    }
+
+    fn on_commit_advanced(&mut self) {
+        self.on_leader_commit_for_membership();
+        if self.role != Role::Leader {
+            return;
+        }
+        self.release_reads_after_commit();
+        // Followers learn the new commit index now rather than at the next heartbeat.
+        let peers: Vec<(NodeId, u64)> = self.progress.iter().map(|(id, p)| (*id, p.match_index)).collect();
+        let seq = self.read_seq;
+        for (peer, match_index) in peers {
+            let commit = self.log.committed.min(match_index);
+            self.send(peer, MessageBody::Heartbeat { commit, seq });
+        }
+    }
+}
