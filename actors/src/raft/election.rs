@@ -14,7 +14,9 @@ impl Raft {
         use MessageBody::*;
         if message.term > self.term {
             match &message.body {
-                RequestVote { transfer, pre_vote, .. } => {
+                RequestVote {
+                    transfer, pre_vote, ..
+                } => {
                     // Leader stickiness: while this member hears from a leader
                     // it ignores candidates, so a partitioned node that comes
                     // back can't depose a healthy leader (unless the leader
@@ -32,7 +34,10 @@ impl Raft {
                     }
                     self.become_follower(message.term, 0);
                 }
-                RequestVoteResponse { pre_vote: true, granted: true } => {
+                RequestVoteResponse {
+                    pre_vote: true,
+                    granted: true,
+                } => {
                     // Granted pre-votes carry the term the candidate would use.
                 }
                 AppendEntries { .. } | Heartbeat { .. } | InstallSnapshot { .. } => {
@@ -121,7 +126,12 @@ impl Raft {
     }
 
     fn election_won(&self) -> bool {
-        let granted: BTreeSet<NodeId> = self.votes.iter().filter(|(_, g)| **g).map(|(id, _)| *id).collect();
+        let granted: BTreeSet<NodeId> = self
+            .votes
+            .iter()
+            .filter(|(_, g)| **g)
+            .map(|(id, _)| *id)
+            .collect();
         self.membership.has_quorum(&granted)
     }
 
@@ -156,12 +166,24 @@ impl Raft {
         // With leases, a member that just started may have acknowledged a
         // leader's heartbeat before it restarted; it waits one election
         // timeout before voting so that leader's lease stays sound.
-        if self.config.lease_drift_ticks.is_some() && !transfer && self.now < self.config.election_timeout_ticks {
-            self.send(from, MessageBody::RequestVoteResponse { granted: false, pre_vote });
+        if self.config.lease_drift_ticks.is_some()
+            && !transfer
+            && self.now < self.config.election_timeout_ticks
+        {
+            self.send(
+                from,
+                MessageBody::RequestVoteResponse {
+                    granted: false,
+                    pre_vote,
+                },
+            );
             return;
         }
-        // A learner never votes: it is not part of any quorum.
-        let is_learner = self.membership.learners.contains(&self.id) && !self.membership.is_voter(self.id);
+        // A member that sees itself as a learner still answers: it may have
+        // been promoted by a config entry it hasn't received yet, and refusing
+        // could leave the group without a quorum (the simulator found such a
+        // deadlock). A learner's vote never counts: candidates only count the
+        // voters of their own configuration (`Configuration::has_quorum`).
         let can_vote = self.vote == from
             || (self.vote == 0 && self.leader == 0)
             || (pre_vote && term > self.term);
@@ -170,17 +192,27 @@ impl Raft {
         // so the simulator can show that it catches the resulting data loss.
         #[cfg(feature = "mutation-vote-stale-log")]
         let up_to_date = up_to_date || !pre_vote;
-        let granted = !is_learner && can_vote && up_to_date;
+        let granted = can_vote && up_to_date;
         if granted && !pre_vote {
             self.vote = from;
             self.reset_election_timer();
         }
         // A granted pre-vote answers in the candidate's prospective term so it counts.
         let answer_term = if pre_vote && granted { term } else { self.term };
-        self.send_with_term(from, answer_term, MessageBody::RequestVoteResponse { granted, pre_vote });
+        self.send_with_term(
+            from,
+            answer_term,
+            MessageBody::RequestVoteResponse { granted, pre_vote },
+        );
     }
 
-    pub(crate) fn handle_vote_response(&mut self, from: NodeId, term: u64, granted: bool, pre_vote: bool) {
+    pub(crate) fn handle_vote_response(
+        &mut self,
+        from: NodeId,
+        term: u64,
+        granted: bool,
+        pre_vote: bool,
+    ) {
         let expected = match (self.role, pre_vote) {
             (Role::PreCandidate, true) => term == self.term + 1 || !granted,
             (Role::Candidate, false) => term == self.term,
@@ -198,7 +230,11 @@ impl Raft {
     }
 
     pub(crate) fn become_leader(&mut self) {
-        assert_eq!(self.role, Role::Candidate, "only a candidate becomes leader");
+        assert_eq!(
+            self.role,
+            Role::Candidate,
+            "only a candidate becomes leader"
+        );
         self.role = Role::Leader;
         self.leader = self.id;
         self.votes.clear();
@@ -255,17 +291,24 @@ impl Raft {
     /// up, then tell it to campaign at once. Proposals wait meanwhile.
     pub fn transfer_leadership(&mut self, target: NodeId) -> Result<(), RaftError> {
         if self.role != Role::Leader {
-            return Err(RaftError::NotLeader { leader: self.leader });
+            return Err(RaftError::NotLeader {
+                leader: self.leader,
+            });
         }
         if target == self.id {
             return Ok(());
         }
         if !self.membership.is_voter(target) {
-            return Err(RaftError::InvalidConfChange(format!("{target} is not a voter")));
+            return Err(RaftError::InvalidConfChange(format!(
+                "{target} is not a voter"
+            )));
         }
         self.transfer = Some((target, self.now));
         self.election_elapsed = 0;
-        let caught_up = self.progress.get(&target).is_some_and(|p| p.match_index == self.log.last_index());
+        let caught_up = self
+            .progress
+            .get(&target)
+            .is_some_and(|p| p.match_index == self.log.last_index());
         if caught_up {
             self.send(target, MessageBody::TimeoutNow);
         } else {
@@ -277,7 +320,10 @@ impl Raft {
     /// Called when a follower's match index moved: finish a transfer to it.
     pub(crate) fn maybe_finish_transfer(&mut self, follower: NodeId) {
         if let Some((target, _)) = self.transfer {
-            let caught_up = self.progress.get(&target).is_some_and(|p| p.match_index == self.log.last_index());
+            let caught_up = self
+                .progress
+                .get(&target)
+                .is_some_and(|p| p.match_index == self.log.last_index());
             if target == follower && caught_up {
                 self.send(target, MessageBody::TimeoutNow);
             }

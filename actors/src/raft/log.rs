@@ -23,7 +23,11 @@ impl RaftLog {
     /// A log starting after `snapshot` with `entries` (all persisted).
     pub fn new(snapshot: SnapshotMeta, entries: Vec<Entry>, committed: u64) -> Self {
         for (offset, entry) in entries.iter().enumerate() {
-            assert_eq!(entry.index, snapshot.index + 1 + offset as u64, "log entries are not contiguous");
+            assert_eq!(
+                entry.index,
+                snapshot.index + 1 + offset as u64,
+                "log entries are not contiguous"
+            );
         }
         let last = snapshot.index + entries.len() as u64;
         let applied = snapshot.index;
@@ -76,12 +80,17 @@ impl RaftLog {
 
     /// Whether a candidate's log is at least as up to date as this one (Raft §5.4.1).
     pub fn is_up_to_date(&self, last_index: u64, last_term: u64) -> bool {
-        last_term > self.last_term() || (last_term == self.last_term() && last_index >= self.last_index())
+        last_term > self.last_term()
+            || (last_term == self.last_term() && last_index >= self.last_index())
     }
 
     /// Appends entries created by this node as leader.
     pub fn append(&mut self, entry: Entry) {
-        assert_eq!(entry.index, self.last_index() + 1, "leader appended out of order");
+        assert_eq!(
+            entry.index,
+            self.last_index() + 1,
+            "leader appended out of order"
+        );
         self.entries.push(entry);
     }
 
@@ -89,7 +98,12 @@ impl RaftLog {
     /// truncate any conflicting suffix and append what is new. Returns the
     /// index of the last entry of the message and the entries removed by
     /// truncation, or `None` on mismatch.
-    pub fn maybe_append(&mut self, prev_index: u64, prev_term: u64, entries: Vec<Entry>) -> Option<(u64, Vec<Entry>)> {
+    pub fn maybe_append(
+        &mut self,
+        prev_index: u64,
+        prev_term: u64,
+        entries: Vec<Entry>,
+    ) -> Option<(u64, Vec<Entry>)> {
         if !self.matches(prev_index, prev_term) {
             return None;
         }
@@ -104,7 +118,11 @@ impl RaftLog {
                 Some(_) => {
                     // A conflict: everything from here on is replaced. A
                     // committed entry can never conflict (Log Matching).
-                    assert!(entry.index > self.committed, "conflict at committed index {}", entry.index);
+                    assert!(
+                        entry.index > self.committed,
+                        "conflict at committed index {}",
+                        entry.index
+                    );
                     let keep = (entry.index - self.snapshot.index - 1) as usize;
                     removed.extend(self.entries.drain(keep..));
                     self.stable = self.stable.min(entry.index - 1);
@@ -133,7 +151,11 @@ impl RaftLog {
 
     /// Last index whose term is `term`, if this log has one.
     pub fn last_index_of_term(&self, term: u64) -> Option<u64> {
-        self.entries.iter().rev().find(|e| e.term == term).map(|e| e.index)
+        self.entries
+            .iter()
+            .rev()
+            .find(|e| e.term == term)
+            .map(|e| e.index)
     }
 
     /// Entries in `from..=to`, at most `count_max` of them and about
@@ -143,7 +165,9 @@ impl RaftLog {
         let mut size = 0usize;
         let mut index = from.max(self.first_index());
         while index <= to.min(self.last_index()) && out.len() < count_max {
-            let Some(entry) = self.entry(index) else { break };
+            let Some(entry) = self.entry(index) else {
+                break;
+            };
             size += entry.size_bytes();
             if !out.is_empty() && size > size_max_bytes {
                 break;
@@ -170,7 +194,11 @@ impl RaftLog {
         let term = self.term(index).expect("an applied index has a term");
         let drop = (index - self.snapshot.index) as usize;
         self.entries.drain(..drop);
-        self.snapshot = SnapshotMeta { index, term, config };
+        self.snapshot = SnapshotMeta {
+            index,
+            term,
+            config,
+        };
     }
 
     /// Replaces the log with a snapshot received from the leader. Returns the

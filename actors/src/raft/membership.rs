@@ -11,7 +11,9 @@ impl Raft {
     /// Proposes a membership change; returns the index of its config entry.
     pub fn propose_conf_change(&mut self, change: ConfChange) -> Result<u64, RaftError> {
         if self.role != Role::Leader {
-            return Err(RaftError::NotLeader { leader: self.leader });
+            return Err(RaftError::NotLeader {
+                leader: self.leader,
+            });
         }
         if self.membership.is_joint() || self.membership_index > self.log.committed {
             return Err(RaftError::ConfChangeInProgress);
@@ -57,25 +59,33 @@ fn apply_change(current: &Configuration, change: &ConfChange) -> Result<Configur
     match *change {
         ConfChange::AddVoter(id) => {
             if id == 0 || current.voters.contains(&id) {
-                return Err(RaftError::InvalidConfChange(format!("{id} is already a voter or invalid")));
+                return Err(RaftError::InvalidConfChange(format!(
+                    "{id} is already a voter or invalid"
+                )));
             }
             next.learners.remove(&id);
             next.voters.insert(id);
         }
         ConfChange::AddLearner(id) => {
             if id == 0 || current.members().contains(&id) {
-                return Err(RaftError::InvalidConfChange(format!("{id} is already a member or invalid")));
+                return Err(RaftError::InvalidConfChange(format!(
+                    "{id} is already a member or invalid"
+                )));
             }
             next.learners.insert(id);
         }
         ConfChange::Remove(id) => {
             if !current.members().contains(&id) {
-                return Err(RaftError::InvalidConfChange(format!("{id} is not a member")));
+                return Err(RaftError::InvalidConfChange(format!(
+                    "{id} is not a member"
+                )));
             }
             next.voters.remove(&id);
             next.learners.remove(&id);
             if next.voters.is_empty() {
-                return Err(RaftError::InvalidConfChange("cannot remove the last voter".into()));
+                return Err(RaftError::InvalidConfChange(
+                    "cannot remove the last voter".into(),
+                ));
             }
         }
     }

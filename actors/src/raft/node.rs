@@ -70,15 +70,23 @@ impl RaftConfig {
         if self.id == 0 {
             return Err("node id 0 is reserved".into());
         }
-        if self.heartbeat_interval_ticks == 0 || self.heartbeat_interval_ticks >= self.election_timeout_ticks {
-            return Err("the heartbeat interval must be at least 1 tick and below the election timeout".into());
+        if self.heartbeat_interval_ticks == 0
+            || self.heartbeat_interval_ticks >= self.election_timeout_ticks
+        {
+            return Err(
+                "the heartbeat interval must be at least 1 tick and below the election timeout"
+                    .into(),
+            );
         }
-        if self.append_entries_max == 0 || self.in_flight_max == 0 || self.snapshot_chunk_bytes == 0 {
+        if self.append_entries_max == 0 || self.in_flight_max == 0 || self.snapshot_chunk_bytes == 0
+        {
             return Err("batch sizes and windows must be at least 1".into());
         }
         if let Some(drift) = self.lease_drift_ticks {
             if !self.check_quorum || drift >= self.election_timeout_ticks {
-                return Err("lease reads need check_quorum and a drift below the election timeout".into());
+                return Err(
+                    "lease reads need check_quorum and a drift below the election timeout".into(),
+                );
             }
         }
         Ok(())
@@ -266,6 +274,21 @@ impl Raft {
         self.leader
     }
 
+    /// The entry at `index`, if this member still holds it (not compacted).
+    pub fn entry(&self, index: u64) -> Option<&Entry> {
+        self.log.entry(index)
+    }
+
+    /// Term of the entry at `index` (also for the snapshot's last index).
+    pub fn entry_term(&self, index: u64) -> Option<u64> {
+        self.log.term(index)
+    }
+
+    /// Index of the snapshot this member's log starts after.
+    pub fn snapshot_index(&self) -> u64 {
+        self.log.snapshot.index
+    }
+
     /// A summary of the member's state.
     pub fn status(&self) -> Status {
         Status {
@@ -277,7 +300,11 @@ impl Raft {
             applied: self.log.applied,
             last_index: self.log.last_index(),
             config: self.membership.clone(),
-            match_index: self.progress.iter().map(|(id, p)| (*id, p.match_index)).collect(),
+            match_index: self
+                .progress
+                .iter()
+                .map(|(id, p)| (*id, p.match_index))
+                .collect(),
         }
     }
 
@@ -311,14 +338,23 @@ impl Raft {
         if !self.step_term(&message) {
             return;
         }
-        let Message { from, term, body, .. } = message;
+        let Message {
+            from, term, body, ..
+        } = message;
         match body {
             MessageBody::RequestVote {
                 last_log_index,
                 last_log_term,
                 pre_vote,
                 transfer,
-            } => self.handle_request_vote(from, term, last_log_index, last_log_term, pre_vote, transfer),
+            } => self.handle_request_vote(
+                from,
+                term,
+                last_log_index,
+                last_log_term,
+                pre_vote,
+                transfer,
+            ),
             MessageBody::RequestVoteResponse { granted, pre_vote } => {
                 self.handle_vote_response(from, term, granted, pre_vote)
             }
@@ -360,7 +396,9 @@ impl Raft {
 
     pub(crate) fn propose_payload(&mut self, payload: EntryPayload) -> Result<u64, RaftError> {
         if self.role != Role::Leader {
-            return Err(RaftError::NotLeader { leader: self.leader });
+            return Err(RaftError::NotLeader {
+                leader: self.leader,
+            });
         }
         if self.transfer.is_some() {
             return Err(RaftError::TransferInProgress);
@@ -424,7 +462,12 @@ impl Raft {
         // own disk might not have after a crash.
         let applicable = self.log.committed.min(self.log.stable);
         if self.log.applied < applicable {
-            let entries = self.log.slice(self.log.applied + 1, applicable, usize::MAX, self.config.apply_size_max_bytes);
+            let entries = self.log.slice(
+                self.log.applied + 1,
+                applicable,
+                usize::MAX,
+                self.config.apply_size_max_bytes,
+            );
             if let Some(last) = entries.last() {
                 self.log.applied = last.index;
             }
@@ -479,10 +522,17 @@ impl Raft {
                 });
             }
         }
-        if removed.iter().any(|e| matches!(e.payload, EntryPayload::Config(_))) {
+        if removed
+            .iter()
+            .any(|e| matches!(e.payload, EntryPayload::Config(_)))
+        {
             self.refresh_membership();
         }
-        self.emitted_index = self.emitted_index.min(self.log.last_index());
+        // Replacement entries from the first removed index on must reach the
+        // disk even if entries at those indexes were handed out before.
+        if let Some(first) = removed.first() {
+            self.emitted_index = self.emitted_index.min(first.index - 1);
+        }
     }
 
     /// Recomputes the configuration in force from the log.
@@ -496,7 +546,9 @@ impl Raft {
             self.progress.retain(|id, _| members.contains(id));
             for id in members {
                 if id != self.id {
-                    self.progress.entry(id).or_insert_with(|| Progress::new(last_index));
+                    self.progress
+                        .entry(id)
+                        .or_insert_with(|| Progress::new(last_index));
                 }
             }
         }

@@ -14,9 +14,13 @@ impl Raft {
     /// read if leadership is lost first.
     pub fn read_index(&mut self, request_id: u64) -> Result<(), RaftError> {
         if self.role != Role::Leader {
-            return Err(RaftError::NotLeader { leader: self.leader });
+            return Err(RaftError::NotLeader {
+                leader: self.leader,
+            });
         }
-        if self.pending_reads.len() + self.reads_before_commit.len() >= self.config.pending_reads_max {
+        if self.pending_reads.len() + self.reads_before_commit.len()
+            >= self.config.pending_reads_max
+        {
             return Err(RaftError::Overloaded);
         }
         if !self.committed_in_current_term() {
@@ -87,7 +91,9 @@ impl Raft {
             return Err(RaftError::LeaseNotHeld);
         };
         if self.role != Role::Leader {
-            return Err(RaftError::NotLeader { leader: self.leader });
+            return Err(RaftError::NotLeader {
+                leader: self.leader,
+            });
         }
         // A transfer lets the target campaign at once, so the lease is void.
         if self.transfer.is_some() || !self.committed_in_current_term() {
@@ -113,14 +119,22 @@ impl Raft {
         let mut contact: Vec<(NodeId, u64)> = self
             .progress
             .iter()
-            .filter_map(|(id, p)| self.seq_sent_tick.get(&p.acked_seq).map(|tick| (*id, *tick)))
+            .filter_map(|(id, p)| {
+                self.seq_sent_tick
+                    .get(&p.acked_seq)
+                    .map(|tick| (*id, *tick))
+            })
             .collect();
         contact.push((self.id, self.now));
         let mut ticks: Vec<u64> = contact.iter().map(|(_, t)| *t).collect();
         ticks.sort_unstable_by(|a, b| b.cmp(a));
         ticks.dedup();
         ticks.into_iter().find(|tick| {
-            let agreed: BTreeSet<NodeId> = contact.iter().filter(|(_, t)| t >= tick).map(|(id, _)| *id).collect();
+            let agreed: BTreeSet<NodeId> = contact
+                .iter()
+                .filter(|(_, t)| t >= tick)
+                .map(|(id, _)| *id)
+                .collect();
             self.membership.has_quorum(&agreed)
         })
     }

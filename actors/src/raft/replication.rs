@@ -18,7 +18,9 @@ impl Raft {
     /// entries (one probe at a time while the match point is unknown).
     pub(crate) fn send_append(&mut self, peer: NodeId) {
         loop {
-            let Some(progress) = self.progress.get(&peer) else { return };
+            let Some(progress) = self.progress.get(&peer) else {
+                return;
+            };
             if !progress.can_send(self.config.in_flight_max) {
                 if matches!(progress.mode, ReplicationMode::Snapshot { .. }) {
                     self.send_snapshot_chunk(peer);
@@ -89,8 +91,13 @@ impl Raft {
             };
             return self.handle_append(from, committed, committed_term, rest, leader_commit);
         }
-        let has_config = entries.iter().any(|e| matches!(e.payload, super::types::EntryPayload::Config(_)));
-        match self.log.maybe_append(prev_log_index, prev_log_term, entries) {
+        let has_config = entries
+            .iter()
+            .any(|e| matches!(e.payload, super::types::EntryPayload::Config(_)));
+        match self
+            .log
+            .maybe_append(prev_log_index, prev_log_term, entries)
+        {
             Some((last_new, removed)) => {
                 self.on_entries_removed(&removed);
                 if has_config {
@@ -142,9 +149,14 @@ impl Raft {
         // at the first index the follower has of it.
         let next_try = (!success).then(|| match conflict_term {
             0 => hint_index,
-            term => self.log.last_index_of_term(term).map_or(hint_index, |i| i + 1),
+            term => self
+                .log
+                .last_index_of_term(term)
+                .map_or(hint_index, |i| i + 1),
         });
-        let Some(progress) = self.progress.get_mut(&from) else { return };
+        let Some(progress) = self.progress.get_mut(&from) else {
+            return;
+        };
         progress.recent_active = true;
         match next_try {
             None => {
@@ -157,7 +169,10 @@ impl Raft {
             Some(next) => {
                 // A rejection below the match point is an old answer; a
                 // rejection with index 0 came from step_term (newer term).
-                if index == 0 || index < progress.match_index || matches!(progress.mode, ReplicationMode::Snapshot { .. }) {
+                if index == 0
+                    || index < progress.match_index
+                    || matches!(progress.mode, ReplicationMode::Snapshot { .. })
+                {
                     return;
                 }
                 // Always move strictly back from what was rejected, so probing ends.
@@ -173,9 +188,15 @@ impl Raft {
         let seq = self.read_seq;
         self.seq_sent_tick.insert(seq, self.now);
         // Rounds older than an election timeout can't extend a lease or confirm a read.
-        let horizon = self.now.saturating_sub(2 * self.config.election_timeout_ticks);
+        let horizon = self
+            .now
+            .saturating_sub(2 * self.config.election_timeout_ticks);
         self.seq_sent_tick.retain(|_, tick| *tick >= horizon);
-        let peers: Vec<(NodeId, u64)> = self.progress.iter().map(|(id, p)| (*id, p.match_index)).collect();
+        let peers: Vec<(NodeId, u64)> = self
+            .progress
+            .iter()
+            .map(|(id, p)| (*id, p.match_index))
+            .collect();
         for (peer, match_index) in peers {
             let commit = self.log.committed.min(match_index);
             self.send(peer, MessageBody::Heartbeat { commit, seq });
@@ -201,7 +222,9 @@ impl Raft {
         }
         let last_index = self.log.last_index();
         let in_flight_max = self.config.in_flight_max;
-        let Some(progress) = self.progress.get_mut(&from) else { return };
+        let Some(progress) = self.progress.get_mut(&from) else {
+            return;
+        };
         progress.recent_active = true;
         progress.acked_seq = progress.acked_seq.max(seq);
         match progress.mode {
@@ -253,7 +276,11 @@ impl Raft {
         }
         self.release_reads_after_commit();
         // Followers learn the new commit index now rather than at the next heartbeat.
-        let peers: Vec<(NodeId, u64)> = self.progress.iter().map(|(id, p)| (*id, p.match_index)).collect();
+        let peers: Vec<(NodeId, u64)> = self
+            .progress
+            .iter()
+            .map(|(id, p)| (*id, p.match_index))
+            .collect();
         let seq = self.read_seq;
         for (peer, match_index) in peers {
             let commit = self.log.committed.min(match_index);

@@ -52,7 +52,9 @@ impl Raft {
 
     pub(crate) fn send_snapshot_chunk(&mut self, peer: NodeId) {
         let current_index = self.snapshot.meta.index;
-        let Some(progress) = self.progress.get_mut(&peer) else { return };
+        let Some(progress) = self.progress.get_mut(&peer) else {
+            return;
+        };
         let ReplicationMode::Snapshot {
             index,
             next_offset,
@@ -83,7 +85,14 @@ impl Raft {
         self.send(peer, body);
     }
 
-    pub(crate) fn handle_snapshot_chunk(&mut self, from: NodeId, meta: SnapshotMeta, offset: u64, data: Vec<u8>, done: bool) {
+    pub(crate) fn handle_snapshot_chunk(
+        &mut self,
+        from: NodeId,
+        meta: SnapshotMeta,
+        offset: u64,
+        data: Vec<u8>,
+        done: bool,
+    ) {
         if self.role != Role::Follower {
             self.become_follower(self.term, from);
         }
@@ -93,11 +102,21 @@ impl Raft {
         if index <= self.log.committed {
             // Everything it covers is already committed here.
             self.incoming_snapshot = None;
-            self.send(from, MessageBody::InstallSnapshotResponse { index, next_offset: offset, done: true });
+            self.send(
+                from,
+                MessageBody::InstallSnapshotResponse {
+                    index,
+                    next_offset: offset,
+                    done: true,
+                },
+            );
             return;
         }
         if offset == 0 {
-            self.incoming_snapshot = Some(Snapshot { meta: meta.clone(), data: Vec::new() });
+            self.incoming_snapshot = Some(Snapshot {
+                meta: meta.clone(),
+                data: Vec::new(),
+            });
         }
         let expected = match &self.incoming_snapshot {
             Some(incoming) if incoming.meta == meta => incoming.data.len() as u64,
@@ -105,19 +124,44 @@ impl Raft {
         };
         if offset != expected {
             // Out of order or from an older transfer: say where to resume.
-            self.send(from, MessageBody::InstallSnapshotResponse { index, next_offset: expected, done: false });
+            self.send(
+                from,
+                MessageBody::InstallSnapshotResponse {
+                    index,
+                    next_offset: expected,
+                    done: false,
+                },
+            );
             return;
         }
-        let Some(incoming) = self.incoming_snapshot.as_mut() else { return };
+        let Some(incoming) = self.incoming_snapshot.as_mut() else {
+            return;
+        };
         incoming.data.extend_from_slice(&data);
         let received = incoming.data.len() as u64;
         if !done {
-            self.send(from, MessageBody::InstallSnapshotResponse { index, next_offset: received, done: false });
+            self.send(
+                from,
+                MessageBody::InstallSnapshotResponse {
+                    index,
+                    next_offset: received,
+                    done: false,
+                },
+            );
             return;
         }
-        let Some(snapshot) = self.incoming_snapshot.take() else { return };
+        let Some(snapshot) = self.incoming_snapshot.take() else {
+            return;
+        };
         self.install_snapshot(snapshot);
-        self.send(from, MessageBody::InstallSnapshotResponse { index, next_offset: received, done: true });
+        self.send(
+            from,
+            MessageBody::InstallSnapshotResponse {
+                index,
+                next_offset: received,
+                done: true,
+            },
+        );
     }
 
     fn install_snapshot(&mut self, snapshot: Snapshot) {
@@ -125,7 +169,11 @@ impl Raft {
         self.log.restore(meta.clone());
         // Proposals inside the snapshot: their entries are gone from this
         // log, so their fate can't be told unless it is the snapshot's own entry.
-        let settled: Vec<(u64, u64)> = self.proposals.range(..=meta.index).map(|(i, t)| (*i, *t)).collect();
+        let settled: Vec<(u64, u64)> = self
+            .proposals
+            .range(..=meta.index)
+            .map(|(i, t)| (*i, *t))
+            .collect();
         for (index, term) in settled {
             self.proposals.remove(&index);
             if index == meta.index && term == meta.term {
@@ -142,13 +190,26 @@ impl Raft {
         self.snapshot = snapshot;
     }
 
-    pub(crate) fn handle_snapshot_response(&mut self, from: NodeId, index: u64, next_offset: u64, done: bool) {
+    pub(crate) fn handle_snapshot_response(
+        &mut self,
+        from: NodeId,
+        index: u64,
+        next_offset: u64,
+        done: bool,
+    ) {
         if self.role != Role::Leader {
             return;
         }
-        let Some(progress) = self.progress.get_mut(&from) else { return };
+        let Some(progress) = self.progress.get_mut(&from) else {
+            return;
+        };
         progress.recent_active = true;
-        let ReplicationMode::Snapshot { index: sending, next_offset: next, in_flight } = &mut progress.mode else {
+        let ReplicationMode::Snapshot {
+            index: sending,
+            next_offset: next,
+            in_flight,
+        } = &mut progress.mode
+        else {
             return;
         };
         if *sending != index {

@@ -104,7 +104,9 @@ impl Configuration {
     /// Whether the nodes in `agreed` form a quorum: a majority of `voters`
     /// and, during a joint change, also of `voters_outgoing`.
     pub fn has_quorum(&self, agreed: &BTreeSet<NodeId>) -> bool {
-        let majority = |set: &BTreeSet<NodeId>| set.is_empty() || set.iter().filter(|id| agreed.contains(id)).count() * 2 > set.len();
+        let majority = |set: &BTreeSet<NodeId>| {
+            set.is_empty() || set.iter().filter(|id| agreed.contains(id)).count() * 2 > set.len()
+        };
         majority(&self.voters) && majority(&self.voters_outgoing)
     }
 

@@ -1,0 +1,643 @@
+//! A deterministic simulator for the Raft core: members driven by ticks over
+//! a simulated network with seeded delay, loss, duplication and reordering,
+//! partitions, and crash-restart that keeps only what was persisted. After
+//! every step it checks election safety, log matching, leader completeness
+//! and state machine safety, and panics with the seed on a violation.
+
+#![allow(dead_code)] // Scenario tests and the simulation use different parts.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use harmonydb_actors::raft::{
+    ConfChange, Entry, EntryPayload, Message, NodeId, PersistedState, Raft, RaftConfig, RaftError,
+    Ready, Role,
+};
+
+/// xorshift64*: small, seeded, and the same on every machine.
+#[derive(Clone, Debug)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    pub fn below(&mut self, bound: u64) -> u64 {
+        if bound == 0 {
+            0
+        } else {
+            self.next_u64() % bound
+        }
+    }
+    pub fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+    pub fn pick<T: Copy>(&mut self, items: &[T]) -> T {
+        items[self.below(items.len() as u64) as usize]
+    }
+}
+
+/// Network behaviour.
+#[derive(Clone, Debug, Default)]
+pub struct NetworkFaults {
+    /// Percent of messages lost.
+    pub drop_percent: u64,
+    /// Percent of messages delivered twice.
+    pub duplicate_percent: u64,
+    /// Extra delay in ticks, chosen uniformly in `0..=max_delay_ticks` (reorders).
+    pub max_delay_ticks: u64,
+}
+
+/// One applied entry as the state machine records it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Applied {
+    pub index: u64,
+    pub term: u64,
+    pub command: Option<Vec<u8>>,
+}
+
+/// A simulated member: its core (None while crashed), its disk, its state machine.
+pub struct SimNode {
+    pub raft: Option<Raft>,
+    pub disk: PersistedState,
+    /// The state machine: every applied entry in index order, from index 1.
+    pub state: Vec<Applied>,
+    /// Reads answered: (request id, read index).
+    pub reads: Vec<(u64, u64)>,
+    /// Proposals this node made: index -> (term, command).
+    pub proposals: BTreeMap<u64, (u64, Vec<u8>)>,
+    /// Proposals reported dropped.
+    pub dropped: Vec<u64>,
+}
+
+/// A message in flight.
+struct InFlight {
+    deliver_at: u64,
+    order: u64,
+    message: Message,
+}
+
+/// The simulated cluster.
+pub struct Sim {
+    pub seed: u64,
+    pub rng: Rng,
+    pub now: u64,
+    pub nodes: BTreeMap<NodeId, SimNode>,
+    network: Vec<InFlight>,
+    next_order: u64,
+    pub faults: NetworkFaults,
+    /// Directed links that drop everything: (from, to).
+    pub blocked: BTreeSet<(NodeId, NodeId)>,
+    config_template: RaftConfig,
+    /// Election safety: the leader seen in each term.
+    leaders: BTreeMap<u64, NodeId>,
+    /// State machine safety: what was applied at each index, by anyone.
+    pub committed: BTreeMap<u64, Applied>,
+    /// Proposals acknowledged as committed (applied by their proposer at their term).
+    pub acknowledged: BTreeMap<u64, Applied>,
+    /// Compact a member's log once this many entries are applied past its snapshot (0 = never).
+    pub compact_every: u64,
+    /// Messages delivered, for the benchmark and for tests that need to know.
+    pub delivered: u64,
+}
+
+impl Sim {
+    /// A cluster whose voters are `voters`; `others` start as non-members.
+    pub fn new(
+        seed: u64,
+        voters: &[NodeId],
+        others: &[NodeId],
+        configure: impl Fn(&mut RaftConfig),
+    ) -> Sim {
+        let mut template = RaftConfig::new(1);
+        configure(&mut template);
+        let mut sim = Sim {
+            seed,
+            rng: Rng::new(seed),
+            now: 0,
+            nodes: BTreeMap::new(),
+            network: Vec::new(),
+            next_order: 0,
+            faults: NetworkFaults::default(),
+            blocked: BTreeSet::new(),
+            config_template: template,
+            leaders: BTreeMap::new(),
+            committed: BTreeMap::new(),
+            acknowledged: BTreeMap::new(),
+            compact_every: 0,
+            delivered: 0,
+        };
+        for id in voters.iter().chain(others) {
+            let disk = PersistedState::bootstrap(voters.iter().copied());
+            let raft = Raft::new(sim.config_for(*id), disk.clone()).expect("valid config");
+            sim.nodes.insert(
+                *id,
+                SimNode {
+                    raft: Some(raft),
+                    disk,
+                    state: Vec::new(),
+                    reads: Vec::new(),
+                    proposals: BTreeMap::new(),
+                    dropped: Vec::new(),
+                },
+            );
+        }
+        sim
+    }
+
+    fn config_for(&self, id: NodeId) -> RaftConfig {
+        let mut config = self.config_template.clone();
+        config.id = id;
+        config.seed = self.seed.wrapping_mul(31).wrapping_add(id);
+        config
+    }
+
+    pub fn ids(&self) -> Vec<NodeId> {
+        self.nodes.keys().copied().collect()
+    }
+
+    pub fn raft(&self, id: NodeId) -> &Raft {
+        self.nodes[&id].raft.as_ref().expect("node is up")
+    }
+
+    pub fn raft_mut(&mut self, id: NodeId) -> &mut Raft {
+        self.nodes
+            .get_mut(&id)
+            .and_then(|n| n.raft.as_mut())
+            .expect("node is up")
+    }
+
+    pub fn is_up(&self, id: NodeId) -> bool {
+        self.nodes[&id].raft.is_some()
+    }
+
+    /// The live leader with the highest term, if any.
+    pub fn leader(&self) -> Option<NodeId> {
+        self.nodes
+            .iter()
+            .filter_map(|(id, n)| n.raft.as_ref().map(|r| (*id, r)))
+            .filter(|(_, r)| r.role() == Role::Leader)
+            .max_by_key(|(_, r)| r.term())
+            .map(|(id, _)| id)
+    }
+
+    fn fail(&self, what: &str) -> ! {
+        panic!("seed {}: tick {}: {what}", self.seed, self.now)
+    }
+
+    /// One tick of simulated time: every live member ticks, then messages
+    /// due by now are delivered and readies processed until things settle.
+    pub fn tick(&mut self) {
+        self.now += 1;
+        for id in self.ids() {
+            if let Some(raft) = self.nodes.get_mut(&id).and_then(|n| n.raft.as_mut()) {
+                raft.tick();
+            }
+        }
+        self.settle();
+    }
+
+    /// Delivers due messages and processes readies until nothing is due
+    /// (bounded, so a message storm can't hang a test).
+    pub fn settle(&mut self) {
+        for _ in 0..1000 {
+            self.process_readies();
+            if !self.deliver_due() {
+                self.process_readies();
+                break;
+            }
+        }
+        self.check_invariants();
+    }
+
+    pub fn run(&mut self, ticks: u64) {
+        for _ in 0..ticks {
+            self.tick();
+        }
+    }
+
+    /// Ticks until `done` holds (true) or `max_ticks` pass (false).
+    pub fn run_until(&mut self, max_ticks: u64, done: impl Fn(&Sim) -> bool) -> bool {
+        for _ in 0..max_ticks {
+            if done(self) {
+                return true;
+            }
+            self.tick();
+        }
+        done(self)
+    }
+
+    /// Runs until some member leads, and returns it.
+    pub fn elect(&mut self) -> NodeId {
+        if !self.run_until(500, |s| s.leader().is_some()) {
+            self.fail("no leader within 500 ticks");
+        }
+        self.leader().expect("leader")
+    }
+
+    fn deliver_due(&mut self) -> bool {
+        let now = self.now;
+        let mut due: Vec<InFlight> = Vec::new();
+        let mut index = 0;
+        while index < self.network.len() {
+            if self.network[index].deliver_at <= now {
+                due.push(self.network.swap_remove(index));
+            } else {
+                index += 1;
+            }
+        }
+        if due.is_empty() {
+            return false;
+        }
+        due.sort_by_key(|m| (m.deliver_at, m.order));
+        for in_flight in due {
+            let message = in_flight.message;
+            if self.blocked.contains(&(message.from, message.to)) {
+                continue;
+            }
+            if let Some(raft) = self
+                .nodes
+                .get_mut(&message.to)
+                .and_then(|n| n.raft.as_mut())
+            {
+                self.delivered += 1;
+                if std::env::var_os("HARMONYDB_SIM_TRACE").is_some() {
+                    eprintln!("t{} {} -> {} (term {}): {:?} | receiver term {} role {:?} commit {} last {}", self.now, message.from, message.to, message.term, short(&message.body), raft.term(), raft.role(), raft.status().commit, raft.status().last_index);
+                }
+                raft.step(message);
+            }
+        }
+        true
+    }
+
+    fn enqueue(&mut self, message: Message) {
+        if self.faults.drop_percent > 0 && self.rng.chance(self.faults.drop_percent) {
+            return;
+        }
+        let copies = if self.faults.duplicate_percent > 0
+            && self.rng.chance(self.faults.duplicate_percent)
+        {
+            2
+        } else {
+            1
+        };
+        for _ in 0..copies {
+            let delay = self.rng.below(self.faults.max_delay_ticks + 1);
+            self.next_order += 1;
+            self.network.push(InFlight {
+                deliver_at: self.now + delay,
+                order: self.next_order,
+                message: message.clone(),
+            });
+        }
+    }
+
+    fn process_readies(&mut self) {
+        for id in self.ids() {
+            loop {
+                let Some(ready) = self
+                    .nodes
+                    .get_mut(&id)
+                    .and_then(|n| n.raft.as_mut())
+                    .filter(|r| r.has_ready())
+                    .map(|r| r.ready())
+                else {
+                    break;
+                };
+                self.handle_ready(id, ready);
+            }
+            self.maybe_compact(id);
+        }
+    }
+
+    fn handle_ready(&mut self, id: NodeId, ready: Ready) {
+        let node = self.nodes.get_mut(&id).expect("node");
+        // 1. Persist: snapshot, entries, hard state.
+        if let Some(snapshot) = &ready.snapshot {
+            node.disk.snapshot = snapshot.clone();
+            node.disk.entries.clear();
+        }
+        if let Some(first) = ready.entries.first() {
+            node.disk.entries.retain(|e| e.index < first.index);
+            node.disk.entries.extend(ready.entries.iter().cloned());
+        }
+        if let Some(hard_state) = ready.hard_state {
+            node.disk.hard_state = hard_state;
+        }
+        // 2. Send.
+        for message in ready.messages.clone() {
+            self.enqueue(message);
+        }
+        // 3. Apply.
+        let node = self.nodes.get_mut(&id).expect("node");
+        if let Some(snapshot) = &ready.snapshot {
+            node.state = decode_state(&snapshot.data);
+        }
+        let mut newly_applied = Vec::new();
+        for entry in &ready.committed_entries {
+            let applied = Applied {
+                index: entry.index,
+                term: entry.term,
+                command: match &entry.payload {
+                    EntryPayload::Command(data) => Some(data.clone()),
+                    _ => None,
+                },
+            };
+            if entry.index != node.state.len() as u64 + 1 {
+                let message = format!(
+                    "node {id} applied {} after {}",
+                    entry.index,
+                    node.state.len()
+                );
+                self.fail(&message);
+            }
+            node.state.push(applied.clone());
+            newly_applied.push(applied);
+        }
+        for read in &ready.read_states {
+            node.reads.push((read.request_id, read.index));
+        }
+        for dropped in &ready.dropped_proposals {
+            node.dropped.push(dropped.index);
+            node.proposals.remove(&dropped.index);
+        }
+        let proposals = node.proposals.clone();
+        for applied in newly_applied {
+            match self.committed.get(&applied.index) {
+                Some(existing) if *existing != applied => {
+                    let message = format!(
+                        "state machine safety: node {id} applied {applied:?} where {existing:?} was applied"
+                    );
+                    self.fail(&message);
+                }
+                Some(_) => {}
+                None => {
+                    self.committed.insert(applied.index, applied.clone());
+                }
+            }
+            if let Some((term, command)) = proposals.get(&applied.index) {
+                if *term == applied.term && applied.command.as_ref() == Some(command) {
+                    self.acknowledged.insert(applied.index, applied.clone());
+                }
+            }
+        }
+        // 4. Advance.
+        let node = self.nodes.get_mut(&id).expect("node");
+        if let Some(raft) = node.raft.as_mut() {
+            raft.advance(&ready);
+        }
+    }
+
+    fn maybe_compact(&mut self, id: NodeId) {
+        if self.compact_every == 0 {
+            return;
+        }
+        let node = self.nodes.get_mut(&id).expect("node");
+        let Some(raft) = node.raft.as_mut() else {
+            return;
+        };
+        let applied = raft.status().applied;
+        if applied < raft.snapshot_index() + self.compact_every {
+            return;
+        }
+        let data = encode_state(&node.state[..applied as usize]);
+        if raft.compact(applied, data).is_ok() {
+            node.disk.snapshot = raft.snapshot().clone();
+            node.disk.entries.retain(|e| e.index > applied);
+        }
+    }
+
+    /// Proposes `command` at `id`; remembers it for the acknowledgement check.
+    pub fn propose(&mut self, id: NodeId, command: Vec<u8>) -> Result<u64, RaftError> {
+        let node = self.nodes.get_mut(&id).expect("node");
+        let Some(raft) = node.raft.as_mut() else {
+            return Err(RaftError::NotLeader { leader: 0 });
+        };
+        let index = raft.propose(command.clone())?;
+        let term = raft.term();
+        node.proposals.insert(index, (term, command));
+        Ok(index)
+    }
+
+    /// Proposes at the current leader, if there is one.
+    pub fn propose_at_leader(&mut self, command: Vec<u8>) -> Option<u64> {
+        let leader = self.leader()?;
+        self.propose(leader, command).ok()
+    }
+
+    pub fn conf_change(&mut self, change: ConfChange) -> Result<u64, RaftError> {
+        let leader = self.leader().ok_or(RaftError::NotLeader { leader: 0 })?;
+        self.raft_mut(leader).propose_conf_change(change)
+    }
+
+    /// Crash: the member's memory is gone; only its disk remains.
+    pub fn crash(&mut self, id: NodeId) {
+        if std::env::var_os("HARMONYDB_SIM_TRACE").is_some() {
+            eprintln!("t{} crash {id}", self.now);
+        }
+        let node = self.nodes.get_mut(&id).expect("node");
+        node.raft = None;
+        node.proposals.clear();
+    }
+
+    /// Restart from disk; the state machine is rebuilt from the snapshot and
+    /// committed entries are applied again.
+    pub fn restart(&mut self, id: NodeId) {
+        let config = self.config_for(id);
+        let node = self.nodes.get_mut(&id).expect("node");
+        if node.raft.is_some() {
+            return;
+        }
+        node.state = decode_state(&node.disk.snapshot.data);
+        if std::env::var_os("HARMONYDB_SIM_TRACE").is_some() {
+            eprintln!(
+                "t{} restart {id} hard state {:?} entries {:?}",
+                self.now,
+                node.disk.hard_state,
+                node.disk
+                    .entries
+                    .iter()
+                    .map(|e| (e.index, e.term))
+                    .collect::<Vec<_>>()
+            );
+        }
+        let raft = Raft::new(config, node.disk.clone()).expect("restart");
+        node.raft = Some(raft);
+    }
+
+    /// Splits the members into groups that can't reach each other.
+    pub fn partition(&mut self, groups: &[&[NodeId]]) {
+        self.blocked.clear();
+        for (a, group_a) in groups.iter().enumerate() {
+            for (b, group_b) in groups.iter().enumerate() {
+                if a != b {
+                    for from in group_a.iter() {
+                        for to in group_b.iter() {
+                            self.blocked.insert((*from, *to));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Cuts `id` off from everyone, both ways.
+    pub fn isolate(&mut self, id: NodeId) {
+        for other in self.ids() {
+            if other != id {
+                self.blocked.insert((id, other));
+                self.blocked.insert((other, id));
+            }
+        }
+    }
+
+    /// Removes every partition and network fault.
+    pub fn heal(&mut self) {
+        self.blocked.clear();
+        self.faults = NetworkFaults::default();
+    }
+
+    /// Checks the Raft safety properties on the current state.
+    pub fn check_invariants(&mut self) {
+        let live: Vec<(NodeId, &Raft)> = self
+            .nodes
+            .iter()
+            .filter_map(|(id, n)| n.raft.as_ref().map(|r| (*id, r)))
+            .collect();
+        // Election safety: at most one leader per term.
+        let mut new_leaders = Vec::new();
+        for (id, raft) in &live {
+            if raft.role() == Role::Leader {
+                match self.leaders.get(&raft.term()) {
+                    Some(other) if other != id => self.fail(&format!(
+                        "election safety: {other} and {id} both lead term {}",
+                        raft.term()
+                    )),
+                    Some(_) => {}
+                    None => new_leaders.push((raft.term(), *id)),
+                }
+            }
+        }
+        // Log matching: if two logs have an entry with the same index and
+        // term, they are identical up to it.
+        for (a, (id_a, raft_a)) in live.iter().enumerate() {
+            for (id_b, raft_b) in live.iter().skip(a + 1) {
+                let low = raft_a.snapshot_index().max(raft_b.snapshot_index()) + 1;
+                let high = raft_a.status().last_index.min(raft_b.status().last_index);
+                let mut matched = false;
+                for index in (low..=high).rev() {
+                    let (ea, eb) = (raft_a.entry(index), raft_b.entry(index));
+                    if matched {
+                        if ea != eb {
+                            self.fail(&format!("log matching: {id_a} and {id_b} differ at {index} below a matching entry"));
+                        }
+                    } else if let (Some(ea), Some(eb)) = (ea, eb) {
+                        if ea.term == eb.term {
+                            if ea != eb {
+                                self.fail(&format!("log matching: {id_a} and {id_b} differ at {index} in the same term"));
+                            }
+                            matched = true;
+                        }
+                    }
+                }
+            }
+        }
+        // Leader completeness: a new leader holds every committed entry.
+        for (term, id) in new_leaders {
+            let raft = live
+                .iter()
+                .find(|(i, _)| *i == id)
+                .map(|(_, r)| *r)
+                .expect("leader is live");
+            for (index, applied) in &self.committed {
+                if *index <= raft.snapshot_index() {
+                    continue;
+                }
+                if raft.entry_term(*index) != Some(applied.term) {
+                    self.fail(&format!(
+                        "leader completeness: leader {id} of term {term} lacks committed entry {index} (term {})",
+                        applied.term
+                    ));
+                }
+            }
+            self.leaders.insert(term, id);
+        }
+    }
+
+    /// Members in the latest configuration known to the leader (or all).
+    pub fn members(&self) -> Vec<NodeId> {
+        match self.leader() {
+            Some(leader) => self
+                .raft(leader)
+                .status()
+                .config
+                .members()
+                .into_iter()
+                .collect(),
+            None => self.ids(),
+        }
+    }
+
+    /// Liveness after healing: a leader exists and every acknowledged
+    /// proposal is applied on every live member of the configuration.
+    pub fn converged(&self) -> bool {
+        let Some(leader) = self.leader() else {
+            return false;
+        };
+        let commit = self.raft(leader).status().commit;
+        self.members().iter().all(|id| {
+            self.nodes
+                .get(id)
+                .and_then(|n| n.raft.as_ref().map(|r| (n, r)))
+                .is_some_and(|(node, raft)| {
+                    raft.status().applied >= commit
+                        && self
+                            .acknowledged
+                            .values()
+                            .all(|a| node.state.get(a.index as usize - 1) == Some(a))
+                })
+        })
+    }
+}
+
+pub fn encode_state(state: &[Applied]) -> Vec<u8> {
+    rmp_serde::to_vec(state).expect("encode state")
+}
+
+pub fn decode_state(data: &[u8]) -> Vec<Applied> {
+    if data.is_empty() {
+        return Vec::new();
+    }
+    rmp_serde::from_slice(data).expect("decode state")
+}
+
+/// Entries of a member's log, for assertions.
+pub fn log_of(raft: &Raft) -> Vec<Entry> {
+    let status = raft.status();
+    (raft.snapshot_index() + 1..=status.last_index)
+        .filter_map(|i| raft.entry(i).cloned())
+        .collect()
+}
+
+fn short(body: &harmonydb_actors::raft::MessageBody) -> String {
+    use harmonydb_actors::raft::MessageBody::*;
+    match body {
+        AppendEntries {
+            prev_log_index,
+            prev_log_term,
+            entries,
+            leader_commit,
+        } => {
+            format!(
+            "Append prev ({prev_log_index},{prev_log_term}) entries {:?} commit {leader_commit}",
+            entries.iter().map(|e| (e.index, e.term)).collect::<Vec<_>>()
+        )
+        }
+        other => format!("{other:?}"),
+    }
+}
