@@ -160,3 +160,18 @@ fn random_faults_never_break_safety_and_the_cluster_recovers() {
         }
     }
 }
+
+/// Mutation check: built with `--features mutation-vote-stale-log`, members
+/// grant votes without comparing logs (breaking Raft §5.4.1). The simulator
+/// must catch it; this test fails if it doesn't within 2,000 seeds.
+#[cfg(feature = "mutation-vote-stale-log")]
+#[test]
+fn the_simulator_catches_a_vote_for_a_stale_log() {
+    for seed in 1..=2000u64 {
+        if std::panic::catch_unwind(|| run_seed(seed)).is_err() {
+            eprintln!("mutation caught at seed {seed}");
+            return;
+        }
+    }
+    panic!("voting for stale logs went unnoticed for 2,000 seeds");
+}

@@ -187,11 +187,15 @@ impl Raft {
         let can_vote = self.vote == from
             || (self.vote == 0 && self.leader == 0)
             || (pre_vote && term > self.term);
+        #[cfg(not(feature = "mutation-vote-stale-log"))]
         let up_to_date = self.log.is_up_to_date(last_log_index, last_log_term);
         // Test-only mutation: vote without the up-to-date check (Raft §5.4.1),
         // so the simulator can show that it catches the resulting data loss.
         #[cfg(feature = "mutation-vote-stale-log")]
-        let up_to_date = up_to_date || !pre_vote;
+        let up_to_date = {
+            let _ = (last_log_index, last_log_term);
+            true
+        };
         let granted = can_vote && up_to_date;
         if granted && !pre_vote {
             self.vote = from;

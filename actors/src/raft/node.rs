@@ -554,9 +554,22 @@ impl Raft {
         }
     }
 
-    /// Whether this member may campaign: it is a voter in the configuration in force.
+    /// Whether this member may campaign: it is a voter in the configuration
+    /// in force, or that configuration is not committed yet and it was a
+    /// voter in the one before. Without the second case a leader that
+    /// appended C_new (without itself) and then lost its quorum would never
+    /// campaign again, and if it holds the longest log nobody else can win
+    /// either (found by the simulator, seed 7365).
     pub(crate) fn promotable(&self) -> bool {
-        self.membership.is_voter(self.id)
+        if self.membership.is_voter(self.id) {
+            return true;
+        }
+        self.membership_index > self.log.committed
+            && self.membership_index > 0
+            && self
+                .log
+                .config_at(self.membership_index - 1)
+                .is_voter(self.id)
     }
 
     pub(crate) fn send(&mut self, to: NodeId, body: MessageBody) {
