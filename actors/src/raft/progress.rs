@@ -38,6 +38,9 @@ pub(crate) struct Progress {
     pub recent_active: bool,
     /// Highest read-confirmation round it acknowledged.
     pub acked_seq: u64,
+    /// Heartbeat answers in a row that found it behind with no progress: a
+    /// sign that appends sent optimistically were lost.
+    pub stalled_heartbeats: u32,
 }
 
 impl Progress {
@@ -51,6 +54,7 @@ impl Progress {
             probe_sent: false,
             recent_active: false,
             acked_seq: 0,
+            stalled_heartbeats: 0,
         }
     }
 
@@ -80,6 +84,7 @@ impl Progress {
         let moved = index > self.match_index;
         if moved {
             self.match_index = index;
+            self.stalled_heartbeats = 0;
         }
         self.next_index = self.next_index.max(index + 1);
         while self.in_flight.front().is_some_and(|last| *last <= index) {

@@ -5,6 +5,10 @@ use super::node::{Raft, Role};
 use super::progress::ReplicationMode;
 use super::types::{Entry, MessageBody, NodeId};
 
+/// Heartbeat answers from a follower that is behind and not moving, after
+/// which the leader assumes its in-flight appends were lost and resends.
+const STALLED_HEARTBEATS_MAX: u32 = 3;
+
 impl Raft {
     /// Sends what each follower is missing, as far as its window allows.
     pub(crate) fn broadcast_append(&mut self) {
@@ -227,9 +231,22 @@ impl Raft {
         };
         progress.recent_active = true;
         progress.acked_seq = progress.acked_seq.max(seq);
+        let behind = progress.match_index < last_index;
+        progress.stalled_heartbeats = if behind {
+            progress.stalled_heartbeats + 1
+        } else {
+            0
+        };
         match progress.mode {
             // A lost probe or a lost snapshot chunk is retried on every heartbeat answer.
             ReplicationMode::Probe => progress.probe_sent = false,
+            ReplicationMode::Replicate if progress.stalled_heartbeats >= STALLED_HEARTBEATS_MAX => {
+                // Appends sent optimistically were lost (nothing moved for a
+                // while although the follower answers): resend from its match.
+                let restart = progress.match_index + 1;
+                progress.reject(restart);
+                progress.stalled_heartbeats = 0;
+            }
             ReplicationMode::Replicate if progress.in_flight.len() >= in_flight_max => {
                 // The window is full and answers may be lost: free a slot.
                 progress.in_flight.pop_front();
@@ -241,7 +258,6 @@ impl Raft {
             }
             _ => {}
         }
-        let behind = progress.match_index < last_index;
         self.advance_reads();
         if behind {
             self.send_append(from);

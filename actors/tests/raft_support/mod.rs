@@ -104,6 +104,9 @@ pub struct Sim {
     pub compact_every: u64,
     /// Messages delivered, for the benchmark and for tests that need to know.
     pub delivered: u64,
+    /// When set, every message sent is also kept here for tests to inspect.
+    pub record_sent: bool,
+    pub sent: Vec<Message>,
 }
 
 impl Sim {
@@ -131,6 +134,8 @@ impl Sim {
             acknowledged: BTreeMap::new(),
             compact_every: 0,
             delivered: 0,
+            record_sent: false,
+            sent: Vec::new(),
         };
         for id in voters.iter().chain(others) {
             let disk = PersistedState::bootstrap(voters.iter().copied());
@@ -276,6 +281,9 @@ impl Sim {
     }
 
     fn enqueue(&mut self, message: Message) {
+        if self.record_sent {
+            self.sent.push(message.clone());
+        }
         if self.faults.drop_percent > 0 && self.rng.chance(self.faults.drop_percent) {
             return;
         }
