@@ -146,7 +146,11 @@ fn seeds() -> Vec<u64> {
 
 #[test]
 fn random_faults_never_break_safety_and_the_cluster_recovers() {
+    let verbose = std::env::var_os("HARMONYDB_SIM_VERBOSE").is_some();
     for seed in seeds() {
+        if verbose {
+            eprintln!("seed {seed}");
+        }
         let result = std::panic::catch_unwind(|| run_seed(seed));
         if let Err(panic) = result {
             let message = panic

@@ -201,11 +201,20 @@ impl RaftLog {
         };
     }
 
-    /// Replaces the log with a snapshot received from the leader. Returns the
-    /// entries that were discarded.
+    /// Replaces the log up to `meta.index` with a snapshot received from the
+    /// leader. If this log has the snapshot's last entry, the entries after
+    /// it are kept (Raft Figure 13); otherwise the whole log goes. Either way
+    /// the kept entries count as unpersisted again, so the caller rewrites
+    /// them after the snapshot. Returns the entries that were discarded.
     pub fn restore(&mut self, meta: SnapshotMeta) -> Vec<Entry> {
-        let removed = std::mem::take(&mut self.entries);
-        self.committed = meta.index;
+        let removed = if self.term(meta.index) == Some(meta.term) {
+            let drop = (meta.index - self.snapshot.index) as usize;
+            self.entries.drain(..drop.min(self.entries.len()));
+            Vec::new()
+        } else {
+            std::mem::take(&mut self.entries)
+        };
+        self.committed = self.committed.max(meta.index);
         self.applied = meta.index;
         self.stable = meta.index;
         self.snapshot = meta;

@@ -436,7 +436,9 @@ impl Raft {
             || !self.dropped_reads.is_empty()
     }
 
-    /// Takes what the caller must persist, send and apply now.
+    /// Takes what the caller must persist, send and apply now. When it holds
+    /// a snapshot, the caller drops its stored entries and stores the
+    /// snapshot, then `entries` (which then start right after the snapshot).
     pub fn ready(&mut self) -> Ready {
         let hard_state = self.hard_state();
         let entries: Vec<Entry> = self
@@ -533,6 +535,11 @@ impl Raft {
         if let Some(first) = removed.first() {
             self.emitted_index = self.emitted_index.min(first.index - 1);
         }
+    }
+
+    /// Entries after `index` will be handed out again in the next ready.
+    pub(crate) fn mark_emitted_up_to(&mut self, index: u64) {
+        self.emitted_index = index;
     }
 
     /// Recomputes the configuration in force from the log.

@@ -171,10 +171,11 @@ impl Raft {
                 }
             }
             Some(next) => {
-                // A rejection below the match point is an old answer; a
-                // rejection with index 0 came from step_term (newer term).
+                // A rejection at or below the match point is an old answer
+                // (the follower has that prefix); index 0 came from
+                // step_term (newer term). Neither moves the probe.
                 if index == 0
-                    || index < progress.match_index
+                    || index <= progress.match_index
                     || matches!(progress.mode, ReplicationMode::Snapshot { .. })
                 {
                     return;

@@ -166,9 +166,13 @@ impl Raft {
 
     fn install_snapshot(&mut self, snapshot: Snapshot) {
         let meta = snapshot.meta.clone();
-        self.log.restore(meta.clone());
+        let removed = self.log.restore(meta.clone());
+        // Everything after the snapshot goes to disk again, after it.
+        self.mark_emitted_up_to(meta.index);
         // Proposals inside the snapshot: their entries are gone from this
-        // log, so their fate can't be told unless it is the snapshot's own entry.
+        // log, so their fate can't be told unless it is the snapshot's own
+        // entry. (Settled before the removed entries: those at or below the
+        // snapshot may have committed, so they are not "dropped".)
         let settled: Vec<(u64, u64)> = self
             .proposals
             .range(..=meta.index)
@@ -185,6 +189,9 @@ impl Raft {
                 reason: RaftError::ProposalOutcomeUnknown,
             });
         }
+        // Removed entries after the snapshot conflicted with the leader's log
+        // at the snapshot point, so the leader can't have them: dropped.
+        self.on_entries_removed(&removed);
         self.refresh_membership();
         self.snapshot_to_persist = Some(snapshot.clone());
         self.snapshot = snapshot;

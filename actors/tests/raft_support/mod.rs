@@ -199,6 +199,14 @@ impl Sim {
     /// due by now are delivered and readies processed until things settle.
     pub fn tick(&mut self) {
         self.now += 1;
+        if std::env::var_os("HARMONYDB_SIM_TRACE_SIZE").is_some() {
+            eprintln!(
+                "t{} in flight {} delivered {}",
+                self.now,
+                self.network.len(),
+                self.delivered
+            );
+        }
         for id in self.ids() {
             if let Some(raft) = self.nodes.get_mut(&id).and_then(|n| n.raft.as_mut()) {
                 raft.tick();
