@@ -37,6 +37,7 @@ pub fn run_seed(seed: u64) {
     if compaction {
         sim.compact_every = 8;
     }
+    sim.mid_step_crash_percent = rng.pick(&[0, 0, 1]);
     let all: Vec<NodeId> = sim.ids();
     let mut next_command = 0u64;
     let chaos_ticks = 300;
@@ -77,6 +78,7 @@ pub fn run_seed(seed: u64) {
     }
     // Heal: everything back up, no faults; the cluster must converge.
     sim.heal();
+    sim.mid_step_crash_percent = 0;
     for id in all.clone() {
         sim.restart(id);
     }

@@ -98,12 +98,18 @@ pub struct Sim {
     leaders: BTreeMap<u64, NodeId>,
     /// State machine safety: what was applied at each index, by anyone.
     pub committed: BTreeMap<u64, Applied>,
+    /// For leader completeness: the lowest term any member was in when it
+    /// applied each index (at least the term it was committed in).
+    commit_terms: BTreeMap<u64, u64>,
     /// Proposals acknowledged as committed (applied by their proposer at their term).
     pub acknowledged: BTreeMap<u64, Applied>,
     /// Compact a member's log once this many entries are applied past its snapshot (0 = never).
     pub compact_every: u64,
     /// Messages delivered, for the benchmark and for tests that need to know.
     pub delivered: u64,
+    /// Percent chance, per delivery round, that a random live member crashes
+    /// after receiving messages and before persisting what they changed.
+    pub mid_step_crash_percent: u64,
     /// When set, every message sent is also kept here for tests to inspect.
     pub record_sent: bool,
     pub sent: Vec<Message>,
@@ -131,9 +137,11 @@ impl Sim {
             config_template: template,
             leaders: BTreeMap::new(),
             committed: BTreeMap::new(),
+            commit_terms: BTreeMap::new(),
             acknowledged: BTreeMap::new(),
             compact_every: 0,
             delivered: 0,
+            mid_step_crash_percent: 0,
             record_sent: false,
             sent: Vec::new(),
         };
@@ -223,6 +231,19 @@ impl Sim {
             if !self.deliver_due() {
                 self.process_readies();
                 break;
+            }
+            if self.mid_step_crash_percent > 0 && self.rng.chance(self.mid_step_crash_percent) {
+                // Votes granted and entries appended by these deliveries are
+                // not persisted yet, and the answers depending on them unsent.
+                let live: Vec<NodeId> = self
+                    .ids()
+                    .into_iter()
+                    .filter(|id| self.is_up(*id))
+                    .collect();
+                if !live.is_empty() {
+                    let victim = self.rng.pick(&live);
+                    self.crash(victim);
+                }
             }
         }
         self.check_invariants();
@@ -383,7 +404,13 @@ impl Sim {
             node.proposals.remove(&dropped.index);
         }
         let proposals = node.proposals.clone();
+        let applier_term = node.raft.as_ref().map_or(0, |r| r.term());
         for applied in newly_applied {
+            let commit_term = self
+                .commit_terms
+                .entry(applied.index)
+                .or_insert(applier_term);
+            *commit_term = (*commit_term).min(applier_term);
             match self.committed.get(&applied.index) {
                 Some(existing) if *existing != applied => {
                     let message = format!(
@@ -563,7 +590,8 @@ impl Sim {
                 }
             }
         }
-        // Leader completeness: a new leader holds every committed entry.
+        // Leader completeness: a leader holds every entry committed in an
+        // earlier term (a leader of an older term, elected late, need not).
         for (term, id) in new_leaders {
             let raft = live
                 .iter()
@@ -571,7 +599,8 @@ impl Sim {
                 .map(|(_, r)| *r)
                 .expect("leader is live");
             for (index, applied) in &self.committed {
-                if *index <= raft.snapshot_index() {
+                let committed_before = self.commit_terms.get(index).is_some_and(|t| *t < term);
+                if *index <= raft.snapshot_index() || !committed_before {
                     continue;
                 }
                 if raft.entry_term(*index) != Some(applied.term) {
