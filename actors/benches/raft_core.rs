@@ -36,7 +36,9 @@ fn main() {
         let mut proposed = 0;
         while proposed < entries {
             for _ in 0..batch {
-                sim.raft_mut(leader).propose(payload.clone()).expect("leader");
+                sim.raft_mut(leader)
+                    .propose(payload.clone())
+                    .expect("leader");
                 proposed += 1;
             }
             sim.settle();

@@ -365,8 +365,22 @@ impl Sim {
             node.disk.entries.clear();
         }
         if let Some(first) = ready.entries.first() {
-            node.disk.entries.retain(|e| e.index < first.index);
+            // Stored entries are contiguous after the snapshot: cut by position.
+            let keep = first
+                .index
+                .saturating_sub(node.disk.snapshot.meta.index + 1) as usize;
+            node.disk.entries.truncate(keep);
             node.disk.entries.extend(ready.entries.iter().cloned());
+            let base = node.disk.snapshot.meta.index;
+            assert!(
+                node.disk
+                    .entries
+                    .iter()
+                    .enumerate()
+                    .all(|(i, e)| e.index == base + 1 + i as u64)
+                    || !cfg!(debug_assertions),
+                "disk log not contiguous after the snapshot"
+            );
         }
         if let Some(hard_state) = ready.hard_state {
             node.disk.hard_state = hard_state;
@@ -420,7 +434,10 @@ impl Sim {
         }
         let applier_term = node.raft.as_ref().map_or(0, |r| r.term());
         for applied in newly_applied {
-            let commit_term = self.commit_terms.entry(applied.index).or_insert(applier_term);
+            let commit_term = self
+                .commit_terms
+                .entry(applied.index)
+                .or_insert(applier_term);
             *commit_term = (*commit_term).min(applier_term);
             match self.committed.get(&applied.index) {
                 Some(existing) if *existing != applied => {
