@@ -79,6 +79,8 @@ impl RaftLog {
     }
 
     /// Whether a candidate's log is at least as up to date as this one (Raft §5.4.1).
+    // The mutation-test build skips this check on purpose (see election.rs).
+    #[cfg_attr(feature = "mutation-vote-stale-log", allow(dead_code))]
     pub fn is_up_to_date(&self, last_index: u64, last_term: u64) -> bool {
         last_term > self.last_term()
             || (last_term == self.last_term() && last_index >= self.last_index())

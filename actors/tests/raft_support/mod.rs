@@ -341,16 +341,13 @@ impl Sim {
 
     fn process_readies(&mut self) {
         for id in self.ids() {
-            loop {
-                let Some(ready) = self
-                    .nodes
-                    .get_mut(&id)
-                    .and_then(|n| n.raft.as_mut())
-                    .filter(|r| r.has_ready())
-                    .map(|r| r.ready())
-                else {
-                    break;
-                };
+            while let Some(ready) = self
+                .nodes
+                .get_mut(&id)
+                .and_then(|n| n.raft.as_mut())
+                .filter(|r| r.has_ready())
+                .map(|r| r.ready())
+            {
                 self.handle_ready(id, ready);
             }
             self.maybe_compact(id);
