@@ -58,6 +58,24 @@ fn applied_commands(sim: &Sim, id: NodeId) -> Vec<String> {
         .collect()
 }
 
+/// A successful AppendEntries answer up to `index`.
+fn ack(index: u64) -> MessageBody {
+    MessageBody::AppendEntriesResponse {
+        success: true,
+        index,
+        hint_index: 0,
+        conflict_term: 0,
+    }
+}
+
+/// Some member other than `leader`.
+fn follower_of(sim: &Sim, leader: NodeId) -> NodeId {
+    sim.ids()
+        .into_iter()
+        .find(|id| *id != leader)
+        .expect("a follower")
+}
+
 fn message(from: NodeId, to: NodeId, term: u64, body: MessageBody) -> Message {
     Message {
         from,
@@ -65,6 +83,11 @@ fn message(from: NodeId, to: NodeId, term: u64, body: MessageBody) -> Message {
         term,
         body,
     }
+}
+
+/// A hard state.
+fn hard(term: u64, vote: NodeId, commit: u64) -> HardState {
+    HardState { term, vote, commit }
 }
 
 /// A member with a given log and hard state, for hand-driven tests.
@@ -152,16 +175,7 @@ fn three_members_elect_exactly_one_leader() {
 fn a_stale_log_cannot_win_an_election() {
     // Member 1 has entries up to term 3; a candidate whose log ends in term 2
     // (or is shorter in term 3) gets no vote.
-    let mut voter = member(
-        1,
-        &[1, 2, 3],
-        &[1, 2, 3],
-        HardState {
-            term: 3,
-            vote: 0,
-            commit: 1,
-        },
-    );
+    let mut voter = member(1, &[1, 2, 3], &[1, 2, 3], hard(3, 0, 1));
     voter.step(vote_request(2, 1, 4, 5, 2, false));
     voter.step(vote_request(3, 1, 4, 2, 3, false));
     assert_eq!(granted_votes(&mut voter), [(2, false), (3, false)]);
@@ -173,16 +187,7 @@ fn a_stale_log_cannot_win_an_election() {
 
 #[test]
 fn a_member_votes_once_per_term() {
-    let mut voter = member(
-        1,
-        &[1, 2, 3],
-        &[1],
-        HardState {
-            term: 1,
-            vote: 0,
-            commit: 1,
-        },
-    );
+    let mut voter = member(1, &[1, 2, 3], &[1], hard(1, 0, 1));
     voter.step(vote_request(2, 1, 2, 1, 1, false));
     voter.step(vote_request(3, 1, 2, 1, 1, false));
     // The same candidate asking again (a retry) gets the same answer.
@@ -195,16 +200,7 @@ fn a_member_votes_once_per_term() {
 
 #[test]
 fn a_vote_is_persisted_before_it_is_sent() {
-    let mut voter = member(
-        1,
-        &[1, 2, 3],
-        &[1],
-        HardState {
-            term: 1,
-            vote: 0,
-            commit: 1,
-        },
-    );
+    let mut voter = member(1, &[1, 2, 3], &[1], hard(1, 0, 1));
     voter.step(vote_request(2, 1, 2, 1, 1, false));
     let ready = voter.ready();
     // The grant and the hard state recording it come in the same ready, and
@@ -220,11 +216,7 @@ fn a_vote_is_persisted_before_it_is_sent() {
 fn pre_vote_keeps_a_partitioned_member_from_raising_its_term() {
     let mut sim = cluster(3);
     let leader = sim.elect();
-    let follower = sim
-        .ids()
-        .into_iter()
-        .find(|id| *id != leader)
-        .expect("follower");
+    let follower = follower_of(&sim, leader);
     let term = sim.raft(leader).term();
     sim.isolate(follower);
     sim.run(100);
@@ -240,11 +232,7 @@ fn pre_vote_keeps_a_partitioned_member_from_raising_its_term() {
 fn a_rejoining_partitioned_member_does_not_disrupt_a_stable_leader() {
     let mut sim = cluster(3);
     let leader = sim.elect();
-    let follower = sim
-        .ids()
-        .into_iter()
-        .find(|id| *id != leader)
-        .expect("follower");
+    let follower = follower_of(&sim, leader);
     let term = sim.raft(leader).term();
     sim.isolate(follower);
     sim.run(100);
@@ -262,11 +250,7 @@ fn without_pre_vote_a_rejoining_member_does_disrupt_the_leader() {
         c.check_quorum = false;
     });
     let leader = sim.elect();
-    let follower = sim
-        .ids()
-        .into_iter()
-        .find(|id| *id != leader)
-        .expect("follower");
+    let follower = follower_of(&sim, leader);
     let term = sim.raft(leader).term();
     sim.isolate(follower);
     sim.run(100);
@@ -311,16 +295,7 @@ fn a_leader_with_a_quorum_stays_leader() {
 
 #[test]
 fn a_follower_that_hears_from_its_leader_ignores_candidates() {
-    let mut follower = member(
-        1,
-        &[1, 2, 3],
-        &[1],
-        HardState {
-            term: 1,
-            vote: 0,
-            commit: 1,
-        },
-    );
+    let mut follower = member(1, &[1, 2, 3], &[1], hard(1, 0, 1));
     follower.step(message(
         2,
         1,
@@ -401,16 +376,7 @@ fn figure_8_an_old_term_entry_is_not_committed_by_counting_replicas() {
     // Leader of term 4 with an entry of term 2 at index 2 that it did not
     // create; it appends its own no-op at index 3.
     let voters = [1, 2, 3, 4, 5];
-    let mut leader = member(
-        1,
-        &voters,
-        &[1, 2],
-        HardState {
-            term: 3,
-            vote: 0,
-            commit: 1,
-        },
-    );
+    let mut leader = member(1, &voters, &[1, 2], hard(3, 0, 1));
     for _ in 0..40 {
         leader.tick();
         if leader.role() != Role::Follower {
@@ -456,12 +422,7 @@ fn figure_8_an_old_term_entry_is_not_committed_by_counting_replicas() {
     // Two followers acknowledge index 2 (the old-term entry): with the leader
     // that is a majority of 5 holding it, but it must not commit by counting.
     for voter in [2, 3] {
-        let ack = MessageBody::AppendEntriesResponse {
-            success: true,
-            index: 2,
-            hint_index: 0,
-            conflict_term: 0,
-        };
+        let ack = ack(2);
         leader.step(message(voter, 1, term, ack));
     }
     assert_eq!(
@@ -471,12 +432,7 @@ fn figure_8_an_old_term_entry_is_not_committed_by_counting_replicas() {
     );
     // Once the current term's entry is on a majority, both commit.
     for voter in [2, 3] {
-        let ack = MessageBody::AppendEntriesResponse {
-            success: true,
-            index: 3,
-            hint_index: 0,
-            conflict_term: 0,
-        };
+        let ack = ack(3);
         leader.step(message(voter, 1, term, ack));
     }
     assert_eq!(leader.status().commit, 3);
@@ -487,11 +443,7 @@ fn a_follower_with_a_conflicting_suffix_is_repaired() {
     let mut sim = cluster(3);
     let leader = sim.elect();
     commit(&mut sim, "base");
-    let follower = sim
-        .ids()
-        .into_iter()
-        .find(|id| *id != leader)
-        .expect("follower");
+    let follower = follower_of(&sim, leader);
     // The old leader, cut off, appends entries nobody else gets.
     sim.isolate(leader);
     for i in 0..5 {
@@ -517,16 +469,7 @@ fn a_follower_with_a_conflicting_suffix_is_repaired() {
 #[test]
 fn fast_back_off_skips_a_conflicting_term_in_one_step() {
     // Follower log: terms [1, 2, 2, 2, 2, 2]; leader log: [1, 3, 3, 3, 3, 3, 3].
-    let mut follower = member(
-        2,
-        &[1, 2, 3],
-        &[1, 2, 2, 2, 2, 2],
-        HardState {
-            term: 3,
-            vote: 0,
-            commit: 1,
-        },
-    );
+    let mut follower = member(2, &[1, 2, 3], &[1, 2, 2, 2, 2, 2], hard(3, 0, 1));
     follower.step(message(
         1,
         2,
@@ -560,11 +503,7 @@ fn appends_are_batched_by_count_and_by_bytes() {
         c.append_size_max_bytes = 1000;
     });
     let leader = sim.elect();
-    let follower = sim
-        .ids()
-        .into_iter()
-        .find(|id| *id != leader)
-        .expect("follower");
+    let follower = follower_of(&sim, leader);
     sim.isolate(follower);
     for i in 0..20 {
         sim.propose(leader, vec![i; 300]).expect("propose");
@@ -688,11 +627,7 @@ fn entries_are_applied_only_after_they_are_persisted() {
 fn a_proposal_to_a_follower_is_refused_with_the_leader_named() {
     let mut sim = cluster(3);
     let leader = sim.elect();
-    let follower = sim
-        .ids()
-        .into_iter()
-        .find(|id| *id != leader)
-        .expect("follower");
+    let follower = follower_of(&sim, leader);
     assert_eq!(
         sim.propose(follower, b"x".to_vec()),
         Err(RaftError::NotLeader { leader })
@@ -722,11 +657,7 @@ fn a_lagging_follower_is_brought_up_by_a_snapshot_in_chunks() {
     let mut sim = cluster_with(3, &[], |c| c.snapshot_chunk_bytes = 16);
     sim.compact_every = 5;
     let leader = sim.elect();
-    let follower = sim
-        .ids()
-        .into_iter()
-        .find(|id| *id != leader)
-        .expect("follower");
+    let follower = follower_of(&sim, leader);
     sim.isolate(follower);
     for i in 0..30 {
         sim.propose(leader, format!("while-away-{i}").into_bytes())
@@ -817,11 +748,7 @@ fn read_index_is_served_after_a_heartbeat_round() {
 fn read_index_on_a_follower_is_refused_with_the_leader() {
     let mut sim = cluster(3);
     let leader = sim.elect();
-    let follower = sim
-        .ids()
-        .into_iter()
-        .find(|id| *id != leader)
-        .expect("follower");
+    let follower = follower_of(&sim, leader);
     assert_eq!(
         sim.raft_mut(follower).read_index(1),
         Err(RaftError::NotLeader { leader })
@@ -853,16 +780,7 @@ fn read_index_from_a_deposed_leader_is_dropped_not_served() {
 
 #[test]
 fn a_deposed_leaders_pending_read_is_reported_dropped() {
-    let mut leader = member(
-        1,
-        &[1, 2, 3],
-        &[1],
-        HardState {
-            term: 1,
-            vote: 1,
-            commit: 1,
-        },
-    );
+    let mut leader = member(1, &[1, 2, 3], &[1], hard(1, 1, 1));
     // Win an election by hand.
     while leader.role() == Role::Follower {
         leader.tick();
@@ -889,17 +807,7 @@ fn a_deposed_leaders_pending_read_is_reported_dropped() {
     assert_eq!(leader.role(), Role::Leader);
     let ready = leader.ready();
     leader.advance(&ready);
-    leader.step(message(
-        2,
-        1,
-        term,
-        MessageBody::AppendEntriesResponse {
-            success: true,
-            index: 2,
-            hint_index: 0,
-            conflict_term: 0,
-        },
-    ));
+    leader.step(message(2, 1, term, ack(2)));
     leader.read_index(9).expect("read");
     // A newer term appears: the read must be dropped, never confirmed.
     leader.step(message(
@@ -981,11 +889,7 @@ fn leadership_transfers_to_an_up_to_date_member() {
     let mut sim = cluster(3);
     let leader = sim.elect();
     commit(&mut sim, "x");
-    let target = sim
-        .ids()
-        .into_iter()
-        .find(|id| *id != leader)
-        .expect("target");
+    let target = follower_of(&sim, leader);
     sim.raft_mut(leader)
         .transfer_leadership(target)
         .expect("transfer");
@@ -999,11 +903,7 @@ fn leadership_transfers_to_an_up_to_date_member() {
 fn leadership_transfer_to_a_lagging_member_catches_it_up_first() {
     let mut sim = cluster(3);
     let leader = sim.elect();
-    let target = sim
-        .ids()
-        .into_iter()
-        .find(|id| *id != leader)
-        .expect("target");
+    let target = follower_of(&sim, leader);
     sim.isolate(target);
     for i in 0..10 {
         sim.propose(leader, format!("missed-{i}").into_bytes())
@@ -1029,11 +929,7 @@ fn leadership_transfer_to_a_lagging_member_catches_it_up_first() {
 fn proposals_wait_while_leadership_is_being_transferred() {
     let mut sim = cluster(3);
     let leader = sim.elect();
-    let target = sim
-        .ids()
-        .into_iter()
-        .find(|id| *id != leader)
-        .expect("target");
+    let target = follower_of(&sim, leader);
     sim.isolate(target);
     sim.raft_mut(leader)
         .transfer_leadership(target)
@@ -1098,11 +994,7 @@ fn joint_consensus_passes_through_a_joint_configuration() {
 fn joint_consensus_removes_a_voter() {
     let mut sim = cluster(5);
     let leader = sim.elect();
-    let removed = sim
-        .ids()
-        .into_iter()
-        .find(|id| *id != leader)
-        .expect("member");
+    let removed = follower_of(&sim, leader);
     sim.conf_change(ConfChange::Remove(removed))
         .expect("propose");
     settle_config(&mut sim);
