@@ -127,6 +127,7 @@ impl KvStore {
         self.next_index += 1;
         self.unsent.push(WalEntry {
             index,
+            kind: RecordKind::Entry,
             payload: command.encode(),
         });
         self.pending.push_back(PendingWrite {

@@ -22,7 +22,8 @@
 //! ticks, message dispatch), `election` (pre-vote, votes, check-quorum,
 //! leadership transfer), `replication` (AppendEntries both sides, commit),
 //! `read` (ReadIndex and leases), `membership` (joint consensus, learners),
-//! `snapshot` (compaction and chunked transfer).
+//! `snapshot` (compaction and chunked transfer). `wal_log` is not part of
+//! the core: it maps the core's persistence onto WAL records.
 
 mod election;
 mod log;
@@ -33,6 +34,7 @@ mod read;
 mod replication;
 mod snapshot;
 mod types;
+pub mod wal_log;
 
 pub use node::{Raft, RaftConfig, Ready, Role, Status};
 pub use types::{

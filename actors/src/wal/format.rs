@@ -23,15 +23,43 @@ pub const RECORD_PAYLOAD_SIZE_MAX_BYTES: usize = 64 * 1024 * 1024;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
 pub enum RecordKind {
-    /// One entry of the state machine's log (today a KV command).
+    /// One entry of the log; its index is the log's next index.
     Entry = 1,
+    /// A consensus hard state (term, vote, commit). It takes no index of its
+    /// own: its index field is the last entry's index at the time.
+    HardState = 2,
+    /// Voids every entry at or after its index (a Raft leader replaced a
+    /// conflicting suffix); the next entry takes that index again.
+    Truncate = 3,
 }
 
 impl RecordKind {
     fn from_byte(byte: u8) -> Option<Self> {
         match byte {
             1 => Some(RecordKind::Entry),
+            2 => Some(RecordKind::HardState),
+            3 => Some(RecordKind::Truncate),
             _ => None,
+        }
+    }
+
+    /// Checks that a record of this kind may carry `index` when the log's
+    /// next index is `next_index`, and returns the next index after it.
+    pub fn sequence(self, index: u64, next_index: u64) -> Result<u64, String> {
+        match self {
+            RecordKind::Entry if index == next_index => Ok(next_index + 1),
+            RecordKind::Entry => Err(format!(
+                "entry index {index} where {next_index} was expected"
+            )),
+            RecordKind::HardState if index + 1 == next_index => Ok(next_index),
+            RecordKind::HardState => Err(format!(
+                "hard state positioned at {index} where the last entry is {}",
+                next_index.saturating_sub(1)
+            )),
+            RecordKind::Truncate if index >= 1 && index < next_index => Ok(index),
+            RecordKind::Truncate => Err(format!(
+                "truncation at {index} outside the log's entries (next index {next_index})"
+            )),
         }
     }
 }
@@ -129,6 +157,15 @@ pub struct RecordRef<'a> {
     pub payload: &'a [u8],
 }
 
+impl RecordRef<'_> {
+    /// The log's next index after this record, given the one before it.
+    pub fn next_index_after(&self, next_index: u64) -> u64 {
+        self.kind
+            .sequence(self.index, next_index)
+            .unwrap_or(next_index)
+    }
+}
+
 /// Why decoding stopped at an offset instead of returning a record.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DecodeStop {
@@ -139,8 +176,9 @@ pub enum DecodeStop {
     Corrupt(String),
 }
 
-/// Decodes the record starting at `bytes[0]`, expecting log index `expected_index`.
-pub fn decode_record(bytes: &[u8], expected_index: u64) -> Result<RecordRef<'_>, DecodeStop> {
+/// Decodes the record starting at `bytes[0]` when the log's next index is
+/// `next_index` (its index must fit its kind, see `RecordKind::sequence`).
+pub fn decode_record(bytes: &[u8], next_index: u64) -> Result<RecordRef<'_>, DecodeStop> {
     if bytes.len() < RECORD_HEADER_SIZE_BYTES {
         return if bytes.iter().all(|b| *b == 0) {
             Err(DecodeStop::End)
@@ -178,11 +216,8 @@ pub fn decode_record(bytes: &[u8], expected_index: u64) -> Result<RecordRef<'_>,
     let kind = RecordKind::from_byte(header[8])
         .ok_or_else(|| DecodeStop::Corrupt(format!("unknown record kind {}", header[8])))?;
     let index = read_u64(header, 9);
-    if index != expected_index {
-        return Err(DecodeStop::Corrupt(format!(
-            "record index {index} where {expected_index} was expected"
-        )));
-    }
+    kind.sequence(index, next_index)
+        .map_err(DecodeStop::Corrupt)?;
     Ok(RecordRef {
         index,
         kind,
@@ -236,6 +271,17 @@ mod tests {
                 "flip at byte {at} went unnoticed"
             );
         }
+    }
+
+    #[test]
+    fn each_kind_has_its_index_rule() {
+        assert_eq!(RecordKind::Entry.sequence(5, 5), Ok(6));
+        assert!(RecordKind::Entry.sequence(6, 5).is_err());
+        assert_eq!(RecordKind::HardState.sequence(4, 5), Ok(5));
+        assert!(RecordKind::HardState.sequence(5, 5).is_err());
+        assert_eq!(RecordKind::Truncate.sequence(3, 5), Ok(3));
+        assert!(RecordKind::Truncate.sequence(5, 5).is_err());
+        assert!(RecordKind::Truncate.sequence(0, 5).is_err());
     }
 
     #[test]

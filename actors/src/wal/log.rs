@@ -159,7 +159,7 @@ impl Wal {
                 expected_first = Some(last_index + 1);
             } else {
                 let (active, cut) = recover_last_segment(path, *named_first, &options)?;
-                let next_index = active.first_index + count_records(&active)?;
+                let next_index = next_index_of(&active);
                 let wal = Wal {
                     dir: dir.to_path_buf(),
                     options,
@@ -214,7 +214,10 @@ impl Wal {
         kind: RecordKind,
         payload: &[u8],
     ) -> Result<usize, WalError> {
-        assert_eq!(index, self.next_index, "WAL append out of order");
+        let next_index = match kind.sequence(index, self.next_index) {
+            Ok(next_index) => next_index,
+            Err(reason) => panic!("WAL append out of order: {reason}"),
+        };
         if payload.len() > RECORD_PAYLOAD_SIZE_MAX_BYTES {
             return Err(WalError::RecordTooLarge {
                 size_bytes: payload.len(),
@@ -223,7 +226,7 @@ impl Wal {
         }
         let size = record_size_bytes(payload.len());
         if self.active.write_offset + size > self.active.map.len() {
-            self.roll(index, size)?;
+            self.roll(size)?;
         }
         let start = self.active.write_offset;
         encode_record(
@@ -233,7 +236,7 @@ impl Wal {
             payload,
         );
         self.active.write_offset += size;
-        self.next_index += 1;
+        self.next_index = next_index;
         Ok(size)
     }
 
@@ -254,13 +257,15 @@ impl Wal {
 
     /// Closes the active segment (synced in full, to keep the invariant at the
     /// top of this file) and starts a new one whose first record is `index`.
-    fn roll(&mut self, index: u64, record_size: usize) -> Result<(), WalError> {
+    fn roll(&mut self, record_size: usize) -> Result<(), WalError> {
+        // A segment is named after the log's next index when it starts.
+        let index = self.next_index;
         self.sync()?;
         let size = self
             .options
             .segment_size_bytes
             .max((SEGMENT_HEADER_SIZE_BYTES + record_size) as u64);
-        if self.active.first_index == index {
+        if self.active.write_offset == SEGMENT_HEADER_SIZE_BYTES {
             // The active segment holds no record yet, and a new segment
             // would have the same name: grow this one to fit instead.
             let active = &mut self.active;
@@ -277,23 +282,23 @@ impl Wal {
         let previous = std::mem::replace(&mut self.active, next);
         self.closed.push(ClosedSegment {
             first_index: previous.first_index,
-            last_index: index - 1,
+            last_index: index.saturating_sub(1),
             path: previous.path,
         });
         metrics::counter!("harmonydb_wal_segments_created_total").increment(1);
         Ok(())
     }
 
-    /// Calls `visit` with every record whose index is at least `from_index`, in order.
+    /// Calls `visit` with every entry record whose index is at least
+    /// `from_index`, and every hard-state and truncation record, in order.
     pub fn read_from<E>(
         &self,
         from_index: u64,
         mut visit: impl FnMut(RecordRef<'_>) -> Result<(), E>,
     ) -> Result<(), ReadError<E>> {
+        // Every segment is read, even one whose entries are all below
+        // `from_index`: it may hold the latest hard state.
         for segment in &self.closed {
-            if segment.last_index < from_index {
-                continue;
-            }
             let map = map_readonly(&segment.path)?;
             visit_records(
                 &segment.path,
@@ -360,11 +365,13 @@ fn visit_records<E>(
     loop {
         match decode_record(&segment_bytes[offset.min(segment_bytes.len())..], index) {
             Ok(record) => {
-                if record.index >= from_index {
+                // Hard states and truncations are always visited: they say
+                // something about the log, not about one index.
+                if record.kind != RecordKind::Entry || record.index >= from_index {
                     visit(record).map_err(ReadError::Visitor)?;
                 }
                 offset += record_size_bytes(record.payload.len());
-                index += 1;
+                index = record.next_index_after(index);
             }
             // Recovery already validated these bytes; End is the normal way out.
             Err(DecodeStop::End) => return Ok(()),
@@ -379,18 +386,17 @@ fn visit_records<E>(
     }
 }
 
-fn count_records(active: &ActiveSegment) -> Result<u64, WalError> {
-    let mut count = 0u64;
+/// The log's next index after the records of the active segment.
+fn next_index_of(active: &ActiveSegment) -> u64 {
     let written = &active.map[..active.write_offset];
-    visit_records::<()>(&active.path, written, active.first_index, 0, &mut |_| {
-        count += 1;
-        Ok(())
-    })
-    .map_err(|e| match e {
-        ReadError::Wal(e) => e,
-        ReadError::Visitor(()) => unreachable!("the counting visitor never fails"),
-    })?;
-    Ok(count)
+    let mut offset = SEGMENT_HEADER_SIZE_BYTES;
+    let mut next_index = active.first_index;
+    // Recovery validated these bytes up to write_offset, so this reads them all.
+    while let Ok(record) = decode_record(&written[offset.min(written.len())..], next_index) {
+        offset += record_size_bytes(record.payload.len());
+        next_index = record.next_index_after(next_index);
+    }
+    next_index
 }
 
 fn segment_path(dir: &Path, first_index: u64) -> PathBuf {
@@ -521,7 +527,7 @@ fn scan_closed_segment(path: &Path, named_first: u64) -> Result<u64, WalError> {
         match decode_record(&map[offset.min(map.len())..], index) {
             Ok(record) => {
                 offset += record_size_bytes(record.payload.len());
-                index += 1;
+                index = record.next_index_after(index);
             }
             Err(DecodeStop::End) => {
                 if let Some(garbage) = last_nonzero(&map[offset.min(map.len())..]) {
@@ -591,7 +597,7 @@ fn recover_last_segment(
         match decode_record(&map[offset..], index) {
             Ok(record) => {
                 offset += record_size_bytes(record.payload.len());
-                index += 1;
+                index = record.next_index_after(index);
             }
             Err(stop) => break stop,
         }
@@ -653,7 +659,7 @@ fn recover_last_segment(
     ))
 }
 
-/// Counts records that look intact (plausible header, index after
+/// Counts records that look intact (plausible header, index near or after
 /// `bad_index`, valid checksum) anywhere from `from` on. A torn write leaves
 /// none after it in the common case; damage in the middle of synced data does.
 /// The index check runs before the checksum, so garbage costs little.
@@ -665,11 +671,19 @@ fn count_intact_records_after(segment: &[u8], from: usize, bad_index: u64) -> us
         let mut index_bytes = [0u8; 8];
         index_bytes.copy_from_slice(&header[9..17]);
         let index = u64::from_le_bytes(index_bytes);
-        let plausible = header[8] == RecordKind::Entry as u8
-            && index > bad_index
-            && index - bad_index <= (segment.len() / RECORD_HEADER_SIZE_BYTES) as u64;
+        let kind = header[8];
+        let known_kind = (RecordKind::Entry as u8..=RecordKind::Truncate as u8).contains(&kind);
+        let plausible = known_kind
+            && index + 1 >= bad_index
+            && index.saturating_sub(bad_index) <= (segment.len() / RECORD_HEADER_SIZE_BYTES) as u64;
         if plausible {
-            if let Ok(record) = decode_record(&segment[position..], index) {
+            // The next index that makes this record's own index valid for its kind.
+            let next_for_kind = if kind == RecordKind::Entry as u8 {
+                index
+            } else {
+                index + 1
+            };
+            if let Ok(record) = decode_record(&segment[position..], next_for_kind) {
                 count += 1;
                 position += record_size_bytes(record.payload.len());
                 continue;

@@ -75,8 +75,10 @@ impl std::fmt::Display for FsyncPolicy {
 /// One record to append.
 #[derive(Clone, Debug)]
 pub struct WalEntry {
-    /// Its log index; must follow the last appended one.
+    /// Its log index, as its kind requires (see `RecordKind::sequence`).
     pub index: u64,
+    /// What the record is: a log entry, a hard state, a truncation.
+    pub kind: RecordKind,
     /// The bytes to store.
     pub payload: Vec<u8>,
 }
@@ -186,10 +188,7 @@ impl WalWriter {
         }
         let mut bytes_written = 0usize;
         for entry in entries {
-            match self
-                .wal
-                .append(entry.index, RecordKind::Entry, &entry.payload)
-            {
+            match self.wal.append(entry.index, entry.kind, &entry.payload) {
                 Ok(size) => bytes_written += size,
                 Err(error) => {
                     self.fail(&error);
@@ -369,6 +368,7 @@ mod tests {
     fn entry(index: u64) -> WalEntry {
         WalEntry {
             index,
+            kind: RecordKind::Entry,
             payload: format!("record {index}").into_bytes(),
         }
     }
