@@ -22,8 +22,9 @@
 //! ticks, message dispatch), `election` (pre-vote, votes, check-quorum,
 //! leadership transfer), `replication` (AppendEntries both sides, commit),
 //! `read` (ReadIndex and leases), `membership` (joint consensus, learners),
-//! `snapshot` (compaction and chunked transfer). `wal_log` is not part of
-//! the core: it maps the core's persistence onto WAL records.
+//! `snapshot` (compaction and chunked transfer). Not part of the core:
+//! `wal_log` maps the core's persistence onto WAL records, and `replica` is
+//! the `RaftReplica` actor that drives a core with the WAL and the KV state.
 
 mod election;
 mod log;
@@ -31,6 +32,7 @@ mod membership;
 mod node;
 mod progress;
 mod read;
+pub mod replica;
 mod replication;
 mod snapshot;
 mod types;
