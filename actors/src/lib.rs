@@ -4,8 +4,11 @@
 //!
 //! - [`wal`]: the write-ahead log and the `WalWriter` actor (group commit).
 //! - [`kv`]: the key-value state machine and the `KvStore` actor in front of it.
-//! - [`raft`]: the Raft consensus core (pure; its actor comes with the cluster).
+//! - [`raft`]: the Raft consensus core (pure), the Raft log in the WAL, and
+//!   the `RaftReplica` actor that drives it.
+//! - [`cluster`]: the `Transport` actor carrying Raft messages between nodes.
 
+pub mod cluster;
 pub mod kv;
 pub mod raft;
 pub mod wal;
