@@ -31,6 +31,9 @@ pub const PEER_QUEUE_CAPACITY: usize = 1024;
 /// Largest peer frame, in bytes (entries are batched below this by Raft).
 pub const PEER_FRAME_SIZE_MAX_BYTES: usize = 64 * 1024 * 1024;
 
+/// Frames are filled with queued batches up to about this many entry bytes.
+const FRAME_BATCH_SIZE_MAX_BYTES: usize = 8 * 1024 * 1024;
+
 const BACKOFF_MIN: Duration = Duration::from_millis(20);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 
@@ -190,6 +193,20 @@ impl Handler<GetDelay> for Transport {
     }
 }
 
+/// About how many bytes a batch of messages takes (entries and snapshot chunks dominate).
+fn batch_size_bytes(messages: &[RaftMessage]) -> usize {
+    messages
+        .iter()
+        .map(|m| match &m.body {
+            crate::raft::MessageBody::AppendEntries { entries, .. } => {
+                entries.iter().map(|e| e.size_bytes()).sum::<usize>() + 64
+            }
+            crate::raft::MessageBody::InstallSnapshot { data, .. } => data.len() + 64,
+            _ => 64,
+        })
+        .sum()
+}
+
 /// Keeps a connection to `peer` and writes every queued batch to it.
 async fn write_to_peer(
     node_id: NodeId,
@@ -213,8 +230,12 @@ async fn write_to_peer(
         let _ = stream.set_nodelay(true);
         let mut sink = FramedWrite::new(stream, codec(PEER_FRAME_SIZE_MAX_BYTES));
         while let Some(mut messages) = queue.recv().await {
-            // Everything queued meanwhile goes in the same frame.
-            while let Ok(more) = queue.try_recv() {
+            // Batches queued meanwhile go in the same frame, up to a size
+            // well below the frame limit (an oversized frame would be refused).
+            let mut size = batch_size_bytes(&messages);
+            while size < FRAME_BATCH_SIZE_MAX_BYTES {
+                let Ok(more) = queue.try_recv() else { break };
+                size += batch_size_bytes(&more);
                 messages.extend(more);
             }
             let delay = transport
@@ -231,7 +252,15 @@ async fn write_to_peer(
             };
             let bytes =
                 Bytes::from(rmp_serde::to_vec(&frame).expect("Raft messages always serialize"));
-            if let Err(error) = sink.send(bytes).await {
+            let sent =
+                tokio::time::timeout(harmonydb_protocol::frame::FLUSH_TIMEOUT, sink.send(bytes))
+                    .await;
+            if let Err(error) = sent.unwrap_or_else(|_| {
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "peer did not read",
+                ))
+            }) {
                 // The batch is lost with the connection; Raft resends.
                 debug!(peer, %error, "peer link failed; reconnecting");
                 continue 'connect;

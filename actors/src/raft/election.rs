@@ -7,11 +7,18 @@ use super::node::{Raft, Role};
 use super::progress::Progress;
 use super::types::{EntryPayload, Message, MessageBody, NodeId, RaftError};
 
+/// Terms above this are refused as garbage (a peer bug or an attack).
+pub(crate) const TERM_MAX: u64 = 1 << 62;
+
 impl Raft {
     /// Applies the term rules to an incoming message. Returns whether the
     /// message should be handled further.
     pub(crate) fn step_term(&mut self, message: &Message) -> bool {
         use MessageBody::*;
+        // No real cluster gets near this; refusing it keeps `term + 1` from overflowing.
+        if message.term > TERM_MAX {
+            return false;
+        }
         if message.term > self.term {
             match &message.body {
                 RequestVote {
@@ -269,7 +276,9 @@ impl Raft {
             for progress in self.progress.values_mut() {
                 progress.recent_active = false;
             }
-            if self.transfer.is_some() {
+            if self.transfer.is_some_and(|(_, started)| {
+                self.now - started >= self.config.election_timeout_ticks
+            }) {
                 // The target didn't take over within an election timeout: give up.
                 self.transfer = None;
             }
@@ -307,15 +316,24 @@ impl Raft {
                 "{target} is not a voter"
             )));
         }
-        self.transfer = Some((target, self.now));
-        self.election_elapsed = 0;
+        // Only the first request starts the clock: repeating it must not
+        // postpone check-quorum or the transfer's abandonment.
+        if self.transfer.map(|(t, _)| t) != Some(target) {
+            self.transfer = Some((target, self.now));
+        }
         let caught_up = self
             .progress
             .get(&target)
             .is_some_and(|p| p.match_index == self.log.last_index());
         if caught_up {
-            self.send(target, MessageBody::TimeoutNow);
+            self.send_timeout_now(target);
         } else {
+            // Catch it up from what it is known to have, rather than waiting
+            // for optimistic appends that may have been lost to time out.
+            if let Some(progress) = self.progress.get_mut(&target) {
+                let from = progress.match_index + 1;
+                progress.reject(from);
+            }
             self.send_append(target);
         }
         Ok(())
@@ -329,9 +347,14 @@ impl Raft {
                 .get(&target)
                 .is_some_and(|p| p.match_index == self.log.last_index());
             if target == follower && caught_up {
-                self.send(target, MessageBody::TimeoutNow);
+                self.send_timeout_now(target);
             }
         }
+    }
+
+    fn send_timeout_now(&mut self, target: NodeId) {
+        self.timeout_now_sent_tick = Some(self.now);
+        self.send(target, MessageBody::TimeoutNow);
     }
 
     pub(crate) fn handle_timeout_now(&mut self, from: NodeId) {

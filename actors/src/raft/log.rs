@@ -109,6 +109,15 @@ impl RaftLog {
         if !self.matches(prev_index, prev_term) {
             return None;
         }
+        // A peer's entries must follow `prev_index` one by one; anything else
+        // is a broken or hostile message and changes nothing.
+        let contiguous = entries
+            .iter()
+            .enumerate()
+            .all(|(i, e)| Some(e.index) == prev_index.checked_add(1 + i as u64));
+        if !contiguous {
+            return Some((self.last_index().min(prev_index), Vec::new()));
+        }
         let last_new = prev_index + entries.len() as u64;
         let mut removed = Vec::new();
         for entry in entries {
@@ -119,12 +128,11 @@ impl RaftLog {
                 Some(term) if term == entry.term => continue,
                 Some(_) => {
                     // A conflict: everything from here on is replaced. A
-                    // committed entry can never conflict (Log Matching).
-                    assert!(
-                        entry.index > self.committed,
-                        "conflict at committed index {}",
-                        entry.index
-                    );
+                    // committed entry can never conflict (Log Matching), so a
+                    // message that claims otherwise is refused unapplied.
+                    if entry.index <= self.committed {
+                        return Some((self.committed, removed));
+                    }
                     let keep = (entry.index - self.snapshot.index - 1) as usize;
                     removed.extend(self.entries.drain(keep..));
                     self.stable = self.stable.min(entry.index - 1);

@@ -42,6 +42,11 @@ pub struct RaftConfig {
     pub apply_size_max_bytes: usize,
     /// Reads waiting for confirmation at once.
     pub pending_reads_max: usize,
+    /// This member's proposals waiting to commit at once; more are refused
+    /// as overloaded instead of growing the log without bound.
+    pub pending_proposals_max: usize,
+    /// Largest snapshot accepted from a leader, in bytes.
+    pub snapshot_size_max_bytes: usize,
     /// Seed of the election-timeout randomness (the core has no other).
     pub seed: u64,
 }
@@ -62,6 +67,8 @@ impl RaftConfig {
             lease_drift_ticks: None,
             apply_size_max_bytes: 4 * 1024 * 1024,
             pending_reads_max: 4096,
+            pending_proposals_max: 65_536,
+            snapshot_size_max_bytes: 1 << 30,
             seed: id,
         }
     }
@@ -181,6 +188,10 @@ pub struct Raft {
     pub(crate) progress: BTreeMap<NodeId, Progress>,
     /// Leader only: transfer target and the tick the transfer started.
     pub(crate) transfer: Option<(NodeId, u64)>,
+    /// Leader only: tick of the last TimeoutNow sent. Its target may win
+    /// without the voters' leader stickiness, so no lease is trusted for an
+    /// election timeout after it, even if the transfer is abandoned.
+    pub(crate) timeout_now_sent_tick: Option<u64>,
     /// Leader only: read-confirmation rounds and the tick each was sent.
     pub(crate) read_seq: u64,
     pub(crate) seq_sent_tick: BTreeMap<u64, u64>,
@@ -235,6 +246,7 @@ impl Raft {
             votes: BTreeMap::new(),
             progress: BTreeMap::new(),
             transfer: None,
+            timeout_now_sent_tick: None,
             read_seq: 0,
             seq_sent_tick: BTreeMap::new(),
             pending_reads: VecDeque::new(),
@@ -403,6 +415,9 @@ impl Raft {
         if self.transfer.is_some() {
             return Err(RaftError::TransferInProgress);
         }
+        if self.proposals.len() >= self.config.pending_proposals_max {
+            return Err(RaftError::Overloaded);
+        }
         let index = self.append_entry(payload);
         self.proposals.insert(index, self.term);
         self.broadcast_append();
@@ -513,17 +528,10 @@ impl Raft {
     }
 
     /// Entries removed from this node's log: proposals among them are dropped.
+    /// Proposals among removed entries are not reported here: another member
+    /// may still hold the entry and commit it. Their fate is settled when an
+    /// entry commits at their index (`settle_proposal`).
     pub(crate) fn on_entries_removed(&mut self, removed: &[Entry]) {
-        for entry in removed {
-            if self.proposals.get(&entry.index) == Some(&entry.term) {
-                self.proposals.remove(&entry.index);
-                self.dropped_proposals.push(DroppedProposal {
-                    index: entry.index,
-                    term: entry.term,
-                    reason: RaftError::ProposalDropped,
-                });
-            }
-        }
         if removed
             .iter()
             .any(|e| matches!(e.payload, EntryPayload::Config(_)))
@@ -622,6 +630,7 @@ impl Raft {
     fn step_down_leader(&mut self) {
         self.progress.clear();
         self.transfer = None;
+        self.timeout_now_sent_tick = None;
         self.seq_sent_tick.clear();
         for read in self.pending_reads.drain(..) {
             self.dropped_reads.push(DroppedRead {

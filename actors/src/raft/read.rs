@@ -96,7 +96,10 @@ impl Raft {
             });
         }
         // A transfer lets the target campaign at once, so the lease is void.
-        if self.transfer.is_some() || !self.committed_in_current_term() {
+        let after_timeout_now = self
+            .timeout_now_sent_tick
+            .is_some_and(|sent| self.now < sent + self.config.election_timeout_ticks);
+        if self.transfer.is_some() || after_timeout_now || !self.committed_in_current_term() {
             return Err(RaftError::LeaseNotHeld);
         }
         let lease_start = self.quorum_contact_tick();

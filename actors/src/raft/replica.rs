@@ -7,6 +7,12 @@
 //! Not wired into the node yet: the cluster issue adds the network transport
 //! and the front doors. Peers' messages come in as `Step`, and outgoing ones
 //! go to an `Outbox` recipient.
+//!
+//! Requirements on the WAL it is given: the writer must use
+//! `FsyncPolicy::Always` (votes and acknowledgements are sent once their
+//! append is answered, which only `Always` makes durable), and the WAL's
+//! indexes are this group's Raft indexes, so one WAL serves one group until
+//! records carry a group id.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -267,6 +273,9 @@ impl RaftReplica {
         for (_, (_, reply)) in self.reads_pending.drain() {
             let _ = reply.send(Err(ReplicaError::Storage(reason.clone())));
         }
+        for read in self.reads_ready.drain(..) {
+            let _ = read.reply.send(Err(ReplicaError::Storage(reason.clone())));
+        }
         self.failed = Some(reason);
     }
 }
@@ -276,8 +285,11 @@ impl Actor for RaftReplica {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.run_interval(self.tick_interval, |replica, ctx| {
-            replica.raft.tick();
-            replica.drive(ctx);
+            // A failed replica stops ticking so its core queues nothing more.
+            if replica.failed.is_none() {
+                replica.raft.tick();
+                replica.drive(ctx);
+            }
         });
         self.drive(ctx);
     }
@@ -319,6 +331,12 @@ impl Handler<LinearizableGet> for RaftReplica {
     type Result = ();
 
     fn handle(&mut self, request: LinearizableGet, ctx: &mut Self::Context) {
+        if let Some(reason) = &self.failed {
+            let _ = request
+                .reply
+                .send(Err(ReplicaError::Storage(reason.clone())));
+            return;
+        }
         let id = self.next_read_id;
         self.next_read_id += 1;
         match self.raft.read_index(id) {

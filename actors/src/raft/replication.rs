@@ -6,8 +6,13 @@ use super::progress::ReplicationMode;
 use super::types::{Entry, MessageBody, NodeId};
 
 /// Heartbeat answers from a follower that is behind and not moving, after
-/// which the leader assumes its in-flight appends were lost and resends.
-const STALLED_HEARTBEATS_MAX: u32 = 3;
+/// which the leader assumes its in-flight appends were lost and resends: at
+/// least 3, and at least an election timeout's worth, so a follower with a
+/// slow disk is not flooded with resends.
+fn stalled_heartbeats_max(election_timeout_ticks: u64, heartbeat_interval_ticks: u64) -> u32 {
+    let per_timeout = election_timeout_ticks / heartbeat_interval_ticks.max(1);
+    u32::try_from(per_timeout).unwrap_or(u32::MAX).max(3)
+}
 
 impl Raft {
     /// Sends what each follower is missing, as far as its window allows.
@@ -227,6 +232,10 @@ impl Raft {
         }
         let last_index = self.log.last_index();
         let in_flight_max = self.config.in_flight_max;
+        let stalled_max = stalled_heartbeats_max(
+            self.config.election_timeout_ticks,
+            self.config.heartbeat_interval_ticks,
+        );
         let Some(progress) = self.progress.get_mut(&from) else {
             return;
         };
@@ -241,7 +250,7 @@ impl Raft {
         match progress.mode {
             // A lost probe or a lost snapshot chunk is retried on every heartbeat answer.
             ReplicationMode::Probe => progress.probe_sent = false,
-            ReplicationMode::Replicate if progress.stalled_heartbeats >= STALLED_HEARTBEATS_MAX => {
+            ReplicationMode::Replicate if progress.stalled_heartbeats >= stalled_max => {
                 // Appends sent optimistically were lost (nothing moved for a
                 // while although the follower answers): resend from its match.
                 let restart = progress.match_index + 1;

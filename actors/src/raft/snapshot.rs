@@ -99,6 +99,10 @@ impl Raft {
         self.leader = from;
         self.election_elapsed = 0;
         let index = meta.index;
+        if index > super::election::TERM_MAX || meta.term > super::election::TERM_MAX {
+            // No real log gets there; a peer bug or attack. Ignore it.
+            return;
+        }
         if index <= self.log.committed {
             // Everything it covers is already committed here.
             self.incoming_snapshot = None;
@@ -134,9 +138,15 @@ impl Raft {
             );
             return;
         }
+        let size_max_bytes = self.config.snapshot_size_max_bytes;
         let Some(incoming) = self.incoming_snapshot.as_mut() else {
             return;
         };
+        if incoming.data.len() + data.len() > size_max_bytes {
+            // Bounded: a snapshot over the limit is abandoned, not buffered.
+            self.incoming_snapshot = None;
+            return;
+        }
         incoming.data.extend_from_slice(&data);
         let received = incoming.data.len() as u64;
         if !done {

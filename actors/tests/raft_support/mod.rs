@@ -103,6 +103,8 @@ pub struct Sim {
     commit_terms: BTreeMap<u64, u64>,
     /// Proposals acknowledged as committed (applied by their proposer at their term).
     pub acknowledged: BTreeMap<u64, Applied>,
+    /// Proposals reported dropped: index -> term. None of them may ever commit.
+    reported_dropped: BTreeMap<u64, BTreeSet<u64>>,
     /// Compact a member's log once this many entries are applied past its snapshot (0 = never).
     pub compact_every: u64,
     /// Messages delivered, for the benchmark and for tests that need to know.
@@ -141,6 +143,7 @@ impl Sim {
             committed: BTreeMap::new(),
             commit_terms: BTreeMap::new(),
             acknowledged: BTreeMap::new(),
+            reported_dropped: BTreeMap::new(),
             compact_every: 0,
             delivered: 0,
             mid_step_crash_percent: 0,
@@ -415,9 +418,13 @@ impl Sim {
         for read in &ready.read_states {
             node.reads.push((read.request_id, read.index));
         }
+        let mut newly_dropped = Vec::new();
         for dropped in &ready.dropped_proposals {
             node.dropped.push(dropped.index);
             node.proposals.remove(&dropped.index);
+            if dropped.reason == RaftError::ProposalDropped {
+                newly_dropped.push((dropped.index, dropped.term));
+            }
         }
         // A proposal is acknowledged when its proposer applies it at the
         // term it proposed it in.
@@ -430,6 +437,7 @@ impl Sim {
             }
         }
         let applier_term = node.raft.as_ref().map_or(0, |r| r.term());
+        let mut newly_committed = Vec::new();
         for applied in newly_applied {
             let commit_term = self
                 .commit_terms
@@ -445,12 +453,36 @@ impl Sim {
                 }
                 Some(_) => {}
                 None => {
+                    newly_committed.push(applied.clone());
                     self.committed.insert(applied.index, applied);
                 }
             }
         }
         for applied in acknowledged {
             self.acknowledged.insert(applied.index, applied);
+        }
+        // A proposal reported dropped must never commit.
+        // Checked both ways: a report after the commit, and a commit after the report.
+        for (index, term) in newly_dropped {
+            if self.committed.get(&index).is_some_and(|a| a.term == term) {
+                self.fail(&format!(
+                    "proposal at {index} (term {term}) was reported dropped but committed"
+                ));
+            }
+            self.reported_dropped.entry(index).or_default().insert(term);
+        }
+        for applied in &newly_committed {
+            if self
+                .reported_dropped
+                .get(&applied.index)
+                .is_some_and(|terms| terms.contains(&applied.term))
+            {
+                let message = format!(
+                    "proposal at {} (term {}) was reported dropped but committed",
+                    applied.index, applied.term
+                );
+                self.fail(&message);
+            }
         }
         // 4. Advance.
         let node = self.nodes.get_mut(&id).expect("node");
