@@ -26,6 +26,7 @@ pub fn run_seed(seed: u64) {
     let membership = rng.chance(25);
     let transfers = rng.chance(25);
     let compaction = rng.chance(30);
+    let leases = rng.chance(30);
     let others: Vec<NodeId> = if membership { vec![spare] } else { vec![] };
     let mut sim = Sim::new(seed, &voters, &others, |config| {
         config.election_timeout_ticks = 10;
@@ -33,6 +34,9 @@ pub fn run_seed(seed: u64) {
         config.append_entries_max = 8;
         config.in_flight_max = 4;
         config.snapshot_chunk_bytes = 64;
+        if leases {
+            config.lease_drift_ticks = Some(2);
+        }
     });
     if compaction {
         sim.compact_every = 8;
@@ -48,6 +52,20 @@ pub fn run_seed(seed: u64) {
         if rng.chance(40) {
             next_command += 1;
             let _ = sim.propose_at_leader(format!("c{next_command}").into_bytes());
+        }
+        if rng.chance(20) {
+            // Linearizable reads at whoever thinks it leads (a deposed leader included).
+            let leaders: Vec<NodeId> = all
+                .iter()
+                .copied()
+                .filter(|id| {
+                    sim.is_up(*id) && sim.raft(*id).role() == harmonydb_actors::raft::Role::Leader
+                })
+                .collect();
+            if !leaders.is_empty() {
+                let at = rng.pick(&leaders);
+                let _ = sim.read(at, leases && rng.chance(50));
+            }
         }
         if membership && rng.chance(3) {
             let change = match rng.below(3) {

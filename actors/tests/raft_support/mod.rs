@@ -105,6 +105,12 @@ pub struct Sim {
     pub acknowledged: BTreeMap<u64, Applied>,
     /// Proposals reported dropped: index -> term. None of them may ever commit.
     reported_dropped: BTreeMap<u64, BTreeSet<u64>>,
+    /// Reads issued and not answered: request id -> the highest index
+    /// acknowledged before the read was issued, which its answer must cover.
+    reads_issued: BTreeMap<u64, u64>,
+    next_read_id: u64,
+    /// Reads answered, and of those how many by lease.
+    pub reads_answered: u64,
     /// Compact a member's log once this many entries are applied past its snapshot (0 = never).
     pub compact_every: u64,
     /// Messages delivered, for the benchmark and for tests that need to know.
@@ -144,6 +150,9 @@ impl Sim {
             commit_terms: BTreeMap::new(),
             acknowledged: BTreeMap::new(),
             reported_dropped: BTreeMap::new(),
+            reads_issued: BTreeMap::new(),
+            next_read_id: 1,
+            reads_answered: 0,
             compact_every: 0,
             delivered: 0,
             mid_step_crash_percent: 0,
@@ -415,8 +424,10 @@ impl Sim {
             node.state.push(applied.clone());
             newly_applied.push(applied);
         }
+        let mut answered_reads = Vec::new();
         for read in &ready.read_states {
             node.reads.push((read.request_id, read.index));
+            answered_reads.push(*read);
         }
         let mut newly_dropped = Vec::new();
         for dropped in &ready.dropped_proposals {
@@ -462,6 +473,20 @@ impl Sim {
             self.acknowledged.insert(applied.index, applied);
         }
         // A proposal reported dropped must never commit.
+        // Linearizable reads: an answer must cover every write acknowledged
+        // before the read was issued (a deposed leader would answer lower).
+        for read in answered_reads {
+            if let Some(required) = self.reads_issued.remove(&read.request_id) {
+                self.reads_answered += 1;
+                if read.index < required {
+                    let message = format!(
+                        "stale read: node {id} answered read {} at index {} but index {required} was acknowledged before it was issued",
+                        read.request_id, read.index
+                    );
+                    self.fail(&message);
+                }
+            }
+        }
         // Checked both ways: a report after the commit, and a commit after the report.
         for (index, term) in newly_dropped {
             if self.committed.get(&index).is_some_and(|a| a.term == term) {
@@ -526,6 +551,24 @@ impl Sim {
     pub fn propose_at_leader(&mut self, command: Vec<u8>) -> Option<u64> {
         let leader = self.leader()?;
         self.propose(leader, command).ok()
+    }
+
+    /// Issues a linearizable read (ReadIndex, or the lease if `lease`) at `id`.
+    pub fn read(&mut self, id: NodeId, lease: bool) -> Result<u64, RaftError> {
+        let request_id = self.next_read_id;
+        self.next_read_id += 1;
+        let required = self.acknowledged.keys().next_back().copied().unwrap_or(0);
+        let node = self.nodes.get_mut(&id).expect("node");
+        let Some(raft) = node.raft.as_mut() else {
+            return Err(RaftError::NotLeader { leader: 0 });
+        };
+        if lease {
+            raft.read_lease(request_id)?;
+        } else {
+            raft.read_index(request_id)?;
+        }
+        self.reads_issued.insert(request_id, required);
+        Ok(request_id)
     }
 
     pub fn conf_change(&mut self, change: ConfChange) -> Result<u64, RaftError> {
