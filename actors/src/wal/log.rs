@@ -353,6 +353,57 @@ impl<E> From<WalError> for ReadError<E> {
     }
 }
 
+/// Where and why a scan of one segment's records stopped.
+struct ScanEnd {
+    /// Offset just past the last valid record.
+    offset: usize,
+    /// The log's next index after the last valid record.
+    next_index: u64,
+    /// The zeroed end, or the first bad record.
+    stop: DecodeStop,
+}
+
+/// Decodes the records of one segment in order, from just after its header,
+/// handing each to `visit`, until the zeroed end or the first bad record.
+/// The one loop every reader of segments shares (recovery, replay, counting).
+fn scan_records<'a, E>(
+    segment_bytes: &'a [u8],
+    first_index: u64,
+    mut visit: impl FnMut(RecordRef<'a>) -> Result<(), E>,
+) -> Result<ScanEnd, E> {
+    let mut offset = SEGMENT_HEADER_SIZE_BYTES;
+    let mut next_index = first_index;
+    loop {
+        match decode_record(
+            &segment_bytes[offset.min(segment_bytes.len())..],
+            next_index,
+        ) {
+            Ok(record) => {
+                offset += record_size_bytes(record.payload.len());
+                next_index = record.next_index_after(next_index);
+                visit(record)?;
+            }
+            Err(stop) => {
+                return Ok(ScanEnd {
+                    offset,
+                    next_index,
+                    stop,
+                })
+            }
+        }
+    }
+}
+
+/// `scan_records` without a visitor: just where the segment's records end.
+fn scan_all(segment_bytes: &[u8], first_index: u64) -> ScanEnd {
+    match scan_records(segment_bytes, first_index, |_| {
+        Ok::<(), std::convert::Infallible>(())
+    }) {
+        Ok(end) => end,
+        Err(never) => match never {},
+    }
+}
+
 fn visit_records<E>(
     path: &Path,
     segment_bytes: &[u8],
@@ -360,43 +411,30 @@ fn visit_records<E>(
     from_index: u64,
     visit: &mut impl FnMut(RecordRef<'_>) -> Result<(), E>,
 ) -> Result<(), ReadError<E>> {
-    let mut offset = SEGMENT_HEADER_SIZE_BYTES;
-    let mut index = first_index;
-    loop {
-        match decode_record(&segment_bytes[offset.min(segment_bytes.len())..], index) {
-            Ok(record) => {
-                // Hard states and truncations are always visited: they say
-                // something about the log, not about one index.
-                if record.kind != RecordKind::Entry || record.index >= from_index {
-                    visit(record).map_err(ReadError::Visitor)?;
-                }
-                offset += record_size_bytes(record.payload.len());
-                index = record.next_index_after(index);
-            }
-            // Recovery already validated these bytes; End is the normal way out.
-            Err(DecodeStop::End) => return Ok(()),
-            Err(DecodeStop::Corrupt(reason)) => {
-                return Err(ReadError::Wal(WalError::Corrupt {
-                    segment: path.to_path_buf(),
-                    offset: offset as u64,
-                    reason: format!("record changed on disk after recovery: {reason}"),
-                }))
-            }
+    let end = scan_records(segment_bytes, first_index, |record| {
+        // Hard states and truncations are always visited: they say
+        // something about the log, not about one index.
+        if record.kind != RecordKind::Entry || record.index >= from_index {
+            visit(record).map_err(ReadError::Visitor)?;
         }
+        Ok::<(), ReadError<E>>(())
+    })?;
+    match end.stop {
+        // Recovery already validated these bytes; End is the normal way out.
+        DecodeStop::End => Ok(()),
+        DecodeStop::Corrupt(reason) => Err(ReadError::Wal(WalError::Corrupt {
+            segment: path.to_path_buf(),
+            offset: end.offset as u64,
+            reason: format!("record changed on disk after recovery: {reason}"),
+        })),
     }
 }
 
 /// The log's next index after the records of the active segment.
 fn next_index_of(active: &ActiveSegment) -> u64 {
-    let written = &active.map[..active.write_offset];
-    let mut offset = SEGMENT_HEADER_SIZE_BYTES;
-    let mut next_index = active.first_index;
     // Recovery validated these bytes up to write_offset, so this reads them all.
-    while let Ok(record) = decode_record(&written[offset.min(written.len())..], next_index) {
-        offset += record_size_bytes(record.payload.len());
-        next_index = record.next_index_after(next_index);
-    }
-    next_index
+    let written = &active.map[..active.write_offset];
+    scan_all(written, active.first_index).next_index
 }
 
 fn segment_path(dir: &Path, first_index: u64) -> PathBuf {
@@ -521,30 +559,21 @@ fn scan_closed_segment(path: &Path, named_first: u64) -> Result<u64, WalError> {
             ),
         ));
     }
-    let mut offset = SEGMENT_HEADER_SIZE_BYTES;
-    let mut index = named_first;
-    loop {
-        match decode_record(&map[offset.min(map.len())..], index) {
-            Ok(record) => {
-                offset += record_size_bytes(record.payload.len());
-                index = record.next_index_after(index);
-            }
-            Err(DecodeStop::End) => {
-                if let Some(garbage) = last_nonzero(&map[offset.min(map.len())..]) {
-                    return Err(corrupt(
-                        offset + garbage,
-                        "non-zero bytes after the last record of a closed segment".to_string(),
-                    ));
-                }
-                return Ok(index - 1);
-            }
-            Err(DecodeStop::Corrupt(reason)) => {
+    let end = scan_all(&map, named_first);
+    match end.stop {
+        DecodeStop::End => {
+            if let Some(garbage) = last_nonzero(&map[end.offset.min(map.len())..]) {
                 return Err(corrupt(
-                    offset,
-                    format!("{reason}; this segment was synced before the next one was started, so acknowledged records are damaged"),
-                ))
+                    end.offset + garbage,
+                    "non-zero bytes after the last record of a closed segment".to_string(),
+                ));
             }
+            Ok(end.next_index - 1)
         }
+        DecodeStop::Corrupt(reason) => Err(corrupt(
+            end.offset,
+            format!("{reason}; this segment was synced before the next one was started, so acknowledged records are damaged"),
+        )),
     }
 }
 
@@ -591,17 +620,11 @@ fn recover_last_segment(
             .map_err(|e| io_error(e, "grow WAL segment", path))?;
     }
     let mut map = map_writable(&file, path)?;
-    let mut offset = SEGMENT_HEADER_SIZE_BYTES;
-    let mut index = named_first;
-    let stop = loop {
-        match decode_record(&map[offset..], index) {
-            Ok(record) => {
-                offset += record_size_bytes(record.payload.len());
-                index = record.next_index_after(index);
-            }
-            Err(stop) => break stop,
-        }
-    };
+    let ScanEnd {
+        offset,
+        next_index: index,
+        stop,
+    } = scan_all(&map, named_first);
     if let DecodeStop::Corrupt(reason) = &stop {
         let intact_after = count_intact_records_after(&map, offset + 1, index);
         if intact_after > 0 && !options.truncate_corrupt_tail {
