@@ -1232,3 +1232,27 @@ fn hostile_peer_messages_never_panic_or_change_the_log() {
     ));
     assert_eq!(follower.status().last_index, 4);
 }
+
+#[test]
+fn reads_that_arrive_together_share_one_heartbeat_round() {
+    let mut sim = cluster(3);
+    let leader = sim.elect();
+    commit(&mut sim, "x");
+    sim.record_sent = true;
+    for request_id in 100..110 {
+        sim.raft_mut(leader).read_index(request_id).expect("read");
+    }
+    sim.settle();
+    let rounds: BTreeSet<u64> = sim
+        .sent
+        .iter()
+        .filter(|m| m.from == leader)
+        .filter_map(|m| match m.body {
+            MessageBody::Heartbeat { seq, .. } => Some(seq),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(rounds.len(), 1, "ten reads took rounds {rounds:?}");
+    let answered: Vec<u64> = sim.nodes[&leader].reads.iter().map(|r| r.0).collect();
+    assert_eq!(answered, (100..110).collect::<Vec<_>>());
+}

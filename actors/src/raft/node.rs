@@ -195,6 +195,8 @@ pub struct Raft {
     /// Leader only: read-confirmation rounds and the tick each was sent.
     pub(crate) read_seq: u64,
     pub(crate) seq_sent_tick: BTreeMap<u64, u64>,
+    /// Reads wait for a round not sent yet; `ready` sends it.
+    pub(crate) read_round_requested: bool,
     pub(crate) pending_reads: VecDeque<PendingRead>,
     /// Reads accepted before this leader committed an entry of its term.
     pub(crate) reads_before_commit: Vec<u64>,
@@ -249,6 +251,7 @@ impl Raft {
             timeout_now_sent_tick: None,
             read_seq: 0,
             seq_sent_tick: BTreeMap::new(),
+            read_round_requested: false,
             pending_reads: VecDeque::new(),
             reads_before_commit: Vec::new(),
             proposals: BTreeMap::new(),
@@ -442,6 +445,7 @@ impl Raft {
     /// Whether a ready is waiting.
     pub fn has_ready(&self) -> bool {
         !self.messages.is_empty()
+            || self.read_round_requested
             || self.hard_state() != self.emitted_hard_state
             || self.snapshot_to_persist.is_some()
             || self.log.last_index() > self.emitted_index
@@ -455,6 +459,10 @@ impl Raft {
     /// a snapshot, the caller drops its stored entries and stores the
     /// snapshot, then `entries` (which then start right after the snapshot).
     pub fn ready(&mut self) -> Ready {
+        if self.read_round_requested && self.role == Role::Leader {
+            // One confirmation round for every read that arrived since the last.
+            self.broadcast_heartbeat();
+        }
         let hard_state = self.hard_state();
         let entries: Vec<Entry> = self
             .log
@@ -632,6 +640,7 @@ impl Raft {
         self.transfer = None;
         self.timeout_now_sent_tick = None;
         self.seq_sent_tick.clear();
+        self.read_round_requested = false;
         for read in self.pending_reads.drain(..) {
             self.dropped_reads.push(DroppedRead {
                 request_id: read.request_id,

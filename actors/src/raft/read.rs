@@ -43,13 +43,15 @@ impl Raft {
             self.read_states.push(ReadState { request_id, index });
             return;
         }
-        // A fresh heartbeat round: only answers sent after this read arrived
-        // prove that this node still led when it did.
-        self.broadcast_heartbeat();
+        // Only answers to a round sent after this read arrived prove that
+        // this node still led when it did: the read waits for the next round.
+        // All reads that arrive before it is sent share it; it goes out at
+        // the next ready at the latest (or with the next tick's heartbeat).
+        self.read_round_requested = true;
         self.pending_reads.push_back(PendingRead {
             request_id,
             index,
-            seq: self.read_seq,
+            seq: self.read_seq + 1,
         });
     }
 

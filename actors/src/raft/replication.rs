@@ -194,6 +194,7 @@ impl Raft {
 
     /// Sends heartbeats carrying a new read-confirmation round.
     pub(crate) fn broadcast_heartbeat(&mut self) {
+        self.read_round_requested = false;
         self.read_seq += 1;
         let seq = self.read_seq;
         self.seq_sent_tick.insert(seq, self.now);
@@ -202,6 +203,12 @@ impl Raft {
             .now
             .saturating_sub(2 * self.config.election_timeout_ticks);
         self.seq_sent_tick.retain(|_, tick| *tick >= horizon);
+        self.send_heartbeats(seq);
+    }
+
+    /// A heartbeat to every follower, carrying round `seq` and the commit
+    /// index capped at what each is known to have.
+    fn send_heartbeats(&mut self, seq: u64) {
         let peers: Vec<(NodeId, u64)> = self
             .progress
             .iter()
@@ -212,7 +219,6 @@ impl Raft {
             self.send(peer, MessageBody::Heartbeat { commit, seq });
         }
     }
-
     pub(crate) fn handle_heartbeat(&mut self, from: NodeId, commit: u64, seq: u64) {
         if self.role != Role::Follower {
             self.become_follower(self.term, from);
@@ -301,16 +307,8 @@ impl Raft {
             return;
         }
         self.release_reads_after_commit();
-        // Followers learn the new commit index now rather than at the next heartbeat.
-        let peers: Vec<(NodeId, u64)> = self
-            .progress
-            .iter()
-            .map(|(id, p)| (*id, p.match_index))
-            .collect();
-        let seq = self.read_seq;
-        for (peer, match_index) in peers {
-            let commit = self.log.committed.min(match_index);
-            self.send(peer, MessageBody::Heartbeat { commit, seq });
-        }
+        // Followers learn the new commit index now rather than at the next
+        // heartbeat (same round number: this confirms no new reads).
+        self.send_heartbeats(self.read_seq);
     }
 }
