@@ -289,6 +289,11 @@ impl Raft {
         self.leader
     }
 
+    /// Index of the last entry handed to the caller to apply.
+    pub fn applied_index(&self) -> u64 {
+        self.log.applied
+    }
+
     /// The entry at `index`, if this member still holds it (not compacted).
     pub fn entry(&self, index: u64) -> Option<&Entry> {
         self.log.entry(index)

@@ -254,9 +254,17 @@ impl RaftReplica {
         self.drive(ctx);
     }
 
+    /// Whether requests are taken: not after a storage failure.
+    fn serving(&self) -> Result<(), ReplicaError> {
+        match &self.failed {
+            Some(reason) => Err(ReplicaError::Storage(reason.clone())),
+            None => Ok(()),
+        }
+    }
+
     /// Answers reads whose index is applied.
     fn serve_reads(&mut self) {
-        let applied = self.raft.status().applied;
+        let applied = self.raft.applied_index();
         let (ready, waiting): (Vec<_>, Vec<_>) =
             self.reads_ready.drain(..).partition(|r| r.index <= applied);
         self.reads_ready = waiting;
@@ -308,19 +316,16 @@ impl Handler<ProposeWrite> for RaftReplica {
     type Result = ();
 
     fn handle(&mut self, request: ProposeWrite, ctx: &mut Self::Context) {
-        if let Some(reason) = &self.failed {
-            let _ = request
-                .reply
-                .send(Err(ReplicaError::Storage(reason.clone())));
-            return;
-        }
-        match self.raft.propose(request.command.encode()) {
+        let proposed = self
+            .serving()
+            .and_then(|()| Ok(self.raft.propose(request.command.encode())?));
+        match proposed {
             Ok(index) => {
                 let term = self.raft.term();
                 self.writes.insert(index, (term, request.reply));
             }
             Err(error) => {
-                let _ = request.reply.send(Err(error.into()));
+                let _ = request.reply.send(Err(error));
             }
         }
         self.drive(ctx);
@@ -331,20 +336,14 @@ impl Handler<LinearizableGet> for RaftReplica {
     type Result = ();
 
     fn handle(&mut self, request: LinearizableGet, ctx: &mut Self::Context) {
-        if let Some(reason) = &self.failed {
-            let _ = request
-                .reply
-                .send(Err(ReplicaError::Storage(reason.clone())));
-            return;
-        }
         let id = self.next_read_id;
         self.next_read_id += 1;
-        match self.raft.read_index(id) {
+        match self.serving().and_then(|()| Ok(self.raft.read_index(id)?)) {
             Ok(()) => {
                 self.reads_pending.insert(id, (request.key, request.reply));
             }
             Err(error) => {
-                let _ = request.reply.send(Err(error.into()));
+                let _ = request.reply.send(Err(error));
             }
         }
         self.drive(ctx);

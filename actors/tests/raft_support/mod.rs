@@ -524,7 +524,7 @@ impl Sim {
         let Some(raft) = node.raft.as_mut() else {
             return;
         };
-        let applied = raft.status().applied;
+        let applied = raft.applied_index();
         if applied < raft.snapshot_index() + self.compact_every {
             return;
         }
