@@ -368,11 +368,7 @@ fn random_garbage_on_the_tcp_port_never_hurts_the_node() {
 }
 
 fn assert_node_serves(node: &Node) {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    runtime.block_on(async {
+    common::block_on(async {
         let client = harmonydb_protocol::Client::connect(node.tcp)
             .await
             .expect("connect");

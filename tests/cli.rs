@@ -162,18 +162,7 @@ fn settings_come_from_flags_then_environment_then_file() {
 fn a_second_node_on_the_same_data_dir_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
     let _first = Node::start(dir.path(), &[]);
-    let second = Command::new(binary())
-        .args([
-            "serve",
-            "--http-addr",
-            "127.0.0.1:0",
-            "--tcp-addr",
-            "127.0.0.1:0",
-            "--data-dir",
-        ])
-        .arg(dir.path())
-        .output()
-        .expect("run");
+    let second = common::serve_expecting_exit(dir.path());
     assert!(!second.status.success());
     let message = stderr(&second);
     assert!(

@@ -221,11 +221,7 @@ async fn sigterm_during_writes_keeps_every_acknowledged_one() {
 fn a_corrupt_wal_record_before_intact_ones_is_refused_until_the_operator_allows_the_cut() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut node = Node::start(dir.path(), &[]);
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    runtime.block_on(async {
+    common::block_on(async {
         let client = Client::connect(node.tcp).await.expect("connect");
         for i in 0..10 {
             client
@@ -241,18 +237,7 @@ fn a_corrupt_wal_record_before_intact_ones_is_refused_until_the_operator_allows_
     bytes[32 + 2 * 30 + 25] ^= 0xff;
     std::fs::write(&segment, &bytes).expect("write segment");
 
-    let refused = std::process::Command::new(common::binary())
-        .args([
-            "serve",
-            "--http-addr",
-            "127.0.0.1:0",
-            "--tcp-addr",
-            "127.0.0.1:0",
-            "--data-dir",
-        ])
-        .arg(dir.path())
-        .output()
-        .expect("run");
+    let refused = common::serve_expecting_exit(dir.path());
     assert!(!refused.status.success());
     let message = String::from_utf8_lossy(&refused.stderr);
     assert!(message.contains("intact records follow"), "{message}");

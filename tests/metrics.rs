@@ -18,11 +18,7 @@ fn metrics_cover_requests_and_the_wal_with_histogram_buckets() {
         assert_eq!(http(request, Some(r#"{"value": "x"}"#)).0, 200);
     }
     assert_eq!(http(agent.get(&node.url("/kv/absent")), None).0, 404);
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    runtime.block_on(async {
+    common::block_on(async {
         let client = harmonydb_protocol::Client::connect(node.tcp)
             .await
             .expect("connect");

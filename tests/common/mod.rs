@@ -171,6 +171,32 @@ impl Drop for Node {
     }
 }
 
+/// Runs `harmonydb serve` on `data_dir` (free ports) to completion, for
+/// start-ups that must be refused; returns its output.
+pub fn serve_expecting_exit(data_dir: &Path) -> std::process::Output {
+    Command::new(binary())
+        .args([
+            "serve",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--tcp-addr",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(data_dir)
+        .output()
+        .expect("run harmonydb serve")
+}
+
+/// Runs async client code to completion from a synchronous test.
+pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(future)
+}
+
 /// An HTTP agent with short timeouts that returns error statuses as responses.
 pub fn http_agent() -> ureq::Agent {
     ureq::AgentBuilder::new()
