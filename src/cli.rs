@@ -1,15 +1,16 @@
-//! The command line: `harmonydb serve` runs a node; `harmonydb kv ...` talks
-//! to one over the TCP protocol.
+//! The command line: `harmonydb serve` runs a node; `harmonydb kv ...` and
+//! `harmonydb cluster status` talk to one over the TCP protocol.
 //!
-//! Exit codes of `kv` commands: 0 success, 1 the node answered with an error
-//! (not found, version mismatch, ...), 2 bad usage, 3 the node could not be reached.
+//! Exit codes of `kv` and `cluster` commands: 0 success, 1 the node answered
+//! with an error (not found, version mismatch, not_leader, ...), 2 bad usage,
+//! 3 the node could not be reached.
 
 use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use harmonydb_protocol::{Client, ClientError, Request};
+use harmonydb_protocol::{Client, ClientError, ClusterStatus, Consistency, Request, Response};
 
 use crate::config::ServeArgs;
 
@@ -29,11 +30,13 @@ pub enum Command {
     Serve(ServeArgs),
     /// Read and write keys on a running node.
     Kv(KvArgs),
+    /// Look at a running cluster.
+    Cluster(ClusterArgs),
 }
 
-/// `harmonydb kv` options.
+/// Where a client command connects.
 #[derive(Debug, clap::Args)]
-pub struct KvArgs {
+pub struct Target {
     /// The node's TCP address.
     #[arg(
         long,
@@ -45,6 +48,45 @@ pub struct KvArgs {
     /// Seconds to wait for an answer.
     #[arg(long, global = true, default_value_t = 10)]
     pub timeout: u64,
+}
+
+/// `harmonydb cluster` options.
+#[derive(Debug, clap::Args)]
+pub struct ClusterArgs {
+    /// Where to connect.
+    #[command(flatten)]
+    pub target: Target,
+    /// The operation.
+    #[command(subcommand)]
+    pub command: ClusterCommand,
+}
+
+/// Cluster operations.
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Members, leader, term, commit and applied index, and each member's
+    /// match index and lag (known when asking the leader).
+    Status {
+        /// Print the status as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `harmonydb kv` options.
+#[derive(Debug, clap::Args)]
+pub struct KvArgs {
+    /// Where to connect.
+    #[command(flatten)]
+    pub target: Target,
+    /// How fresh reads must be: linearizable, lease, or stale (served by the
+    /// node asked, which may be behind; it says how far).
+    #[arg(long, global = true, default_value = "linearizable", value_parser = parse_consistency)]
+    pub consistency: Consistency,
+    /// Don't forward to the leader: a node that doesn't lead answers
+    /// not_leader with the leader's address instead.
+    #[arg(long, global = true)]
+    pub no_forward: bool,
     /// The operation.
     #[command(subcommand)]
     pub command: KvCommand,
@@ -102,8 +144,13 @@ pub enum KvCommand {
     },
 }
 
-/// Runs a `kv` command and returns the process exit code.
-pub fn run_kv(args: KvArgs) -> ExitCode {
+fn parse_consistency(text: &str) -> Result<Consistency, String> {
+    text.parse()
+}
+
+/// Runs a client command on a current-thread runtime and maps its outcome
+/// to the exit code.
+fn run_client<F: std::future::Future<Output = Result<(), ClientError>>>(work: F) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -114,7 +161,7 @@ pub fn run_kv(args: KvArgs) -> ExitCode {
             return ExitCode::from(3);
         }
     };
-    match runtime.block_on(kv(args)) {
+    match runtime.block_on(work) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error}");
@@ -129,45 +176,168 @@ pub fn run_kv(args: KvArgs) -> ExitCode {
     }
 }
 
-async fn kv(args: KvArgs) -> Result<(), ClientError> {
-    let client = Client::connect(args.addr.as_str())
+/// Runs a `kv` command and returns the process exit code.
+pub fn run_kv(args: KvArgs) -> ExitCode {
+    run_client(kv(args))
+}
+
+/// Runs a `cluster` command and returns the process exit code.
+pub fn run_cluster(args: ClusterArgs) -> ExitCode {
+    run_client(cluster(args))
+}
+
+async fn connect(target: &Target) -> Result<Client, ClientError> {
+    Ok(Client::connect(target.addr.as_str())
         .await?
-        .with_timeout(Duration::from_secs(args.timeout));
+        .with_timeout(Duration::from_secs(target.timeout)))
+}
+
+async fn cluster(args: ClusterArgs) -> Result<(), ClientError> {
+    let client = connect(&args.target).await?;
+    let ClusterCommand::Status { json } = args.command;
+    let status = client.cluster_status().await?;
+    let mut out = std::io::stdout().lock();
+    if json {
+        let text = serde_json::to_string_pretty(&status)
+            .map_err(|e| ClientError::UnexpectedResponse(e.to_string()))?;
+        let _ = writeln!(out, "{text}");
+    } else {
+        let _ = write!(out, "{}", format_status(&status));
+    }
+    Ok(())
+}
+
+/// The status as an operator reads it.
+pub fn format_status(status: &ClusterStatus) -> String {
+    let leader = match (status.leader, &status.leader_addr) {
+        (Some(id), Some(addr)) => format!("{id} ({addr})"),
+        (Some(id), None) => id.to_string(),
+        _ => "none".to_string(),
+    };
+    let mut text = format!(
+        "node {} is {} in term {}\nleader: {leader}\ncommit index: {}\napplied index: {}\nlast index: {}\n\nID\tADDRESS\tMATCH\tLAG\n",
+        status.node_id,
+        status.role,
+        status.term,
+        status.commit_index,
+        status.applied_index,
+        status.last_index
+    );
+    let known = |n: Option<u64>| n.map_or("-".to_string(), |n| n.to_string());
+    for member in &status.members {
+        text.push_str(&format!(
+            "{}\t{}\t{}\t{}\n",
+            member.id,
+            member.addr,
+            known(member.match_index),
+            known(member.lag)
+        ));
+    }
+    if status.role != "leader" {
+        text.push_str("(match index and lag are known to the leader; ask it for them)\n");
+    }
+    text
+}
+
+/// Sends a request and returns the answer, or the node's error as `ClientError::Server`.
+async fn ask(client: &Client, request: Request, no_forward: bool) -> Result<Response, ClientError> {
+    match client.exchange(request, no_forward).await? {
+        Response::Error {
+            code,
+            message,
+            leader,
+        } => Err(ClientError::Server {
+            code,
+            message,
+            leader,
+        }),
+        other => Ok(other),
+    }
+}
+
+fn unexpected(response: Response) -> ClientError {
+    ClientError::UnexpectedResponse(format!("{response:?}"))
+}
+
+fn report_staleness(staleness: Option<harmonydb_protocol::Staleness>) {
+    if let Some(s) = staleness {
+        let contact = s
+            .leader_contact_ms
+            .map_or("never".to_string(), |ms| format!("{ms} ms ago"));
+        eprintln!(
+            "(stale read from node {}: applied index {}, commit index {}, last heard from a leader {contact})",
+            s.node_id, s.applied_index, s.commit_index
+        );
+    }
+}
+
+async fn kv(args: KvArgs) -> Result<(), ClientError> {
+    let client = connect(&args.target).await?;
+    let no_forward = args.no_forward;
+    let consistency = Some(args.consistency);
     let mut out = std::io::stdout().lock();
     // A closed stdout (`| head`) is not an error of the database's.
     let _ = match args.command {
         KvCommand::Get { key, with_version } => {
-            let Some(item) = client.get(key.as_bytes()).await? else {
-                return Err(ClientError::Server {
-                    code: harmonydb_protocol::ErrorCode::NotFound,
-                    message: format!("key {key} not found"),
-                });
+            let request = Request::Get {
+                key: key.clone().into_bytes(),
+                consistency,
             };
+            let (value, version, staleness) = match ask(&client, request, no_forward).await? {
+                Response::Value {
+                    value,
+                    version,
+                    staleness,
+                    ..
+                } => (value, version, staleness),
+                other => return Err(unexpected(other)),
+            };
+            report_staleness(staleness);
             if with_version {
-                let _ = write!(out, "{}\t", item.version);
+                let _ = write!(out, "{version}\t");
             }
-            out.write_all(&item.value).and_then(|()| writeln!(out))
+            out.write_all(&value).and_then(|()| writeln!(out))
         }
         KvCommand::Put { key, value } => {
-            let version = client.put(key.as_bytes(), value.as_bytes()).await?;
-            writeln!(out, "OK version {version}")
+            let request = Request::Put {
+                key: key.into_bytes(),
+                value: value.into_bytes(),
+                expected_version: None,
+            };
+            match ask(&client, request, no_forward).await? {
+                Response::Written { version, .. } => writeln!(out, "OK version {version}"),
+                other => return Err(unexpected(other)),
+            }
         }
         KvCommand::Cas {
             key,
             expected_version,
             value,
         } => {
-            let version = client
-                .cas(key.as_bytes(), expected_version, value.as_bytes())
-                .await?;
-            writeln!(out, "OK version {version}")
+            let request = Request::Put {
+                key: key.into_bytes(),
+                value: value.into_bytes(),
+                expected_version: Some(expected_version),
+            };
+            match ask(&client, request, no_forward).await? {
+                Response::Written { version, .. } => writeln!(out, "OK version {version}"),
+                other => return Err(unexpected(other)),
+            }
         }
         KvCommand::Del {
             key,
             expected_version,
         } => {
-            let deleted = client.delete(key.as_bytes(), expected_version).await?;
-            writeln!(out, "deleted {key} (was version {deleted})")
+            let request = Request::Delete {
+                key: key.clone().into_bytes(),
+                expected_version,
+            };
+            match ask(&client, request, no_forward).await? {
+                Response::Deleted {
+                    deleted_version, ..
+                } => writeln!(out, "deleted {key} (was version {deleted_version})"),
+                other => return Err(unexpected(other)),
+            }
         }
         KvCommand::Scan {
             prefix,
@@ -180,8 +350,17 @@ async fn kv(args: KvArgs) -> Result<(), ClientError> {
                 start: start.map(String::into_bytes),
                 end: end.map(String::into_bytes),
                 limit: Some(limit),
+                consistency,
             };
-            let (items, more) = client.scan(request).await?;
+            let (items, more, staleness) = match ask(&client, request, no_forward).await? {
+                Response::Items {
+                    items,
+                    more,
+                    staleness,
+                } => (items, more, staleness),
+                other => return Err(unexpected(other)),
+            };
+            report_staleness(staleness);
             for item in &items {
                 let _ = writeln!(
                     out,

@@ -3,9 +3,11 @@
 //! environment (clap resolves those two), which beats the file, which beats
 //! the default.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::time::Duration;
 
 use harmonydb_actors::kv::VALUE_SIZE_DEFAULT_MAX_BYTES;
 use harmonydb_actors::wal::{
@@ -13,6 +15,12 @@ use harmonydb_actors::wal::{
 };
 use harmonydb_protocol::FRAME_SIZE_DEFAULT_MAX_BYTES;
 use serde::Deserialize;
+
+/// Raft tick by default, in milliseconds.
+const RAFT_TICK_DEFAULT_MS: u64 = 100;
+
+/// Request timeout by default, in milliseconds.
+const REQUEST_TIMEOUT_DEFAULT_MS: u64 = 5000;
 
 /// Bytes a frame needs beyond its value: key, field names, framing.
 const FRAME_OVERHEAD_MAX_BYTES: usize = 64 * 1024;
@@ -66,6 +74,26 @@ pub struct ServeArgs {
     /// names the damage.
     #[arg(long, env = "HARMONYDB_WAL_TRUNCATE_CORRUPT_TAIL")]
     pub wal_truncate_corrupt_tail: bool,
+    /// This node's id in the cluster (1 or above) [default: 1].
+    #[arg(long, env = "HARMONYDB_NODE_ID", value_name = "ID")]
+    pub node_id: Option<u64>,
+    /// Every member's TCP address, this node's included:
+    /// `1=host:port,2=host:port,3=host:port`. Without it the node is a
+    /// cluster of one.
+    #[arg(long, env = "HARMONYDB_PEERS", value_name = "ID=HOST:PORT,...")]
+    pub peers: Option<String>,
+    /// Raft's clock tick in milliseconds; heartbeats go every tick and
+    /// elections start after 10 to 20 ticks without a leader [default: 100].
+    #[arg(long, env = "HARMONYDB_RAFT_TICK_MS", value_name = "MS")]
+    pub raft_tick_ms: Option<u64>,
+    /// How long a request waits for its outcome before the client is told
+    /// it is unknown, in milliseconds [default: 5000].
+    #[arg(long, env = "HARMONYDB_REQUEST_TIMEOUT_MS", value_name = "MS")]
+    pub request_timeout_ms: Option<u64>,
+    /// Accept `/admin/fault`, which drops or delays this node's Raft traffic
+    /// to chosen peers. For tests only; without it the route is refused.
+    #[arg(long, env = "HARMONYDB_ENABLE_FAULT_INJECTION")]
+    pub enable_fault_injection: bool,
 }
 
 /// The config file: the same settings as the flags.
@@ -82,6 +110,11 @@ struct FileConfig {
     max_frame_bytes: Option<usize>,
     wal_segment_bytes: Option<u64>,
     wal_truncate_corrupt_tail: Option<bool>,
+    node_id: Option<u64>,
+    peers: Option<String>,
+    raft_tick_ms: Option<u64>,
+    request_timeout_ms: Option<u64>,
+    enable_fault_injection: Option<bool>,
 }
 
 /// A node's resolved settings.
@@ -107,6 +140,16 @@ pub struct Config {
     pub wal_segment_size_bytes: u64,
     /// Cut a corrupt WAL tail even when intact records follow it.
     pub wal_truncate_corrupt_tail: bool,
+    /// This node's id.
+    pub node_id: u64,
+    /// Every member's TCP address by id, this node included.
+    pub members: BTreeMap<u64, String>,
+    /// Raft's tick.
+    pub raft_tick: Duration,
+    /// How long a request waits for its outcome.
+    pub request_timeout: Duration,
+    /// Whether `/admin/fault` is accepted.
+    pub enable_fault_injection: bool,
 }
 
 /// A setting that can't be used, named with where it came from.
@@ -179,6 +222,37 @@ impl Config {
             }),
             wal_truncate_corrupt_tail: args.wal_truncate_corrupt_tail
                 || file.wal_truncate_corrupt_tail.unwrap_or(false),
+            node_id: 0,
+            members: BTreeMap::new(),
+            raft_tick: Duration::from_millis(pick(&args.raft_tick_ms, file.raft_tick_ms, || {
+                RAFT_TICK_DEFAULT_MS
+            })),
+            request_timeout: Duration::from_millis(pick(
+                &args.request_timeout_ms,
+                file.request_timeout_ms,
+                || REQUEST_TIMEOUT_DEFAULT_MS,
+            )),
+            enable_fault_injection: args.enable_fault_injection
+                || file.enable_fault_injection.unwrap_or(false),
+        };
+        let mut config = config;
+        config.node_id = pick(&args.node_id, file.node_id, || 1);
+        if config.node_id == 0 {
+            return Err(ConfigError::Invalid {
+                name: "node_id",
+                message: "0 is reserved; node ids start at 1".into(),
+            });
+        }
+        config.members = match pick(&args.peers, file.peers, String::new) {
+            text if text.trim().is_empty() => {
+                BTreeMap::from([(config.node_id, config.tcp_addr.to_string())])
+            }
+            text => parse_peers(&text, config.node_id).map_err(|message| {
+                ConfigError::Invalid {
+                    name: "peers",
+                    message,
+                }
+            })?,
         };
         config.validate()?;
         Ok(config)
@@ -213,6 +287,20 @@ impl Config {
                 ),
             });
         }
+        let tick_ms = self.raft_tick.as_millis();
+        if !(1..=10_000).contains(&tick_ms) {
+            return Err(ConfigError::Invalid {
+                name: "raft_tick_ms",
+                message: format!("{tick_ms} is outside 1..=10000"),
+            });
+        }
+        let timeout_ms = self.request_timeout.as_millis();
+        if !(1..=3_600_000).contains(&timeout_ms) {
+            return Err(ConfigError::Invalid {
+                name: "request_timeout_ms",
+                message: format!("{timeout_ms} is outside 1..=3600000"),
+            });
+        }
         crate::telemetry::parse_log_filter(&self.log_level).map_err(|message| {
             ConfigError::Invalid {
                 name: "log_level",
@@ -221,6 +309,41 @@ impl Config {
         })?;
         Ok(())
     }
+}
+
+/// Parses `1=host:port,2=host:port`: ids from 1, each once, every address
+/// with a port, and `node_id` among them.
+fn parse_peers(text: &str, node_id: u64) -> Result<BTreeMap<u64, String>, String> {
+    let mut members = BTreeMap::new();
+    for item in text.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let Some((id, addr)) = item.split_once('=') else {
+            return Err(format!("{item:?} is not ID=HOST:PORT"));
+        };
+        let id: u64 = id
+            .trim()
+            .parse()
+            .map_err(|_| format!("{item:?}: the id {:?} is not a number", id.trim()))?;
+        if id == 0 {
+            return Err(format!("{item:?}: node id 0 is reserved"));
+        }
+        let addr = addr.trim();
+        let port_ok = addr
+            .rsplit_once(':')
+            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+        if !port_ok {
+            return Err(format!("{item:?}: {addr:?} is not HOST:PORT"));
+        }
+        if members.insert(id, addr.to_string()).is_some() {
+            return Err(format!("node id {id} is listed twice"));
+        }
+    }
+    if !members.contains_key(&node_id) {
+        return Err(format!(
+            "this node's id {node_id} is not among the peers ({}); list every member, this one included",
+            members.keys().map(u64::to_string).collect::<Vec<_>>().join(", ")
+        ));
+    }
+    Ok(members)
 }
 
 fn pick<T: Clone>(flag_or_env: &Option<T>, file: Option<T>, default: impl FnOnce() -> T) -> T {
@@ -278,6 +401,57 @@ mod tests {
         );
         assert_eq!(config.log_format, LogFormat::Json);
         assert_eq!(config.tcp_addr.to_string(), "127.0.0.1:7070");
+    }
+
+    #[test]
+    fn peers_come_from_flags_or_the_file_and_are_checked() {
+        let alone = Config::resolve(&ServeArgs::default()).expect("defaults");
+        assert_eq!(alone.node_id, 1);
+        assert_eq!(
+            alone.members,
+            BTreeMap::from([(1, "127.0.0.1:7070".to_string())])
+        );
+
+        let file = file_with("node_id = 2\npeers = \"1=a:7070, 2=b:7071,3=10.0.0.3:7072\"\n");
+        let args = ServeArgs {
+            config: Some(file.path().to_path_buf()),
+            ..ServeArgs::default()
+        };
+        let config = Config::resolve(&args).expect("valid");
+        assert_eq!(config.node_id, 2);
+        assert_eq!(config.members.len(), 3);
+        assert_eq!(config.members[&2], "b:7071");
+        let flagged = ServeArgs {
+            node_id: Some(3),
+            ..args
+        };
+        assert_eq!(Config::resolve(&flagged).expect("valid").node_id, 3);
+
+        for (peers, node_id, complaint) in [
+            ("1=a:1,2=b:2", 3, "not among the peers"),
+            ("1=a:1,1=b:2", 1, "listed twice"),
+            ("0=a:1", 1, "reserved"),
+            ("1=a", 1, "not HOST:PORT"),
+            ("x=a:1", 1, "not a number"),
+            ("1:a:1", 1, "not ID=HOST:PORT"),
+        ] {
+            let args = ServeArgs {
+                node_id: Some(node_id),
+                peers: Some(peers.into()),
+                ..ServeArgs::default()
+            };
+            let message = Config::resolve(&args).expect_err(peers).to_string();
+            assert!(
+                message.contains("peers") && message.contains(complaint),
+                "{peers}: {message}"
+            );
+        }
+        let zero = ServeArgs {
+            node_id: Some(0),
+            ..ServeArgs::default()
+        };
+        let message = Config::resolve(&zero).expect_err("id 0").to_string();
+        assert!(message.contains("node_id"), "{message}");
     }
 
     #[test]

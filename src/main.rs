@@ -1,9 +1,9 @@
-//! The `harmonydb` binary: `serve` runs a node, `kv` talks to one.
+//! The `harmonydb` binary: `serve` runs a node, `kv` and `cluster` talk to one.
 
 use std::process::ExitCode;
 
 use clap::Parser;
-use harmonydb::cli::{run_kv, Cli, Command};
+use harmonydb::cli::{run_cluster, run_kv, Cli, Command};
 use harmonydb::config::Config;
 
 fn main() -> ExitCode {
@@ -33,5 +33,6 @@ fn main() -> ExitCode {
             }
         }
         Command::Kv(args) => run_kv(args),
+        Command::Cluster(args) => run_cluster(args),
     }
 }

@@ -1,22 +1,41 @@
-//! Assembles a node: locks the data directory, recovers the WAL and the KV
-//! state, starts the actors on their arbiters and both front doors, then
-//! waits for SIGINT/SIGTERM and shuts down in the order that keeps every
-//! acknowledged write durable.
+//! Assembles a node: locks the data directory, checks it belongs to this
+//! node id, recovers the Raft log from the WAL, starts the actors (WAL
+//! writer on its own arbiter; replica and transport on the main one) and
+//! both front doors, then waits for SIGINT/SIGTERM and shuts down in the
+//! order that keeps every acknowledged write durable.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
 
-use actix::Arbiter;
-use harmonydb_actors::kv::{recover_state, BeginShutdown, KvError, KvHandle, KvLimits, KvStore};
+use actix::{Actor, Addr, Arbiter};
+use harmonydb_actors::cluster::transport::{PeerInbox, Transport};
+use harmonydb_actors::kv::{BeginShutdown, KvHandle, KvLimits};
+use harmonydb_actors::raft::replica::RaftReplica;
+use harmonydb_actors::raft::wal_log::{load, WalLogError};
+use harmonydb_actors::raft::{PersistedState, Raft, RaftConfig};
 use harmonydb_actors::wal::{Sync, Wal, WalError, WalOptions, WalWriter};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
+use crate::api::service::{Service, ServiceParts};
 use crate::api::{http, tcp};
 use crate::config::Config;
+
+/// Raft ticks without a leader before a follower campaigns (randomized up to twice this).
+const ELECTION_TIMEOUT_TICKS: u64 = 10;
+
+/// Ticks of clock drift a leader's lease allows for.
+const LEASE_DRIFT_TICKS: u64 = 2;
+
+/// How long shutdown waits for accepted writes to commit.
+const WRITE_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long the HTTP server waits for in-flight requests at shutdown.
 const HTTP_SHUTDOWN_TIMEOUT_SECONDS: u64 = 10;
@@ -51,9 +70,22 @@ pub enum NodeError {
     /// The WAL could not be opened.
     #[error(transparent)]
     Wal(#[from] WalError),
-    /// The WAL holds something that is not a valid command.
-    #[error("cannot rebuild the KV state from the WAL: {0}")]
-    Recovery(#[from] KvError),
+    /// The WAL holds something that is not a valid Raft record.
+    #[error("cannot rebuild the Raft log from the WAL: {0}")]
+    Recovery(#[from] WalLogError),
+    /// The data directory belongs to another node or cluster.
+    #[error("data directory {} belongs to {found}, but this node is {expected}; use that node's settings or another --data-dir", dir.display())]
+    IdentityMismatch {
+        /// The directory.
+        dir: PathBuf,
+        /// What its identity file says.
+        found: String,
+        /// What this node's settings say.
+        expected: String,
+    },
+    /// The Raft settings are not usable.
+    #[error("invalid Raft settings: {0}")]
+    Raft(String),
     /// A listen address could not be bound.
     #[error("cannot listen for {api} on {addr}: {source}")]
     Bind {
@@ -123,6 +155,104 @@ impl DataDirLock {
     }
 }
 
+/// Checks (or, on first start, writes) `<data-dir>/IDENTITY`: the node id
+/// and the member ids this directory was created with. A directory started
+/// under another id would hand that node's votes to this one.
+fn check_identity(dir: &Path, node_id: u64, members: &BTreeMap<u64, String>) -> Result<(), NodeError> {
+    let path = dir.join("IDENTITY");
+    let ids: Vec<String> = members.keys().map(u64::to_string).collect();
+    let expected = format!("node {node_id} of members {}", ids.join(","));
+    match std::fs::read_to_string(&path) {
+        Ok(found) if found.trim() == expected => Ok(()),
+        Ok(found) => Err(NodeError::IdentityMismatch {
+            dir: dir.to_path_buf(),
+            found: found.trim().to_string(),
+            expected,
+        }),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            let temp = dir.join("IDENTITY.tmp");
+            let io = |action, source| NodeError::Io {
+                action,
+                path: path.clone(),
+                source,
+            };
+            let mut file = File::create(&temp).map_err(|e| io("create", e))?;
+            writeln!(file, "{expected}").map_err(|e| io("write", e))?;
+            file.sync_all().map_err(|e| io("sync", e))?;
+            std::fs::rename(&temp, &path).map_err(|e| io("rename", e))?;
+            File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| io("sync directory of", e))
+        }
+        Err(source) => Err(NodeError::Io {
+            action: "read",
+            path,
+            source,
+        }),
+    }
+}
+
+/// The Raft settings of a node.
+pub fn raft_config(node_id: u64, frame_size_max_bytes: usize) -> RaftConfig {
+    let mut raft = RaftConfig::new(node_id);
+    raft.election_timeout_ticks = ELECTION_TIMEOUT_TICKS;
+    raft.heartbeat_interval_ticks = 1;
+    raft.lease_drift_ticks = Some(LEASE_DRIFT_TICKS);
+    // An AppendEntries must fit in the receiver's frame with room to spare.
+    raft.append_size_max_bytes = raft.append_size_max_bytes.min(frame_size_max_bytes / 4);
+    // Different seeds keep members' election timeouts apart.
+    raft.seed = node_id.wrapping_mul(0x9E37_79B9) ^ u64::from(std::process::id());
+    raft
+}
+
+/// A started replica and what front doors need from it.
+pub struct ReplicaParts {
+    /// The replica.
+    pub replica: Addr<RaftReplica>,
+    /// Its transport.
+    pub transport: Addr<Transport>,
+    /// The handle front doors call.
+    pub kv: KvHandle,
+    /// The leader it knows of.
+    pub leader: Arc<AtomicU64>,
+}
+
+/// Starts the transport and the replica on the current arbiter.
+pub fn start_replica(
+    node_id: u64,
+    members: &BTreeMap<u64, String>,
+    raft: Raft,
+    wal_writer: Addr<WalWriter>,
+    wal_next_index: u64,
+    tick: Duration,
+    limits: KvLimits,
+    frame_size_max_bytes: usize,
+) -> ReplicaParts {
+    let peers: BTreeMap<u64, String> = members
+        .iter()
+        .filter(|(id, _)| **id != node_id)
+        .map(|(id, addr)| (*id, addr.clone()))
+        .collect();
+    let transport = Transport::new(node_id, peers)
+        .with_frame_budget(frame_size_max_bytes / 2)
+        .start();
+    let replica = RaftReplica::new(
+        raft,
+        wal_writer,
+        wal_next_index,
+        transport.clone().recipient(),
+        tick,
+    );
+    let leader = replica.leader_hint();
+    let replica = replica.start();
+    ReplicaParts {
+        kv: KvHandle::new(replica.clone(), limits),
+        replica,
+        transport,
+        leader,
+    }
+}
+
 /// Runs a node until it is told to stop.
 pub fn run(config: Config) -> Result<(), NodeError> {
     std::fs::create_dir_all(&config.data_dir).map_err(|source| NodeError::Io {
@@ -131,6 +261,7 @@ pub fn run(config: Config) -> Result<(), NodeError> {
         source,
     })?;
     let _lock = DataDirLock::acquire(&config.data_dir)?;
+    check_identity(&config.data_dir, config.node_id, &config.members)?;
     let metrics = crate::telemetry::install_metrics().map_err(NodeError::Telemetry)?;
 
     let wal_dir = config.data_dir.join("wal");
@@ -140,23 +271,30 @@ pub fn run(config: Config) -> Result<(), NodeError> {
     };
     // A cut tail is logged by the WAL itself, with segment, offset and bytes.
     let (wal, report) = Wal::open(&wal_dir, options)?;
-    let state = recover_state(&wal)?;
+    let persisted = load(&wal, PersistedState::bootstrap(config.members.keys().copied()))?;
     info!(
         segments = report.segments,
         last_index = report.last_index,
-        keys = state.len(),
-        "recovered from the WAL"
+        entries = persisted.entries.len(),
+        term = persisted.hard_state.term,
+        commit = persisted.hard_state.commit,
+        "recovered the Raft log from the WAL"
     );
+    let raft = Raft::new(
+        raft_config(config.node_id, config.frame_size_max_bytes),
+        persisted,
+    )
+    .map_err(NodeError::Raft)?;
     let next_index = wal.last_index() + 1;
 
     let system = actix::System::new();
-    system.block_on(serve(config, wal, state, next_index, metrics))
+    system.block_on(serve(config, wal, raft, next_index, metrics))
 }
 
 async fn serve(
     config: Config,
     wal: Wal,
-    state: harmonydb_actors::kv::KvState,
+    raft: Raft,
     next_index: u64,
     metrics: metrics_exporter_prometheus::PrometheusHandle,
 ) -> Result<(), NodeError> {
@@ -172,20 +310,37 @@ async fn serve(
         }
     });
     // Syncs block their thread, so the WAL writer gets an arbiter of its own.
-    // The store shares the main arbiter with the TCP connections: an answered
-    // writer's next request then reaches the store without a thread hop, so
-    // at high concurrency all writers make the next group commit instead of
-    // splitting into two alternating batches (measured: 64 writers went
-    // from 32 to 64 records per sync; see docs/wal-format.md).
+    // The replica shares the main arbiter with the TCP connections: an
+    // answered writer's next request then reaches it without a thread hop,
+    // so at high concurrency all writers make the next group commit.
     let wal_arbiter = Arbiter::new();
     let wal_writer = WalWriter::new(wal, config.fsync).start_on(&wal_arbiter.handle());
-    let kv_store =
-        KvStore::new(state, next_index, wal_writer.clone()).start_on(&Arbiter::current());
     let limits = KvLimits {
         value_size_max_bytes: config.value_size_max_bytes,
+        request_timeout: config.request_timeout,
         ..KvLimits::default()
     };
-    let kv = KvHandle::new(kv_store.clone(), limits);
+    let parts = start_replica(
+        config.node_id,
+        &config.members,
+        raft,
+        wal_writer.clone(),
+        next_index,
+        config.raft_tick,
+        limits,
+        config.frame_size_max_bytes,
+    );
+    let service = Service::new(ServiceParts {
+        kv: parts.kv.clone(),
+        node_id: config.node_id,
+        members: config.members.clone(),
+        leader: parts.leader.clone(),
+        replica: parts.replica.clone(),
+        transport: parts.transport.clone(),
+        fault_injection: config.enable_fault_injection,
+    });
+    let members: BTreeSet<u64> = config.members.keys().copied().collect();
+    let peer_inbox = PeerInbox::new(config.node_id, members, parts.replica.clone().recipient());
 
     let tcp_listener =
         TcpListener::bind(config.tcp_addr)
@@ -197,7 +352,7 @@ async fn serve(
             })?;
     let tcp_addr = tcp_listener.local_addr().unwrap_or(config.tcp_addr);
     let http_state = http::HttpState {
-        kv: kv.clone(),
+        service: service.clone(),
         metrics,
     };
     let http_server = actix_web::HttpServer::new(move || http::app(http_state.clone()))
@@ -218,17 +373,26 @@ async fn serve(
     let http_server = http_server.run();
     let http_handle = http_server.handle();
     let http_task = actix_rt::spawn(http_server);
-    let (stop_accepting, accepting) = watch::channel(false);
+    let (stop_clients, clients_stopped) = watch::channel(false);
+    let (stop_peers, peers_stopped) = watch::channel(false);
     let tcp_task = actix_rt::spawn(tcp::serve(
         tcp_listener,
-        kv,
-        config.frame_size_max_bytes,
-        accepting,
+        tcp::TcpTargets {
+            service,
+            peers: peer_inbox,
+            frame_size_max_bytes: config.frame_size_max_bytes,
+        },
+        tcp::TcpShutdown {
+            clients: clients_stopped,
+            peers: peers_stopped,
+        },
     ));
 
     info!(
         %http_addr,
         %tcp_addr,
+        node_id = config.node_id,
+        members = config.members.len(),
         data_dir = %config.data_dir.display(),
         fsync = %config.fsync,
         "listening"
@@ -236,13 +400,19 @@ async fn serve(
 
     signals.wait().await;
     info!("shutting down: no new requests; finishing accepted writes");
-    // TCP connections stop reading; the requests they started still get answers.
-    let _ = stop_accepting.send(true);
-    // The store refuses new requests from here on and answers once every
-    // accepted write is applied, so nothing acknowledged is left in flight.
-    if kv_store.send(BeginShutdown).await.is_err() {
-        error!("the KV store stopped before shutdown");
+    // Client connections stop reading; the requests they started still get
+    // answers. Peer links keep going so accepted writes can still commit.
+    let _ = stop_clients.send(true);
+    // The replica refuses new requests from here on and answers once every
+    // accepted write is resolved, so nothing acknowledged is left in flight.
+    // In a cluster that lost its quorum they may never resolve: bounded.
+    let drained = actix_rt::time::timeout(WRITE_DRAIN_TIMEOUT, parts.replica.send(BeginShutdown));
+    match drained.await {
+        Ok(Ok(())) => {}
+        Ok(Err(_)) => error!("the replica stopped before shutdown"),
+        Err(_) => warn!("accepted writes did not resolve in time; their clients get no answer"),
     }
+    let _ = stop_peers.send(true);
     if actix_rt::time::timeout(CONNECTION_DRAIN_TIMEOUT, tcp_task)
         .await
         .is_err()

@@ -14,7 +14,10 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::FramedRead;
 
 use crate::frame::{codec, write_queued_frames, FRAME_SIZE_DEFAULT_MAX_BYTES};
-use crate::message::{encode, ErrorCode, Item, Request, RequestFrame, Response, ResponseFrame};
+use crate::message::{
+    encode, Consistency, ErrorCode, Item, LeaderHint, Request, RequestFrame, Response,
+    ResponseFrame,
+};
 
 /// Requests queued for the socket before `request` waits for room.
 const OUTGOING_QUEUE_CAPACITY: usize = 1024;
@@ -51,6 +54,8 @@ pub enum ClientError {
         code: ErrorCode,
         /// The node's explanation.
         message: String,
+        /// With `not_leader`: where the leader is.
+        leader: Option<LeaderHint>,
     },
     /// The request is larger than a frame may be; nothing was sent.
     #[error("request of {size_bytes} bytes exceeds the frame limit of {size_max_bytes} bytes")]
@@ -160,8 +165,8 @@ impl Client {
                     // answers requests it had already started before it
                     // closes, so keep reading; what is left unanswered at
                     // the close fails with this error.
-                    if let Response::Error { code, message } = frame.body {
-                        connection_error = Some(ClientError::Server { code, message });
+                    if let Response::Error { code, message, leader } = frame.body {
+                        connection_error = Some(ClientError::Server { code, message, leader });
                     }
                     continue;
                 }
@@ -201,11 +206,30 @@ impl Client {
     /// Sends a request and waits for its answer. An error answer from the
     /// node is returned as `ClientError::Server`.
     pub async fn request(&self, body: Request) -> Result<Response, ClientError> {
+        match self.exchange(body, false).await? {
+            Response::Error {
+                code,
+                message,
+                leader,
+            } => Err(ClientError::Server {
+                code,
+                message,
+                leader,
+            }),
+            other => Ok(other),
+        }
+    }
+
+    /// Sends a request and returns whatever the node answers, error answers
+    /// included. With `no_forward` a node that doesn't lead answers
+    /// `not_leader` instead of forwarding to the leader.
+    pub async fn exchange(&self, body: Request, no_forward: bool) -> Result<Response, ClientError> {
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
         let frame = encode(&RequestFrame {
             id,
             trace: None,
             body,
+            no_forward,
         });
         // Checked here so one oversized request fails alone instead of
         // failing the connection's writer and every request on it.
@@ -232,22 +256,21 @@ impl Client {
                 "the connection's writer stopped".into(),
             ));
         }
-        let response = match tokio::time::timeout(self.timeout, answer).await {
-            Ok(Ok(result)) => result?,
-            Ok(Err(_)) => {
-                return Err(ClientError::ConnectionLost(
-                    "the connection's reader stopped".into(),
-                ))
-            }
+        match tokio::time::timeout(self.timeout, answer).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(ClientError::ConnectionLost(
+                "the connection's reader stopped".into(),
+            )),
             Err(_) => {
                 self.forget(id);
-                return Err(ClientError::Timeout(self.timeout));
+                Err(ClientError::Timeout(self.timeout))
             }
-        };
-        match response {
-            Response::Error { code, message } => Err(ClientError::Server { code, message }),
-            other => Ok(other),
         }
+    }
+
+    /// Whether the connection has failed (later requests would fail at once).
+    pub fn is_closed(&self) -> bool {
+        self.shared.closed.lock().map_or(true, |c| c.is_some())
     }
 
     fn forget(&self, id: u64) {
@@ -258,11 +281,25 @@ impl Client {
 
     /// Reads a key: its value and version, or `None` if it does not exist.
     pub async fn get(&self, key: &[u8]) -> Result<Option<Item>, ClientError> {
-        match self.request(Request::Get { key: key.to_vec() }).await {
+        self.get_with(key, Consistency::Linearizable).await
+    }
+
+    /// Reads a key with the given consistency.
+    pub async fn get_with(
+        &self,
+        key: &[u8],
+        consistency: Consistency,
+    ) -> Result<Option<Item>, ClientError> {
+        let request = Request::Get {
+            key: key.to_vec(),
+            consistency: Some(consistency),
+        };
+        match self.request(request).await {
             Ok(Response::Value {
                 key,
                 value,
                 version,
+                ..
             }) => Ok(Some(Item {
                 key,
                 value,
@@ -331,7 +368,7 @@ impl Client {
             return Err(ClientError::NotAScan(request.op_name()));
         }
         match self.request(request).await? {
-            Response::Items { items, more } => Ok((items, more)),
+            Response::Items { items, more, .. } => Ok((items, more)),
             other => Err(unexpected("scan", &other)),
         }
     }
@@ -341,6 +378,14 @@ impl Client {
         match self.request(Request::Health).await? {
             Response::Health { applied_index } => Ok(applied_index),
             other => Err(unexpected("health", &other)),
+        }
+    }
+
+    /// The node's view of the cluster.
+    pub async fn cluster_status(&self) -> Result<crate::ClusterStatus, ClientError> {
+        match self.request(Request::ClusterStatus).await? {
+            Response::ClusterStatus(status) => Ok(status),
+            other => Err(unexpected("cluster_status", &other)),
         }
     }
 }

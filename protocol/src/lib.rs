@@ -10,4 +10,7 @@ pub mod message;
 
 pub use client::{Client, ClientError};
 pub use frame::FRAME_SIZE_DEFAULT_MAX_BYTES;
-pub use message::{ErrorCode, Item, Request, RequestFrame, Response, ResponseFrame};
+pub use message::{
+    ClusterStatus, Consistency, ErrorCode, Item, LeaderHint, MemberStatus, Request, RequestFrame,
+    Response, ResponseFrame, Staleness,
+};

@@ -16,6 +16,107 @@ pub struct RequestFrame {
     pub trace: Option<String>,
     /// The operation.
     pub body: Request,
+    /// Do not forward to the leader: a node that doesn't lead answers
+    /// `not_leader` with the leader's address instead.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub no_forward: bool,
+}
+
+fn is_false(value: &bool) -> bool {
+    !*value
+}
+
+/// How fresh a read must be.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Consistency {
+    /// Reflects every write acknowledged before the read started (ReadIndex:
+    /// the leader confirms it still leads with a heartbeat round).
+    #[default]
+    Linearizable,
+    /// Linearizable while the leader's lease holds (no round trip); it rests
+    /// on bounded clock drift between nodes. Falls back to ReadIndex.
+    Lease,
+    /// Served by whichever node gets it from its own applied state, which may
+    /// be behind; the answer says how far.
+    Stale,
+}
+
+impl Consistency {
+    /// The name used on the wire and in query strings.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Consistency::Linearizable => "linearizable",
+            Consistency::Lease => "lease",
+            Consistency::Stale => "stale",
+        }
+    }
+}
+
+impl std::str::FromStr for Consistency {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "linearizable" => Ok(Consistency::Linearizable),
+            "lease" => Ok(Consistency::Lease),
+            "stale" => Ok(Consistency::Stale),
+            other => Err(format!(
+                "unknown consistency {other:?}; use linearizable, lease or stale"
+            )),
+        }
+    }
+}
+
+/// How far behind a stale read's node was when it answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Staleness {
+    /// The node that answered.
+    pub node_id: u64,
+    /// Index of the last write applied there.
+    pub applied_index: u64,
+    /// Commit index the node knows of; `commit_index - applied_index` entries
+    /// were committed and not yet applied there.
+    pub commit_index: u64,
+    /// Milliseconds since the node last heard from a leader (0 on the leader;
+    /// absent if it never has).
+    pub leader_contact_ms: Option<u64>,
+}
+
+/// A cluster member as `cluster_status` reports it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberStatus {
+    /// Node id.
+    pub id: u64,
+    /// Its TCP address (clients and peers).
+    pub addr: String,
+    /// Known to the leader only: the highest log index the member has.
+    pub match_index: Option<u64>,
+    /// Known to the leader only: entries the member is behind the leader's last index.
+    pub lag: Option<u64>,
+}
+
+/// One node's view of the cluster.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    /// The node answering.
+    pub node_id: u64,
+    /// Its role: leader, follower, pre_candidate or candidate.
+    pub role: String,
+    /// Its current term.
+    pub term: u64,
+    /// The leader it knows of (absent if none).
+    pub leader: Option<u64>,
+    /// The leader's TCP address, if known.
+    pub leader_addr: Option<String>,
+    /// Its commit index.
+    pub commit_index: u64,
+    /// Its applied index.
+    pub applied_index: u64,
+    /// Its last log index.
+    pub last_index: u64,
+    /// Every member, itself included.
+    pub members: Vec<MemberStatus>,
 }
 
 /// An answer, matched to its request by `id`.
@@ -36,6 +137,9 @@ pub enum Request {
         /// The key.
         #[serde(with = "serde_bytes")]
         key: Vec<u8>,
+        /// How fresh the answer must be (default linearizable).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        consistency: Option<Consistency>,
     },
     /// Write one key; with `expected_version` a compare-and-set (0 = must not exist).
     Put {
@@ -72,9 +176,25 @@ pub enum Request {
         /// Most items to return (default 1000, at most 10000).
         #[serde(default)]
         limit: Option<u32>,
+        /// How fresh the answer must be (default linearizable).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        consistency: Option<Consistency>,
     },
     /// Is the node serving?
     Health,
+    /// This node's view of the cluster: members, leader, term, indexes.
+    ClusterStatus,
+    /// Raft messages from one node to another (peer links only). Never
+    /// answered unless refused; see `protocol/README.md`.
+    Raft {
+        /// Sending node.
+        from: u64,
+        /// Receiving node.
+        to: u64,
+        /// The messages, MessagePack-encoded by the Raft transport.
+        #[serde(with = "serde_bytes")]
+        messages: Vec<u8>,
+    },
 }
 
 impl Request {
@@ -86,12 +206,33 @@ impl Request {
             Request::Delete { .. } => "delete",
             Request::Scan { .. } => "scan",
             Request::Health => "health",
+            Request::ClusterStatus => "cluster_status",
+            Request::Raft { .. } => "raft",
+        }
+    }
+
+    /// Whether only the leader can do this (writes, and reads that aren't stale).
+    pub fn needs_leader(&self) -> bool {
+        match self {
+            Request::Put { .. } | Request::Delete { .. } => true,
+            Request::Get { consistency, .. } | Request::Scan { consistency, .. } => {
+                consistency.unwrap_or_default() != Consistency::Stale
+            }
+            Request::Health | Request::ClusterStatus | Request::Raft { .. } => false,
         }
     }
 }
 
 /// Names of every request `op`, to tell an unknown operation from a malformed one.
-pub const REQUEST_OPS: [&str; 5] = ["get", "put", "delete", "scan", "health"];
+pub const REQUEST_OPS: [&str; 7] = [
+    "get",
+    "put",
+    "delete",
+    "scan",
+    "health",
+    "cluster_status",
+    "raft",
+];
 
 /// One key of a scan.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -120,6 +261,9 @@ pub enum Response {
         value: Vec<u8>,
         /// Its version.
         version: u64,
+        /// For stale reads: how far behind the answering node was.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        staleness: Option<Staleness>,
     },
     /// Answer to `put`.
     Written {
@@ -143,19 +287,36 @@ pub enum Response {
         items: Vec<Item>,
         /// More keys match after the last item.
         more: bool,
+        /// For stale reads: how far behind the answering node was.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        staleness: Option<Staleness>,
     },
     /// Answer to `health`.
     Health {
         /// Index of the last applied write.
         applied_index: u64,
     },
+    /// Answer to `cluster_status`.
+    ClusterStatus(ClusterStatus),
     /// The request failed.
     Error {
         /// What kind of failure.
         code: ErrorCode,
         /// What went wrong, for a person.
         message: String,
+        /// With `not_leader`: the leader to ask instead.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        leader: Option<LeaderHint>,
     },
+}
+
+/// Where the leader is, for a client told `not_leader`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaderHint {
+    /// Its node id.
+    pub id: u64,
+    /// Its TCP address.
+    pub addr: String,
 }
 
 /// Machine-readable error codes, the same on HTTP and TCP.
@@ -184,6 +345,21 @@ pub enum ErrorCode {
     UnknownOperation,
     /// Too many requests in flight; retry later.
     Overloaded,
+    /// This node doesn't lead and the client asked not to be forwarded; the
+    /// error names the leader.
+    NotLeader,
+    /// The cluster has no leader this node knows of (an election is under
+    /// way, or this node is cut off from a majority). Nothing was done.
+    NoLeader,
+    /// The request was not carried out (a newer leader replaced it, or the
+    /// leader could not be reached before sending); it is safe to retry.
+    Unavailable,
+    /// No outcome within the node's request timeout: a write may or may not
+    /// have been applied.
+    Timeout,
+    /// The route or operation is disabled on this node (admin routes without
+    /// their flag, peer traffic from a non-member).
+    Forbidden,
     /// The node is shutting down.
     ShuttingDown,
     /// The node's storage failed; the write's outcome is unknown.
@@ -207,6 +383,11 @@ impl ErrorCode {
             ErrorCode::MalformedFrame => "malformed_frame",
             ErrorCode::UnknownOperation => "unknown_operation",
             ErrorCode::Overloaded => "overloaded",
+            ErrorCode::NotLeader => "not_leader",
+            ErrorCode::NoLeader => "no_leader",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Timeout => "timeout",
+            ErrorCode::Forbidden => "forbidden",
             ErrorCode::ShuttingDown => "shutting_down",
             ErrorCode::StorageUnavailable => "storage_unavailable",
             ErrorCode::Internal => "internal",
@@ -288,13 +469,27 @@ mod tests {
             id: 9,
             trace: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
             body: request,
+            no_forward: true,
         };
         assert_eq!(decode_request(&encode(&frame)), Ok(frame));
     }
 
     #[test]
     fn every_request_round_trips() {
-        round_trip(Request::Get { key: b"k".to_vec() });
+        round_trip(Request::Get {
+            key: b"k".to_vec(),
+            consistency: None,
+        });
+        round_trip(Request::Get {
+            key: b"k".to_vec(),
+            consistency: Some(Consistency::Stale),
+        });
+        round_trip(Request::ClusterStatus);
+        round_trip(Request::Raft {
+            from: 1,
+            to: 2,
+            messages: vec![0x90],
+        });
         round_trip(Request::Put {
             key: b"k".to_vec(),
             value: vec![0, 255, 1],
@@ -309,6 +504,7 @@ mod tests {
             start: Some(b"a".to_vec()),
             end: None,
             limit: Some(10),
+            consistency: Some(Consistency::Lease),
         });
         round_trip(Request::Health);
     }
@@ -323,10 +519,25 @@ mod tests {
                     version: 3,
                 }],
                 more: true,
+                staleness: Some(Staleness {
+                    node_id: 2,
+                    applied_index: 7,
+                    commit_index: 9,
+                    leader_contact_ms: Some(40),
+                }),
             },
             Response::Error {
                 code: ErrorCode::VersionMismatch,
                 message: "x".into(),
+                leader: None,
+            },
+            Response::Error {
+                code: ErrorCode::NotLeader,
+                message: "ask node 3".into(),
+                leader: Some(LeaderHint {
+                    id: 3,
+                    addr: "127.0.0.1:7072".into(),
+                }),
             },
         ] {
             let frame = ResponseFrame { id: 4, body };
@@ -340,7 +551,11 @@ mod tests {
         let bytes = encode(&RequestFrame {
             id: 1,
             trace: None,
-            body: Request::Get { key: b"k".to_vec() },
+            body: Request::Get {
+                key: b"k".to_vec(),
+                consistency: None,
+            },
+            no_forward: false,
         });
         // fixmap of 3: id, trace, body; body is a fixmap of 2: op, key (bin 8).
         assert_eq!(
@@ -395,6 +610,7 @@ mod tests {
             id: 0,
             trace: None,
             body: Request::Health,
+            no_forward: false,
         });
         let failure = decode_request(&reserved_id).expect_err("id 0 is reserved");
         assert_eq!((failure.id, failure.code), (0, ErrorCode::MalformedFrame));

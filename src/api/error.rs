@@ -4,7 +4,7 @@
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 use harmonydb_actors::kv::KvError;
-use harmonydb_protocol::ErrorCode;
+use harmonydb_protocol::{ErrorCode, LeaderHint, Response};
 use serde::Serialize;
 
 /// An error as a client sees it.
@@ -15,6 +15,8 @@ pub struct ApiError {
     pub code: ErrorCode,
     /// Explanation for a person.
     pub message: String,
+    /// With `not_leader`: where the leader is.
+    pub leader: Option<LeaderHint>,
 }
 
 impl ApiError {
@@ -23,6 +25,31 @@ impl ApiError {
         ApiError {
             code,
             message: message.into(),
+            leader: None,
+        }
+    }
+
+    /// The same error naming the leader.
+    pub fn with_leader(mut self, leader: Option<LeaderHint>) -> Self {
+        self.leader = leader;
+        self
+    }
+
+    /// The error as a protocol answer.
+    pub fn into_response(self) -> Response {
+        Response::Error {
+            code: self.code,
+            message: self.message,
+            leader: self.leader,
+        }
+    }
+
+    /// An error answer from the protocol (a forwarded request's).
+    pub fn from_response(code: ErrorCode, message: String, leader: Option<LeaderHint>) -> Self {
+        ApiError {
+            code,
+            message,
+            leader,
         }
     }
 
@@ -40,6 +67,10 @@ impl ApiError {
             KvError::NotFound => ErrorCode::NotFound,
             KvError::VersionMismatch { .. } => ErrorCode::VersionMismatch,
             KvError::Overloaded => ErrorCode::Overloaded,
+            KvError::NotLeader { .. } => ErrorCode::NotLeader,
+            KvError::NoLeader => ErrorCode::NoLeader,
+            KvError::Unavailable(_) => ErrorCode::Unavailable,
+            KvError::OutcomeUnknown(_) => ErrorCode::Timeout,
             KvError::ShuttingDown => ErrorCode::ShuttingDown,
             KvError::Storage(_) => ErrorCode::StorageUnavailable,
             KvError::CorruptEntry { .. } => ErrorCode::Internal,
@@ -50,7 +81,7 @@ impl ApiError {
             }
             _ => error.to_string(),
         };
-        ApiError { code, message }
+        ApiError::new(code, message)
     }
 
     /// The HTTP status for this error's code.
@@ -65,9 +96,15 @@ impl ApiError {
             ErrorCode::VersionMismatch => StatusCode::CONFLICT,
             ErrorCode::ValueTooLarge | ErrorCode::FrameTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ErrorCode::Overloaded | ErrorCode::ShuttingDown | ErrorCode::StorageUnavailable => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ErrorCode::Overloaded
+            | ErrorCode::ShuttingDown
+            | ErrorCode::StorageUnavailable
+            | ErrorCode::NoLeader
+            | ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            // 421: this node is the wrong one to ask; the body names the right one.
+            ErrorCode::NotLeader => StatusCode::MISDIRECTED_REQUEST,
+            ErrorCode::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            ErrorCode::Forbidden => StatusCode::FORBIDDEN,
             ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -82,6 +119,8 @@ struct ErrorBody<'a> {
 struct ErrorDetail<'a> {
     code: &'a str,
     message: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    leader: Option<&'a LeaderHint>,
 }
 
 impl ResponseError for ApiError {
@@ -91,13 +130,17 @@ impl ResponseError for ApiError {
 
     fn error_response(&self) -> HttpResponse {
         let mut response = HttpResponse::build(self.status());
-        if self.code == ErrorCode::Overloaded {
+        if matches!(
+            self.code,
+            ErrorCode::Overloaded | ErrorCode::NoLeader | ErrorCode::Unavailable
+        ) {
             response.insert_header(("Retry-After", "1"));
         }
         response.json(ErrorBody {
             error: ErrorDetail {
                 code: self.code.as_str(),
                 message: &self.message,
+                leader: self.leader.as_ref(),
             },
         })
     }
@@ -129,6 +172,10 @@ mod tests {
             (KvError::Overloaded, 503),
             (KvError::ShuttingDown, 503),
             (KvError::Storage("disk".into()), 503),
+            (KvError::NotLeader { leader: 2 }, 421),
+            (KvError::NoLeader, 503),
+            (KvError::Unavailable("dropped".into()), 503),
+            (KvError::OutcomeUnknown("timeout".into()), 504),
         ];
         for (error, status) in cases {
             let api = ApiError::from_kv(error.clone(), Some(b"k"));

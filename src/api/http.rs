@@ -1,8 +1,14 @@
-//! The HTTP JSON API (actix-web): `/kv/{key}`, `/kv?prefix=...`, `/health`, `/metrics`.
-//! Handlers only translate between JSON and [`KvOp`]/[`KvReply`]; every error
-//! goes through [`ApiError`], so the JSON error shape is the same everywhere.
+//! The HTTP JSON API (actix-web): `/kv/{key}`, `/kv?prefix=...`, `/health`,
+//! `/cluster`, `/metrics`, and `/admin/fault` (only with
+//! `--enable-fault-injection`). Handlers translate JSON and query strings
+//! into protocol requests for the [`Service`] (the same one the TCP API
+//! uses, so forwarding and consistency behave the same) and its answers
+//! back into JSON; every error goes through [`ApiError`].
+//!
+//! Reads take `consistency=linearizable|lease|stale`; every key-value route
+//! takes `forward=false` to get `not_leader` (421) instead of forwarding.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
@@ -10,16 +16,15 @@ use actix_web::error::{JsonPayloadError, QueryPayloadError};
 use actix_web::middleware::Next;
 use actix_web::{web, App, HttpRequest, HttpResponse};
 use base64::Engine;
-use harmonydb_actors::kv::{KvHandle, KvOp, KvReply, ScanRange, Versioned, WriteOutcome};
-use harmonydb_protocol::ErrorCode;
+use harmonydb_actors::cluster::transport::Fault;
+use harmonydb_actors::kv::ScanRange;
+use harmonydb_protocol::{Consistency, ErrorCode, Request, Response};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::error::ApiError;
-
-/// Items a scan returns when the request gives no limit.
-pub const SCAN_LIMIT_DEFAULT: usize = 1000;
+use super::service::{Service, SCAN_LIMIT_DEFAULT};
 
 /// JSON escapes can take six bytes per value byte (`\u0000`), so the body
 /// limit leaves room for that beyond the value limit, plus the other fields.
@@ -29,8 +34,8 @@ const JSON_OVERHEAD_BYTES: usize = 64 * 1024;
 /// What every handler needs.
 #[derive(Clone)]
 pub struct HttpState {
-    /// The KV store.
-    pub kv: KvHandle,
+    /// The node's request service.
+    pub service: Service,
     /// Renders `/metrics`.
     pub metrics: PrometheusHandle,
 }
@@ -48,7 +53,7 @@ pub fn app(
     >,
 > {
     let json_limit_bytes =
-        state.kv.limits().value_size_max_bytes * JSON_OVERHEAD_FACTOR + JSON_OVERHEAD_BYTES;
+        state.service.value_size_max_bytes() * JSON_OVERHEAD_FACTOR + JSON_OVERHEAD_BYTES;
     App::new()
         .app_data(web::Data::new(state))
         .app_data(
@@ -76,6 +81,16 @@ pub fn app(
                 .default_service(web::to(method_not_allowed)),
         )
         .service(
+            web::resource("/cluster")
+                .route(web::get().to(cluster))
+                .default_service(web::to(method_not_allowed)),
+        )
+        .service(
+            web::resource("/admin/fault")
+                .route(web::post().to(admin_fault))
+                .default_service(web::to(method_not_allowed)),
+        )
+        .service(
             web::resource("/metrics")
                 .route(web::get().to(metrics))
                 .default_service(web::to(method_not_allowed)),
@@ -97,6 +112,39 @@ struct PutBody {
 #[serde(deny_unknown_fields)]
 struct DeleteQuery {
     expected_version: Option<u64>,
+    forward: Option<bool>,
+}
+
+/// Query of `PUT /kv/{key}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WriteQuery {
+    forward: Option<bool>,
+}
+
+/// Query of `GET /kv/{key}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReadQuery {
+    consistency: Option<String>,
+    forward: Option<bool>,
+}
+
+/// Body of `POST /admin/fault`: the fault on this node's links to `peers`
+/// (all false/zero clears it).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FaultBody {
+    peers: Vec<u64>,
+    #[serde(default)]
+    drop: bool,
+    #[serde(default)]
+    delay_ms: u64,
+}
+
+fn consistency(text: Option<&str>) -> Result<Option<Consistency>, ApiError> {
+    text.map(|t| t.parse().map_err(ApiError::bad_request))
+        .transpose()
 }
 
 /// The key of `/kv/{key}`: the raw path after `/kv/`, percent-decoded to
@@ -125,13 +173,26 @@ fn percent_decode_strict(text: &str) -> Result<Vec<u8>, String> {
     Ok(percent_encoding::percent_decode(bytes).collect())
 }
 
-/// Parses `prefix`, `start`, `end` and `limit` from a scan's query string.
-/// Values are percent-decoded to bytes (`+` is a space), like keys in paths.
-fn scan_range(query: &str) -> Result<ScanRange, ApiError> {
-    let mut range = ScanRange {
-        limit: SCAN_LIMIT_DEFAULT,
-        ..ScanRange::default()
+/// A scan's query string.
+#[derive(Debug, Default)]
+struct ScanQuery {
+    range: ScanRange,
+    consistency: Option<Consistency>,
+    forward: Option<bool>,
+}
+
+/// Parses `prefix`, `start`, `end`, `limit`, `consistency` and `forward`
+/// from a scan's query string. Values are percent-decoded to bytes (`+` is
+/// a space), like keys in paths.
+fn scan_query(query: &str) -> Result<ScanQuery, ApiError> {
+    let mut parsed = ScanQuery {
+        range: ScanRange {
+            limit: SCAN_LIMIT_DEFAULT,
+            ..ScanRange::default()
+        },
+        ..ScanQuery::default()
     };
+    let range = &mut parsed.range;
     let mut seen = Vec::new();
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
@@ -147,6 +208,20 @@ fn scan_range(query: &str) -> Result<ScanRange, ApiError> {
             "prefix" => range.prefix = value,
             "start" => range.start = Some(value),
             "end" => range.end = Some(value),
+            "consistency" => {
+                parsed.consistency = consistency(Some(&String::from_utf8_lossy(&value)))?
+            }
+            "forward" => {
+                parsed.forward = Some(match value.as_slice() {
+                    b"true" => true,
+                    b"false" => false,
+                    _ => {
+                        return Err(ApiError::bad_request(
+                            "forward must be true or false".to_string(),
+                        ))
+                    }
+                })
+            }
             "limit" => {
                 range.limit = std::str::from_utf8(&value)
                     .ok()
@@ -160,12 +235,12 @@ fn scan_range(query: &str) -> Result<ScanRange, ApiError> {
             }
             other => {
                 return Err(ApiError::bad_request(format!(
-                    "unknown query parameter {other:?}; expected prefix, start, end or limit"
+                    "unknown query parameter {other:?}; expected prefix, start, end, limit, consistency or forward"
                 )))
             }
         }
     }
-    Ok(range)
+    Ok(parsed)
 }
 
 /// Adds `bytes` to `object` as `name: "text"` when they are UTF-8 and as
@@ -197,18 +272,23 @@ fn key_number_json(key: &[u8], name: &str, number: u64) -> Value {
     Value::Object(object)
 }
 
-async fn get(state: web::Data<HttpState>, request: HttpRequest) -> Result<HttpResponse, ApiError> {
+async fn get(
+    state: web::Data<HttpState>,
+    request: HttpRequest,
+    query: web::Query<ReadQuery>,
+) -> Result<HttpResponse, ApiError> {
     let key = path_key(&request)?;
-    let reply = call(&state, KvOp::Get { key: key.clone() }, &key).await?;
-    let KvReply::Value(Versioned { value, version }) = reply else {
-        return Err(unexpected(&reply));
+    let request = Request::Get {
+        key,
+        consistency: consistency(query.consistency.as_deref())?,
     };
-    Ok(HttpResponse::Ok().json(key_value_json(&key, &value, version)))
+    call(&state, request, query.forward).await
 }
 
 async fn put(
     state: web::Data<HttpState>,
     request: HttpRequest,
+    query: web::Query<WriteQuery>,
     body: web::Json<PutBody>,
 ) -> Result<HttpResponse, ApiError> {
     let key = path_key(&request)?;
@@ -229,17 +309,12 @@ async fn put(
             ))
         }
     };
-    let op = KvOp::Put {
-        key: key.clone(),
+    let request = Request::Put {
+        key,
         value,
         expected_version: body.expected_version,
     };
-    match call(&state, op, &key).await? {
-        KvReply::Written(WriteOutcome::Written { version }) => {
-            Ok(HttpResponse::Ok().json(key_number_json(&key, "version", version)))
-        }
-        other => Err(unexpected(&other)),
-    }
+    call(&state, request, query.forward).await
 }
 
 async fn delete(
@@ -248,40 +323,48 @@ async fn delete(
     query: web::Query<DeleteQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let key = path_key(&request)?;
-    let op = KvOp::Delete {
-        key: key.clone(),
+    let request = Request::Delete {
+        key,
         expected_version: query.expected_version,
     };
-    match call(&state, op, &key).await? {
-        KvReply::Written(WriteOutcome::Deleted { deleted_version }) => {
-            Ok(HttpResponse::Ok().json(key_number_json(&key, "deleted_version", deleted_version)))
-        }
-        other => Err(unexpected(&other)),
-    }
+    call(&state, request, query.forward).await
 }
 
 async fn scan(state: web::Data<HttpState>, request: HttpRequest) -> Result<HttpResponse, ApiError> {
-    let range = scan_range(request.query_string())?;
-    let reply = call(&state, KvOp::Scan(range), &[]).await?;
-    let KvReply::Page(page) = reply else {
-        return Err(unexpected(&reply));
+    let query = scan_query(request.query_string())?;
+    let range = query.range;
+    let request = Request::Scan {
+        prefix: range.prefix,
+        start: range.start,
+        end: range.end,
+        limit: Some(u32::try_from(range.limit).unwrap_or(u32::MAX)),
+        consistency: query.consistency,
     };
-    let items: Vec<Value> = page
-        .items
-        .iter()
-        .map(|item| key_value_json(&item.key, &item.versioned.value, item.versioned.version))
-        .collect();
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "items": items, "more": page.more })))
+    call(&state, request, query.forward).await
 }
 
 async fn health(state: web::Data<HttpState>) -> Result<HttpResponse, ApiError> {
-    match call(&state, KvOp::Health, &[]).await? {
-        KvReply::Healthy { applied_index } => Ok(HttpResponse::Ok().json(serde_json::json!({
-            "status": "ok",
-            "applied_index": applied_index,
-        }))),
-        other => Err(unexpected(&other)),
-    }
+    call(&state, Request::Health, None).await
+}
+
+async fn cluster(state: web::Data<HttpState>) -> Result<HttpResponse, ApiError> {
+    call(&state, Request::ClusterStatus, None).await
+}
+
+async fn admin_fault(
+    state: web::Data<HttpState>,
+    body: web::Json<FaultBody>,
+) -> Result<HttpResponse, ApiError> {
+    let fault = Fault {
+        drop: body.drop,
+        delay: Duration::from_millis(body.delay_ms),
+    };
+    state.service.set_fault(&body.peers, fault)?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "peers": body.peers,
+        "drop": body.drop,
+        "delay_ms": body.delay_ms,
+    })))
 }
 
 async fn metrics(state: web::Data<HttpState>) -> HttpResponse {
@@ -290,20 +373,59 @@ async fn metrics(state: web::Data<HttpState>) -> HttpResponse {
         .body(state.metrics.render())
 }
 
-async fn call(state: &HttpState, op: KvOp, key: &[u8]) -> Result<KvReply, ApiError> {
-    let key = (!key.is_empty()).then_some(key);
-    state
-        .kv
-        .call(op)
-        .await
-        .map_err(|e| ApiError::from_kv(e, key))
-}
-
-fn unexpected(reply: &KvReply) -> ApiError {
-    ApiError::new(
-        ErrorCode::Internal,
-        format!("the store answered with {reply:?}"),
-    )
+/// Runs a request through the service and renders its answer as JSON.
+async fn call(
+    state: &HttpState,
+    request: Request,
+    forward: Option<bool>,
+) -> Result<HttpResponse, ApiError> {
+    let no_forward = forward == Some(false);
+    let response = state.service.handle(request, no_forward).await;
+    let json = match response {
+        Response::Value {
+            key,
+            value,
+            version,
+            staleness,
+        } => {
+            let mut json = key_value_json(&key, &value, version);
+            if let (Some(staleness), Value::Object(object)) = (staleness, &mut json) {
+                object.insert("staleness".into(), serde_json::json!(staleness));
+            }
+            json
+        }
+        Response::Written { key, version } => key_number_json(&key, "version", version),
+        Response::Deleted {
+            key,
+            deleted_version,
+        } => key_number_json(&key, "deleted_version", deleted_version),
+        Response::Items {
+            items,
+            more,
+            staleness,
+        } => {
+            let items: Vec<Value> = items
+                .iter()
+                .map(|item| key_value_json(&item.key, &item.value, item.version))
+                .collect();
+            let mut json = serde_json::json!({ "items": items, "more": more });
+            if let (Some(staleness), Value::Object(object)) = (staleness, &mut json) {
+                object.insert("staleness".into(), serde_json::json!(staleness));
+            }
+            json
+        }
+        Response::Health { applied_index } => serde_json::json!({
+            "status": "ok",
+            "applied_index": applied_index,
+        }),
+        Response::ClusterStatus(status) => serde_json::json!(status),
+        Response::Error {
+            code,
+            message,
+            leader,
+        } => return Err(ApiError::from_response(code, message, leader)),
+    };
+    Ok(HttpResponse::Ok().json(json))
 }
 
 async fn method_not_allowed(request: HttpRequest) -> HttpResponse {
@@ -486,13 +608,23 @@ mod tests {
         );
         assert!(percent_decode_strict("bad%G1").is_err());
         assert!(percent_decode_strict("cut%F").is_err());
-        let range = scan_range("prefix=a%20b&start=x+y&limit=5").expect("valid");
+        let range = scan_query("prefix=a%20b&start=x+y&limit=5")
+            .expect("valid")
+            .range;
         assert_eq!(range.prefix, b"a b".to_vec());
         assert_eq!(range.start, Some(b"x y".to_vec()));
         assert_eq!(range.limit, 5);
-        assert!(scan_range("limit=5&limit=6").is_err());
-        assert!(scan_range("colour=blue").is_err());
-        assert!(scan_range("limit=-1").is_err());
-        assert_eq!(scan_range("").expect("empty").limit, SCAN_LIMIT_DEFAULT);
+        assert!(scan_query("limit=5&limit=6").is_err());
+        assert!(scan_query("colour=blue").is_err());
+        assert!(scan_query("limit=-1").is_err());
+        assert_eq!(
+            scan_query("").expect("empty").range.limit,
+            SCAN_LIMIT_DEFAULT
+        );
+        let query = scan_query("consistency=stale&forward=false").expect("valid");
+        assert_eq!(query.consistency, Some(Consistency::Stale));
+        assert_eq!(query.forward, Some(false));
+        assert!(scan_query("consistency=eventual").is_err());
+        assert!(scan_query("forward=maybe").is_err());
     }
 }

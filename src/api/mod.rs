@@ -3,4 +3,5 @@
 
 pub mod error;
 pub mod http;
+pub mod service;
 pub mod tcp;

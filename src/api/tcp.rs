@@ -7,6 +7,14 @@
 //! after which the connection stops reading and closes once in-flight
 //! answers are written. Nothing a peer sends can panic or stall the node.
 //!
+//! Peers use the same port and framing: a `raft` frame is checked by the
+//! [`PeerInbox`] and its messages go to the replica, with no answer (Raft
+//! answers with messages of its own on the other node's link). A refused
+//! peer frame gets a `forbidden` or `malformed_frame` error frame and the
+//! link is closed. A connection that has carried Raft traffic keeps reading
+//! through shutdown until the replica is done, so in-flight writes can still
+//! commit.
+//!
 //! Bounds: connections (`CONNECTIONS_MAX`), requests in flight per
 //! connection (`CONNECTION_INFLIGHT_MAX`), and bytes of answers held for all
 //! connections (`ANSWER_BUDGET_BYTES`); each waits rather than grows.
@@ -17,11 +25,11 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use harmonydb_actors::kv::{KvHandle, KvOp, KvReply, ScanRange, WriteOutcome};
+use harmonydb_actors::cluster::transport::{PeerError, PeerInbox};
 use harmonydb_protocol::frame::{codec, is_frame_too_large, write_queued_frames};
 use harmonydb_protocol::message::{decode_request, encode};
 use harmonydb_protocol::{
-    ErrorCode, Item, Request, RequestFrame, Response, ResponseFrame, FRAME_SIZE_DEFAULT_MAX_BYTES,
+    ErrorCode, Request, RequestFrame, Response, ResponseFrame, FRAME_SIZE_DEFAULT_MAX_BYTES,
 };
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
@@ -29,8 +37,7 @@ use tokio::task::JoinSet;
 use tokio_util::codec::FramedRead;
 use tracing::{debug, info, warn, Instrument};
 
-use super::error::ApiError;
-use super::http::SCAN_LIMIT_DEFAULT;
+use super::service::Service;
 
 /// Requests one connection may have in the store at once; past it the
 /// reader stops reading, which pushes back on the client through TCP.
@@ -54,15 +61,31 @@ const ANSWER_QUEUE_CAPACITY: usize = 1024;
 /// An encoded answer and the budget permits it holds until it is flushed.
 type Answer = (Bytes, Vec<OwnedSemaphorePermit>);
 
-/// Accepts connections until `shutdown` turns true, then waits for every
+/// Where a TCP server sends what it reads.
+#[derive(Clone)]
+pub struct TcpTargets {
+    /// Client requests.
+    pub service: Service,
+    /// Peers' Raft frames.
+    pub peers: PeerInbox,
+    /// Largest frame read.
+    pub frame_size_max_bytes: usize,
+}
+
+/// When connections stop reading.
+#[derive(Clone)]
+pub struct TcpShutdown {
+    /// Client connections stop (and the listener closes) when this turns true.
+    pub clients: watch::Receiver<bool>,
+    /// Peer links stop when this turns true.
+    pub peers: watch::Receiver<bool>,
+}
+
+/// Accepts connections until client shutdown, then waits for every
 /// connection to finish: each stops reading, writes the answers of the
-/// requests it had started, and closes.
-pub async fn serve(
-    listener: TcpListener,
-    kv: KvHandle,
-    frame_size_max_bytes: usize,
-    mut shutdown: watch::Receiver<bool>,
-) {
+/// requests it had started, and closes (peer links once peer shutdown comes).
+pub async fn serve(listener: TcpListener, targets: TcpTargets, stop: TcpShutdown) {
+    let mut shutdown = stop.clients.clone();
     let connection_slots = Arc::new(Semaphore::new(CONNECTIONS_MAX));
     let answer_budget = Arc::new(Semaphore::new(ANSWER_BUDGET_BYTES));
     let mut connections = JoinSet::new();
@@ -77,10 +100,9 @@ pub async fn serve(
                     };
                     let connection = Connection {
                         peer,
-                        kv: kv.clone(),
-                        frame_size_max_bytes,
+                        targets: targets.clone(),
                         answer_budget: answer_budget.clone(),
-                        shutdown: shutdown.clone(),
+                        stop: stop.clone(),
                     };
                     connections.spawn(async move {
                         connection.run(stream).await;
@@ -104,13 +126,12 @@ pub async fn serve(
     info!("TCP connections drained");
 }
 
-/// One client connection.
+/// One client or peer connection.
 struct Connection {
     peer: SocketAddr,
-    kv: KvHandle,
-    frame_size_max_bytes: usize,
+    targets: TcpTargets,
     answer_budget: Arc<Semaphore>,
-    shutdown: watch::Receiver<bool>,
+    stop: TcpShutdown,
 }
 
 impl Connection {
@@ -121,7 +142,8 @@ impl Connection {
         let (answers, queue) = mpsc::channel::<Answer>(ANSWER_QUEUE_CAPACITY);
         // Scan answers are bounded by the store's byte budget, not the request
         // frame limit, so answers may use the larger of the two limits.
-        let answer_size_max_bytes = self.frame_size_max_bytes.max(FRAME_SIZE_DEFAULT_MAX_BYTES);
+        let frame_size_max_bytes = self.targets.frame_size_max_bytes;
+        let answer_size_max_bytes = frame_size_max_bytes.max(FRAME_SIZE_DEFAULT_MAX_BYTES);
         let writer = tokio::spawn(write_queued_frames(
             write_half,
             queue,
@@ -129,23 +151,35 @@ impl Connection {
         ));
         let inflight = Arc::new(Semaphore::new(CONNECTION_INFLIGHT_MAX));
         let connection_budget = Arc::new(Semaphore::new(CONNECTION_ANSWER_BUDGET_BYTES));
-        let mut frames = FramedRead::new(read_half, codec(self.frame_size_max_bytes));
+        let mut frames = FramedRead::new(read_half, codec(frame_size_max_bytes));
         let peer = self.peer;
+        // Set by the first Raft frame: from then on this is a peer link.
+        let mut is_peer_link = false;
 
         loop {
+            let stop = if is_peer_link {
+                &mut self.stop.peers
+            } else {
+                &mut self.stop.clients
+            };
+            if *stop.borrow() {
+                break;
+            }
             let next = tokio::select! {
                 next = frames.next() => next,
                 // Shutdown: stop reading; what was started is still answered.
-                _ = self.shutdown.changed() => break,
+                changed = stop.changed() => match changed {
+                    Ok(()) => continue,
+                    // The node is gone; nothing more will be served.
+                    Err(_) => break,
+                },
             };
             let bytes = match next {
                 None => break,
                 Some(Ok(bytes)) => bytes,
                 Some(Err(error)) if is_frame_too_large(&error) => {
-                    let message = format!(
-                        "frame exceeds the limit of {} bytes",
-                        self.frame_size_max_bytes
-                    );
+                    let message =
+                        format!("frame exceeds the limit of {frame_size_max_bytes} bytes");
                     reject(&answers, 0, ErrorCode::FrameTooLarge, message, peer).await;
                     break;
                 }
@@ -161,14 +195,30 @@ impl Connection {
                     break;
                 }
             };
+            if let Request::Raft { from, to, messages } = &frame.body {
+                match self.targets.peers.deliver(*from, *to, messages) {
+                    Ok(_) => {
+                        is_peer_link = true;
+                        continue;
+                    }
+                    Err(error) => {
+                        let code = match error {
+                            PeerError::Undecodable(_) => ErrorCode::MalformedFrame,
+                            _ => ErrorCode::Forbidden,
+                        };
+                        reject(&answers, frame.id, code, error.to_string(), peer).await;
+                        break;
+                    }
+                }
+            }
             let Ok(permit) = inflight.clone().acquire_owned().await else {
                 break;
             };
-            let kv = self.kv.clone();
+            let service = self.targets.service.clone();
             let answers = answers.clone();
             let budgets = [connection_budget.clone(), self.answer_budget.clone()];
             tokio::spawn(async move {
-                let answer = Bytes::from(encode(&handle(&kv, frame).await));
+                let answer = Bytes::from(encode(&handle(&service, frame).await));
                 let mut held = Vec::with_capacity(budgets.len());
                 for budget in budgets {
                     // A budget is never closed, so this only waits for room; an
@@ -200,7 +250,11 @@ async fn reject(
     metrics::counter!("harmonydb_tcp_protocol_errors_total", "code" => code.as_str()).increment(1);
     let frame = ResponseFrame {
         id,
-        body: Response::Error { code, message },
+        body: Response::Error {
+            code,
+            message,
+            leader: None,
+        },
     };
     let _ = answers
         .send((Bytes::from(encode(&frame)), Vec::new()))
@@ -208,7 +262,7 @@ async fn reject(
 }
 
 /// Runs one request and builds its answer frame.
-async fn handle(kv: &KvHandle, frame: RequestFrame) -> ResponseFrame {
+async fn handle(service: &Service, frame: RequestFrame) -> ResponseFrame {
     let started = Instant::now();
     let op_name = frame.body.op_name();
     let span = tracing::debug_span!(
@@ -217,13 +271,10 @@ async fn handle(kv: &KvHandle, frame: RequestFrame) -> ResponseFrame {
         op = op_name,
         trace = frame.trace.as_deref()
     );
-    let body = match execute(kv, frame.body).instrument(span).await {
-        Ok(body) => body,
-        Err(error) => Response::Error {
-            code: error.code,
-            message: error.message,
-        },
-    };
+    let body = service
+        .handle(frame.body, frame.no_forward)
+        .instrument(span)
+        .await;
     let status = match &body {
         Response::Error { code, .. } => code.as_str(),
         _ => "ok",
@@ -233,74 +284,4 @@ async fn handle(kv: &KvHandle, frame: RequestFrame) -> ResponseFrame {
     metrics::histogram!("harmonydb_tcp_request_duration_seconds", &labels)
         .record(started.elapsed().as_secs_f64());
     ResponseFrame { id: frame.id, body }
-}
-
-async fn execute(kv: &KvHandle, request: Request) -> Result<Response, ApiError> {
-    let key = match &request {
-        Request::Get { key } | Request::Put { key, .. } | Request::Delete { key, .. } => {
-            Some(key.clone())
-        }
-        Request::Scan { .. } | Request::Health => None,
-    };
-    let op = match request {
-        Request::Get { key } => KvOp::Get { key },
-        Request::Put {
-            key,
-            value,
-            expected_version,
-        } => KvOp::Put {
-            key,
-            value,
-            expected_version,
-        },
-        Request::Delete {
-            key,
-            expected_version,
-        } => KvOp::Delete {
-            key,
-            expected_version,
-        },
-        Request::Scan {
-            prefix,
-            start,
-            end,
-            limit,
-        } => KvOp::Scan(ScanRange {
-            prefix,
-            start,
-            end,
-            limit: limit.map_or(SCAN_LIMIT_DEFAULT, |l| l as usize),
-        }),
-        Request::Health => KvOp::Health,
-    };
-    let reply = kv
-        .call(op)
-        .await
-        .map_err(|e| ApiError::from_kv(e, key.as_deref()))?;
-    let key = key.unwrap_or_default();
-    Ok(match reply {
-        KvReply::Value(versioned) => Response::Value {
-            key,
-            value: versioned.value,
-            version: versioned.version,
-        },
-        KvReply::Written(WriteOutcome::Written { version }) => Response::Written { key, version },
-        KvReply::Written(WriteOutcome::Deleted { deleted_version }) => Response::Deleted {
-            key,
-            deleted_version,
-        },
-        KvReply::Page(page) => Response::Items {
-            items: page
-                .items
-                .into_iter()
-                .map(|item| Item {
-                    key: item.key,
-                    value: item.versioned.value,
-                    version: item.versioned.version,
-                })
-                .collect(),
-            more: page.more,
-        },
-        KvReply::Healthy { applied_index } => Response::Health { applied_index },
-    })
 }

@@ -1,21 +1,25 @@
 //! The `Transport` actor: one outgoing TCP link per peer carrying batches of
-//! Raft messages as length-prefixed MessagePack frames (`PeerFrame`).
+//! Raft messages, framed exactly like client requests: a length-prefixed
+//! MessagePack `RequestFrame` whose body is the `raft` operation (sender,
+//! receiver, and the messages as MessagePack bytes). Peers connect to each
+//! other's client TCP port; the node's TCP server hands `raft` frames to a
+//! [`PeerInbox`], which checks them and delivers the messages as `Step`s.
 //!
 //! Each peer has a bounded queue; over the bound a batch is dropped and
 //! counted (Raft resends what matters). A writer task per peer connects with
 //! exponential backoff, drains everything queued into one frame, and
 //! reconnects after a failure. A fault filter (drop, delay) per peer lets
-//! tests cut links one way; `listen` accepts peers' links and hands their
-//! messages to a recipient, refusing frames from unknown or wrong nodes.
+//! tests cut or slow links one way.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use actix::prelude::*;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use harmonydb_protocol::frame::codec;
+use harmonydb_protocol::message::{decode_request, encode};
+use harmonydb_protocol::{Request, RequestFrame};
 use serde::{Deserialize, Serialize};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -31,8 +35,12 @@ pub const PEER_QUEUE_CAPACITY: usize = 1024;
 /// Largest peer frame, in bytes (entries are batched below this by Raft).
 pub const PEER_FRAME_SIZE_MAX_BYTES: usize = 64 * 1024 * 1024;
 
-/// Frames are filled with queued batches up to about this many entry bytes.
+/// Queued batches are gathered for one write up to about this many bytes.
 const FRAME_BATCH_SIZE_MAX_BYTES: usize = 8 * 1024 * 1024;
+
+/// Default size of one frame's messages; `Transport::with_frame_budget`
+/// lowers it to fit the receiving nodes' frame limit.
+pub const FRAME_BUDGET_DEFAULT_BYTES: usize = 4 * 1024 * 1024;
 
 const BACKOFF_MIN: Duration = Duration::from_millis(20);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
@@ -46,6 +54,107 @@ pub struct PeerFrame {
     pub to: NodeId,
     /// The messages, in order.
     pub messages: Vec<RaftMessage>,
+}
+
+impl PeerFrame {
+    /// The frame body as it goes on the wire: a `raft` request with id `id`.
+    pub fn to_wire(&self, id: u64) -> Vec<u8> {
+        let messages = rmp_serde::to_vec(&self.messages).expect("Raft messages always serialize");
+        encode(&RequestFrame {
+            id,
+            trace: None,
+            body: Request::Raft {
+                from: self.from,
+                to: self.to,
+                messages,
+            },
+            no_forward: true,
+        })
+    }
+}
+
+/// Why a peer frame was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PeerError {
+    /// The sender is not a member of this node's group.
+    #[error("node {from} is not a member of this cluster")]
+    NotAMember {
+        /// The claimed sender.
+        from: NodeId,
+    },
+    /// The frame is addressed to another node.
+    #[error("frame is for node {to}, but this is node {node_id}")]
+    Misrouted {
+        /// The addressee.
+        to: NodeId,
+        /// This node.
+        node_id: NodeId,
+    },
+    /// A message inside claims another sender or receiver than the frame.
+    #[error("frame from node {from} carries a message from {message_from} to {message_to}")]
+    Forged {
+        /// The frame's sender.
+        from: NodeId,
+        /// The message's sender.
+        message_from: NodeId,
+        /// The message's receiver.
+        message_to: NodeId,
+    },
+    /// The messages don't decode.
+    #[error("Raft messages do not decode: {0}")]
+    Undecodable(String),
+}
+
+/// Checks peer frames for this node and delivers their messages to the replica.
+#[derive(Clone)]
+pub struct PeerInbox {
+    node_id: NodeId,
+    members: BTreeSet<NodeId>,
+    replica: Recipient<Step>,
+}
+
+impl PeerInbox {
+    /// An inbox for `node_id` in a group of `members`.
+    pub fn new(node_id: NodeId, members: BTreeSet<NodeId>, replica: Recipient<Step>) -> Self {
+        PeerInbox {
+            node_id,
+            members,
+            replica,
+        }
+    }
+
+    /// Checks one frame's sender, receiver and messages; delivers them all
+    /// or none. Returns how many were delivered.
+    pub fn deliver(&self, from: NodeId, to: NodeId, payload: &[u8]) -> Result<usize, PeerError> {
+        if from == self.node_id || !self.members.contains(&from) {
+            return Err(PeerError::NotAMember { from });
+        }
+        if to != self.node_id {
+            return Err(PeerError::Misrouted {
+                to,
+                node_id: self.node_id,
+            });
+        }
+        let messages: Vec<RaftMessage> = rmp_serde::from_slice(payload)
+            .map_err(|error| PeerError::Undecodable(error.to_string()))?;
+        if let Some(forged) = messages
+            .iter()
+            .find(|m| m.from != from || m.to != self.node_id)
+        {
+            return Err(PeerError::Forged {
+                from,
+                message_from: forged.from,
+                message_to: forged.to,
+            });
+        }
+        let count = messages.len();
+        metrics::counter!("harmonydb_transport_messages_received_total", "peer" => from.to_string())
+            .increment(count as u64);
+        for message in messages {
+            self.replica.do_send(Step(message));
+        }
+        Ok(count)
+    }
 }
 
 /// Faults injected on the link to one peer (this direction only).
@@ -85,14 +194,16 @@ struct Link {
 /// Outgoing links to every peer of one node.
 pub struct Transport {
     node_id: NodeId,
+    frame_budget: usize,
     links: BTreeMap<NodeId, Link>,
-    peers: BTreeMap<NodeId, SocketAddr>,
+    peers: BTreeMap<NodeId, String>,
     receivers: BTreeMap<NodeId, mpsc::Receiver<Vec<RaftMessage>>>,
 }
 
 impl Transport {
-    /// A transport for `node_id` with its peers' addresses.
-    pub fn new(node_id: NodeId, peers: BTreeMap<NodeId, SocketAddr>) -> Self {
+    /// A transport for `node_id` with its peers' addresses (`host:port`,
+    /// resolved at every connect so a peer may move).
+    pub fn new(node_id: NodeId, peers: BTreeMap<NodeId, String>) -> Self {
         let mut links = BTreeMap::new();
         let mut receivers = BTreeMap::new();
         for peer in peers.keys() {
@@ -109,10 +220,20 @@ impl Transport {
         }
         Transport {
             node_id,
+            frame_budget: FRAME_BUDGET_DEFAULT_BYTES,
             links,
             peers,
             receivers,
         }
+    }
+}
+
+impl Transport {
+    /// Limits each frame's messages to about `bytes` (Raft messages above it
+    /// go alone), so frames stay within the peers' frame limit.
+    pub fn with_frame_budget(mut self, bytes: usize) -> Self {
+        self.frame_budget = bytes.max(1);
+        self
     }
 }
 
@@ -121,11 +242,18 @@ impl Actor for Transport {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         for (peer, receiver) in std::mem::take(&mut self.receivers) {
-            let addr = self.peers[&peer];
+            let addr = self.peers[&peer].clone();
             let node_id = self.node_id;
             // Faults are read from the actor at send time; the writer only delays.
             let delays = ctx.address();
-            actix::spawn(write_to_peer(node_id, peer, addr, receiver, delays));
+            actix::spawn(write_to_peer(
+                node_id,
+                peer,
+                addr,
+                receiver,
+                delays,
+                self.frame_budget,
+            ));
         }
     }
 }
@@ -143,9 +271,10 @@ impl Handler<Outbox> for Transport {
                 debug!(peer, "no link to this node; message dropped");
                 continue;
             };
+            let count = batch.len() as u64;
             if link.fault.drop || link.queue.try_send(batch).is_err() {
                 link.dropped += 1;
-                metrics::counter!("harmonydb_transport_batches_dropped_total", "peer" => peer.to_string()).increment(1);
+                metrics::counter!("harmonydb_transport_messages_dropped_total", "peer" => peer.to_string()).increment(count);
             }
         }
     }
@@ -207,17 +336,42 @@ fn batch_size_bytes(messages: &[RaftMessage]) -> usize {
         .sum()
 }
 
-/// Keeps a connection to `peer` and writes every queued batch to it.
+/// Splits messages into frames of about `budget` bytes each (a message
+/// larger than the budget goes alone), in order.
+fn split_frames(messages: Vec<RaftMessage>, budget: usize) -> Vec<Vec<RaftMessage>> {
+    let mut frames = Vec::new();
+    let mut current = Vec::new();
+    let mut size = 0;
+    for message in messages {
+        let message_size = batch_size_bytes(std::slice::from_ref(&message));
+        if !current.is_empty() && size + message_size > budget {
+            frames.push(std::mem::take(&mut current));
+            size = 0;
+        }
+        size += message_size;
+        current.push(message);
+    }
+    if !current.is_empty() {
+        frames.push(current);
+    }
+    frames
+}
+
+/// Keeps a connection to `peer` and writes every queued batch to it, in
+/// frames of at most about `frame_budget` bytes.
 async fn write_to_peer(
     node_id: NodeId,
     peer: NodeId,
-    addr: SocketAddr,
+    addr: String,
     mut queue: mpsc::Receiver<Vec<RaftMessage>>,
     transport: Addr<Transport>,
+    frame_budget: usize,
 ) {
     let mut backoff = BACKOFF_MIN;
+    let mut frame_id = 0u64;
+    let peer_label = peer.to_string();
     'connect: loop {
-        let stream = match TcpStream::connect(addr).await {
+        let stream = match TcpStream::connect(addr.as_str()).await {
             Ok(stream) => stream,
             Err(error) => {
                 debug!(peer, %addr, %error, "peer unreachable; retrying");
@@ -230,8 +384,7 @@ async fn write_to_peer(
         let _ = stream.set_nodelay(true);
         let mut sink = FramedWrite::new(stream, codec(PEER_FRAME_SIZE_MAX_BYTES));
         while let Some(mut messages) = queue.recv().await {
-            // Batches queued meanwhile go in the same frame, up to a size
-            // well below the frame limit (an oversized frame would be refused).
+            // Batches queued meanwhile go out with this one.
             let mut size = batch_size_bytes(&messages);
             while size < FRAME_BATCH_SIZE_MAX_BYTES {
                 let Ok(more) = queue.try_recv() else { break };
@@ -245,17 +398,25 @@ async fn write_to_peer(
             if !delay.is_zero() {
                 tokio::time::sleep(delay).await;
             }
-            let frame = PeerFrame {
-                from: node_id,
-                to: peer,
-                messages,
-            };
-            let bytes =
-                Bytes::from(rmp_serde::to_vec(&frame).expect("Raft messages always serialize"));
-            let sent =
-                tokio::time::timeout(harmonydb_protocol::frame::FLUSH_TIMEOUT, sink.send(bytes))
-                    .await;
-            if let Err(error) = sent.unwrap_or_else(|_| {
+            let count = messages.len() as u64;
+            for messages in split_frames(messages, frame_budget) {
+                let frame = PeerFrame {
+                    from: node_id,
+                    to: peer,
+                    messages,
+                };
+                frame_id += 1;
+                let bytes = Bytes::from(frame.to_wire(frame_id));
+                // Fed, not flushed, so several frames go out in one write.
+                if let Err(error) = SinkExt::<Bytes>::feed(&mut sink, bytes).await {
+                    debug!(peer, %error, "peer link failed; reconnecting");
+                    metrics::counter!("harmonydb_transport_messages_dropped_total", "peer" => peer_label.clone()).increment(count);
+                    continue 'connect;
+                }
+            }
+            let flushed =
+                tokio::time::timeout(harmonydb_protocol::frame::FLUSH_TIMEOUT, SinkExt::<Bytes>::flush(&mut sink)).await;
+            if let Err(error) = flushed.unwrap_or_else(|_| {
                 Err(std::io::Error::new(
                     std::io::ErrorKind::TimedOut,
                     "peer did not read",
@@ -263,49 +424,42 @@ async fn write_to_peer(
             }) {
                 // The batch is lost with the connection; Raft resends.
                 debug!(peer, %error, "peer link failed; reconnecting");
+                metrics::counter!("harmonydb_transport_messages_dropped_total", "peer" => peer_label.clone()).increment(count);
                 continue 'connect;
             }
+            metrics::counter!("harmonydb_transport_messages_sent_total", "peer" => peer_label.clone())
+                .increment(count);
         }
         return;
     }
 }
 
-/// Accepts peers' links on `listener` and delivers their messages to
-/// `replica` as `Step`s. A frame from a node not in `members`, or addressed
-/// to another node, or that doesn't decode, closes that link with a log line.
-pub async fn listen(
-    listener: TcpListener,
-    node_id: NodeId,
-    members: BTreeSet<NodeId>,
-    replica: Recipient<Step>,
-) {
+/// Accepts peers' links on a listener of their own (the node takes them on
+/// its client port instead; see `api::tcp`) and hands their frames to
+/// `inbox`. A frame that is not a valid `raft` request, or that the inbox
+/// refuses, closes that link with a log line.
+pub async fn listen(listener: TcpListener, inbox: PeerInbox) {
     loop {
         let Ok((stream, remote)) = listener.accept().await else {
             continue;
         };
-        let members = members.clone();
-        let replica = replica.clone();
+        let inbox = inbox.clone();
         actix::spawn(async move {
             let mut frames = FramedRead::new(stream, codec(PEER_FRAME_SIZE_MAX_BYTES));
             while let Some(Ok(bytes)) = frames.next().await {
-                let frame: PeerFrame = match rmp_serde::from_slice(&bytes) {
-                    Ok(frame) => frame,
-                    Err(error) => {
-                        warn!(%remote, %error, "undecodable peer frame; closing the link");
-                        return;
-                    }
+                let refusal = match decode_request(&bytes) {
+                    Ok(RequestFrame {
+                        body: Request::Raft { from, to, messages },
+                        ..
+                    }) => match inbox.deliver(from, to, &messages) {
+                        Ok(_) => continue,
+                        Err(error) => error.to_string(),
+                    },
+                    Ok(frame) => format!("{} is not a peer operation", frame.body.op_name()),
+                    Err(failure) => failure.message,
                 };
-                if !members.contains(&frame.from) || frame.to != node_id {
-                    warn!(%remote, from = frame.from, to = frame.to, "peer frame from a non-member or for another node; closing the link");
-                    return;
-                }
-                for message in frame.messages {
-                    if message.from != frame.from || message.to != node_id {
-                        warn!(%remote, "peer frame carries a message with a forged sender; closing the link");
-                        return;
-                    }
-                    replica.do_send(Step(message));
-                }
+                warn!(%remote, reason = %refusal, "refusing a peer frame; closing the link");
+                return;
             }
         });
     }

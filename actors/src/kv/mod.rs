@@ -1,15 +1,24 @@
-//! The key-value subsystem: the state machine (`state`) and the `KvStore`
-//! actor (`store`) that orders writes through the WAL and applies them once
-//! they are durable. Front doors talk to it through a [`KvHandle`].
+//! The key-value subsystem: the state machine (`state`), which the node's
+//! `RaftReplica` owns and applies committed entries to, and the
+//! [`KvHandle`] (`handle`) that front doors call it through.
 
+mod handle;
 mod state;
-mod store;
+
+use std::time::Duration;
 
 pub use state::{
     KvCommand, KvState, ScanItem, ScanPage, ScanRange, Versioned, WriteOutcome,
     SCAN_RESPONSE_SIZE_MAX_BYTES,
 };
-pub use store::{recover_state, BeginShutdown, KvHandle, KvRequest, KvStore, KV_MAILBOX_CAPACITY};
+pub use handle::{BeginShutdown, KvAnswer, KvHandle, KvRequest};
+pub use harmonydb_protocol::{Consistency, Staleness};
+
+/// Requests in the replica at once by default; one more is refused as overloaded.
+pub const INFLIGHT_REQUESTS_DEFAULT_MAX: usize = 8192;
+
+/// How long a request waits for its outcome by default.
+pub const REQUEST_TIMEOUT_DEFAULT: Duration = Duration::from_secs(5);
 
 /// Longest key accepted, in bytes.
 pub const KEY_SIZE_MAX_BYTES: usize = 4096;
@@ -48,9 +57,24 @@ pub enum KvError {
         /// What the key has (0 if absent).
         current: u64,
     },
-    /// The store's mailbox is full.
+    /// Too many requests in flight.
     #[error("the node is overloaded; retry later")]
     Overloaded,
+    /// This node does not lead; `leader` does.
+    #[error("node {leader} is the leader")]
+    NotLeader {
+        /// The leader's id.
+        leader: u64,
+    },
+    /// No leader is known (an election is under way or this node is cut off).
+    #[error("no leader is known to this node; an election may be under way or the node may be cut off from a majority")]
+    NoLeader,
+    /// The request was not carried out and may be retried.
+    #[error("not carried out: {0}")]
+    Unavailable(String),
+    /// Whether a write was applied is unknown (timeout, lost leadership).
+    #[error("outcome unknown: {0}")]
+    OutcomeUnknown(String),
     /// The node is shutting down.
     #[error("the node is shutting down")]
     ShuttingDown,
@@ -72,16 +96,20 @@ pub enum KvError {
 pub struct KvLimits {
     /// Longest value accepted, in bytes.
     pub value_size_max_bytes: usize,
-    /// Requests in the store at once (queued or waiting for the WAL); one more
-    /// is refused as overloaded instead of waiting in an unbounded queue.
+    /// Requests in the replica at once (queued, replicating or waiting for a
+    /// read round); one more is refused as overloaded instead of queueing.
     pub inflight_requests_max: usize,
+    /// How long a request waits for its outcome before the caller is told
+    /// it is unknown.
+    pub request_timeout: Duration,
 }
 
 impl Default for KvLimits {
     fn default() -> Self {
         KvLimits {
             value_size_max_bytes: VALUE_SIZE_DEFAULT_MAX_BYTES,
-            inflight_requests_max: KV_MAILBOX_CAPACITY,
+            inflight_requests_max: INFLIGHT_REQUESTS_DEFAULT_MAX,
+            request_timeout: REQUEST_TIMEOUT_DEFAULT,
         }
     }
 }
@@ -156,6 +184,13 @@ pub enum KvOp {
     Scan(ScanRange),
     /// Is the store serving, and how far has it applied?
     Health,
+}
+
+impl KvOp {
+    /// Whether this op changes state.
+    pub fn is_write(&self) -> bool {
+        matches!(self, KvOp::Put { .. } | KvOp::Delete { .. })
+    }
 }
 
 /// The store's answer to a [`KvOp`].

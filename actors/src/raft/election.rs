@@ -84,6 +84,16 @@ impl Raft {
     }
 
     /// Starts a (pre-)election. `transfer` = asked by the leader (TimeoutNow).
+    /// Starts an election now instead of waiting for the election timeout
+    /// (with a pre-vote first if configured). A member that may not
+    /// campaign, or already leads, does nothing. A group of one voter uses
+    /// this at start so it leads at once.
+    pub fn campaign_now(&mut self) {
+        if self.role != Role::Leader && self.promotable() {
+            self.start_election(false);
+        }
+    }
+
     pub(crate) fn start_election(&mut self, transfer: bool) {
         if self.config.pre_vote && !transfer {
             self.campaign(true, false);

@@ -328,7 +328,8 @@ impl Raft {
         }
     }
 
-    pub(crate) fn hard_state(&self) -> HardState {
+    /// Term, vote and commit index as they are now (persisted or not).
+    pub fn hard_state(&self) -> HardState {
         HardState {
             term: self.term,
             vote: self.vote,

@@ -1,29 +1,45 @@
-//! The `RaftReplica` actor: drives one Raft core for one group. It ticks the
-//! core on a timer, persists each ready through the `WalWriter` (the WAL is
-//! the Raft log; group commit batches every replica's records), sends the
-//! ready's messages only once that is durable, applies committed entries to
-//! the KV state, and answers each proposal after its entry is applied.
+//! The `RaftReplica` actor: drives one Raft core for one group and owns the
+//! KV state machine. It ticks the core on a timer, persists each ready
+//! through the `WalWriter` (the WAL is the Raft log; group commit batches
+//! every record handed to it), applies committed entries, and answers each
+//! write once its entry is applied and each read once the applied index
+//! reaches its read index.
 //!
-//! Not wired into the node yet: the cluster issue adds the network transport
-//! and the front doors. Peers' messages come in as `Step`, and outgoing ones
-//! go to an `Outbox` recipient.
+//! Ordering rules it keeps (see the core's module docs for the contract):
+//! - Readies are persisted one at a time, in order. Proposals that arrive
+//!   meanwhile pile up in the core and go out together in the next ready,
+//!   which is where batching under load comes from.
+//! - A follower or candidate sends a ready's messages only once the ready
+//!   is durable (votes and acknowledgements promise what is on disk). A
+//!   leader sends its AppendEntries before its own write finishes (Raft
+//!   thesis §10.2.1): its own entries count towards a commit only once
+//!   durable, so the leader's and the followers' fsyncs overlap.
+//! - A hard state that only moves the commit index is not worth an fsync
+//!   of its own: it rides along with the next record written, or is written
+//!   on the next tick. A commit index found lower at restart is learned
+//!   again from the leader (a single member recommits with its first entry).
 //!
-//! Requirements on the WAL it is given: the writer must use
-//! `FsyncPolicy::Always` (votes and acknowledgements are sent once their
-//! append is answered, which only `Always` makes durable), and the WAL's
-//! indexes are this group's Raft indexes, so one WAL serves one group until
-//! records carry a group id.
+//! Peers' messages come in as `Step`; outgoing ones go to an `Outbox`
+//! recipient (the `Transport` in a node).
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+use harmonydb_protocol::{Consistency, Staleness};
 use tokio::sync::oneshot;
-use tracing::{error, warn};
+use tracing::{error, info, warn};
 
 use super::wal_log::records_for;
-use super::{EntryPayload, Message as RaftMessage, NodeId, Raft, RaftError, Ready};
-use crate::kv::{KvCommand, KvError, KvState, Versioned, WriteOutcome};
+use super::{
+    EntryPayload, HardState, Message as RaftMessage, MessageBody, NodeId, Raft, RaftError, Ready,
+    Role, Status,
+};
+use crate::kv::{
+    BeginShutdown, KvAnswer, KvCommand, KvError, KvOp, KvReply, KvRequest, KvState, ScanRange,
+};
 use crate::wal::{Append, WalError, WalWriter};
 
 /// Messages a replica wants delivered to peers, in order.
@@ -45,69 +61,28 @@ impl actix::Message for Step {
     type Result = ();
 }
 
-/// Why a replica could not do what was asked.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum ReplicaError {
-    /// Not the leader; ask `leader` (0 = unknown).
-    #[error("not the leader (leader is {leader})")]
-    NotLeader {
-        /// The known leader.
-        leader: NodeId,
-    },
-    /// The consensus core refused or dropped the request.
-    #[error(transparent)]
-    Raft(RaftError),
-    /// The KV state machine refused the command (version mismatch, not found).
-    #[error(transparent)]
-    Kv(KvError),
-    /// The WAL failed; the outcome is unknown and the replica stops.
-    #[error("storage failed: {0}")]
-    Storage(String),
-}
-
-impl From<RaftError> for ReplicaError {
-    fn from(error: RaftError) -> Self {
-        match error {
-            RaftError::NotLeader { leader } => ReplicaError::NotLeader { leader },
-            other => ReplicaError::Raft(other),
-        }
-    }
-}
-
-/// Proposes a KV write; answered once applied.
-pub struct ProposeWrite {
-    /// The command.
-    pub command: KvCommand,
-    /// Where the outcome goes.
-    pub reply: oneshot::Sender<Result<WriteOutcome, ReplicaError>>,
-}
-
-impl actix::Message for ProposeWrite {
-    type Result = ();
-}
-
-/// A linearizable read of one key (ReadIndex); answered once applied up to the read index.
-pub struct LinearizableGet {
-    /// The key.
-    pub key: Vec<u8>,
-    /// Where the answer goes.
-    pub reply: oneshot::Sender<Result<Option<Versioned>, ReplicaError>>,
-}
-
-impl actix::Message for LinearizableGet {
-    type Result = ();
-}
-
-/// Asks for the core's status.
+/// Asks for the replica's status.
 pub struct GetStatus;
 
 impl actix::Message for GetStatus {
-    type Result = super::Status;
+    type Result = ReplicaStatus;
 }
 
-/// Internal: a ready's records are durable (or failed).
+/// The core's status plus what only the replica knows.
+#[derive(Clone, Debug)]
+pub struct ReplicaStatus {
+    /// The consensus core's view.
+    pub raft: Status,
+    /// How long ago this member last heard from a leader (None: never, or it leads).
+    pub leader_contact: Option<Duration>,
+    /// Why the replica stopped taking requests, if it did.
+    pub failed: Option<String>,
+}
+
+/// Internal: a persisted batch of records is durable (or failed). `ready`
+/// is `None` for a hard state written on its own.
 struct Persisted {
-    ready: Ready,
+    ready: Option<(Ready, bool)>,
     result: Result<(), WalError>,
 }
 
@@ -115,17 +90,19 @@ impl actix::Message for Persisted {
     type Result = ();
 }
 
-/// Where a write's outcome goes.
-type WriteReply = oneshot::Sender<Result<WriteOutcome, ReplicaError>>;
+type Reply = oneshot::Sender<Result<KvAnswer, KvError>>;
 
-/// Where a read's answer goes.
-type ReadReply = oneshot::Sender<Result<Option<Versioned>, ReplicaError>>;
+/// A read the replica serves from the state machine.
+enum ReadOp {
+    Get(Vec<u8>),
+    Scan(ScanRange),
+}
 
 /// A read waiting for its read index to be applied.
 struct WaitingRead {
     index: u64,
-    key: Vec<u8>,
-    reply: oneshot::Sender<Result<Option<Versioned>, ReplicaError>>,
+    op: ReadOp,
+    reply: Reply,
 }
 
 /// One member of one Raft group, with its KV state machine.
@@ -137,17 +114,32 @@ pub struct RaftReplica {
     outbox: Recipient<Outbox>,
     state: KvState,
     tick_interval: Duration,
-    /// A ready is being persisted; the next waits (readies persist in order).
+    /// A batch of records is being persisted; the next ready waits.
     persisting: bool,
-    writes: HashMap<u64, (u64, WriteReply)>,
+    /// Term and vote as last handed to the WAL.
+    written_hard_state: HardState,
+    /// A commit-only hard state not written yet.
+    deferred_hard_state: Option<HardState>,
+    writes: HashMap<u64, (u64, Reply)>,
     next_read_id: u64,
-    reads_pending: HashMap<u64, (Vec<u8>, ReadReply)>,
+    reads_pending: HashMap<u64, (ReadOp, Reply)>,
     reads_ready: Vec<WaitingRead>,
     failed: Option<String>,
+    closing: bool,
+    shutdown_waiters: Vec<oneshot::Sender<()>>,
+    last_leader_contact: Option<Instant>,
+    /// Per peer: the last heartbeat round sent and when, for round-trip times.
+    heartbeat_sent: HashMap<NodeId, (u64, Instant)>,
+    /// Leader as last reported in metrics, to count changes.
+    reported_leader: NodeId,
+    /// The known leader (0 = none), readable without a message.
+    leader_hint: Arc<AtomicU64>,
 }
 
 impl RaftReplica {
-    /// A replica over a core restored from the WAL (see `wal_log::load`).
+    /// A replica over a core restored from the WAL (see `wal_log::load`)
+    /// whose next WAL record index is `wal_next_index`. The KV state is
+    /// rebuilt by applying committed entries as the core hands them out.
     pub fn new(
         raft: Raft,
         wal: Addr<WalWriter>,
@@ -156,6 +148,7 @@ impl RaftReplica {
         tick_interval: Duration,
     ) -> Self {
         RaftReplica {
+            written_hard_state: raft.hard_state(),
             raft,
             wal,
             wal_next_index,
@@ -163,12 +156,25 @@ impl RaftReplica {
             state: KvState::new(),
             tick_interval,
             persisting: false,
+            deferred_hard_state: None,
             writes: HashMap::new(),
             next_read_id: 1,
             reads_pending: HashMap::new(),
             reads_ready: Vec::new(),
             failed: None,
+            closing: false,
+            shutdown_waiters: Vec::new(),
+            last_leader_contact: None,
+            heartbeat_sent: HashMap::new(),
+            reported_leader: 0,
+            leader_hint: Arc::new(AtomicU64::new(0)),
         }
+    }
+
+    /// The leader this replica knows of (0 = none), kept current as it
+    /// changes, so front doors can route requests without asking the actor.
+    pub fn leader_hint(&self) -> Arc<AtomicU64> {
+        self.leader_hint.clone()
     }
 
     /// Takes the next ready, if the previous one is done, and persists it.
@@ -176,21 +182,56 @@ impl RaftReplica {
         if self.persisting || self.failed.is_some() || !self.raft.has_ready() {
             return;
         }
-        let ready = self.raft.ready();
-        let records = records_for(&ready.entries, ready.hard_state, self.wal_next_index);
-        if let Some(last) = ready.entries.last() {
-            self.wal_next_index = last.index + 1;
-        }
-        if records.is_empty() && ready.snapshot.is_none() {
-            self.finish(ready, ctx);
-            return;
-        }
+        // Read before `ready()`: a leader's messages may go out before its
+        // own write (see the module docs); anyone else's wait for it.
+        let leads = self.raft.role() == Role::Leader;
+        let mut ready = self.raft.ready();
         if ready.snapshot.is_some() {
             // Compaction comes with the storage engine; until then no member
             // compacts, so no snapshot is ever sent. Refuse rather than guess.
             self.fail("received a snapshot, which this replica cannot install yet".into());
             return;
         }
+        let hard_state = self.hard_state_to_write(&ready);
+        let records = records_for(&ready.entries, hard_state, self.wal_next_index);
+        if let Some(last) = ready.entries.last() {
+            self.wal_next_index = last.index + 1;
+        }
+        if records.is_empty() {
+            self.finish(ready, true, ctx);
+            return;
+        }
+        let messages_sent = leads && !ready.messages.is_empty();
+        if messages_sent {
+            let messages = std::mem::take(&mut ready.messages);
+            self.send(messages);
+        }
+        self.persist(records, Some((ready, !messages_sent)), ctx);
+    }
+
+    /// The hard state to write with this ready, if any: always when term or
+    /// vote changed, and a pending commit-only one when records go out anyway.
+    fn hard_state_to_write(&mut self, ready: &Ready) -> Option<HardState> {
+        let latest = ready.hard_state.or(self.deferred_hard_state);
+        let latest = latest?;
+        let term_or_vote_changed = latest.term != self.written_hard_state.term
+            || latest.vote != self.written_hard_state.vote;
+        if term_or_vote_changed || !ready.entries.is_empty() {
+            self.written_hard_state = latest;
+            self.deferred_hard_state = None;
+            Some(latest)
+        } else {
+            self.deferred_hard_state = Some(latest);
+            None
+        }
+    }
+
+    fn persist(
+        &mut self,
+        records: Vec<crate::wal::WalEntry>,
+        ready: Option<(Ready, bool)>,
+        ctx: &mut Context<Self>,
+    ) {
         self.persisting = true;
         let append = self.wal.send(Append { entries: records });
         ctx.spawn(append.into_actor(self).map(move |answer, _, ctx| {
@@ -199,13 +240,23 @@ impl RaftReplica {
         }));
     }
 
-    /// Everything after persistence: send, apply, answer, advance.
-    fn finish(&mut self, ready: Ready, ctx: &mut Context<Self>) {
-        if !ready.messages.is_empty() {
-            // Over the outbox's bound the messages are dropped: Raft retries.
-            let _ = self.outbox.try_send(Outbox {
-                messages: ready.messages.clone(),
-            });
+    fn send(&mut self, messages: Vec<RaftMessage>) {
+        let now = Instant::now();
+        for message in &messages {
+            if let MessageBody::Heartbeat { seq, .. } = message.body {
+                self.heartbeat_sent.insert(message.to, (seq, now));
+            }
+        }
+        // Over the outbox's bound the messages are dropped: Raft retries.
+        let _ = self.outbox.try_send(Outbox { messages });
+    }
+
+    /// Everything after persistence: send (unless already sent), apply,
+    /// answer, advance.
+    fn finish(&mut self, mut ready: Ready, send_messages: bool, ctx: &mut Context<Self>) {
+        if send_messages && !ready.messages.is_empty() {
+            let messages = std::mem::take(&mut ready.messages);
+            self.send(messages);
         }
         for entry in &ready.committed_entries {
             let EntryPayload::Command(bytes) = &entry.payload else {
@@ -223,42 +274,62 @@ impl RaftReplica {
             };
             if let Some((term, reply)) = self.writes.remove(&entry.index) {
                 let answer = if term == entry.term {
-                    outcome.map_err(ReplicaError::Kv)
+                    metrics::counter!("harmonydb_raft_proposals_committed_total").increment(1);
+                    outcome.map(|o| KvAnswer::fresh(KvReply::Written(o)))
                 } else {
-                    Err(ReplicaError::Raft(RaftError::ProposalDropped))
+                    metrics::counter!("harmonydb_raft_proposals_failed_total").increment(1);
+                    Err(kv_error(RaftError::ProposalDropped))
                 };
                 let _ = reply.send(answer);
             }
         }
         for dropped in &ready.dropped_proposals {
             if let Some((_, reply)) = self.writes.remove(&dropped.index) {
-                let _ = reply.send(Err(ReplicaError::Raft(dropped.reason.clone())));
+                metrics::counter!("harmonydb_raft_proposals_failed_total").increment(1);
+                let _ = reply.send(Err(kv_error(dropped.reason.clone())));
             }
         }
         for read in &ready.read_states {
-            if let Some((key, reply)) = self.reads_pending.remove(&read.request_id) {
+            if let Some((op, reply)) = self.reads_pending.remove(&read.request_id) {
                 self.reads_ready.push(WaitingRead {
                     index: read.index,
-                    key,
+                    op,
                     reply,
                 });
             }
         }
         for dropped in &ready.dropped_reads {
             if let Some((_, reply)) = self.reads_pending.remove(&dropped.request_id) {
-                let _ = reply.send(Err(ReplicaError::Raft(dropped.reason.clone())));
+                let _ = reply.send(Err(kv_error(dropped.reason.clone())));
             }
         }
         self.raft.advance(&ready);
         self.serve_reads();
+        self.report_metrics();
+        self.maybe_finish_shutdown();
         self.drive(ctx);
     }
 
-    /// Whether requests are taken: not after a storage failure.
-    fn serving(&self) -> Result<(), ReplicaError> {
-        match &self.failed {
-            Some(reason) => Err(ReplicaError::Storage(reason.clone())),
-            None => Ok(()),
+    /// Whether requests are taken: not after a storage failure or once closing.
+    fn serving(&self) -> Result<(), KvError> {
+        if let Some(reason) = &self.failed {
+            return Err(KvError::Storage(reason.clone()));
+        }
+        if self.closing {
+            return Err(KvError::ShuttingDown);
+        }
+        Ok(())
+    }
+
+    fn read(&self, op: &ReadOp) -> Result<KvReply, KvError> {
+        match op {
+            ReadOp::Get(key) => self
+                .state
+                .get(key)
+                .cloned()
+                .map(KvReply::Value)
+                .ok_or(KvError::NotFound),
+            ReadOp::Scan(range) => Ok(KvReply::Page(self.state.scan(range))),
         }
     }
 
@@ -269,22 +340,143 @@ impl RaftReplica {
             self.reads_ready.drain(..).partition(|r| r.index <= applied);
         self.reads_ready = waiting;
         for read in ready {
-            let _ = read.reply.send(Ok(self.state.get(&read.key).cloned()));
+            let answer = self.read(&read.op).map(KvAnswer::fresh);
+            let _ = read.reply.send(answer);
+        }
+    }
+
+    fn staleness(&self) -> Staleness {
+        let status = self.raft.status();
+        Staleness {
+            node_id: status.id,
+            applied_index: status.applied,
+            commit_index: status.commit,
+            leader_contact_ms: if status.role == Role::Leader {
+                Some(0)
+            } else {
+                self.last_leader_contact
+                    .map(|at| u64::try_from(at.elapsed().as_millis()).unwrap_or(u64::MAX))
+            },
+        }
+    }
+
+    fn handle_read(&mut self, op: ReadOp, consistency: Consistency, reply: Reply) {
+        if consistency == Consistency::Stale {
+            let answer = self.read(&op).map(|reply| KvAnswer {
+                reply,
+                staleness: Some(self.staleness()),
+            });
+            let _ = reply.send(answer);
+            return;
+        }
+        let id = self.next_read_id;
+        self.next_read_id += 1;
+        let mut confirmed = Err(RaftError::LeaseNotHeld);
+        if consistency == Consistency::Lease {
+            confirmed = self.raft.read_lease(id);
+        }
+        // Without a lease the read still gets a linearizable answer, by ReadIndex.
+        if confirmed == Err(RaftError::LeaseNotHeld) {
+            confirmed = self.raft.read_index(id);
+        }
+        match confirmed {
+            Ok(()) => {
+                self.reads_pending.insert(id, (op, reply));
+            }
+            Err(error) => {
+                let _ = reply.send(Err(kv_error(error)));
+            }
+        }
+    }
+
+    fn handle_write(&mut self, command: KvCommand, reply: Reply) {
+        match self.raft.propose(command.encode()) {
+            Ok(index) => {
+                let term = self.raft.term();
+                self.writes.insert(index, (term, reply));
+            }
+            Err(error) => {
+                let _ = reply.send(Err(kv_error(error)));
+            }
         }
     }
 
     fn fail(&mut self, reason: String) {
         error!(%reason, "Raft replica stopped accepting requests");
+        // Whether these writes reached a quorum is unknown.
         for (_, (_, reply)) in self.writes.drain() {
-            let _ = reply.send(Err(ReplicaError::Storage(reason.clone())));
+            let _ = reply.send(Err(KvError::Storage(reason.clone())));
         }
         for (_, (_, reply)) in self.reads_pending.drain() {
-            let _ = reply.send(Err(ReplicaError::Storage(reason.clone())));
+            let _ = reply.send(Err(KvError::Storage(reason.clone())));
         }
         for read in self.reads_ready.drain(..) {
-            let _ = read.reply.send(Err(ReplicaError::Storage(reason.clone())));
+            let _ = read.reply.send(Err(KvError::Storage(reason.clone())));
         }
         self.failed = Some(reason);
+        self.maybe_finish_shutdown();
+    }
+
+    fn maybe_finish_shutdown(&mut self) {
+        if self.closing && self.writes.is_empty() {
+            for waiter in self.shutdown_waiters.drain(..) {
+                let _ = waiter.send(());
+            }
+        }
+    }
+
+    fn report_metrics(&mut self) {
+        let leader = self.raft.leader();
+        if leader != self.reported_leader {
+            if leader != 0 {
+                metrics::counter!("harmonydb_raft_leader_changes_total").increment(1);
+                info!(leader, term = self.raft.term(), "leader elected");
+            }
+            self.reported_leader = leader;
+            self.leader_hint.store(leader, Ordering::Relaxed);
+        }
+        let status = self.raft.status();
+        metrics::gauge!("harmonydb_raft_has_leader").set(f64::from(u8::from(leader != 0)));
+        metrics::gauge!("harmonydb_raft_is_leader")
+            .set(f64::from(u8::from(status.role == Role::Leader)));
+        metrics::gauge!("harmonydb_raft_term").set(status.term as f64);
+        metrics::gauge!("harmonydb_raft_commit_index").set(status.commit as f64);
+        metrics::gauge!("harmonydb_raft_applied_index").set(status.applied as f64);
+        metrics::gauge!("harmonydb_raft_proposals_pending").set(self.writes.len() as f64);
+        metrics::gauge!("harmonydb_kv_keys").set(self.state.len() as f64);
+    }
+
+    fn note_incoming(&mut self, message: &RaftMessage) {
+        match message.body {
+            MessageBody::AppendEntries { .. }
+            | MessageBody::Heartbeat { .. }
+            | MessageBody::InstallSnapshot { .. }
+                if message.term >= self.raft.term() =>
+            {
+                self.last_leader_contact = Some(Instant::now());
+            }
+            MessageBody::HeartbeatResponse { seq } => {
+                if let Some((sent_seq, at)) = self.heartbeat_sent.get(&message.from) {
+                    if *sent_seq == seq {
+                        metrics::histogram!("harmonydb_raft_peer_round_trip_seconds", "peer" => message.from.to_string())
+                            .record(at.elapsed().as_secs_f64());
+                        self.heartbeat_sent.remove(&message.from);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// How a refusal or loss from the core looks to a client.
+fn kv_error(error: RaftError) -> KvError {
+    match error {
+        RaftError::NotLeader { leader: 0 } => KvError::NoLeader,
+        RaftError::NotLeader { leader } => KvError::NotLeader { leader },
+        RaftError::Overloaded => KvError::Overloaded,
+        RaftError::ProposalOutcomeUnknown => KvError::OutcomeUnknown(error.to_string()),
+        other => KvError::Unavailable(other.to_string()),
     }
 }
 
@@ -292,12 +484,26 @@ impl Actor for RaftReplica {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        // A group of one has nobody to wait for: it leads at once.
+        let status = self.raft.status();
+        if status.config.voters.len() == 1 && status.config.voters.contains(&status.id) {
+            self.raft.campaign_now();
+        }
         ctx.run_interval(self.tick_interval, |replica, ctx| {
             // A failed replica stops ticking so its core queues nothing more.
-            if replica.failed.is_none() {
-                replica.raft.tick();
-                replica.drive(ctx);
+            if replica.failed.is_some() {
+                return;
             }
+            replica.raft.tick();
+            if !replica.persisting && !replica.raft.has_ready() {
+                if let Some(hard_state) = replica.deferred_hard_state.take() {
+                    replica.written_hard_state = hard_state;
+                    let records = records_for(&[], Some(hard_state), replica.wal_next_index);
+                    replica.persist(records, None, ctx);
+                }
+            }
+            replica.drive(ctx);
+            replica.report_metrics();
         });
         self.drive(ctx);
     }
@@ -307,44 +513,61 @@ impl Handler<Step> for RaftReplica {
     type Result = ();
 
     fn handle(&mut self, Step(message): Step, ctx: &mut Self::Context) {
+        self.note_incoming(&message);
         self.raft.step(message);
         self.drive(ctx);
     }
 }
 
-impl Handler<ProposeWrite> for RaftReplica {
+impl Handler<KvRequest> for RaftReplica {
     type Result = ();
 
-    fn handle(&mut self, request: ProposeWrite, ctx: &mut Self::Context) {
-        let proposed = self
-            .serving()
-            .and_then(|()| Ok(self.raft.propose(request.command.encode())?));
-        match proposed {
-            Ok(index) => {
-                let term = self.raft.term();
-                self.writes.insert(index, (term, request.reply));
-            }
-            Err(error) => {
-                let _ = request.reply.send(Err(error));
-            }
+    fn handle(&mut self, request: KvRequest, ctx: &mut Self::Context) {
+        let KvRequest {
+            op,
+            consistency,
+            reply,
+        } = request;
+        if let KvOp::Health = op {
+            let answer = match &self.failed {
+                Some(reason) => Err(KvError::Storage(reason.clone())),
+                None => Ok(KvAnswer::fresh(KvReply::Healthy {
+                    applied_index: self.raft.applied_index(),
+                })),
+            };
+            let _ = reply.send(answer);
+            return;
         }
-        self.drive(ctx);
-    }
-}
-
-impl Handler<LinearizableGet> for RaftReplica {
-    type Result = ();
-
-    fn handle(&mut self, request: LinearizableGet, ctx: &mut Self::Context) {
-        let id = self.next_read_id;
-        self.next_read_id += 1;
-        match self.serving().and_then(|()| Ok(self.raft.read_index(id)?)) {
-            Ok(()) => {
-                self.reads_pending.insert(id, (request.key, request.reply));
-            }
-            Err(error) => {
-                let _ = request.reply.send(Err(error));
-            }
+        if let Err(error) = self.serving() {
+            let _ = reply.send(Err(error));
+            return;
+        }
+        match op {
+            KvOp::Get { key } => self.handle_read(ReadOp::Get(key), consistency, reply),
+            KvOp::Scan(range) => self.handle_read(ReadOp::Scan(range), consistency, reply),
+            KvOp::Put {
+                key,
+                value,
+                expected_version,
+            } => self.handle_write(
+                KvCommand::Put {
+                    key,
+                    value,
+                    expected_version,
+                },
+                reply,
+            ),
+            KvOp::Delete {
+                key,
+                expected_version,
+            } => self.handle_write(
+                KvCommand::Delete {
+                    key,
+                    expected_version,
+                },
+                reply,
+            ),
+            KvOp::Health => {}
         }
         self.drive(ctx);
     }
@@ -356,9 +579,12 @@ impl Handler<Persisted> for RaftReplica {
     fn handle(&mut self, persisted: Persisted, ctx: &mut Self::Context) {
         self.persisting = false;
         match persisted.result {
-            Ok(()) => self.finish(persisted.ready, ctx),
+            Ok(()) => match persisted.ready {
+                Some((ready, send_messages)) => self.finish(ready, send_messages, ctx),
+                None => self.drive(ctx),
+            },
             Err(error) => {
-                warn!(%error, "persisting a Raft ready failed");
+                warn!(%error, "persisting Raft state failed");
                 self.fail(error.to_string());
             }
         }
@@ -369,6 +595,34 @@ impl Handler<GetStatus> for RaftReplica {
     type Result = MessageResult<GetStatus>;
 
     fn handle(&mut self, _: GetStatus, _: &mut Self::Context) -> Self::Result {
-        MessageResult(self.raft.status())
+        let raft = self.raft.status();
+        let leader_contact = if raft.role == Role::Leader {
+            None
+        } else {
+            self.last_leader_contact.map(|at| at.elapsed())
+        };
+        MessageResult(ReplicaStatus {
+            raft,
+            leader_contact,
+            failed: self.failed.clone(),
+        })
+    }
+}
+
+impl Handler<BeginShutdown> for RaftReplica {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, _: BeginShutdown, _: &mut Self::Context) -> Self::Result {
+        info!(
+            pending_writes = self.writes.len(),
+            "replica stops taking requests"
+        );
+        self.closing = true;
+        let (done, wait) = oneshot::channel();
+        self.shutdown_waiters.push(done);
+        self.maybe_finish_shutdown();
+        Box::pin(async move {
+            let _ = wait.await;
+        })
     }
 }

@@ -1,0 +1,357 @@
+//! What both front doors call. A request in protocol terms goes to this
+//! node's replica, or, when it needs the leader and another node leads, is
+//! forwarded there over the TCP protocol (one pipelined connection per
+//! leader) and the leader's answer comes back as is. A client that asks not
+//! to be forwarded gets `not_leader` with the leader's id and address.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actix::Addr;
+use harmonydb_actors::cluster::transport::{Fault, SetFault, Transport};
+use harmonydb_actors::kv::{
+    KvAnswer, KvError, KvHandle, KvOp, KvReply, ScanRange, WriteOutcome,
+};
+use harmonydb_actors::raft::replica::{GetStatus, RaftReplica};
+use harmonydb_actors::raft::Role;
+use harmonydb_protocol::{
+    Client, ClientError, ClusterStatus, Consistency, ErrorCode, Item, LeaderHint, MemberStatus,
+    Request, Response,
+};
+use tracing::{debug, info};
+
+use super::error::ApiError;
+
+/// Items a scan returns when the request gives no limit.
+pub const SCAN_LIMIT_DEFAULT: usize = 1000;
+
+/// The node's request service: its replica, its members, and connections to
+/// the leader for forwarding.
+#[derive(Clone)]
+pub struct Service {
+    kv: KvHandle,
+    node_id: u64,
+    members: Arc<BTreeMap<u64, String>>,
+    leader: Arc<AtomicU64>,
+    replica: Addr<RaftReplica>,
+    transport: Addr<Transport>,
+    fault_injection: bool,
+    forward_timeout: Duration,
+    forward_clients: Arc<Mutex<HashMap<u64, Client>>>,
+}
+
+/// What the node's parts a service needs.
+pub struct ServiceParts {
+    /// The replica's handle.
+    pub kv: KvHandle,
+    /// This node.
+    pub node_id: u64,
+    /// Every member's TCP address.
+    pub members: BTreeMap<u64, String>,
+    /// The replica's leader hint.
+    pub leader: Arc<AtomicU64>,
+    /// The replica.
+    pub replica: Addr<RaftReplica>,
+    /// The Raft transport.
+    pub transport: Addr<Transport>,
+    /// Whether `/admin/fault` is accepted.
+    pub fault_injection: bool,
+}
+
+impl Service {
+    /// A service over a running node's parts.
+    pub fn new(parts: ServiceParts) -> Self {
+        // A forwarded request gets the leader's own timeout plus a margin,
+        // so the leader's answer (even "timeout") arrives before ours fires.
+        let forward_timeout = parts.kv.limits().request_timeout + Duration::from_secs(1);
+        Service {
+            kv: parts.kv,
+            node_id: parts.node_id,
+            members: Arc::new(parts.members),
+            leader: parts.leader,
+            replica: parts.replica,
+            transport: parts.transport,
+            fault_injection: parts.fault_injection,
+            forward_timeout,
+            forward_clients: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    /// The handle's limits (value size for HTTP body limits).
+    pub fn value_size_max_bytes(&self) -> usize {
+        self.kv.limits().value_size_max_bytes
+    }
+
+    fn leader_hint(&self, leader: u64) -> Option<LeaderHint> {
+        self.members.get(&leader).map(|addr| LeaderHint {
+            id: leader,
+            addr: addr.clone(),
+        })
+    }
+
+    /// Runs a client request (not `raft`) and returns the answer to send.
+    pub async fn handle(&self, request: Request, no_forward: bool) -> Response {
+        match self.route(request, no_forward).await {
+            Ok(response) => response,
+            Err(error) => error.into_response(),
+        }
+    }
+
+    async fn route(&self, request: Request, no_forward: bool) -> Result<Response, ApiError> {
+        if let Request::ClusterStatus = request {
+            return Ok(Response::ClusterStatus(self.cluster_status().await?));
+        }
+        let leader = self.leader.load(Ordering::Relaxed);
+        if request.needs_leader() && leader != 0 && leader != self.node_id {
+            if no_forward {
+                return Err(self.not_leader(leader));
+            }
+            return self.forward(leader, request).await;
+        }
+        self.local(request).await
+    }
+
+    fn not_leader(&self, leader: u64) -> ApiError {
+        let hint = self.leader_hint(leader);
+        let addr = hint.as_ref().map_or("unknown", |h| h.addr.as_str());
+        ApiError::new(
+            ErrorCode::NotLeader,
+            format!("node {} is not the leader; node {leader} at {addr} is", self.node_id),
+        )
+        .with_leader(hint)
+    }
+
+    /// Runs the request on this node's replica.
+    async fn local(&self, request: Request) -> Result<Response, ApiError> {
+        let (op, consistency) = to_op(request)?;
+        let key = match &op {
+            KvOp::Get { key } | KvOp::Put { key, .. } | KvOp::Delete { key, .. } => key.clone(),
+            KvOp::Scan(_) | KvOp::Health => Vec::new(),
+        };
+        match self.kv.call_with(op, consistency).await {
+            Ok(answer) => Ok(to_response(key, answer)),
+            // Leadership moved while the request was on its way: say where.
+            Err(KvError::NotLeader { leader }) => Err(self.not_leader(leader)),
+            Err(error) => Err(ApiError::from_kv(error, (!key.is_empty()).then_some(&key))),
+        }
+    }
+
+    /// Sends the request to the leader and returns its answer.
+    async fn forward(&self, leader: u64, request: Request) -> Result<Response, ApiError> {
+        let Some(addr) = self.members.get(&leader).cloned() else {
+            return Err(ApiError::new(
+                ErrorCode::Internal,
+                format!("leader {leader} is not a configured member"),
+            ));
+        };
+        metrics::counter!("harmonydb_api_forwarded_total", "leader" => leader.to_string())
+            .increment(1);
+        let is_write = matches!(request, Request::Put { .. } | Request::Delete { .. });
+        let client = self.forward_client(leader, &addr).await?;
+        match client.exchange(request, true).await {
+            Ok(response) => Ok(response),
+            Err(error) => {
+                self.drop_forward_client(leader);
+                debug!(leader, %addr, %error, "forwarding failed");
+                // Once a write is on the wire, whether the leader applied it is unknown.
+                let sent = !matches!(
+                    error,
+                    ClientError::Connect { .. } | ClientError::RequestTooLarge { .. }
+                );
+                let code = if is_write && sent {
+                    ErrorCode::Timeout
+                } else {
+                    ErrorCode::Unavailable
+                };
+                Err(ApiError::new(
+                    code,
+                    format!("forwarding to the leader, node {leader} at {addr}, failed: {error}"),
+                ))
+            }
+        }
+    }
+
+    async fn forward_client(&self, leader: u64, addr: &str) -> Result<Client, ApiError> {
+        let cached = self
+            .forward_clients
+            .lock()
+            .ok()
+            .and_then(|clients| clients.get(&leader).cloned());
+        if let Some(client) = cached.filter(|c| !c.is_closed()) {
+            return Ok(client);
+        }
+        let client = Client::connect(addr)
+            .await
+            .map_err(|error| {
+                ApiError::new(
+                    ErrorCode::Unavailable,
+                    format!("the leader, node {leader} at {addr}, is unreachable: {error}"),
+                )
+            })?
+            .with_timeout(self.forward_timeout);
+        if let Ok(mut clients) = self.forward_clients.lock() {
+            clients.insert(leader, client.clone());
+        }
+        Ok(client)
+    }
+
+    fn drop_forward_client(&self, leader: u64) {
+        if let Ok(mut clients) = self.forward_clients.lock() {
+            clients.remove(&leader);
+        }
+    }
+
+    /// This node's view of the cluster.
+    pub async fn cluster_status(&self) -> Result<ClusterStatus, ApiError> {
+        let status = self
+            .replica
+            .send(GetStatus)
+            .await
+            .map_err(|_| ApiError::from_kv(KvError::ShuttingDown, None))?;
+        let raft = status.raft;
+        let leads = raft.role == Role::Leader;
+        let members = self
+            .members
+            .iter()
+            .map(|(id, addr)| {
+                let match_index = if !leads {
+                    None
+                } else if *id == raft.id {
+                    Some(raft.last_index)
+                } else {
+                    raft.match_index.get(id).copied()
+                };
+                MemberStatus {
+                    id: *id,
+                    addr: addr.clone(),
+                    match_index,
+                    lag: match_index.map(|m| raft.last_index.saturating_sub(m)),
+                }
+            })
+            .collect();
+        let role = match raft.role {
+            Role::Leader => "leader",
+            Role::Follower => "follower",
+            Role::PreCandidate => "pre_candidate",
+            Role::Candidate => "candidate",
+        };
+        Ok(ClusterStatus {
+            node_id: raft.id,
+            role: role.to_string(),
+            term: raft.term,
+            leader: (raft.leader != 0).then_some(raft.leader),
+            leader_addr: self.members.get(&raft.leader).cloned(),
+            commit_index: raft.commit,
+            applied_index: raft.applied,
+            last_index: raft.last_index,
+            members,
+        })
+    }
+
+    /// Sets the fault on this node's Raft links to `peers` (tests only).
+    pub fn set_fault(&self, peers: &[u64], fault: Fault) -> Result<(), ApiError> {
+        if !self.fault_injection {
+            return Err(ApiError::new(
+                ErrorCode::Forbidden,
+                "fault injection is disabled; start the node with --enable-fault-injection",
+            ));
+        }
+        for peer in peers {
+            if *peer == self.node_id || !self.members.contains_key(peer) {
+                return Err(ApiError::bad_request(format!(
+                    "node {peer} is not a peer of node {}",
+                    self.node_id
+                )));
+            }
+        }
+        for peer in peers {
+            info!(peer, drop = fault.drop, delay_ms = fault.delay.as_millis() as u64, "fault injected");
+            self.transport.do_send(SetFault { peer: *peer, fault });
+        }
+        Ok(())
+    }
+}
+
+/// A client request as an operation on the replica.
+fn to_op(request: Request) -> Result<(KvOp, Consistency), ApiError> {
+    Ok(match request {
+        Request::Get { key, consistency } => (KvOp::Get { key }, consistency.unwrap_or_default()),
+        Request::Put {
+            key,
+            value,
+            expected_version,
+        } => (
+            KvOp::Put {
+                key,
+                value,
+                expected_version,
+            },
+            Consistency::default(),
+        ),
+        Request::Delete {
+            key,
+            expected_version,
+        } => (
+            KvOp::Delete {
+                key,
+                expected_version,
+            },
+            Consistency::default(),
+        ),
+        Request::Scan {
+            prefix,
+            start,
+            end,
+            limit,
+            consistency,
+        } => (
+            KvOp::Scan(ScanRange {
+                prefix,
+                start,
+                end,
+                limit: limit.map_or(SCAN_LIMIT_DEFAULT, |l| l as usize),
+            }),
+            consistency.unwrap_or_default(),
+        ),
+        Request::Health => (KvOp::Health, Consistency::default()),
+        Request::ClusterStatus | Request::Raft { .. } => {
+            return Err(ApiError::bad_request(
+                "this operation is not served by the key-value store",
+            ))
+        }
+    })
+}
+
+/// The replica's answer as a protocol response.
+fn to_response(key: Vec<u8>, answer: KvAnswer) -> Response {
+    let staleness = answer.staleness;
+    match answer.reply {
+        KvReply::Value(versioned) => Response::Value {
+            key,
+            value: versioned.value,
+            version: versioned.version,
+            staleness,
+        },
+        KvReply::Written(WriteOutcome::Written { version }) => Response::Written { key, version },
+        KvReply::Written(WriteOutcome::Deleted { deleted_version }) => Response::Deleted {
+            key,
+            deleted_version,
+        },
+        KvReply::Page(page) => Response::Items {
+            items: page
+                .items
+                .into_iter()
+                .map(|item| Item {
+                    key: item.key,
+                    value: item.versioned.value,
+                    version: item.versioned.version,
+                })
+                .collect(),
+            more: page.more,
+            staleness,
+        },
+        KvReply::Healthy { applied_index } => Response::Health { applied_index },
+    }
+}
