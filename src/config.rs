@@ -247,11 +247,9 @@ impl Config {
             text if text.trim().is_empty() => {
                 BTreeMap::from([(config.node_id, config.tcp_addr.to_string())])
             }
-            text => parse_peers(&text, config.node_id).map_err(|message| {
-                ConfigError::Invalid {
-                    name: "peers",
-                    message,
-                }
+            text => parse_peers(&text, config.node_id).map_err(|message| ConfigError::Invalid {
+                name: "peers",
+                message,
             })?,
         };
         config.validate()?;

@@ -158,7 +158,11 @@ impl DataDirLock {
 /// Checks (or, on first start, writes) `<data-dir>/IDENTITY`: the node id
 /// and the member ids this directory was created with. A directory started
 /// under another id would hand that node's votes to this one.
-fn check_identity(dir: &Path, node_id: u64, members: &BTreeMap<u64, String>) -> Result<(), NodeError> {
+fn check_identity(
+    dir: &Path,
+    node_id: u64,
+    members: &BTreeMap<u64, String>,
+) -> Result<(), NodeError> {
     let path = dir.join("IDENTITY");
     let ids: Vec<String> = members.keys().map(u64::to_string).collect();
     let expected = format!("node {node_id} of members {}", ids.join(","));
@@ -217,36 +221,48 @@ pub struct ReplicaParts {
     pub leader: Arc<AtomicU64>,
 }
 
+/// What a replica is started with besides its core and WAL.
+pub struct ReplicaSettings {
+    /// This node.
+    pub node_id: u64,
+    /// Every member's TCP address.
+    pub members: BTreeMap<u64, String>,
+    /// Raft's tick.
+    pub tick: Duration,
+    /// Limits front doors enforce.
+    pub limits: KvLimits,
+    /// The peers' frame limit, which Raft frames must fit.
+    pub frame_size_max_bytes: usize,
+}
+
 /// Starts the transport and the replica on the current arbiter.
 pub fn start_replica(
-    node_id: u64,
-    members: &BTreeMap<u64, String>,
+    settings: &ReplicaSettings,
     raft: Raft,
     wal_writer: Addr<WalWriter>,
     wal_next_index: u64,
-    tick: Duration,
-    limits: KvLimits,
-    frame_size_max_bytes: usize,
 ) -> ReplicaParts {
-    let peers: BTreeMap<u64, String> = members
+    let node_id = settings.node_id;
+    let peers: BTreeMap<u64, String> = settings
+        .members
         .iter()
         .filter(|(id, _)| **id != node_id)
         .map(|(id, addr)| (*id, addr.clone()))
         .collect();
     let transport = Transport::new(node_id, peers)
-        .with_frame_budget(frame_size_max_bytes / 2)
+        .with_frame_budget(settings.frame_size_max_bytes / 2)
         .start();
     let replica = RaftReplica::new(
         raft,
         wal_writer,
         wal_next_index,
         transport.clone().recipient(),
-        tick,
+        settings.tick,
     );
     let leader = replica.leader_hint();
     let replica = replica.start();
     ReplicaParts {
-        kv: KvHandle::new(replica.clone(), limits),
+        kv: KvHandle::new(replica.clone(), settings.limits),
         replica,
         transport,
         leader,
@@ -271,7 +287,10 @@ pub fn run(config: Config) -> Result<(), NodeError> {
     };
     // A cut tail is logged by the WAL itself, with segment, offset and bytes.
     let (wal, report) = Wal::open(&wal_dir, options)?;
-    let persisted = load(&wal, PersistedState::bootstrap(config.members.keys().copied()))?;
+    let persisted = load(
+        &wal,
+        PersistedState::bootstrap(config.members.keys().copied()),
+    )?;
     info!(
         segments = report.segments,
         last_index = report.last_index,
@@ -309,6 +328,22 @@ async fn serve(
             upkeep_handle.run_upkeep();
         }
     });
+    let tcp_listener =
+        TcpListener::bind(config.tcp_addr)
+            .await
+            .map_err(|source| NodeError::Bind {
+                api: "TCP",
+                addr: config.tcp_addr,
+                source,
+            })?;
+    let tcp_addr = tcp_listener.local_addr().unwrap_or(config.tcp_addr);
+    let mut config = config;
+    // A node of one names itself by the address it got (port 0 = any).
+    if config.members.len() == 1
+        && config.members.get(&config.node_id) == Some(&config.tcp_addr.to_string())
+    {
+        config.members.insert(config.node_id, tcp_addr.to_string());
+    }
     // Syncs block their thread, so the WAL writer gets an arbiter of its own.
     // The replica shares the main arbiter with the TCP connections: an
     // answered writer's next request then reaches it without a thread hop,
@@ -320,16 +355,14 @@ async fn serve(
         request_timeout: config.request_timeout,
         ..KvLimits::default()
     };
-    let parts = start_replica(
-        config.node_id,
-        &config.members,
-        raft,
-        wal_writer.clone(),
-        next_index,
-        config.raft_tick,
+    let settings = ReplicaSettings {
+        node_id: config.node_id,
+        members: config.members.clone(),
+        tick: config.raft_tick,
         limits,
-        config.frame_size_max_bytes,
-    );
+        frame_size_max_bytes: config.frame_size_max_bytes,
+    };
+    let parts = start_replica(&settings, raft, wal_writer.clone(), next_index);
     let service = Service::new(ServiceParts {
         kv: parts.kv.clone(),
         node_id: config.node_id,
@@ -342,15 +375,6 @@ async fn serve(
     let members: BTreeSet<u64> = config.members.keys().copied().collect();
     let peer_inbox = PeerInbox::new(config.node_id, members, parts.replica.clone().recipient());
 
-    let tcp_listener =
-        TcpListener::bind(config.tcp_addr)
-            .await
-            .map_err(|source| NodeError::Bind {
-                api: "TCP",
-                addr: config.tcp_addr,
-                source,
-            })?;
-    let tcp_addr = tcp_listener.local_addr().unwrap_or(config.tcp_addr);
     let http_state = http::HttpState {
         service: service.clone(),
         metrics,

@@ -212,7 +212,7 @@ fn read_error_then_eof(stream: &mut TcpStream) -> (u64, ErrorCode) {
     let mut body = vec![0u8; u32::from_be_bytes(length) as usize];
     stream.read_exact(&mut body).expect("error frame body");
     let answer: ResponseFrame = rmp_serde::from_slice(&body).expect("decodable answer");
-    let Response::Error { code, message } = answer.body else {
+    let Response::Error { code, message, .. } = answer.body else {
         panic!("expected an error frame, got {:?}", answer.body);
     };
     assert!(!message.is_empty());

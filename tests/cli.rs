@@ -32,15 +32,32 @@ fn kv_commands_print_results_and_exit_with_meaningful_codes() {
 
     let put = kv(&node, &["put", "greeting", "hello world"]);
     assert!(put.status.success(), "{}", stderr(&put));
-    assert_eq!(stdout(&put), "OK version 1\n");
+    // Versions are log indexes; the leader's first entry of its term comes first.
+    let v: u64 = stdout(&put)
+        .strip_prefix("OK version ")
+        .and_then(|rest| rest.trim().parse().ok())
+        .unwrap_or_else(|| panic!("unexpected put output {:?}", stdout(&put)));
 
     let get = kv(&node, &["get", "greeting"]);
     assert!(get.status.success());
     assert_eq!(stdout(&get), "hello world\n");
     assert_eq!(
         stdout(&kv(&node, &["get", "greeting", "--with-version"])),
-        "1\thello world\n"
+        format!("{v}\thello world\n")
     );
+    for consistency in ["lease", "stale"] {
+        let read = kv(&node, &["get", "greeting", "--consistency", consistency]);
+        assert!(read.status.success(), "{}", stderr(&read));
+        assert_eq!(stdout(&read), "hello world\n");
+    }
+    let stale = kv(&node, &["get", "greeting", "--consistency", "stale"]);
+    assert!(
+        stderr(&stale).contains("stale read from node 1"),
+        "{}",
+        stderr(&stale)
+    );
+    let bad = kv(&node, &["get", "greeting", "--consistency", "eventual"]);
+    assert_eq!(bad.status.code(), Some(2));
 
     let stale = kv(&node, &["cas", "greeting", "7", "bye"]);
     assert_eq!(stale.status.code(), Some(1));
@@ -50,15 +67,19 @@ fn kv_commands_print_results_and_exit_with_meaningful_codes() {
         stderr(&stale)
     );
 
-    let cas = kv(&node, &["cas", "greeting", "1", "bye"]);
+    let cas = kv(&node, &["cas", "greeting", &v.to_string(), "bye"]);
     assert!(cas.status.success(), "{}", stderr(&cas));
-    assert_eq!(stdout(&cas), "OK version 3\n");
+    // The refused compare-and-set took an index too.
+    assert_eq!(stdout(&cas), format!("OK version {}\n", v + 2));
 
     assert!(kv(&node, &["cas", "fresh", "0", "new"]).status.success());
     assert!(kv(&node, &["put", "other", "x"]).status.success());
     let scan = kv(&node, &["scan", "--limit", "2"]);
     assert!(scan.status.success());
-    assert_eq!(stdout(&scan), "fresh\t4\tnew\ngreeting\t3\tbye\n");
+    assert_eq!(
+        stdout(&scan),
+        format!("fresh\t{}\tnew\ngreeting\t{}\tbye\n", v + 3, v + 2)
+    );
     assert!(
         stderr(&scan).contains("more keys follow"),
         "{}",
@@ -66,12 +87,15 @@ fn kv_commands_print_results_and_exit_with_meaningful_codes() {
     );
     assert_eq!(
         stdout(&kv(&node, &["scan", "--prefix", "oth"])),
-        "other\t5\tx\n"
+        format!("other\t{}\tx\n", v + 4)
     );
 
     let del = kv(&node, &["del", "greeting"]);
     assert!(del.status.success());
-    assert_eq!(stdout(&del), "deleted greeting (was version 3)\n");
+    assert_eq!(
+        stdout(&del),
+        format!("deleted greeting (was version {})\n", v + 2)
+    );
 
     let missing = kv(&node, &["get", "greeting"]);
     assert_eq!(missing.status.code(), Some(1));
@@ -99,6 +123,29 @@ fn kv_commands_print_results_and_exit_with_meaningful_codes() {
         .output()
         .expect("run");
     assert_eq!(usage.status.code(), Some(2));
+
+    let status = Command::new(binary())
+        .args(["cluster", "status", "--addr", &node.tcp.to_string()])
+        .output()
+        .expect("run harmonydb cluster status");
+    assert!(status.status.success(), "{}", stderr(&status));
+    let text = stdout(&status);
+    assert!(text.contains("node 1 is leader"), "{text}");
+    assert!(text.contains(&format!("1\t{}\t", node.tcp)), "{text}");
+    let json = Command::new(binary())
+        .args([
+            "cluster",
+            "status",
+            "--json",
+            "--addr",
+            &node.tcp.to_string(),
+        ])
+        .output()
+        .expect("run harmonydb cluster status --json");
+    let parsed: serde_json::Value =
+        serde_json::from_slice(&json.stdout).expect("cluster status --json prints JSON");
+    assert_eq!(parsed["leader"], 1);
+    assert_eq!(parsed["members"][0]["lag"], 0);
 }
 
 #[test]

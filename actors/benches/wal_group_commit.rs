@@ -3,10 +3,11 @@
 //! the same run and directory (a write + fdatasync loop).
 //!
 //! Writers go through the real write path, laid out on threads as in the
-//! node: `KvHandle::call(Put)` -> KvStore (assigns the index; on the same
-//! arbiter as the callers, as the TCP connections are in the node) ->
-//! WalWriter (own arbiter; writes through the mapping, one msync per batch)
-//! -> apply -> answer. One put is one WAL record.
+//! node: `KvHandle::call(Put)` -> RaftReplica of a one-member group (assigns
+//! the index; on the same arbiter as the callers, as the TCP connections are
+//! in the node) -> WalWriter (own arbiter; writes through the mapping, one
+//! msync per batch) -> commit -> apply -> answer. One put is one WAL record
+//! (plus a hard-state record per batch).
 //!
 //! Run: `cargo bench -p harmonydb-actors --bench wal_group_commit`
 //! Set `HARMONYDB_BENCH_DIR` to measure another disk, `HARMONYDB_BENCH_SECONDS`
@@ -20,8 +21,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use actix::Actor;
 use actix::Arbiter;
-use harmonydb_actors::kv::{recover_state, KvHandle, KvLimits, KvOp, KvStore};
+use harmonydb_actors::cluster::transport::Transport;
+use harmonydb_actors::kv::{KvHandle, KvLimits, KvOp};
+use harmonydb_actors::raft::replica::RaftReplica;
+use harmonydb_actors::raft::wal_log::load;
+use harmonydb_actors::raft::{PersistedState, Raft, RaftConfig};
 use harmonydb_actors::wal::{FsyncPolicy, GetStats, Wal, WalOptions, WalWriter};
 
 const PAYLOAD_SIZE_BYTES: usize = 100;
@@ -78,11 +84,21 @@ fn group_commit_rate(writers: usize, duration: Duration) -> RunResult {
     let system = actix::System::new();
     system.block_on(async move {
         let (wal, _) = Wal::open(dir.path(), WalOptions::default()).expect("open WAL");
-        let state = recover_state(&wal).expect("recover");
+        let persisted = load(&wal, PersistedState::bootstrap([1])).expect("load");
+        let raft = Raft::new(RaftConfig::new(1), persisted).expect("core");
+        let next_index = wal.last_index() + 1;
         let wal_arbiter = Arbiter::new();
         let writer = WalWriter::new(wal, FsyncPolicy::Always).start_on(&wal_arbiter.handle());
-        let store = KvStore::new(state, 1, writer.clone()).start_on(&actix::Arbiter::current());
-        let kv = KvHandle::new(store, KvLimits::default());
+        let transport = Transport::new(1, Default::default()).start();
+        let replica = RaftReplica::new(
+            raft,
+            writer.clone(),
+            next_index,
+            transport.recipient(),
+            Duration::from_millis(100),
+        )
+        .start();
+        let kv = KvHandle::new(replica, KvLimits::default());
 
         let stop = Arc::new(AtomicBool::new(false));
         let done = Arc::new(AtomicU64::new(0));

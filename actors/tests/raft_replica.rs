@@ -7,10 +7,10 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use harmonydb_actors::kv::{KvCommand, WriteOutcome};
-use harmonydb_actors::raft::replica::{
-    GetStatus, LinearizableGet, Outbox, ProposeWrite, RaftReplica, ReplicaError, Step,
+use harmonydb_actors::kv::{
+    Consistency, KvAnswer, KvError, KvOp, KvReply, KvRequest, WriteOutcome,
 };
+use harmonydb_actors::raft::replica::{GetStatus, Outbox, RaftReplica, Step};
 use harmonydb_actors::raft::wal_log::load;
 use harmonydb_actors::raft::{NodeId, PersistedState, Raft, RaftConfig, Role};
 use harmonydb_actors::wal::{FsyncPolicy, Wal, WalOptions, WalWriter};
@@ -93,34 +93,54 @@ fn start_replica(
     .start()
 }
 
-async fn put(
+async fn call(
     replica: &Addr<RaftReplica>,
-    key: &str,
-    value: &str,
-) -> Result<WriteOutcome, ReplicaError> {
+    op: KvOp,
+    consistency: Consistency,
+) -> Result<KvAnswer, KvError> {
     let (reply, answer) = oneshot::channel();
-    let command = KvCommand::Put {
-        key: key.into(),
-        value: value.into(),
-        expected_version: None,
-    };
     replica
-        .send(ProposeWrite { command, reply })
+        .send(KvRequest {
+            op,
+            consistency,
+            reply,
+        })
         .await
         .expect("mailbox");
     answer.await.expect("answered")
 }
 
-async fn get(replica: &Addr<RaftReplica>, key: &str) -> Result<Option<Vec<u8>>, ReplicaError> {
-    let (reply, answer) = oneshot::channel();
-    replica
-        .send(LinearizableGet {
-            key: key.into(),
-            reply,
-        })
-        .await
-        .expect("mailbox");
-    answer.await.expect("answered").map(|v| v.map(|v| v.value))
+async fn put(replica: &Addr<RaftReplica>, key: &str, value: &str) -> Result<WriteOutcome, KvError> {
+    let op = KvOp::Put {
+        key: key.into(),
+        value: value.into(),
+        expected_version: None,
+    };
+    match call(replica, op, Consistency::Linearizable).await?.reply {
+        KvReply::Written(outcome) => Ok(outcome),
+        other => panic!("a put answered {other:?}"),
+    }
+}
+
+async fn get_with(
+    replica: &Addr<RaftReplica>,
+    key: &str,
+    consistency: Consistency,
+) -> Result<Option<Vec<u8>>, KvError> {
+    let op = KvOp::Get { key: key.into() };
+    match call(replica, op, consistency).await {
+        Ok(KvAnswer {
+            reply: KvReply::Value(versioned),
+            ..
+        }) => Ok(Some(versioned.value)),
+        Ok(other) => panic!("a get answered {other:?}"),
+        Err(KvError::NotFound) => Ok(None),
+        Err(error) => Err(error),
+    }
+}
+
+async fn get(replica: &Addr<RaftReplica>, key: &str) -> Result<Option<Vec<u8>>, KvError> {
+    get_with(replica, key, Consistency::Linearizable).await
 }
 
 /// Waits until one of `replicas` leads, and returns its id.
@@ -134,7 +154,7 @@ async fn leader_among(
             if Some(*id) == exclude {
                 continue;
             }
-            if replica.send(GetStatus).await.expect("status").role == Role::Leader {
+            if replica.send(GetStatus).await.expect("status").raft.role == Role::Leader {
                 return *id;
             }
         }
@@ -199,8 +219,31 @@ async fn three_replicas_replicate_and_survive_losing_their_leader() {
     let follower = *replicas.keys().find(|id| **id != leader).expect("follower");
     assert_eq!(
         put(&replicas[&follower], "nope", "x").await,
-        Err(ReplicaError::NotLeader { leader })
+        Err(KvError::NotLeader { leader })
     );
+    assert_eq!(
+        get(&replicas[&follower], "a0").await,
+        Err(KvError::NotLeader { leader })
+    );
+    // Lease reads on the leader see what was written; stale reads on a
+    // follower are served there and say how far behind it is.
+    assert_eq!(
+        get_with(&replicas[&leader], "a19", Consistency::Lease).await,
+        Ok(Some(b"x".to_vec()))
+    );
+    let stale = call(
+        &replicas[&follower],
+        KvOp::Get { key: "a0".into() },
+        Consistency::Stale,
+    )
+    .await;
+    let staleness = stale
+        .expect("a follower serves stale reads")
+        .staleness
+        .expect("with its staleness");
+    assert_eq!(staleness.node_id, follower);
+    assert!(staleness.applied_index <= staleness.commit_index);
+    assert!(staleness.leader_contact_ms.is_some());
 
     // Cut the leader off: the other two elect a new one and keep committing.
     router.send(Block(Some(leader))).await.expect("block");
@@ -218,8 +261,16 @@ async fn three_replicas_replicate_and_survive_losing_their_leader() {
     router.send(Block(None)).await.expect("heal");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let status = replicas[&leader].send(GetStatus).await.expect("status");
-        let leader_status = replicas[&new_leader].send(GetStatus).await.expect("status");
+        let status = replicas[&leader]
+            .send(GetStatus)
+            .await
+            .expect("status")
+            .raft;
+        let leader_status = replicas[&new_leader]
+            .send(GetStatus)
+            .await
+            .expect("status")
+            .raft;
         if status.role == Role::Follower
             && status.applied >= leader_status.commit
             && leader_status.commit > 0

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use harmonydb_actors::cluster::transport::{
-    listen, Fault, GetDropped, PeerFrame, SetFault, Transport,
+    listen, Fault, GetDropped, PeerFrame, PeerInbox, SetFault, Transport,
 };
 use harmonydb_actors::raft::replica::{Outbox, Step};
 use harmonydb_actors::raft::{Message as RaftMessage, MessageBody, NodeId};
@@ -70,9 +70,7 @@ async fn node_2_listening(inbox: &Addr<Inbox>) -> std::net::SocketAddr {
     let addr = listener.local_addr().expect("addr");
     actix::spawn(listen(
         listener,
-        2,
-        BTreeSet::from([1, 2, 3]),
-        inbox.clone().recipient(),
+        PeerInbox::new(2, BTreeSet::from([1, 2, 3]), inbox.clone().recipient()),
     ));
     addr
 }
@@ -81,7 +79,7 @@ async fn node_2_listening(inbox: &Addr<Inbox>) -> std::net::SocketAddr {
 async fn messages_reach_the_peer_in_order() {
     let inbox = Inbox::default().start();
     let addr = node_2_listening(&inbox).await;
-    let transport = Transport::new(1, BTreeMap::from([(2, addr)])).start();
+    let transport = Transport::new(1, BTreeMap::from([(2, addr.to_string())])).start();
     for seq in 0..100 {
         transport.do_send(Outbox {
             messages: vec![heartbeat(1, 2, seq)],
@@ -104,7 +102,7 @@ async fn a_peer_that_comes_up_late_gets_what_was_queued() {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("port");
-    let transport = Transport::new(1, BTreeMap::from([(2, port)])).start();
+    let transport = Transport::new(1, BTreeMap::from([(2, port.to_string())])).start();
     transport.do_send(Outbox {
         messages: vec![heartbeat(1, 2, 7)],
     });
@@ -115,9 +113,7 @@ async fn a_peer_that_comes_up_late_gets_what_was_queued() {
         .expect("bind the reserved port");
     actix::spawn(listen(
         listener,
-        2,
-        BTreeSet::from([1, 2]),
-        inbox.clone().recipient(),
+        PeerInbox::new(2, BTreeSet::from([1, 2]), inbox.clone().recipient()),
     ));
     let received = wait_for(&inbox, 1).await;
     assert_eq!(received, vec![heartbeat(1, 2, 7)]);
@@ -127,7 +123,7 @@ async fn a_peer_that_comes_up_late_gets_what_was_queued() {
 async fn the_fault_filter_drops_one_direction_and_counts() {
     let inbox = Inbox::default().start();
     let addr = node_2_listening(&inbox).await;
-    let transport = Transport::new(1, BTreeMap::from([(2, addr)])).start();
+    let transport = Transport::new(1, BTreeMap::from([(2, addr.to_string())])).start();
     transport
         .send(SetFault {
             peer: 2,
@@ -179,32 +175,32 @@ async fn bad_peer_frames_are_refused_and_real_peers_still_served() {
         to: 2,
         messages: vec![heartbeat(9, 2, 1)],
     };
-    send_raw(addr, &rmp_serde::to_vec(&stranger).expect("encode")).await;
+    send_raw(addr, &stranger.to_wire(1)).await;
     // From a member, but for another node.
     let misrouted = PeerFrame {
         from: 1,
         to: 3,
         messages: vec![heartbeat(1, 3, 1)],
     };
-    send_raw(addr, &rmp_serde::to_vec(&misrouted).expect("encode")).await;
+    send_raw(addr, &misrouted.to_wire(1)).await;
     // A member claiming to carry another member's message.
     let forged = PeerFrame {
         from: 1,
         to: 2,
         messages: vec![heartbeat(3, 2, 1)],
     };
-    send_raw(addr, &rmp_serde::to_vec(&forged).expect("encode")).await;
+    send_raw(addr, &forged.to_wire(1)).await;
     // A far-future term from a non-member is refused like any non-member frame.
     let mut future = heartbeat(8, 2, 1);
     future.term = u64::MAX;
     send_raw(
         addr,
-        &rmp_serde::to_vec(&PeerFrame {
+        &PeerFrame {
             from: 8,
             to: 2,
             messages: vec![future],
-        })
-        .expect("encode"),
+        }
+        .to_wire(1),
     )
     .await;
     // Garbage.
@@ -212,7 +208,7 @@ async fn bad_peer_frames_are_refused_and_real_peers_still_served() {
     actix_rt::time::sleep(Duration::from_millis(100)).await;
     assert!(inbox.send(Received).await.expect("inbox").is_empty());
 
-    let transport = Transport::new(1, BTreeMap::from([(2, addr)])).start();
+    let transport = Transport::new(1, BTreeMap::from([(2, addr.to_string())])).start();
     transport.do_send(Outbox {
         messages: vec![heartbeat(1, 2, 5)],
     });

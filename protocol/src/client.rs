@@ -165,8 +165,17 @@ impl Client {
                     // answers requests it had already started before it
                     // closes, so keep reading; what is left unanswered at
                     // the close fails with this error.
-                    if let Response::Error { code, message, leader } = frame.body {
-                        connection_error = Some(ClientError::Server { code, message, leader });
+                    if let Response::Error {
+                        code,
+                        message,
+                        leader,
+                    } = frame.body
+                    {
+                        connection_error = Some(ClientError::Server {
+                            code,
+                            message,
+                            leader,
+                        });
                     }
                     continue;
                 }

@@ -525,8 +525,17 @@ mod tests {
     use super::*;
     use actix::Actor;
     use actix_web::test as web_test;
-    use harmonydb_actors::kv::{recover_state, KvLimits, KvStore};
+    use std::collections::BTreeMap;
+
+    use harmonydb_actors::kv::KvLimits;
+    use harmonydb_actors::raft::replica::RaftReplica;
+    use harmonydb_actors::raft::wal_log::load;
+    use harmonydb_actors::raft::{PersistedState, Raft};
     use harmonydb_actors::wal::{FsyncPolicy, Wal, WalOptions, WalWriter};
+    use harmonydb_protocol::FRAME_SIZE_DEFAULT_MAX_BYTES;
+
+    use crate::api::service::ServiceParts;
+    use crate::node::{raft_config, start_replica, ReplicaSettings};
 
     fn metrics_handle() -> PrometheusHandle {
         metrics_exporter_prometheus::PrometheusBuilder::new()
@@ -534,27 +543,50 @@ mod tests {
             .handle()
     }
 
-    fn store(dir: &std::path::Path) -> (KvHandle, actix::Addr<KvStore>) {
+    /// A one-member node's service over a WAL in `dir`.
+    fn one_member_service(
+        dir: &std::path::Path,
+        fault_injection: bool,
+    ) -> (Service, actix::Addr<RaftReplica>) {
         let (wal, _) = Wal::open(dir, WalOptions::default()).expect("open");
-        let state = recover_state(&wal).expect("recover");
+        let persisted = load(&wal, PersistedState::bootstrap([1])).expect("load");
+        let raft =
+            Raft::new(raft_config(1, FRAME_SIZE_DEFAULT_MAX_BYTES), persisted).expect("core");
+        let next_index = wal.last_index() + 1;
         let writer = WalWriter::new(wal, FsyncPolicy::Never).start();
-        let addr = KvStore::new(state, 1, writer).start();
-        let limits = KvLimits {
-            value_size_max_bytes: 16,
-            ..KvLimits::default()
+        let settings = ReplicaSettings {
+            node_id: 1,
+            members: BTreeMap::from([(1, "127.0.0.1:1".to_string())]),
+            tick: Duration::from_millis(10),
+            limits: KvLimits {
+                value_size_max_bytes: 16,
+                ..KvLimits::default()
+            },
+            frame_size_max_bytes: FRAME_SIZE_DEFAULT_MAX_BYTES,
         };
-        (KvHandle::new(addr.clone(), limits), addr)
+        let parts = start_replica(&settings, raft, writer, next_index);
+        let service = Service::new(ServiceParts {
+            kv: parts.kv,
+            node_id: 1,
+            members: settings.members,
+            leader: parts.leader,
+            replica: parts.replica.clone(),
+            transport: parts.transport,
+            fault_injection,
+        });
+        (service, parts.replica)
     }
 
     #[actix_web::test]
     async fn a_stopped_store_answers_503_shutting_down() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (kv, addr) = store(dir.path());
-        addr.send(harmonydb_actors::kv::BeginShutdown)
+        let (service, replica) = one_member_service(dir.path(), false);
+        replica
+            .send(harmonydb_actors::kv::BeginShutdown)
             .await
             .expect("shutdown");
         let app = web_test::init_service(app(HttpState {
-            kv,
+            service,
             metrics: metrics_handle(),
         }))
         .await;
@@ -575,9 +607,9 @@ mod tests {
     #[actix_web::test]
     async fn binary_values_come_back_as_base64_and_text_as_text() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (kv, _) = store(dir.path());
+        let (service, _) = one_member_service(dir.path(), false);
         let app = web_test::init_service(app(HttpState {
-            kv,
+            service,
             metrics: metrics_handle(),
         }))
         .await;
@@ -598,6 +630,87 @@ mod tests {
         assert_eq!(body["value_base64"], "AP8B");
         assert!(body.get("value").is_none());
         assert_eq!(body["key"], "bin");
+    }
+
+    #[actix_web::test]
+    async fn cluster_status_stale_reads_and_the_fault_route() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (service, _) = one_member_service(dir.path(), false);
+        let app = web_test::init_service(app(HttpState {
+            service,
+            metrics: metrics_handle(),
+        }))
+        .await;
+        let put = web_test::TestRequest::put()
+            .uri("/kv/k")
+            .insert_header(actix_web::http::header::ContentType::json())
+            .set_payload(r#"{"value": "v"}"#)
+            .to_request();
+        assert_eq!(
+            web_test::call_service(&app, put).await.status().as_u16(),
+            200
+        );
+        let status: serde_json::Value = web_test::call_and_read_body_json(
+            &app,
+            web_test::TestRequest::get().uri("/cluster").to_request(),
+        )
+        .await;
+        assert_eq!(status["node_id"], 1);
+        assert_eq!(status["role"], "leader");
+        assert_eq!(status["leader"], 1);
+        assert_eq!(status["members"][0]["lag"], 0);
+        assert!(status["commit_index"].as_u64() >= Some(2), "{status}");
+
+        let stale: serde_json::Value = web_test::call_and_read_body_json(
+            &app,
+            web_test::TestRequest::get()
+                .uri("/kv/k?consistency=stale")
+                .to_request(),
+        )
+        .await;
+        assert_eq!(stale["value"], "v");
+        assert_eq!(stale["staleness"]["node_id"], 1);
+        assert_eq!(stale["staleness"]["leader_contact_ms"], 0);
+        let fresh: serde_json::Value = web_test::call_and_read_body_json(
+            &app,
+            web_test::TestRequest::get()
+                .uri("/kv/k?consistency=lease")
+                .to_request(),
+        )
+        .await;
+        assert_eq!(fresh["value"], "v");
+        assert!(fresh.get("staleness").is_none());
+        let bad = web_test::call_service(
+            &app,
+            web_test::TestRequest::get()
+                .uri("/kv/k?consistency=eventual")
+                .to_request(),
+        )
+        .await;
+        assert_eq!(bad.status().as_u16(), 400);
+
+        let fault = || {
+            web_test::TestRequest::post()
+                .uri("/admin/fault")
+                .insert_header(actix_web::http::header::ContentType::json())
+                .set_payload(r#"{"peers": [2], "drop": true}"#)
+                .to_request()
+        };
+        let refused = web_test::call_service(&app, fault()).await;
+        assert_eq!(refused.status().as_u16(), 403);
+        let body: serde_json::Value = web_test::read_body_json(refused).await;
+        assert_eq!(body["error"]["code"], "forbidden");
+
+        // With the flag, a peer that is not a member is still refused.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (service, _) = one_member_service(dir.path(), true);
+        let with_faults = web_test::init_service(super::app(HttpState {
+            service,
+            metrics: metrics_handle(),
+        }))
+        .await;
+        let unknown_peer = web_test::call_service(&with_faults, fault()).await;
+        assert_eq!(unknown_peer.status().as_u16(), 400);
     }
 
     #[test]

@@ -11,9 +11,7 @@ use std::time::Duration;
 
 use actix::Addr;
 use harmonydb_actors::cluster::transport::{Fault, SetFault, Transport};
-use harmonydb_actors::kv::{
-    KvAnswer, KvError, KvHandle, KvOp, KvReply, ScanRange, WriteOutcome,
-};
+use harmonydb_actors::kv::{KvAnswer, KvError, KvHandle, KvOp, KvReply, ScanRange, WriteOutcome};
 use harmonydb_actors::raft::replica::{GetStatus, RaftReplica};
 use harmonydb_actors::raft::Role;
 use harmonydb_protocol::{
@@ -118,7 +116,10 @@ impl Service {
         let addr = hint.as_ref().map_or("unknown", |h| h.addr.as_str());
         ApiError::new(
             ErrorCode::NotLeader,
-            format!("node {} is not the leader; node {leader} at {addr} is", self.node_id),
+            format!(
+                "node {} is not the leader; node {leader} at {addr} is",
+                self.node_id
+            ),
         )
         .with_leader(hint)
     }
@@ -267,7 +268,12 @@ impl Service {
             }
         }
         for peer in peers {
-            info!(peer, drop = fault.drop, delay_ms = fault.delay.as_millis() as u64, "fault injected");
+            info!(
+                peer,
+                drop = fault.drop,
+                delay_ms = fault.delay.as_millis() as u64,
+                "fault injected"
+            );
             self.transport.do_send(SetFault { peer: *peer, fault });
         }
         Ok(())

@@ -43,7 +43,7 @@ const FRAME_BATCH_SIZE_MAX_BYTES: usize = 8 * 1024 * 1024;
 pub const FRAME_BUDGET_DEFAULT_BYTES: usize = 4 * 1024 * 1024;
 
 const BACKOFF_MIN: Duration = Duration::from_millis(20);
-const BACKOFF_MAX: Duration = Duration::from_secs(2);
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 /// What travels on a peer link: Raft messages from one node to another.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -414,8 +414,11 @@ async fn write_to_peer(
                     continue 'connect;
                 }
             }
-            let flushed =
-                tokio::time::timeout(harmonydb_protocol::frame::FLUSH_TIMEOUT, SinkExt::<Bytes>::flush(&mut sink)).await;
+            let flushed = tokio::time::timeout(
+                harmonydb_protocol::frame::FLUSH_TIMEOUT,
+                SinkExt::<Bytes>::flush(&mut sink),
+            )
+            .await;
             if let Err(error) = flushed.unwrap_or_else(|_| {
                 Err(std::io::Error::new(
                     std::io::ErrorKind::TimedOut,

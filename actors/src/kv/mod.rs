@@ -7,12 +7,12 @@ mod state;
 
 use std::time::Duration;
 
+pub use handle::{BeginShutdown, KvAnswer, KvHandle, KvRequest};
+pub use harmonydb_protocol::{Consistency, Staleness};
 pub use state::{
     KvCommand, KvState, ScanItem, ScanPage, ScanRange, Versioned, WriteOutcome,
     SCAN_RESPONSE_SIZE_MAX_BYTES,
 };
-pub use handle::{BeginShutdown, KvAnswer, KvHandle, KvRequest};
-pub use harmonydb_protocol::{Consistency, Staleness};
 
 /// Requests in the replica at once by default; one more is refused as overloaded.
 pub const INFLIGHT_REQUESTS_DEFAULT_MAX: usize = 8192;

@@ -528,16 +528,6 @@ impl Handler<KvRequest> for RaftReplica {
             consistency,
             reply,
         } = request;
-        if let KvOp::Health = op {
-            let answer = match &self.failed {
-                Some(reason) => Err(KvError::Storage(reason.clone())),
-                None => Ok(KvAnswer::fresh(KvReply::Healthy {
-                    applied_index: self.raft.applied_index(),
-                })),
-            };
-            let _ = reply.send(answer);
-            return;
-        }
         if let Err(error) = self.serving() {
             let _ = reply.send(Err(error));
             return;
@@ -567,7 +557,11 @@ impl Handler<KvRequest> for RaftReplica {
                 },
                 reply,
             ),
-            KvOp::Health => {}
+            KvOp::Health => {
+                let _ = reply.send(Ok(KvAnswer::fresh(KvReply::Healthy {
+                    applied_index: self.raft.applied_index(),
+                })));
+            }
         }
         self.drive(ctx);
     }
