@@ -241,3 +241,141 @@ impl Rng {
         self.next_u64() % bound
     }
 }
+
+/// A cluster of real node processes on loopback. TCP ports are reserved up
+/// front (every node's `--peers` names them all); HTTP ports are the OS's pick.
+pub struct Cluster {
+    /// Running nodes by id (`None` while one is down).
+    pub nodes: std::collections::BTreeMap<u64, Option<Node>>,
+    /// Each node's TCP address.
+    pub tcp: std::collections::BTreeMap<u64, SocketAddr>,
+    dirs: std::collections::BTreeMap<u64, tempfile::TempDir>,
+    peers: String,
+    extra_args: Vec<String>,
+}
+
+/// A TCP port nothing listens on right now (bound, then released).
+pub fn free_port() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+}
+
+impl Cluster {
+    /// Starts `size` nodes with extra flags and waits for a leader.
+    pub fn start(size: u64, extra_args: &[&str]) -> Cluster {
+        let tcp: std::collections::BTreeMap<u64, SocketAddr> =
+            (1..=size).map(|id| (id, free_port())).collect();
+        let peers = tcp
+            .iter()
+            .map(|(id, addr)| format!("{id}={addr}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut cluster = Cluster {
+            nodes: Default::default(),
+            dirs: (1..=size)
+                .map(|id| (id, tempfile::tempdir().expect("tempdir")))
+                .collect(),
+            tcp,
+            peers,
+            extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
+        };
+        for id in 1..=size {
+            cluster.start_node(id);
+        }
+        cluster
+    }
+
+    /// Starts (or restarts) node `id` on its data directory.
+    pub fn start_node(&mut self, id: u64) {
+        let tcp = self.tcp[&id].to_string();
+        let node_id = id.to_string();
+        let mut args = vec![
+            "--node-id",
+            &node_id,
+            "--peers",
+            &self.peers,
+            "--tcp-addr",
+            &tcp,
+        ];
+        args.extend(self.extra_args.iter().map(String::as_str));
+        let node = Node::start(self.dirs[&id].path(), &args);
+        self.nodes.insert(id, Some(node));
+    }
+
+    /// The running node `id`.
+    pub fn node(&self, id: u64) -> &Node {
+        self.nodes[&id].as_ref().expect("node is running")
+    }
+
+    /// Ids of running nodes.
+    pub fn running(&self) -> Vec<u64> {
+        self.nodes
+            .iter()
+            .filter(|(_, n)| n.is_some())
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// `kill -9` of node `id`.
+    pub fn kill9(&mut self, id: u64) {
+        if let Some(mut node) = self.nodes.insert(id, None).flatten() {
+            node.kill9();
+        }
+    }
+
+    /// Node `id`'s view of the cluster (GET /cluster).
+    pub fn status(&self, id: u64) -> serde_json::Value {
+        let (status, body) = http(http_agent().get(&self.node(id).url("/cluster")), None);
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str(&body).expect("status JSON")
+    }
+
+    /// Waits until every running node (or those in `among`) names the same
+    /// leader, one of them, and returns it.
+    pub fn wait_leader(&self, among: &[u64], timeout: Duration) -> u64 {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let leaders: Vec<Option<u64>> = among
+                .iter()
+                .map(|id| self.status(*id)["leader"].as_u64())
+                .collect();
+            if let Some(Some(leader)) = leaders.first() {
+                if among.contains(leader) && leaders.iter().all(|l| *l == Some(*leader)) {
+                    return *leader;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no agreed leader among {among:?} within {timeout:?}: {leaders:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits until node `id` has applied at least `index`.
+    pub fn wait_applied(&self, id: u64, index: u64, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let status = self.status(id);
+            if status["applied_index"].as_u64() >= Some(index) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {id} did not apply up to {index} within {timeout:?}: {status}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sets a fault on node `from`'s links to `to` (needs --enable-fault-injection).
+    pub fn fault(&self, from: u64, to: &[u64], drop: bool) {
+        let body = serde_json::json!({ "peers": to, "drop": drop }).to_string();
+        let request = http_agent()
+            .post(&self.node(from).url("/admin/fault"))
+            .set("Content-Type", "application/json");
+        let (status, answer) = http(request, Some(&body));
+        assert_eq!(status, 200, "{answer}");
+    }
+}
