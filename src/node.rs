@@ -371,6 +371,7 @@ async fn serve(
         replica: parts.replica.clone(),
         transport: parts.transport.clone(),
         fault_injection: config.enable_fault_injection,
+        frame_size_max_bytes: config.frame_size_max_bytes,
     });
     let members: BTreeSet<u64> = config.members.keys().copied().collect();
     let peer_inbox = PeerInbox::new(config.node_id, members, parts.replica.clone().recipient());

@@ -128,17 +128,60 @@ fn describe_metrics() {
         "harmonydb_wal_failures_total",
         "WAL write or sync failures; after one the node refuses writes until restarted."
     );
-    describe_histogram!(
-        "harmonydb_kv_append_batch_size_records",
-        "Writes the KV store sent to the WAL in one append."
-    );
-    describe_gauge!(
-        "harmonydb_kv_pending_writes",
-        "Writes waiting for the WAL before they are applied."
-    );
     describe_gauge!("harmonydb_kv_keys", "Keys in the KV state.");
     describe_counter!(
         "harmonydb_kv_overloaded_total",
-        "Requests refused because too many were already in the store."
+        "Requests refused because too many were already in the replica."
+    );
+    describe_gauge!(
+        "harmonydb_raft_has_leader",
+        "1 if this node knows a leader, else 0."
+    );
+    describe_gauge!("harmonydb_raft_is_leader", "1 if this node leads, else 0.");
+    describe_gauge!("harmonydb_raft_term", "This node's current Raft term.");
+    describe_counter!(
+        "harmonydb_raft_leader_changes_total",
+        "Times this node saw a new leader (itself included)."
+    );
+    describe_gauge!(
+        "harmonydb_raft_commit_index",
+        "Highest log index this node knows is committed."
+    );
+    describe_gauge!(
+        "harmonydb_raft_applied_index",
+        "Highest log index applied to this node's state machine."
+    );
+    describe_counter!(
+        "harmonydb_raft_proposals_committed_total",
+        "Writes proposed by this node (as leader) that committed and were applied."
+    );
+    describe_counter!(
+        "harmonydb_raft_proposals_failed_total",
+        "Writes proposed by this node that a newer leader replaced: never applied."
+    );
+    describe_gauge!(
+        "harmonydb_raft_proposals_pending",
+        "Writes proposed by this node and not yet committed or dropped."
+    );
+    describe_histogram!(
+        "harmonydb_raft_peer_round_trip_seconds",
+        Unit::Seconds,
+        "Leader's heartbeat to a peer and back, including the peer's handling, by peer."
+    );
+    describe_counter!(
+        "harmonydb_transport_messages_sent_total",
+        "Raft messages written to a peer's link, by peer."
+    );
+    describe_counter!(
+        "harmonydb_transport_messages_dropped_total",
+        "Raft messages dropped (full queue or mailbox, fault filter, failed link), by peer; Raft resends."
+    );
+    describe_counter!(
+        "harmonydb_transport_messages_received_total",
+        "Raft messages accepted from a peer, by peer."
+    );
+    describe_counter!(
+        "harmonydb_api_forwarded_total",
+        "Client requests this node forwarded to the leader, by leader."
     );
 }

@@ -122,6 +122,34 @@ fn three_nodes_take_writes_everywhere_and_survive_losing_the_leader() {
         other => panic!("expected a stale value, got {other:?}"),
     }
 
+    // Per-peer metrics on the leader, forwarding counted on followers.
+    let (_, leader_metrics) = common::http(
+        common::http_agent().get(&cluster.node(leader).url("/metrics")),
+        None,
+    );
+    for peer in all.iter().filter(|id| **id != leader) {
+        for expected in [
+            format!("harmonydb_raft_peer_round_trip_seconds_bucket{{peer=\"{peer}\",le="),
+            format!("harmonydb_transport_messages_sent_total{{peer=\"{peer}\"}}"),
+            format!("harmonydb_transport_messages_received_total{{peer=\"{peer}\"}}"),
+        ] {
+            assert!(leader_metrics.contains(&expected), "missing {expected}");
+        }
+    }
+    assert!(leader_metrics.contains("harmonydb_raft_is_leader 1"));
+    let (_, follower_metrics) = common::http(
+        common::http_agent().get(&cluster.node(follower).url("/metrics")),
+        None,
+    );
+    assert!(follower_metrics.contains("harmonydb_raft_is_leader 0"));
+    assert!(follower_metrics.contains("harmonydb_raft_has_leader 1"));
+    assert!(
+        follower_metrics.contains(&format!(
+            "harmonydb_api_forwarded_total{{leader=\"{leader}\"}} "
+        )),
+        "forwarded writes are counted"
+    );
+
     // kill -9 of the leader: the others elect a new one.
     let killed_at = Instant::now();
     cluster.kill9(leader);

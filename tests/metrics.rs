@@ -1,6 +1,7 @@
 //! `/metrics` serves Prometheus text with every metric named `harmonydb_*`,
-//! request counts by route and status, and real histogram buckets for
-//! request latency, WAL fsync latency and WAL batch size.
+//! request counts by route and status, real histogram buckets for request
+//! latency, WAL fsync latency and WAL batch size, and the Raft gauges and
+//! counters (the per-peer ones are checked in tests/cluster.rs).
 
 mod common;
 
@@ -36,6 +37,17 @@ fn metrics_cover_requests_and_the_wal_with_histogram_buckets() {
         "harmonydb_wal_write_bytes_total ",
         r#"harmonydb_tcp_requests_total{op="put",status="ok"} 1"#,
         "# HELP harmonydb_wal_fsync_duration_seconds ",
+        // A node of one leads its own group.
+        "harmonydb_raft_has_leader 1",
+        "harmonydb_raft_is_leader 1",
+        "harmonydb_raft_leader_changes_total 1",
+        "harmonydb_raft_term 1",
+        "harmonydb_raft_proposals_committed_total 6",
+        "harmonydb_raft_proposals_pending 0",
+        "harmonydb_raft_commit_index ",
+        "harmonydb_raft_applied_index ",
+        "# HELP harmonydb_raft_proposals_committed_total ",
+        "# HELP harmonydb_raft_is_leader ",
     ] {
         assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
     }

@@ -1,6 +1,6 @@
 //! The RaftReplica actor end to end in one process: real WALs on disk, the
 //! Raft core, the KV state machine, and an in-process router standing in
-//! for the network (the Transport comes with the cluster issue).
+//! for the network (tests/cluster.rs at the root runs real processes).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;

@@ -79,7 +79,7 @@ pub struct Staleness {
     /// were committed and not yet applied there.
     pub commit_index: u64,
     /// Milliseconds since the node last heard from a leader (0 on the leader;
-    /// absent if it never has).
+    /// nil if it never has).
     pub leader_contact_ms: Option<u64>,
 }
 
@@ -345,8 +345,9 @@ pub enum ErrorCode {
     UnknownOperation,
     /// Too many requests in flight; retry later.
     Overloaded,
-    /// This node doesn't lead and the client asked not to be forwarded; the
-    /// error names the leader.
+    /// This node doesn't lead and the client asked not to be forwarded (or
+    /// leadership moved while the request was on its way); the error names
+    /// the leader.
     NotLeader,
     /// The cluster has no leader this node knows of (an election is under
     /// way, or this node is cut off from a majority). Nothing was done.

@@ -573,6 +573,7 @@ mod tests {
             replica: parts.replica.clone(),
             transport: parts.transport,
             fault_injection,
+            frame_size_max_bytes: FRAME_SIZE_DEFAULT_MAX_BYTES,
         });
         (service, parts.replica)
     }

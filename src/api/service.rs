@@ -37,6 +37,7 @@ pub struct Service {
     transport: Addr<Transport>,
     fault_injection: bool,
     forward_timeout: Duration,
+    frame_size_max_bytes: usize,
     forward_clients: Arc<Mutex<HashMap<u64, Client>>>,
 }
 
@@ -56,6 +57,8 @@ pub struct ServiceParts {
     pub transport: Addr<Transport>,
     /// Whether `/admin/fault` is accepted.
     pub fault_injection: bool,
+    /// Largest frame sent to the leader (members share the frame limit).
+    pub frame_size_max_bytes: usize,
 }
 
 impl Service {
@@ -73,6 +76,7 @@ impl Service {
             transport: parts.transport,
             fault_injection: parts.fault_injection,
             forward_timeout,
+            frame_size_max_bytes: parts.frame_size_max_bytes,
             forward_clients: Arc::new(Mutex::new(HashMap::new())),
         }
     }
@@ -191,7 +195,8 @@ impl Service {
                     format!("the leader, node {leader} at {addr}, is unreachable: {error}"),
                 )
             })?
-            .with_timeout(self.forward_timeout);
+            .with_timeout(self.forward_timeout)
+            .with_frame_limit(self.frame_size_max_bytes);
         if let Ok(mut clients) = self.forward_clients.lock() {
             clients.insert(leader, client.clone());
         }

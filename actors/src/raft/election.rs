@@ -83,7 +83,6 @@ impl Raft {
         true
     }
 
-    /// Starts a (pre-)election. `transfer` = asked by the leader (TimeoutNow).
     /// Starts an election now instead of waiting for the election timeout
     /// (with a pre-vote first if configured). A member that may not
     /// campaign, or already leads, does nothing. A group of one voter uses
@@ -94,6 +93,7 @@ impl Raft {
         }
     }
 
+    /// Starts a (pre-)election. `transfer` = asked by the leader (TimeoutNow).
     pub(crate) fn start_election(&mut self, transfer: bool) {
         if self.config.pre_vote && !transfer {
             self.campaign(true, false);

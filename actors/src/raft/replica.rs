@@ -22,7 +22,7 @@
 //! Peers' messages come in as `Step`; outgoing ones go to an `Outbox`
 //! recipient (the `Transport` in a node).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -41,6 +41,9 @@ use crate::kv::{
     BeginShutdown, KvAnswer, KvCommand, KvError, KvOp, KvReply, KvRequest, KvState, ScanRange,
 };
 use crate::wal::{Append, WalError, WalWriter};
+
+/// Heartbeat rounds per peer remembered for round-trip times.
+const HEARTBEAT_ROUNDS_TRACKED: usize = 16;
 
 /// Messages a replica wants delivered to peers, in order.
 #[derive(Debug)]
@@ -128,8 +131,8 @@ pub struct RaftReplica {
     closing: bool,
     shutdown_waiters: Vec<oneshot::Sender<()>>,
     last_leader_contact: Option<Instant>,
-    /// Per peer: the last heartbeat round sent and when, for round-trip times.
-    heartbeat_sent: HashMap<NodeId, (u64, Instant)>,
+    /// Per peer: recent heartbeat rounds sent and when, for round-trip times.
+    heartbeat_sent: HashMap<NodeId, VecDeque<(u64, Instant)>>,
     /// Leader as last reported in metrics, to count changes.
     reported_leader: NodeId,
     /// The known leader (0 = none), readable without a message.
@@ -244,11 +247,24 @@ impl RaftReplica {
         let now = Instant::now();
         for message in &messages {
             if let MessageBody::Heartbeat { seq, .. } = message.body {
-                self.heartbeat_sent.insert(message.to, (seq, now));
+                let sent = self.heartbeat_sent.entry(message.to).or_default();
+                // Rounds answered late still count, up to a bound.
+                if sent.len() == HEARTBEAT_ROUNDS_TRACKED {
+                    sent.pop_front();
+                }
+                sent.push_back((seq, now));
             }
         }
         // Over the outbox's bound the messages are dropped: Raft retries.
-        let _ = self.outbox.try_send(Outbox { messages });
+        if let Err(error) = self.outbox.try_send(Outbox { messages }) {
+            let Outbox { messages } = match error {
+                SendError::Full(outbox) | SendError::Closed(outbox) => outbox,
+            };
+            for message in &messages {
+                metrics::counter!("harmonydb_transport_messages_dropped_total", "peer" => message.to.to_string())
+                    .increment(1);
+            }
+        }
     }
 
     /// Everything after persistence: send (unless already sent), apply,
@@ -456,11 +472,13 @@ impl RaftReplica {
                 self.last_leader_contact = Some(Instant::now());
             }
             MessageBody::HeartbeatResponse { seq } => {
-                if let Some((sent_seq, at)) = self.heartbeat_sent.get(&message.from) {
-                    if *sent_seq == seq {
+                if let Some(sent) = self.heartbeat_sent.get_mut(&message.from) {
+                    if let Some(at) = sent.iter().position(|(s, _)| *s == seq) {
+                        let (_, at) = sent[at];
                         metrics::histogram!("harmonydb_raft_peer_round_trip_seconds", "peer" => message.from.to_string())
                             .record(at.elapsed().as_secs_f64());
-                        self.heartbeat_sent.remove(&message.from);
+                        // Older rounds will not be answered any more (answers come in order).
+                        sent.retain(|(s, _)| *s > seq);
                     }
                 }
             }
