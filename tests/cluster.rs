@@ -330,6 +330,43 @@ fn a_minority_cut_off_by_the_fault_filter_cannot_commit() {
 }
 
 #[test]
+fn one_way_loss_and_delay_from_the_fault_filter() {
+    let mut args = FAST_TICK.to_vec();
+    args.push("--enable-fault-injection");
+    let cluster = Cluster::start(3, &args);
+    let all = cluster.running();
+    let leader = cluster.wait_leader(&all, Duration::from_secs(20));
+    let followers: Vec<u64> = all.iter().copied().filter(|id| *id != leader).collect();
+    let term = cluster.status(leader)["term"].as_u64().expect("term");
+
+    // The leader's messages to one follower are lost; that follower's own
+    // messages still arrive. It times out, but pre-vote keeps it from
+    // disturbing a leader the others still hear: same leader, same term.
+    cluster.fault(leader, &[followers[0]], true);
+    write_keys(cluster.tcp[&leader], "oneway/", 20);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(cluster.status(leader)["role"], "leader");
+    assert_eq!(cluster.status(leader)["term"].as_u64(), Some(term));
+    write_keys(cluster.tcp[&leader], "oneway-later/", 5);
+    cluster.fault(leader, &[followers[0]], false);
+    cluster.wait_applied(
+        followers[0],
+        commit_index(&cluster, leader),
+        Duration::from_secs(20),
+    );
+
+    // Delay on both of the leader's links: a write waits for a follower's
+    // acknowledgement, so it takes at least the delay.
+    cluster.fault_with(leader, &followers, false, 200);
+    let started = Instant::now();
+    write_keys(cluster.tcp[&leader], "delayed/", 1);
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(200), "write took {took:?}");
+    cluster.fault_with(leader, &followers, false, 0);
+    assert_keys(cluster.tcp[&followers[1]], "delayed/", 1);
+}
+
+#[test]
 fn five_nodes_survive_two_failures() {
     let mut cluster = Cluster::start(5, FAST_TICK);
     let all = cluster.running();

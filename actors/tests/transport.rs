@@ -155,6 +155,31 @@ async fn the_fault_filter_drops_one_direction_and_counts() {
     assert_eq!(wait_for(&inbox, 1).await, vec![heartbeat(1, 2, 99)]);
 }
 
+#[actix_rt::test]
+async fn the_fault_filter_delays_a_link() {
+    let inbox = Inbox::default().start();
+    let addr = node_2_listening(&inbox).await;
+    let transport = Transport::new(1, BTreeMap::from([(2, addr.to_string())])).start();
+    let delay = Duration::from_millis(300);
+    transport
+        .send(SetFault {
+            peer: 2,
+            fault: Fault { drop: false, delay },
+        })
+        .await
+        .expect("fault");
+    let sent = Instant::now();
+    transport.do_send(Outbox {
+        messages: vec![heartbeat(1, 2, 1)],
+    });
+    assert_eq!(wait_for(&inbox, 1).await, vec![heartbeat(1, 2, 1)]);
+    assert!(
+        sent.elapsed() >= delay,
+        "arrived after {:?}",
+        sent.elapsed()
+    );
+}
+
 async fn send_raw(addr: std::net::SocketAddr, body: &[u8]) {
     let mut stream = TcpStream::connect(addr).await.expect("connect");
     stream

@@ -371,7 +371,13 @@ impl Cluster {
 
     /// Sets a fault on node `from`'s links to `to` (needs --enable-fault-injection).
     pub fn fault(&self, from: u64, to: &[u64], drop: bool) {
-        let body = serde_json::json!({ "peers": to, "drop": drop }).to_string();
+        self.fault_with(from, to, drop, 0);
+    }
+
+    /// Sets drop and delay on node `from`'s links to `to`.
+    pub fn fault_with(&self, from: u64, to: &[u64], drop: bool, delay_ms: u64) {
+        let body =
+            serde_json::json!({ "peers": to, "drop": drop, "delay_ms": delay_ms }).to_string();
         let request = http_agent()
             .post(&self.node(from).url("/admin/fault"))
             .set("Content-Type", "application/json");

@@ -8,15 +8,19 @@
 //! Ordering rules it keeps (see the core's module docs for the contract):
 //! - Readies are persisted one at a time, in order. Proposals that arrive
 //!   meanwhile pile up in the core and go out together in the next ready,
-//!   which is where batching under load comes from.
+//!   and a new ready is taken only once the mailbox is drained, so requests
+//!   that arrive together share one: that is where batching comes from.
+//! - A ready's committed entries are applied, and their writes answered, as
+//!   soon as it is taken: the core hands out only entries already durable,
+//!   so they need not wait for the ready's own new entries to be written.
 //! - A follower or candidate sends a ready's messages only once the ready
 //!   is durable (votes and acknowledgements promise what is on disk). A
 //!   leader sends its AppendEntries before its own write finishes (Raft
 //!   thesis §10.2.1): its own entries count towards a commit only once
 //!   durable, so the leader's and the followers' fsyncs overlap.
 //! - A hard state that only moves the commit index is not worth an fsync
-//!   of its own: it rides along with the next record written, or is written
-//!   on the next tick. A commit index found lower at restart is learned
+//!   of its own, nor bytes in every sync: it rides along with entries at
+//!   most once a tick, or is written on its own when the replica is idle. A commit index found lower at restart is learned
 //!   again from the leader (a single member recommits with its first entry).
 //!
 //! Peers' messages come in as `Step`; outgoing ones go to an `Outbox`
@@ -82,6 +86,13 @@ pub struct ReplicaStatus {
     pub failed: Option<String>,
 }
 
+/// Internal: take the next ready now that the mailbox is drained.
+struct DriveNow;
+
+impl actix::Message for DriveNow {
+    type Result = ();
+}
+
 /// Internal: a persisted batch of records is durable (or failed). `ready`
 /// is `None` for a hard state written on its own.
 struct Persisted {
@@ -121,8 +132,11 @@ pub struct RaftReplica {
     persisting: bool,
     /// Term and vote as last handed to the WAL.
     written_hard_state: HardState,
-    /// A commit-only hard state not written yet.
+    /// A commit-only hard state not written yet, and since when.
     deferred_hard_state: Option<HardState>,
+    deferred_since: Option<Instant>,
+    /// A drive is scheduled for when the mailbox is drained.
+    drive_scheduled: bool,
     writes: HashMap<u64, (u64, Reply)>,
     next_read_id: u64,
     reads_pending: HashMap<u64, (ReadOp, Reply)>,
@@ -160,6 +174,8 @@ impl RaftReplica {
             tick_interval,
             persisting: false,
             deferred_hard_state: None,
+            deferred_since: None,
+            drive_scheduled: false,
             writes: HashMap::new(),
             next_read_id: 1,
             reads_pending: HashMap::new(),
@@ -195,6 +211,10 @@ impl RaftReplica {
             self.fail("received a snapshot, which this replica cannot install yet".into());
             return;
         }
+        // Committed entries are durable already (the core hands out only
+        // persisted ones), so they are applied and answered now, while this
+        // ready's new entries are written.
+        self.apply(&mut ready);
         let hard_state = self.hard_state_to_write(&ready);
         let records = records_for(&ready.entries, hard_state, self.wal_next_index);
         if let Some(last) = ready.entries.last() {
@@ -219,13 +239,31 @@ impl RaftReplica {
         let latest = latest?;
         let term_or_vote_changed = latest.term != self.written_hard_state.term
             || latest.vote != self.written_hard_state.vote;
-        if term_or_vote_changed || !ready.entries.is_empty() {
+        // A commit-only change rides with entries at most once a tick: the
+        // extra bytes in every sync cost throughput (docs/wal-format.md).
+        let piggyback = !ready.entries.is_empty()
+            && self
+                .deferred_since
+                .is_some_and(|since| since.elapsed() >= self.tick_interval);
+        if term_or_vote_changed || piggyback {
             self.written_hard_state = latest;
             self.deferred_hard_state = None;
+            self.deferred_since = None;
             Some(latest)
         } else {
             self.deferred_hard_state = Some(latest);
+            self.deferred_since.get_or_insert_with(Instant::now);
             None
+        }
+    }
+
+    /// Drives once the messages already in the mailbox are handled, so
+    /// requests and peer messages that arrive together share one ready (and
+    /// one WAL sync) instead of the first going out alone.
+    fn schedule_drive(&mut self, ctx: &mut Context<Self>) {
+        if !self.drive_scheduled {
+            self.drive_scheduled = true;
+            ctx.notify(DriveNow);
         }
     }
 
@@ -267,13 +305,22 @@ impl RaftReplica {
         }
     }
 
-    /// Everything after persistence: send (unless already sent), apply,
-    /// answer, advance.
+    /// Everything after persistence: send (unless already sent), advance.
     fn finish(&mut self, mut ready: Ready, send_messages: bool, ctx: &mut Context<Self>) {
         if send_messages && !ready.messages.is_empty() {
             let messages = std::mem::take(&mut ready.messages);
             self.send(messages);
         }
+        self.raft.advance(&ready);
+        self.serve_reads();
+        self.report_metrics();
+        self.maybe_finish_shutdown();
+        self.drive(ctx);
+    }
+
+    /// Applies a ready's committed entries and answers what they settle:
+    /// writes, dropped proposals, confirmed and dropped reads.
+    fn apply(&mut self, ready: &mut Ready) {
         for entry in &ready.committed_entries {
             let EntryPayload::Command(bytes) = &entry.payload else {
                 continue;
@@ -319,11 +366,11 @@ impl RaftReplica {
                 let _ = reply.send(Err(kv_error(dropped.reason.clone())));
             }
         }
-        self.raft.advance(&ready);
+        // Applied entries are not needed again; the ready only carries what
+        // `advance` and the send step still need.
+        ready.committed_entries.clear();
         self.serve_reads();
-        self.report_metrics();
         self.maybe_finish_shutdown();
-        self.drive(ctx);
     }
 
     /// Whether requests are taken: not after a storage failure or once closing.
@@ -515,6 +562,7 @@ impl Actor for RaftReplica {
             replica.raft.tick();
             if !replica.persisting && !replica.raft.has_ready() {
                 if let Some(hard_state) = replica.deferred_hard_state.take() {
+                    replica.deferred_since = None;
                     replica.written_hard_state = hard_state;
                     let records = records_for(&[], Some(hard_state), replica.wal_next_index);
                     replica.persist(records, None, ctx);
@@ -533,7 +581,7 @@ impl Handler<Step> for RaftReplica {
     fn handle(&mut self, Step(message): Step, ctx: &mut Self::Context) {
         self.note_incoming(&message);
         self.raft.step(message);
-        self.drive(ctx);
+        self.schedule_drive(ctx);
     }
 }
 
@@ -581,6 +629,15 @@ impl Handler<KvRequest> for RaftReplica {
                 })));
             }
         }
+        self.schedule_drive(ctx);
+    }
+}
+
+impl Handler<DriveNow> for RaftReplica {
+    type Result = ();
+
+    fn handle(&mut self, _: DriveNow, ctx: &mut Self::Context) {
+        self.drive_scheduled = false;
         self.drive(ctx);
     }
 }
