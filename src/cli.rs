@@ -239,19 +239,23 @@ pub fn format_status(status: &ClusterStatus) -> String {
     text
 }
 
-/// Sends a request and returns the answer, or the node's error as `ClientError::Server`.
-async fn ask(client: &Client, request: Request, no_forward: bool) -> Result<Response, ClientError> {
-    match client.exchange(request, no_forward).await? {
-        Response::Error {
-            code,
-            message,
-            leader,
-        } => Err(ClientError::Server {
-            code,
-            message,
-            leader,
-        }),
-        other => Ok(other),
+/// `put` and `cas`: one write, its new version printed.
+async fn write(
+    client: &Client,
+    key: String,
+    value: String,
+    expected_version: Option<u64>,
+    no_forward: bool,
+    out: &mut impl Write,
+) -> Result<std::io::Result<()>, ClientError> {
+    let request = Request::Put {
+        key: key.into_bytes(),
+        value: value.into_bytes(),
+        expected_version,
+    };
+    match client.request_with(request, no_forward).await? {
+        Response::Written { version, .. } => Ok(writeln!(out, "OK version {version}")),
+        other => Err(unexpected(other)),
     }
 }
 
@@ -283,7 +287,8 @@ async fn kv(args: KvArgs) -> Result<(), ClientError> {
                 key: key.clone().into_bytes(),
                 consistency,
             };
-            let (value, version, staleness) = match ask(&client, request, no_forward).await? {
+            let (value, version, staleness) = match client.request_with(request, no_forward).await?
+            {
                 Response::Value {
                     value,
                     version,
@@ -299,30 +304,22 @@ async fn kv(args: KvArgs) -> Result<(), ClientError> {
             out.write_all(&value).and_then(|()| writeln!(out))
         }
         KvCommand::Put { key, value } => {
-            let request = Request::Put {
-                key: key.into_bytes(),
-                value: value.into_bytes(),
-                expected_version: None,
-            };
-            match ask(&client, request, no_forward).await? {
-                Response::Written { version, .. } => writeln!(out, "OK version {version}"),
-                other => return Err(unexpected(other)),
-            }
+            write(&client, key, value, None, no_forward, &mut out).await?
         }
         KvCommand::Cas {
             key,
             expected_version,
             value,
         } => {
-            let request = Request::Put {
-                key: key.into_bytes(),
-                value: value.into_bytes(),
-                expected_version: Some(expected_version),
-            };
-            match ask(&client, request, no_forward).await? {
-                Response::Written { version, .. } => writeln!(out, "OK version {version}"),
-                other => return Err(unexpected(other)),
-            }
+            write(
+                &client,
+                key,
+                value,
+                Some(expected_version),
+                no_forward,
+                &mut out,
+            )
+            .await?
         }
         KvCommand::Del {
             key,
@@ -332,7 +329,7 @@ async fn kv(args: KvArgs) -> Result<(), ClientError> {
                 key: key.clone().into_bytes(),
                 expected_version,
             };
-            match ask(&client, request, no_forward).await? {
+            match client.request_with(request, no_forward).await? {
                 Response::Deleted {
                     deleted_version, ..
                 } => writeln!(out, "deleted {key} (was version {deleted_version})"),
@@ -352,7 +349,7 @@ async fn kv(args: KvArgs) -> Result<(), ClientError> {
                 limit: Some(limit),
                 consistency,
             };
-            let (items, more, staleness) = match ask(&client, request, no_forward).await? {
+            let (items, more, staleness) = match client.request_with(request, no_forward).await? {
                 Response::Items {
                     items,
                     more,

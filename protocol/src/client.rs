@@ -215,7 +215,18 @@ impl Client {
     /// Sends a request and waits for its answer. An error answer from the
     /// node is returned as `ClientError::Server`.
     pub async fn request(&self, body: Request) -> Result<Response, ClientError> {
-        match self.exchange(body, false).await? {
+        self.request_with(body, false).await
+    }
+
+    /// Like `request`; with `no_forward` a node that doesn't lead answers
+    /// `not_leader` (as `ClientError::Server` with the leader) instead of
+    /// forwarding to the leader.
+    pub async fn request_with(
+        &self,
+        body: Request,
+        no_forward: bool,
+    ) -> Result<Response, ClientError> {
+        match self.exchange(body, no_forward).await? {
             Response::Error {
                 code,
                 message,

@@ -18,7 +18,7 @@ use actix_web::{web, App, HttpRequest, HttpResponse};
 use base64::Engine;
 use harmonydb_actors::cluster::transport::Fault;
 use harmonydb_actors::kv::ScanRange;
-use harmonydb_protocol::{Consistency, ErrorCode, Request, Response};
+use harmonydb_protocol::{Consistency, ErrorCode, Request, Response, Staleness};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -373,6 +373,14 @@ async fn metrics(state: web::Data<HttpState>) -> HttpResponse {
         .body(state.metrics.render())
 }
 
+/// Adds a stale read's `staleness` to its JSON answer.
+fn with_staleness(mut json: Value, staleness: Option<Staleness>) -> Value {
+    if let (Some(staleness), Value::Object(object)) = (staleness, &mut json) {
+        object.insert("staleness".into(), serde_json::json!(staleness));
+    }
+    json
+}
+
 /// Runs a request through the service and renders its answer as JSON.
 async fn call(
     state: &HttpState,
@@ -387,13 +395,7 @@ async fn call(
             value,
             version,
             staleness,
-        } => {
-            let mut json = key_value_json(&key, &value, version);
-            if let (Some(staleness), Value::Object(object)) = (staleness, &mut json) {
-                object.insert("staleness".into(), serde_json::json!(staleness));
-            }
-            json
-        }
+        } => with_staleness(key_value_json(&key, &value, version), staleness),
         Response::Written { key, version } => key_number_json(&key, "version", version),
         Response::Deleted {
             key,
@@ -408,11 +410,10 @@ async fn call(
                 .iter()
                 .map(|item| key_value_json(&item.key, &item.value, item.version))
                 .collect();
-            let mut json = serde_json::json!({ "items": items, "more": more });
-            if let (Some(staleness), Value::Object(object)) = (staleness, &mut json) {
-                object.insert("staleness".into(), serde_json::json!(staleness));
-            }
-            json
+            with_staleness(
+                serde_json::json!({ "items": items, "more": more }),
+                staleness,
+            )
         }
         Response::Health { applied_index } => serde_json::json!({
             "status": "ok",
@@ -543,6 +544,20 @@ mod tests {
             .handle()
     }
 
+    /// The HTTP app over a one-member node in `dir`, and its replica. A macro
+    /// because the app's service type can't be named here.
+    macro_rules! one_member_app {
+        ($dir:expr, $fault_injection:expr) => {{
+            let (service, replica) = one_member_service($dir, $fault_injection);
+            let app = web_test::init_service(super::app(HttpState {
+                service,
+                metrics: metrics_handle(),
+            }))
+            .await;
+            (app, replica)
+        }};
+    }
+
     /// A one-member node's service over a WAL in `dir`.
     fn one_member_service(
         dir: &std::path::Path,
@@ -581,16 +596,11 @@ mod tests {
     #[actix_web::test]
     async fn a_stopped_store_answers_503_shutting_down() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (service, replica) = one_member_service(dir.path(), false);
+        let (app, replica) = one_member_app!(dir.path(), false);
         replica
             .send(harmonydb_actors::kv::BeginShutdown)
             .await
             .expect("shutdown");
-        let app = web_test::init_service(app(HttpState {
-            service,
-            metrics: metrics_handle(),
-        }))
-        .await;
         let response =
             web_test::call_service(&app, web_test::TestRequest::get().uri("/kv/a").to_request())
                 .await;
@@ -608,12 +618,7 @@ mod tests {
     #[actix_web::test]
     async fn binary_values_come_back_as_base64_and_text_as_text() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (service, _) = one_member_service(dir.path(), false);
-        let app = web_test::init_service(app(HttpState {
-            service,
-            metrics: metrics_handle(),
-        }))
-        .await;
+        let (app, _) = one_member_app!(dir.path(), false);
         let put = web_test::TestRequest::put()
             .uri("/kv/bin")
             .insert_header(actix_web::http::header::ContentType::json())
@@ -636,12 +641,7 @@ mod tests {
     #[actix_web::test]
     async fn cluster_status_stale_reads_and_the_fault_route() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (service, _) = one_member_service(dir.path(), false);
-        let app = web_test::init_service(app(HttpState {
-            service,
-            metrics: metrics_handle(),
-        }))
-        .await;
+        let (app, _) = one_member_app!(dir.path(), false);
         let put = web_test::TestRequest::put()
             .uri("/kv/k")
             .insert_header(actix_web::http::header::ContentType::json())
@@ -704,12 +704,7 @@ mod tests {
 
         // With the flag, a peer that is not a member is still refused.
         let dir = tempfile::tempdir().expect("tempdir");
-        let (service, _) = one_member_service(dir.path(), true);
-        let with_faults = web_test::init_service(super::app(HttpState {
-            service,
-            metrics: metrics_handle(),
-        }))
-        .await;
+        let (with_faults, _) = one_member_app!(dir.path(), true);
         let unknown_peer = web_test::call_service(&with_faults, fault()).await;
         assert_eq!(unknown_peer.status().as_u16(), 400);
     }

@@ -498,13 +498,14 @@ impl RaftReplica {
             self.reported_leader = leader;
             self.leader_hint.store(leader, Ordering::Relaxed);
         }
-        let status = self.raft.status();
+        // Plain accessors: `status()` would clone the configuration on every ready.
+        let hard_state = self.raft.hard_state();
         metrics::gauge!("harmonydb_raft_has_leader").set(f64::from(u8::from(leader != 0)));
         metrics::gauge!("harmonydb_raft_is_leader")
-            .set(f64::from(u8::from(status.role == Role::Leader)));
-        metrics::gauge!("harmonydb_raft_term").set(status.term as f64);
-        metrics::gauge!("harmonydb_raft_commit_index").set(status.commit as f64);
-        metrics::gauge!("harmonydb_raft_applied_index").set(status.applied as f64);
+            .set(f64::from(u8::from(self.raft.role() == Role::Leader)));
+        metrics::gauge!("harmonydb_raft_term").set(hard_state.term as f64);
+        metrics::gauge!("harmonydb_raft_commit_index").set(hard_state.commit as f64);
+        metrics::gauge!("harmonydb_raft_applied_index").set(self.raft.applied_index() as f64);
         metrics::gauge!("harmonydb_raft_proposals_pending").set(self.writes.len() as f64);
         metrics::gauge!("harmonydb_kv_keys").set(self.state.len() as f64);
     }

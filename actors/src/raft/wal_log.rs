@@ -20,10 +20,17 @@ use crate::wal::{ReadError, RecordKind, Wal, WalEntry};
 /// Size of a hard-state payload.
 const HARD_STATE_SIZE_BYTES: usize = 24;
 
-#[derive(Serialize, Deserialize)]
+#[derive(Deserialize)]
 struct StoredEntry {
     term: u64,
     payload: EntryPayload,
+}
+
+/// `StoredEntry` as written: the same encoding, borrowing the payload.
+#[derive(Serialize)]
+struct StoredEntryRef<'a> {
+    term: u64,
+    payload: &'a EntryPayload,
 }
 
 /// The WAL records that persist a ready's entries and hard state, given the
@@ -47,9 +54,10 @@ pub fn records_for(
         next_index = first.index;
     }
     for entry in entries {
-        let stored = StoredEntry {
+        // Borrowed: encoding must not copy every command on the write path.
+        let stored = StoredEntryRef {
             term: entry.term,
-            payload: entry.payload.clone(),
+            payload: &entry.payload,
         };
         records.push(WalEntry {
             index: entry.index,
