@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::{Actor, Addr, Arbiter};
+use harmonydb_actors::cluster::fault::FaultFilter;
 use harmonydb_actors::cluster::transport::{PeerInbox, Transport};
 use harmonydb_actors::kv::{BeginShutdown, KvHandle, KvLimits};
 use harmonydb_actors::raft::replica::RaftReplica;
@@ -213,8 +214,8 @@ pub fn raft_config(node_id: u64, frame_size_max_bytes: usize) -> RaftConfig {
 pub struct ReplicaParts {
     /// The replica.
     pub replica: Addr<RaftReplica>,
-    /// Its transport.
-    pub transport: Addr<Transport>,
+    /// The fault filter its transport obeys.
+    pub faults: FaultFilter,
     /// The handle front doors call.
     pub kv: KvHandle,
     /// The leader it knows of.
@@ -249,9 +250,10 @@ pub fn start_replica(
         .filter(|(id, _)| **id != node_id)
         .map(|(id, addr)| (*id, addr.clone()))
         .collect();
-    let transport = Transport::new(node_id, peers)
-        .with_frame_budget(settings.frame_size_max_bytes / 2)
-        .start();
+    let transport =
+        Transport::new(node_id, peers).with_frame_budget(settings.frame_size_max_bytes / 2);
+    let faults = transport.faults();
+    let transport = transport.start();
     let replica = RaftReplica::new(
         raft,
         wal_writer,
@@ -264,7 +266,7 @@ pub fn start_replica(
     ReplicaParts {
         kv: KvHandle::new(replica.clone(), settings.limits),
         replica,
-        transport,
+        faults,
         leader,
     }
 }
@@ -369,7 +371,7 @@ async fn serve(
         members: config.members.clone(),
         leader: parts.leader.clone(),
         replica: parts.replica.clone(),
-        transport: parts.transport.clone(),
+        faults: parts.faults.clone(),
         fault_injection: config.enable_fault_injection,
         frame_size_max_bytes: config.frame_size_max_bytes,
     });

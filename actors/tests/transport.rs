@@ -7,9 +7,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use harmonydb_actors::cluster::transport::{
-    listen, Fault, GetDropped, PeerFrame, PeerInbox, SetFault, Transport,
-};
+use harmonydb_actors::cluster::fault::Fault;
+use harmonydb_actors::cluster::transport::{listen, GetDropped, PeerFrame, PeerInbox, Transport};
 use harmonydb_actors::raft::replica::{Outbox, Step};
 use harmonydb_actors::raft::{Message as RaftMessage, MessageBody, NodeId};
 use tokio::io::AsyncWriteExt;
@@ -123,17 +122,16 @@ async fn a_peer_that_comes_up_late_gets_what_was_queued() {
 async fn the_fault_filter_drops_one_direction_and_counts() {
     let inbox = Inbox::default().start();
     let addr = node_2_listening(&inbox).await;
-    let transport = Transport::new(1, BTreeMap::from([(2, addr.to_string())])).start();
-    transport
-        .send(SetFault {
-            peer: 2,
-            fault: Fault {
-                drop: true,
-                delay: Duration::ZERO,
-            },
-        })
-        .await
-        .expect("fault");
+    let transport = Transport::new(1, BTreeMap::from([(2, addr.to_string())]));
+    let faults = transport.faults();
+    let transport = transport.start();
+    faults.set(
+        2,
+        Fault {
+            drop: true,
+            ..Fault::default()
+        },
+    );
     for seq in 0..5 {
         transport.do_send(Outbox {
             messages: vec![heartbeat(1, 2, seq)],
@@ -142,13 +140,7 @@ async fn the_fault_filter_drops_one_direction_and_counts() {
     actix_rt::time::sleep(Duration::from_millis(200)).await;
     assert!(inbox.send(Received).await.expect("inbox").is_empty());
     assert_eq!(transport.send(GetDropped).await.expect("dropped")[&2], 5);
-    transport
-        .send(SetFault {
-            peer: 2,
-            fault: Fault::default(),
-        })
-        .await
-        .expect("heal");
+    faults.set(2, Fault::default());
     transport.do_send(Outbox {
         messages: vec![heartbeat(1, 2, 99)],
     });
@@ -159,15 +151,17 @@ async fn the_fault_filter_drops_one_direction_and_counts() {
 async fn the_fault_filter_delays_a_link() {
     let inbox = Inbox::default().start();
     let addr = node_2_listening(&inbox).await;
-    let transport = Transport::new(1, BTreeMap::from([(2, addr.to_string())])).start();
+    let transport = Transport::new(1, BTreeMap::from([(2, addr.to_string())]));
+    let faults = transport.faults();
+    let transport = transport.start();
     let delay = Duration::from_millis(300);
-    transport
-        .send(SetFault {
-            peer: 2,
-            fault: Fault { drop: false, delay },
-        })
-        .await
-        .expect("fault");
+    faults.set(
+        2,
+        Fault {
+            delay,
+            ..Fault::default()
+        },
+    );
     let sent = Instant::now();
     transport.do_send(Outbox {
         messages: vec![heartbeat(1, 2, 1)],
@@ -178,6 +172,51 @@ async fn the_fault_filter_delays_a_link() {
         "arrived after {:?}",
         sent.elapsed()
     );
+}
+
+#[actix_rt::test]
+async fn the_fault_filter_duplicates_and_loses() {
+    let inbox = Inbox::default().start();
+    let addr = node_2_listening(&inbox).await;
+    let transport = Transport::new(1, BTreeMap::from([(2, addr.to_string())]));
+    let faults = transport.faults();
+    let transport = transport.start();
+    faults.set(
+        2,
+        Fault {
+            duplicate: true,
+            ..Fault::default()
+        },
+    );
+    transport.do_send(Outbox {
+        messages: vec![heartbeat(1, 2, 1)],
+    });
+    assert_eq!(
+        wait_for(&inbox, 2).await,
+        vec![heartbeat(1, 2, 1), heartbeat(1, 2, 1)]
+    );
+    // Half of 200 batches lost: some arrive, not all, and the rest are counted.
+    faults.set(
+        2,
+        Fault {
+            loss_percent: 50,
+            ..Fault::default()
+        },
+    );
+    for seq in 10..210 {
+        transport.do_send(Outbox {
+            messages: vec![heartbeat(1, 2, seq)],
+        });
+    }
+    actix_rt::time::sleep(Duration::from_millis(300)).await;
+    let arrived = inbox.send(Received).await.expect("inbox").len() - 2;
+    let dropped = transport.send(GetDropped).await.expect("dropped")[&2];
+    assert_eq!(
+        arrived as u64 + dropped,
+        200,
+        "arrived {arrived}, dropped {dropped}"
+    );
+    assert!((40..160).contains(&arrived), "arrived {arrived} of 200");
 }
 
 async fn send_raw(addr: std::net::SocketAddr, body: &[u8]) {

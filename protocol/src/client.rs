@@ -56,6 +56,8 @@ pub enum ClientError {
         message: String,
         /// With `not_leader`: where the leader is.
         leader: Option<LeaderHint>,
+        /// With `version_mismatch`: the key's version when the write was refused (0 = absent).
+        current_version: Option<u64>,
     },
     /// The request is larger than a frame may be; nothing was sent.
     #[error("request of {size_bytes} bytes exceeds the frame limit of {size_max_bytes} bytes")]
@@ -169,12 +171,14 @@ impl Client {
                         code,
                         message,
                         leader,
+                        current_version,
                     } = frame.body
                     {
                         connection_error = Some(ClientError::Server {
                             code,
                             message,
                             leader,
+                            current_version,
                         });
                     }
                     continue;
@@ -231,10 +235,12 @@ impl Client {
                 code,
                 message,
                 leader,
+                current_version,
             } => Err(ClientError::Server {
                 code,
                 message,
                 leader,
+                current_version,
             }),
             other => Ok(other),
         }

@@ -307,6 +307,10 @@ pub enum Response {
         /// With `not_leader`: the leader to ask instead.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         leader: Option<LeaderHint>,
+        /// With `version_mismatch`: the key's version when the write was
+        /// refused (0 = absent), so a client can retry without a read.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        current_version: Option<u64>,
     },
 }
 
@@ -531,6 +535,7 @@ mod tests {
                 code: ErrorCode::VersionMismatch,
                 message: "x".into(),
                 leader: None,
+                current_version: Some(7),
             },
             Response::Error {
                 code: ErrorCode::NotLeader,
@@ -539,6 +544,7 @@ mod tests {
                     id: 3,
                     addr: "127.0.0.1:7072".into(),
                 }),
+                current_version: None,
             },
         ] {
             let frame = ResponseFrame { id: 4, body };

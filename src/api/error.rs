@@ -17,6 +17,8 @@ pub struct ApiError {
     pub message: String,
     /// With `not_leader`: where the leader is.
     pub leader: Option<LeaderHint>,
+    /// With `version_mismatch`: the key's version when the write was refused (0 = absent).
+    pub current_version: Option<u64>,
 }
 
 impl ApiError {
@@ -26,6 +28,7 @@ impl ApiError {
             code,
             message: message.into(),
             leader: None,
+            current_version: None,
         }
     }
 
@@ -35,12 +38,19 @@ impl ApiError {
         self
     }
 
+    /// The same error carrying the key's current version.
+    pub fn with_current_version(mut self, current_version: Option<u64>) -> Self {
+        self.current_version = current_version;
+        self
+    }
+
     /// The error as a protocol answer.
     pub fn into_response(self) -> Response {
         Response::Error {
             code: self.code,
             message: self.message,
             leader: self.leader,
+            current_version: self.current_version,
         }
     }
 
@@ -50,6 +60,7 @@ impl ApiError {
             code,
             message,
             leader,
+            current_version: None,
         }
     }
 
@@ -81,7 +92,11 @@ impl ApiError {
             }
             _ => error.to_string(),
         };
-        ApiError::new(code, message)
+        let current_version = match error {
+            KvError::VersionMismatch { current, .. } => Some(current),
+            _ => None,
+        };
+        ApiError::new(code, message).with_current_version(current_version)
     }
 
     /// The HTTP status for this error's code.
@@ -121,6 +136,8 @@ struct ErrorDetail<'a> {
     message: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     leader: Option<&'a LeaderHint>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    current_version: Option<u64>,
 }
 
 impl ResponseError for ApiError {
@@ -141,6 +158,7 @@ impl ResponseError for ApiError {
                 code: self.code.as_str(),
                 message: &self.message,
                 leader: self.leader.as_ref(),
+                current_version: self.current_version,
             },
         })
     }
@@ -181,6 +199,25 @@ mod tests {
             let api = ApiError::from_kv(error.clone(), Some(b"k"));
             assert_eq!(api.status().as_u16(), status, "{error:?}");
         }
+        let mismatch = ApiError::from_kv(
+            KvError::VersionMismatch {
+                expected: 1,
+                current: 2,
+            },
+            Some(b"k"),
+        );
+        assert_eq!(mismatch.current_version, Some(2));
+        let Response::Error {
+            current_version, ..
+        } = mismatch.into_response()
+        else {
+            panic!("an error answer");
+        };
+        assert_eq!(current_version, Some(2));
+        assert_eq!(
+            ApiError::from_kv(KvError::NotFound, None).current_version,
+            None
+        );
         let not_found = ApiError::from_kv(KvError::NotFound, Some(b"users/7"));
         assert!(
             not_found.message.contains("users/7"),

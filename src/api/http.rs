@@ -16,11 +16,11 @@ use actix_web::error::{JsonPayloadError, QueryPayloadError};
 use actix_web::middleware::Next;
 use actix_web::{web, App, HttpRequest, HttpResponse};
 use base64::Engine;
-use harmonydb_actors::cluster::transport::Fault;
+use harmonydb_actors::cluster::fault::Fault;
 use harmonydb_actors::kv::ScanRange;
 use harmonydb_protocol::{Consistency, ErrorCode, Request, Response, Staleness};
 use metrics_exporter_prometheus::PrometheusHandle;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::error::ApiError;
@@ -87,6 +87,7 @@ pub fn app(
         )
         .service(
             web::resource("/admin/fault")
+                .route(web::get().to(admin_faults))
                 .route(web::post().to(admin_fault))
                 .default_service(web::to(method_not_allowed)),
         )
@@ -130,16 +131,32 @@ struct ReadQuery {
     forward: Option<bool>,
 }
 
-/// Body of `POST /admin/fault`: the fault on this node's links to `peers`
-/// (all false/zero clears it).
-#[derive(Debug, Deserialize)]
+/// Body of `POST /admin/fault`: the fault on this node's traffic to `peers`
+/// (all false/zero clears it). Also the shape `GET /admin/fault` lists.
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct FaultBody {
     peers: Vec<u64>,
     #[serde(default)]
     drop: bool,
     #[serde(default)]
+    loss_percent: u8,
+    #[serde(default)]
+    duplicate: bool,
+    #[serde(default)]
     delay_ms: u64,
+}
+
+impl FaultBody {
+    fn new(peers: Vec<u64>, fault: &Fault) -> Self {
+        FaultBody {
+            peers,
+            drop: fault.drop,
+            loss_percent: fault.loss_percent,
+            duplicate: fault.duplicate,
+            delay_ms: u64::try_from(fault.delay.as_millis()).unwrap_or(u64::MAX),
+        }
+    }
 }
 
 fn consistency(text: Option<&str>) -> Result<Option<Consistency>, ApiError> {
@@ -357,14 +374,22 @@ async fn admin_fault(
 ) -> Result<HttpResponse, ApiError> {
     let fault = Fault {
         drop: body.drop,
+        loss_percent: body.loss_percent,
+        duplicate: body.duplicate,
         delay: Duration::from_millis(body.delay_ms),
     };
     state.service.set_fault(&body.peers, fault)?;
-    Ok(HttpResponse::Ok().json(serde_json::json!({
-        "peers": body.peers,
-        "drop": body.drop,
-        "delay_ms": body.delay_ms,
-    })))
+    Ok(HttpResponse::Ok().json(FaultBody::new(body.peers.clone(), &fault)))
+}
+
+async fn admin_faults(state: web::Data<HttpState>) -> Result<HttpResponse, ApiError> {
+    let faults: Vec<FaultBody> = state
+        .service
+        .faults()?
+        .iter()
+        .map(|(peer, fault)| FaultBody::new(vec![*peer], fault))
+        .collect();
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "faults": faults })))
 }
 
 async fn metrics(state: web::Data<HttpState>) -> HttpResponse {
@@ -424,7 +449,11 @@ async fn call(
             code,
             message,
             leader,
-        } => return Err(ApiError::from_response(code, message, leader)),
+            current_version,
+        } => {
+            let error = ApiError::from_response(code, message, leader);
+            return Err(error.with_current_version(current_version));
+        }
     };
     Ok(HttpResponse::Ok().json(json))
 }
@@ -586,7 +615,7 @@ mod tests {
             members: settings.members,
             leader: parts.leader,
             replica: parts.replica.clone(),
-            transport: parts.transport,
+            faults: parts.faults,
             fault_injection,
             frame_size_max_bytes: FRAME_SIZE_DEFAULT_MAX_BYTES,
         });
@@ -707,6 +736,32 @@ mod tests {
         let (with_faults, _) = one_member_app!(dir.path(), true);
         let unknown_peer = web_test::call_service(&with_faults, fault()).await;
         assert_eq!(unknown_peer.status().as_u16(), 400);
+        let listed: serde_json::Value = web_test::call_and_read_body_json(
+            &with_faults,
+            web_test::TestRequest::get()
+                .uri("/admin/fault")
+                .to_request(),
+        )
+        .await;
+        assert_eq!(listed, serde_json::json!({ "faults": [] }));
+        let listing_refused = web_test::call_service(
+            &app,
+            web_test::TestRequest::get()
+                .uri("/admin/fault")
+                .to_request(),
+        )
+        .await;
+        assert_eq!(listing_refused.status().as_u16(), 403);
+        let unknown_field = web_test::call_service(
+            &with_faults,
+            web_test::TestRequest::post()
+                .uri("/admin/fault")
+                .insert_header(actix_web::http::header::ContentType::json())
+                .set_payload(r#"{"peers": [], "cut": true}"#)
+                .to_request(),
+        )
+        .await;
+        assert_eq!(unknown_field.status().as_u16(), 400);
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actix::Addr;
-use harmonydb_actors::cluster::transport::{Fault, SetFault, Transport};
+use harmonydb_actors::cluster::fault::{Delivery, Fault, FaultFilter};
 use harmonydb_actors::kv::{KvAnswer, KvError, KvHandle, KvOp, KvReply, ScanRange, WriteOutcome};
 use harmonydb_actors::raft::replica::{GetStatus, RaftReplica};
 use harmonydb_actors::raft::Role;
@@ -34,7 +34,7 @@ pub struct Service {
     members: Arc<BTreeMap<u64, String>>,
     leader: Arc<AtomicU64>,
     replica: Addr<RaftReplica>,
-    transport: Addr<Transport>,
+    faults: FaultFilter,
     fault_injection: bool,
     forward_timeout: Duration,
     frame_size_max_bytes: usize,
@@ -53,8 +53,8 @@ pub struct ServiceParts {
     pub leader: Arc<AtomicU64>,
     /// The replica.
     pub replica: Addr<RaftReplica>,
-    /// The Raft transport.
-    pub transport: Addr<Transport>,
+    /// The fault filter the Raft transport obeys (forwarding obeys it too).
+    pub faults: FaultFilter,
     /// Whether `/admin/fault` is accepted.
     pub fault_injection: bool,
     /// Largest frame sent to the leader (members share the frame limit).
@@ -73,7 +73,7 @@ impl Service {
             members: Arc::new(parts.members),
             leader: parts.leader,
             replica: parts.replica,
-            transport: parts.transport,
+            faults: parts.faults,
             fault_injection: parts.fault_injection,
             forward_timeout,
             frame_size_max_bytes: parts.frame_size_max_bytes,
@@ -106,6 +106,12 @@ impl Service {
             return Ok(Response::ClusterStatus(self.cluster_status().await?));
         }
         let leader = self.leader.load(Ordering::Relaxed);
+        #[cfg(feature = "mutation-follower-local-reads")]
+        if leader != self.node_id {
+            if let Some(stale) = mutation::as_local_read(&request) {
+                return mutation::strip_staleness(self.local(stale).await);
+            }
+        }
         if request.needs_leader() && leader != 0 && leader != self.node_id {
             if no_forward {
                 return Err(self.not_leader(leader));
@@ -151,6 +157,20 @@ impl Service {
                 format!("leader {leader} is not a configured member"),
             ));
         };
+        // Injected faults cut forwarding like Raft traffic: a partitioned
+        // node must not reach the leader through its client port either.
+        if self.faults.decide(leader) == Delivery::Drop {
+            return Err(ApiError::new(
+                ErrorCode::Unavailable,
+                format!(
+                    "the link to the leader, node {leader} at {addr}, is cut by an injected fault"
+                ),
+            ));
+        }
+        let delay = self.faults.get(leader).delay;
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
         metrics::counter!("harmonydb_api_forwarded_total", "leader" => leader.to_string())
             .increment(1);
         let is_write = matches!(request, Request::Put { .. } | Request::Delete { .. });
@@ -256,14 +276,9 @@ impl Service {
         })
     }
 
-    /// Sets the fault on this node's Raft links to `peers` (tests only).
+    /// Sets the fault on this node's traffic to `peers` (tests only).
     pub fn set_fault(&self, peers: &[u64], fault: Fault) -> Result<(), ApiError> {
-        if !self.fault_injection {
-            return Err(ApiError::new(
-                ErrorCode::Forbidden,
-                "fault injection is disabled; start the node with --enable-fault-injection",
-            ));
-        }
+        self.fault_injection_enabled()?;
         for peer in peers {
             if *peer == self.node_id || !self.members.contains_key(peer) {
                 return Err(ApiError::bad_request(format!(
@@ -272,16 +287,41 @@ impl Service {
                 )));
             }
         }
+        if fault.loss_percent > 100 {
+            return Err(ApiError::bad_request(format!(
+                "loss_percent {} is over 100",
+                fault.loss_percent
+            )));
+        }
         for peer in peers {
             info!(
                 peer,
                 drop = fault.drop,
+                loss_percent = fault.loss_percent,
+                duplicate = fault.duplicate,
                 delay_ms = fault.delay.as_millis() as u64,
                 "fault injected"
             );
-            self.transport.do_send(SetFault { peer: *peer, fault });
+            self.faults.set(*peer, fault);
         }
         Ok(())
+    }
+
+    /// The faults set on this node's traffic, by peer (tests only).
+    pub fn faults(&self) -> Result<BTreeMap<u64, Fault>, ApiError> {
+        self.fault_injection_enabled()?;
+        Ok(self.faults.all())
+    }
+
+    fn fault_injection_enabled(&self) -> Result<(), ApiError> {
+        if self.fault_injection {
+            Ok(())
+        } else {
+            Err(ApiError::new(
+                ErrorCode::Forbidden,
+                "fault injection is disabled; start the node with --enable-fault-injection",
+            ))
+        }
     }
 }
 
@@ -364,5 +404,44 @@ fn to_response(key: Vec<u8>, answer: KvAnswer) -> Response {
             staleness,
         },
         KvReply::Healthy { applied_index } => Response::Health { applied_index },
+    }
+}
+
+/// Test-only: a follower answers linearizable reads from its own applied
+/// state, as if it were the leader. This is a deliberate bug, for showing
+/// that the fault-injection harness and the linearizability checker catch
+/// stale reads (`cargo test --features mutation-follower-local-reads`).
+#[cfg(feature = "mutation-follower-local-reads")]
+mod mutation {
+    use harmonydb_protocol::{Consistency, Request, Response};
+
+    use super::ApiError;
+
+    /// The read as a stale one, if it is a read that should go to the leader.
+    pub(super) fn as_local_read(request: &Request) -> Option<Request> {
+        let mut stale = request.clone();
+        match &mut stale {
+            Request::Get { consistency, .. } | Request::Scan { consistency, .. }
+                if *consistency != Some(Consistency::Stale) =>
+            {
+                *consistency = Some(Consistency::Stale);
+                Some(stale)
+            }
+            _ => None,
+        }
+    }
+
+    /// The answer without its staleness, so it looks like a linearizable one.
+    pub(super) fn strip_staleness(
+        answer: Result<Response, ApiError>,
+    ) -> Result<Response, ApiError> {
+        answer.map(|mut response| {
+            if let Response::Value { staleness, .. } | Response::Items { staleness, .. } =
+                &mut response
+            {
+                *staleness = None;
+            }
+            response
+        })
     }
 }

@@ -254,6 +254,7 @@ async fn reject(
             code,
             message,
             leader: None,
+            current_version: None,
         },
     };
     let _ = answers

@@ -1,4 +1,6 @@
 //! Cluster plumbing: the `Transport` actor that carries Raft messages
-//! between nodes over TCP with the protocol crate's framing.
+//! between nodes over TCP with the protocol crate's framing, and the fault
+//! filter tests use to cut, thin out, duplicate or delay that traffic.
 
+pub mod fault;
 pub mod transport;

@@ -8,8 +8,8 @@
 //! Each peer has a bounded queue; over the bound a batch is dropped and
 //! counted (Raft resends what matters). A writer task per peer connects with
 //! exponential backoff, drains everything queued into one frame, and
-//! reconnects after a failure. A fault filter (drop, delay) per peer lets
-//! tests cut or slow links one way.
+//! reconnects after a failure. The node's [`FaultFilter`] is asked about
+//! every batch, so tests can cut, thin out, duplicate or slow links one way.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -26,6 +26,7 @@ use tokio::sync::mpsc;
 use tokio_util::codec::{FramedRead, FramedWrite};
 use tracing::{debug, warn};
 
+use super::fault::{Delivery, FaultFilter};
 use crate::raft::replica::{Outbox, Step};
 use crate::raft::{Message as RaftMessage, NodeId};
 
@@ -157,27 +158,6 @@ impl PeerInbox {
     }
 }
 
-/// Faults injected on the link to one peer (this direction only).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Fault {
-    /// Drop everything sent to the peer.
-    pub drop: bool,
-    /// Hold every batch this long before sending it.
-    pub delay: Duration,
-}
-
-/// Sets (or, with the default, clears) the fault on the link to `peer`.
-pub struct SetFault {
-    /// The peer.
-    pub peer: NodeId,
-    /// The fault.
-    pub fault: Fault,
-}
-
-impl actix::Message for SetFault {
-    type Result = ();
-}
-
 /// Asks how many batches were dropped per peer (full queue or fault).
 pub struct GetDropped;
 
@@ -187,7 +167,6 @@ impl actix::Message for GetDropped {
 
 struct Link {
     queue: mpsc::Sender<Vec<RaftMessage>>,
-    fault: Fault,
     dropped: u64,
 }
 
@@ -195,6 +174,7 @@ struct Link {
 pub struct Transport {
     node_id: NodeId,
     frame_budget: usize,
+    faults: FaultFilter,
     links: BTreeMap<NodeId, Link>,
     peers: BTreeMap<NodeId, String>,
     receivers: BTreeMap<NodeId, mpsc::Receiver<Vec<RaftMessage>>>,
@@ -208,19 +188,13 @@ impl Transport {
         let mut receivers = BTreeMap::new();
         for peer in peers.keys() {
             let (queue, receiver) = mpsc::channel(PEER_QUEUE_CAPACITY);
-            links.insert(
-                *peer,
-                Link {
-                    queue,
-                    fault: Fault::default(),
-                    dropped: 0,
-                },
-            );
+            links.insert(*peer, Link { queue, dropped: 0 });
             receivers.insert(*peer, receiver);
         }
         Transport {
             node_id,
             frame_budget: FRAME_BUDGET_DEFAULT_BYTES,
+            faults: FaultFilter::default(),
             links,
             peers,
             receivers,
@@ -235,23 +209,27 @@ impl Transport {
         self.frame_budget = bytes.max(1);
         self
     }
+
+    /// The fault filter this transport obeys; setting a fault on it takes
+    /// effect from the next batch.
+    pub fn faults(&self) -> FaultFilter {
+        self.faults.clone()
+    }
 }
 
 impl Actor for Transport {
     type Context = Context<Self>;
 
-    fn started(&mut self, ctx: &mut Self::Context) {
+    fn started(&mut self, _: &mut Self::Context) {
         for (peer, receiver) in std::mem::take(&mut self.receivers) {
             let addr = self.peers[&peer].clone();
             let node_id = self.node_id;
-            // Faults are read from the actor at send time; the writer only delays.
-            let delays = ctx.address();
             actix::spawn(write_to_peer(
                 node_id,
                 peer,
                 addr,
                 receiver,
-                delays,
+                self.faults.clone(),
                 self.frame_budget,
             ));
         }
@@ -272,20 +250,18 @@ impl Handler<Outbox> for Transport {
                 continue;
             };
             let count = batch.len() as u64;
-            if link.fault.drop || link.queue.try_send(batch).is_err() {
+            let queued = match self.faults.decide(peer) {
+                Delivery::Drop => false,
+                Delivery::Send { copies: 1 } => link.queue.try_send(batch).is_ok(),
+                // Raft must tolerate a peer's messages arriving twice.
+                Delivery::Send { .. } => {
+                    link.queue.try_send(batch.clone()).is_ok() && link.queue.try_send(batch).is_ok()
+                }
+            };
+            if !queued {
                 link.dropped += 1;
                 metrics::counter!("harmonydb_transport_messages_dropped_total", "peer" => peer.to_string()).increment(count);
             }
-        }
-    }
-}
-
-impl Handler<SetFault> for Transport {
-    type Result = ();
-
-    fn handle(&mut self, request: SetFault, _: &mut Self::Context) {
-        if let Some(link) = self.links.get_mut(&request.peer) {
-            link.fault = request.fault;
         }
     }
 }
@@ -299,25 +275,6 @@ impl Handler<GetDropped> for Transport {
                 .iter()
                 .map(|(peer, link)| (*peer, link.dropped))
                 .collect(),
-        )
-    }
-}
-
-/// Asks the delay configured for a peer's link.
-struct GetDelay(NodeId);
-
-impl actix::Message for GetDelay {
-    type Result = Duration;
-}
-
-impl Handler<GetDelay> for Transport {
-    type Result = MessageResult<GetDelay>;
-
-    fn handle(&mut self, GetDelay(peer): GetDelay, _: &mut Self::Context) -> Self::Result {
-        MessageResult(
-            self.links
-                .get(&peer)
-                .map_or(Duration::ZERO, |l| l.fault.delay),
         )
     }
 }
@@ -364,7 +321,7 @@ async fn write_to_peer(
     peer: NodeId,
     addr: String,
     mut queue: mpsc::Receiver<Vec<RaftMessage>>,
-    transport: Addr<Transport>,
+    faults: FaultFilter,
     frame_budget: usize,
 ) {
     let mut backoff = BACKOFF_MIN;
@@ -391,10 +348,7 @@ async fn write_to_peer(
                 size += batch_size_bytes(&more);
                 messages.extend(more);
             }
-            let delay = transport
-                .send(GetDelay(peer))
-                .await
-                .unwrap_or(Duration::ZERO);
+            let delay = faults.get(peer).delay;
             if !delay.is_zero() {
                 tokio::time::sleep(delay).await;
             }

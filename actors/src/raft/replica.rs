@@ -151,6 +151,9 @@ pub struct RaftReplica {
     reported_leader: NodeId,
     /// The known leader (0 = none), readable without a message.
     leader_hint: Arc<AtomicU64>,
+    /// The last term in which this member acknowledged a write as leader
+    /// (logged once per term, so tests can check no two members did so in one term).
+    acknowledged_term: u64,
 }
 
 impl RaftReplica {
@@ -187,6 +190,7 @@ impl RaftReplica {
             heartbeat_sent: HashMap::new(),
             reported_leader: 0,
             leader_hint: Arc::new(AtomicU64::new(0)),
+            acknowledged_term: 0,
         }
     }
 
@@ -338,6 +342,16 @@ impl RaftReplica {
             if let Some((term, reply)) = self.writes.remove(&entry.index) {
                 let answer = if term == entry.term {
                     metrics::counter!("harmonydb_raft_proposals_committed_total").increment(1);
+                    if entry.term > self.acknowledged_term {
+                        // Only a leader proposes, so the entry's term is the
+                        // one this member led in when it took the write.
+                        self.acknowledged_term = entry.term;
+                        info!(
+                            term = entry.term,
+                            index = entry.index,
+                            "acknowledging writes as leader of this term"
+                        );
+                    }
                     outcome.map(|o| KvAnswer::fresh(KvReply::Written(o)))
                 } else {
                     metrics::counter!("harmonydb_raft_proposals_failed_total").increment(1);
