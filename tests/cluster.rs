@@ -506,3 +506,85 @@ fn peers_bad_input_is_refused_and_the_cluster_keeps_serving() {
     write_keys(addr, "still/", 10);
     assert_keys(cluster.tcp[&leader], "still/", 10);
 }
+
+#[test]
+fn a_leader_paused_past_its_lease_serves_no_stale_lease_reads() {
+    let cluster = Cluster::start(3, &["--raft-tick-ms", "50", "--enable-fault-injection"]);
+    let all = cluster.running();
+    for round in 0..3 {
+        let leader = cluster.wait_leader(&all, Duration::from_secs(20));
+        let key = format!("paused/{round}");
+        write_keys_to(cluster.tcp[&leader], &key, "before");
+        // Connections made before the pause, like those of clients that
+        // were already talking to it: their bytes wait in its sockets
+        // beside the new leader's messages.
+        let leader_addr = cluster.tcp[&leader];
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let clients: Vec<Client> = runtime.block_on(async { connect_many(leader_addr, 16).await });
+        // It hears nothing from the others from now on, and stands still:
+        // on resuming, only its own clock can tell it the lease is gone.
+        let others: Vec<u64> = all.iter().copied().filter(|id| *id != leader).collect();
+        for other in &others {
+            cluster.fault(*other, &[leader], true);
+        }
+        cluster.node(leader).signal(libc::SIGSTOP);
+        let new_leader = cluster.wait_leader(&others, Duration::from_secs(20));
+        // Acknowledged by the new leader while the old one stands still.
+        write_keys_to(cluster.tcp[&new_leader], &key, "after");
+        // Lease reads reach the stopped leader's sockets now and are read
+        // when it resumes, its lease long expired in real time.
+        let answers = runtime.block_on(async {
+            let reads: Vec<_> = clients
+                .into_iter()
+                .map(|client| {
+                    let key = key.clone();
+                    tokio::spawn(async move {
+                        client.get_with(key.as_bytes(), Consistency::Lease).await
+                    })
+                })
+                .collect();
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            cluster.node(leader).signal(libc::SIGCONT);
+            let mut answers = Vec::new();
+            for read in reads {
+                answers.push(read.await.expect("read task"));
+            }
+            answers
+        });
+        for other in &others {
+            cluster.fault(*other, &[leader], false);
+        }
+        for answer in answers {
+            if let Ok(Some(item)) = answer {
+                assert_eq!(
+                    item.value,
+                    b"after".to_vec(),
+                    "round {round}: the resumed leader {leader} served a lease read that misses a write node {new_leader} acknowledged"
+                );
+            }
+        }
+    }
+}
+
+/// Puts `key` = `value` through `addr`.
+fn write_keys_to(addr: SocketAddr, key: &str, value: &str) {
+    block_on(async {
+        client(addr)
+            .await
+            .put(key.as_bytes(), value.as_bytes())
+            .await
+            .unwrap_or_else(|e| panic!("put {key} through {addr}: {e}"));
+    });
+}
+
+/// `count` connections to `addr`.
+async fn connect_many(addr: SocketAddr, count: usize) -> Vec<Client> {
+    let mut clients = Vec::new();
+    for _ in 0..count {
+        clients.push(client(addr).await);
+    }
+    clients
+}

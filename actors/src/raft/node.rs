@@ -337,6 +337,11 @@ impl Raft {
         }
     }
 
+    /// The base election timeout, in ticks (the randomized one is up to twice it).
+    pub fn election_timeout_ticks(&self) -> u64 {
+        self.config.election_timeout_ticks
+    }
+
     /// Advances logical time by one tick: elections on followers, heartbeats
     /// and check-quorum on leaders.
     pub fn tick(&mut self) {

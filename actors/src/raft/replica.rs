@@ -151,6 +151,8 @@ pub struct RaftReplica {
     reported_leader: NodeId,
     /// The known leader (0 = none), readable without a message.
     leader_hint: Arc<AtomicU64>,
+    /// When the core's clock last caught up with real time.
+    ticked_at: Instant,
     /// The last term in which this member acknowledged a write as leader
     /// (logged once per term, so tests can check no two members did so in one term).
     acknowledged_term: u64,
@@ -191,6 +193,7 @@ impl RaftReplica {
             reported_leader: 0,
             leader_hint: Arc::new(AtomicU64::new(0)),
             acknowledged_term: 0,
+            ticked_at: Instant::now(),
         }
     }
 
@@ -198,6 +201,36 @@ impl RaftReplica {
     /// changes, so front doors can route requests without asking the actor.
     pub fn leader_hint(&self) -> Arc<AtomicU64> {
         self.leader_hint.clone()
+    }
+
+    /// Ticks the core for every tick interval of real time since the last
+    /// catch-up. The core's clock is its ticks; if the process stood still
+    /// (SIGSTOP, a paused VM, a starved thread), a leader that counted
+    /// ticks only as its timer fired would trust a lease that expired in
+    /// real time while the others elected a new leader, and serve a stale
+    /// read. Catching up before every request closes that window whatever
+    /// order the timer and the request are handled in after the stall.
+    fn catch_up_ticks(&mut self) {
+        let interval_nanos = self.tick_interval.as_nanos().max(1);
+        let due = self.ticked_at.elapsed().as_nanos() / interval_nanos;
+        if due == 0 {
+            return;
+        }
+        // Past twice the longest election timeout every timer has fired;
+        // more ticks would only queue more heartbeats.
+        let due_max = 2 * u128::from(self.raft.election_timeout_ticks()) + 2;
+        if due > due_max {
+            for _ in 0..due_max {
+                self.raft.tick();
+            }
+            self.ticked_at = Instant::now();
+        } else {
+            for _ in 0..due {
+                self.raft.tick();
+            }
+            let caught_up = u32::try_from(due).unwrap_or(u32::MAX);
+            self.ticked_at += self.tick_interval * caught_up;
+        }
     }
 
     /// Takes the next ready, if the previous one is done, and persists it.
@@ -574,7 +607,7 @@ impl Actor for RaftReplica {
             if replica.failed.is_some() {
                 return;
             }
-            replica.raft.tick();
+            replica.catch_up_ticks();
             if !replica.persisting && !replica.raft.has_ready() {
                 if let Some(hard_state) = replica.deferred_hard_state.take() {
                     replica.deferred_since = None;
@@ -613,6 +646,7 @@ impl Handler<KvRequest> for RaftReplica {
             let _ = reply.send(Err(error));
             return;
         }
+        self.catch_up_ticks();
         match op {
             KvOp::Get { key } => self.handle_read(ReadOp::Get(key), consistency, reply),
             KvOp::Scan(range) => self.handle_read(ReadOp::Scan(range), consistency, reply),
