@@ -40,7 +40,25 @@ impl Node {
 
     /// Like `start`, with environment variables set for the process.
     pub fn start_with_env(data_dir: &Path, extra_args: &[&str], env: &[(&str, &str)]) -> Node {
-        let mut command = Command::new(binary());
+        Node::start_wrapped(&[], data_dir, extra_args, env)
+    }
+
+    /// Like `start_with_env`, run through a wrapper command (such as
+    /// `ip netns exec NAME`) that execs the binary, so the pid is the node's.
+    pub fn start_wrapped(
+        wrapper: &[&str],
+        data_dir: &Path,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Node {
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(binary());
+                command
+            }
+            None => Command::new(binary()),
+        };
         command
             .arg("serve")
             .arg("--data-dir")

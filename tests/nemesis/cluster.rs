@@ -1,0 +1,311 @@
+//! A cluster of real `harmonydb` processes that the nemesis can hurt: cut
+//! links one way (through the nodes' fault filter, or with iptables between
+//! network namespaces), `kill -9` and restart nodes, and pause them with
+//! SIGSTOP. It keeps every node's log across restarts for the split-brain
+//! check.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use crate::common::{http, Node};
+use crate::netns::Netns;
+
+/// Where link faults are injected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// The nodes' own fault filter (`POST /admin/fault`), on loopback.
+    Filter,
+    /// iptables rules between network namespaces.
+    Netns,
+}
+
+impl Backend {
+    /// The name used in reports.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Backend::Filter => "fault filter",
+            Backend::Netns => "netns + iptables",
+        }
+    }
+}
+
+/// Ports every node uses inside its own namespace.
+const NETNS_TCP_PORT: u16 = 7070;
+const NETNS_HTTP_PORT: u16 = 8080;
+
+/// How long a harness HTTP call to a node may take (a paused node never answers).
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// A cluster under test.
+pub struct NemesisCluster {
+    backend: Backend,
+    nodes: BTreeMap<u64, Option<Node>>,
+    /// Each node's TCP address, fixed for the cluster's life.
+    pub tcp: BTreeMap<u64, SocketAddr>,
+    dirs: BTreeMap<u64, tempfile::TempDir>,
+    peers: String,
+    args: Vec<String>,
+    paused: BTreeSet<u64>,
+    /// One-way cuts in force, as (from, to).
+    cuts: BTreeSet<(u64, u64)>,
+    /// Log lines of earlier runs of each node.
+    old_logs: BTreeMap<u64, Vec<String>>,
+    netns: Option<Netns>,
+    agent: ureq::Agent,
+}
+
+impl NemesisCluster {
+    /// Starts `size` nodes with `args`; with the netns backend, each in its
+    /// own namespace (an error if they can't be made).
+    pub fn start(size: u64, backend: Backend, args: &[&str]) -> Result<NemesisCluster, String> {
+        let ids: Vec<u64> = (1..=size).collect();
+        let netns = match backend {
+            Backend::Netns => Some(Netns::create(&ids)?),
+            Backend::Filter => None,
+        };
+        let tcp: BTreeMap<u64, SocketAddr> = ids
+            .iter()
+            .map(|id| {
+                let addr = match &netns {
+                    Some(net) => SocketAddr::from((net.ip(*id), NETNS_TCP_PORT)),
+                    None => crate::common::free_port(),
+                };
+                (*id, addr)
+            })
+            .collect();
+        let peers = tcp
+            .iter()
+            .map(|(id, addr)| format!("{id}={addr}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut cluster = NemesisCluster {
+            backend,
+            nodes: BTreeMap::new(),
+            dirs: ids
+                .iter()
+                .map(|id| (*id, tempfile::tempdir().expect("tempdir")))
+                .collect(),
+            tcp,
+            peers,
+            args: args.iter().map(|a| a.to_string()).collect(),
+            paused: BTreeSet::new(),
+            cuts: BTreeSet::new(),
+            old_logs: BTreeMap::new(),
+            netns,
+            agent: ureq::AgentBuilder::new().timeout(ADMIN_TIMEOUT).build(),
+        };
+        for id in ids {
+            cluster.start_node(id);
+        }
+        Ok(cluster)
+    }
+
+    /// Node ids, in order.
+    pub fn ids(&self) -> Vec<u64> {
+        self.nodes.keys().copied().collect()
+    }
+
+    /// Starts (or restarts) node `id` on its data directory, with the cuts
+    /// from it that are in force (a restarted filter starts empty).
+    pub fn start_node(&mut self, id: u64) {
+        let node_id = id.to_string();
+        let tcp = self.tcp[&id].to_string();
+        let http = match &self.netns {
+            Some(net) => SocketAddr::from((net.ip(id), NETNS_HTTP_PORT)).to_string(),
+            None => "127.0.0.1:0".to_string(),
+        };
+        let mut args = vec![
+            "--node-id",
+            &node_id,
+            "--peers",
+            &self.peers,
+            "--tcp-addr",
+            &tcp,
+            "--http-addr",
+            &http,
+            "--enable-fault-injection",
+        ];
+        args.extend(self.args.iter().map(String::as_str));
+        let wrapper = self
+            .netns
+            .as_ref()
+            .map(|net| net.wrapper(id))
+            .unwrap_or_default();
+        let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
+        let node = Node::start_wrapped(&wrapper, self.dirs[&id].path(), &args, &[]);
+        self.nodes.insert(id, Some(node));
+        if self.backend == Backend::Filter {
+            let targets: Vec<u64> = self
+                .cuts
+                .iter()
+                .filter(|(from, _)| *from == id)
+                .map(|(_, to)| *to)
+                .collect();
+            if !targets.is_empty() {
+                self.set_filter(id, &targets, true);
+            }
+        }
+    }
+
+    /// Whether node `id` runs (it may be paused).
+    pub fn is_running(&self, id: u64) -> bool {
+        self.nodes.get(&id).is_some_and(Option::is_some)
+    }
+
+    /// `kill -9` of node `id`; its log is kept.
+    pub fn kill9(&mut self, id: u64) {
+        if let Some(mut node) = self.nodes.insert(id, None).flatten() {
+            node.kill9();
+            self.old_logs.entry(id).or_default().extend(node.log());
+        }
+        self.paused.remove(&id);
+    }
+
+    /// SIGSTOP: the process stops where it is, sockets and all.
+    pub fn pause(&mut self, id: u64) {
+        if let Some(Some(node)) = self.nodes.get(&id) {
+            node.signal(libc::SIGSTOP);
+            self.paused.insert(id);
+        }
+    }
+
+    /// SIGCONT of a paused node.
+    pub fn resume(&mut self, id: u64) {
+        if let Some(Some(node)) = self.nodes.get(&id) {
+            node.signal(libc::SIGCONT);
+        }
+        self.paused.remove(&id);
+    }
+
+    /// Drops everything node `from` sends to node `to`.
+    pub fn cut(&mut self, from: u64, to: u64) -> Result<(), String> {
+        self.cuts.insert((from, to));
+        match &self.netns {
+            Some(net) => net.cut(from, to),
+            None => {
+                if self.is_running(from) && !self.paused.contains(&from) {
+                    self.set_filter(from, &[to], true);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Removes every cut.
+    pub fn heal(&mut self) -> Result<(), String> {
+        let cuts = std::mem::take(&mut self.cuts);
+        match &self.netns {
+            Some(net) => net.heal(),
+            None => {
+                let mut by_sender: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
+                for (from, to) in cuts {
+                    by_sender.entry(from).or_default().push(to);
+                }
+                for (from, targets) in by_sender {
+                    if self.is_running(from) && !self.paused.contains(&from) {
+                        self.set_filter(from, &targets, false);
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn set_filter(&self, from: u64, to: &[u64], drop: bool) {
+        let Some(Some(node)) = self.nodes.get(&from) else {
+            return;
+        };
+        let body = serde_json::json!({ "peers": to, "drop": drop }).to_string();
+        let request = self
+            .agent
+            .post(&node.url("/admin/fault"))
+            .set("Content-Type", "application/json");
+        let (status, answer) = http(request, Some(&body));
+        assert_eq!(status, 200, "fault on node {from}: {answer}");
+    }
+
+    /// The leader most running, unpaused nodes name, if any.
+    pub fn leader(&self) -> Option<u64> {
+        let mut votes: BTreeMap<u64, usize> = BTreeMap::new();
+        for (id, node) in &self.nodes {
+            let Some(node) = node else { continue };
+            if self.paused.contains(id) {
+                continue;
+            }
+            let Ok(response) = self.agent.get(&node.url("/cluster")).call() else {
+                continue;
+            };
+            let Ok(status) = response.into_json::<serde_json::Value>() else {
+                continue;
+            };
+            if let Some(leader) = status["leader"].as_u64() {
+                *votes.entry(leader).or_default() += 1;
+            }
+        }
+        votes
+            .into_iter()
+            .max_by_key(|(_, count)| *count)
+            .map(|(leader, _)| leader)
+    }
+
+    /// Waits up to `timeout` until every running node names one leader.
+    pub fn wait_agreed_leader(&self, timeout: Duration) -> Option<u64> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            let leaders: BTreeSet<Option<u64>> = self
+                .nodes
+                .values()
+                .flatten()
+                .map(|node| {
+                    self.agent
+                        .get(&node.url("/cluster"))
+                        .call()
+                        .ok()
+                        .and_then(|r| r.into_json::<serde_json::Value>().ok())
+                        .and_then(|s| s["leader"].as_u64())
+                })
+                .collect();
+            if let [Some(leader)] = leaders.iter().copied().collect::<Vec<_>>()[..] {
+                return Some(leader);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    /// Resumes paused nodes, restarts dead ones and removes every cut.
+    pub fn restore(&mut self) -> Result<(), String> {
+        for id in self.paused.clone() {
+            self.resume(id);
+        }
+        for id in self.ids() {
+            if !self.is_running(id) {
+                self.start_node(id);
+            }
+        }
+        self.heal()
+    }
+
+    /// Every log line of every node, earlier runs included.
+    pub fn logs(&self) -> BTreeMap<u64, Vec<String>> {
+        let mut logs = self.old_logs.clone();
+        for (id, node) in &self.nodes {
+            if let Some(node) = node {
+                logs.entry(*id).or_default().extend(node.log());
+            }
+        }
+        logs
+    }
+}
+
+impl Drop for NemesisCluster {
+    fn drop(&mut self) {
+        // A stopped process still dies of SIGKILL; continuing it first
+        // just lets it exit without a pile-up of signals.
+        for id in self.paused.clone() {
+            self.resume(id);
+        }
+        self.nodes.clear();
+    }
+}

@@ -1,0 +1,262 @@
+//! The nemesis: applies one kind of fault after another on a schedule
+//! (quiet, fault, heal, quiet, ...) and records each with the time it was in
+//! force, and for partitions which nodes were on the minority side.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use harmonydb_checker::Nanos;
+
+use crate::clients::nanos_since;
+use crate::cluster::NemesisCluster;
+use crate::common::Rng;
+
+/// A family of faults; each run of the harness uses one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scenario {
+    /// A random majority and minority, cut from each other both ways.
+    PartitionMajorityMinority,
+    /// The leader cut from everyone else both ways.
+    IsolateLeader,
+    /// Two halves that can't see each other, and one node that sees both.
+    Bridge,
+    /// One node's traffic to every other node lost, the other way intact.
+    OneWayLoss,
+    /// `kill -9` of a minority of nodes, then restart.
+    Kill,
+    /// SIGSTOP of a minority of nodes, then SIGCONT.
+    Pause,
+    /// Each round one of the above at random.
+    Mixed,
+}
+
+impl Scenario {
+    /// The name used in reports and test names.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Scenario::PartitionMajorityMinority => "partition majority/minority",
+            Scenario::IsolateLeader => "isolate the leader",
+            Scenario::Bridge => "bridge",
+            Scenario::OneWayLoss => "one-way loss",
+            Scenario::Kill => "kill -9 and restart",
+            Scenario::Pause => "SIGSTOP/SIGCONT pause",
+            Scenario::Mixed => "all of them mixed",
+        }
+    }
+
+    const SINGLE: [Scenario; 6] = [
+        Scenario::PartitionMajorityMinority,
+        Scenario::IsolateLeader,
+        Scenario::Bridge,
+        Scenario::OneWayLoss,
+        Scenario::Kill,
+        Scenario::Pause,
+    ];
+}
+
+/// One fault as it was in force.
+#[derive(Clone, Debug)]
+pub struct FaultEvent {
+    /// The kind of fault.
+    pub kind: Scenario,
+    /// What exactly was done, for a person.
+    pub description: String,
+    /// When it was fully in force.
+    pub start: Nanos,
+    /// When healing began.
+    pub end: Nanos,
+    /// Nodes cut off from a majority for the whole window, whose clients
+    /// must not see a write succeed.
+    pub minority: BTreeSet<u64>,
+}
+
+/// How long faults last and how long the cluster gets between them.
+#[derive(Clone, Copy, Debug)]
+pub struct Schedule {
+    /// Quiet time before each fault.
+    pub quiet: Duration,
+    /// How long each fault stays in force.
+    pub hold: Duration,
+}
+
+/// Runs faults of `scenario` until `until`, then restores the cluster.
+pub fn run(
+    cluster: &mut NemesisCluster,
+    scenario: Scenario,
+    schedule: Schedule,
+    start: Instant,
+    until: Instant,
+    rng: &mut Rng,
+) -> Vec<FaultEvent> {
+    let mut events = Vec::new();
+    while Instant::now() + schedule.quiet + schedule.hold <= until {
+        std::thread::sleep(schedule.quiet);
+        let kind = match scenario {
+            Scenario::Mixed => Scenario::SINGLE[rng.below(Scenario::SINGLE.len() as u64) as usize],
+            single => single,
+        };
+        let (description, minority, undo) = inject(cluster, kind, rng);
+        let fault_start = nanos_since(start);
+        std::thread::sleep(schedule.hold);
+        let fault_end = nanos_since(start);
+        undo.apply(cluster);
+        events.push(FaultEvent {
+            kind,
+            description,
+            start: fault_start,
+            end: fault_end,
+            minority,
+        });
+    }
+    if let Err(error) = cluster.restore() {
+        panic!("restoring the cluster failed: {error}");
+    }
+    events
+}
+
+/// How to take a fault back.
+enum Undo {
+    Heal,
+    Restart(Vec<u64>),
+    Resume(Vec<u64>),
+}
+
+impl Undo {
+    fn apply(self, cluster: &mut NemesisCluster) {
+        match self {
+            Undo::Heal => cluster.heal().unwrap_or_else(|e| panic!("heal: {e}")),
+            Undo::Restart(ids) => ids.into_iter().for_each(|id| cluster.start_node(id)),
+            Undo::Resume(ids) => ids.into_iter().for_each(|id| cluster.resume(id)),
+        }
+    }
+}
+
+fn shuffled(ids: &[u64], rng: &mut Rng) -> Vec<u64> {
+    let mut ids = ids.to_vec();
+    for i in (1..ids.len()).rev() {
+        let j = rng.below(i as u64 + 1) as usize;
+        ids.swap(i, j);
+    }
+    ids
+}
+
+/// The leader if one is known, else a random node: leaders are where faults hurt most.
+fn leader_or_random(cluster: &NemesisCluster, rng: &mut Rng) -> u64 {
+    let ids = cluster.ids();
+    cluster
+        .leader()
+        .unwrap_or_else(|| ids[rng.below(ids.len() as u64) as usize])
+}
+
+/// A random minority, containing the leader half of the time.
+fn random_minority(cluster: &NemesisCluster, rng: &mut Rng) -> Vec<u64> {
+    let ids = cluster.ids();
+    let size = 1 + rng.below(((ids.len() - 1) / 2) as u64) as usize;
+    let mut chosen = shuffled(&ids, rng);
+    chosen.truncate(size);
+    if rng.below(2) == 0 {
+        let leader = leader_or_random(cluster, rng);
+        if !chosen.contains(&leader) {
+            chosen[0] = leader;
+        }
+    }
+    chosen.sort_unstable();
+    chosen
+}
+
+fn cut_both_ways(cluster: &mut NemesisCluster, side_a: &[u64], side_b: &[u64]) {
+    for a in side_a {
+        for b in side_b {
+            cluster
+                .cut(*a, *b)
+                .and_then(|()| cluster.cut(*b, *a))
+                .unwrap_or_else(|e| panic!("cut {a} <-> {b}: {e}"));
+        }
+    }
+}
+
+fn inject(
+    cluster: &mut NemesisCluster,
+    kind: Scenario,
+    rng: &mut Rng,
+) -> (String, BTreeSet<u64>, Undo) {
+    let ids = cluster.ids();
+    match kind {
+        Scenario::PartitionMajorityMinority => {
+            let minority = random_minority(cluster, rng);
+            let majority: Vec<u64> = ids
+                .iter()
+                .copied()
+                .filter(|id| !minority.contains(id))
+                .collect();
+            cut_both_ways(cluster, &minority, &majority);
+            (
+                format!("partition {minority:?} | {majority:?}"),
+                minority.into_iter().collect(),
+                Undo::Heal,
+            )
+        }
+        Scenario::IsolateLeader => {
+            let leader = leader_or_random(cluster, rng);
+            let rest: Vec<u64> = ids.iter().copied().filter(|id| *id != leader).collect();
+            cut_both_ways(cluster, &[leader], &rest);
+            (
+                format!("isolate leader {leader}"),
+                BTreeSet::from([leader]),
+                Undo::Heal,
+            )
+        }
+        Scenario::Bridge => {
+            let order = shuffled(&ids, rng);
+            let half = order.len() / 2;
+            let (side_a, rest) = order.split_at(half);
+            let (bridge, side_b) = rest.split_at(1);
+            cut_both_ways(cluster, side_a, side_b);
+            (
+                format!("bridge {side_a:?} | {} | {side_b:?}", bridge[0]),
+                BTreeSet::new(),
+                Undo::Heal,
+            )
+        }
+        Scenario::OneWayLoss => {
+            let node = if rng.below(2) == 0 {
+                leader_or_random(cluster, rng)
+            } else {
+                ids[rng.below(ids.len() as u64) as usize]
+            };
+            for other in ids.iter().filter(|id| **id != node) {
+                cluster
+                    .cut(node, *other)
+                    .unwrap_or_else(|e| panic!("cut {node} -> {other}: {e}"));
+            }
+            (
+                format!("node {node} loses everything it sends"),
+                BTreeSet::new(),
+                Undo::Heal,
+            )
+        }
+        Scenario::Kill => {
+            let victims = random_minority(cluster, rng);
+            for id in &victims {
+                cluster.kill9(*id);
+            }
+            (
+                format!("kill -9 {victims:?}"),
+                BTreeSet::new(),
+                Undo::Restart(victims),
+            )
+        }
+        Scenario::Pause => {
+            let victims = random_minority(cluster, rng);
+            for id in &victims {
+                cluster.pause(*id);
+            }
+            (
+                format!("SIGSTOP {victims:?}"),
+                BTreeSet::new(),
+                Undo::Resume(victims),
+            )
+        }
+        Scenario::Mixed => unreachable!("mixed picks a single kind per round"),
+    }
+}
