@@ -62,11 +62,12 @@ const RECOVERY: Duration = Duration::from_secs(6);
 /// other's timeouts.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
-fn run_seconds() -> u64 {
+/// How long each run lasts: `HARMONYDB_NEMESIS_SECONDS`, else `default`.
+fn run_seconds(default: u64) -> u64 {
     std::env::var("HARMONYDB_NEMESIS_SECONDS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(30)
+        .unwrap_or(default)
 }
 
 fn run_seed() -> u64 {
@@ -339,33 +340,33 @@ fn print_report(report: &RunReport, records: &[Record], seed: u64) {
     }
 }
 
-/// Runs a scenario and fails the test on any anomaly.
-fn assert_clean(scenario: Scenario, backend: Backend) {
-    let Some(report) = run_scenario(scenario, backend, run_seconds()) else {
-        return;
-    };
-    assert!(
-        report.verification.anomalies.is_empty(),
-        "{} over {}: {}",
-        scenario.name(),
-        backend.name(),
-        report.verification.anomalies.join("\n")
-    );
-}
-
-/// Process faults don't depend on how links are cut; they run in
-/// namespaces where the machine allows, else on loopback.
-fn process_backend() -> Backend {
-    if netns::unavailable_reason().is_none() {
-        Backend::Netns
-    } else {
-        Backend::Filter
-    }
-}
-
 #[cfg(not(feature = "mutation-follower-local-reads"))]
 mod scenarios {
     use super::*;
+
+    /// Runs a scenario and fails the test on any anomaly.
+    fn assert_clean(scenario: Scenario, backend: Backend) {
+        let Some(report) = run_scenario(scenario, backend, run_seconds(30)) else {
+            return;
+        };
+        assert!(
+            report.verification.anomalies.is_empty(),
+            "{} over {}: {}",
+            scenario.name(),
+            backend.name(),
+            report.verification.anomalies.join("\n")
+        );
+    }
+
+    /// Process faults don't depend on how links are cut; they run in
+    /// namespaces where the machine allows, else on loopback.
+    fn process_backend() -> Backend {
+        if netns::unavailable_reason().is_none() {
+            Backend::Netns
+        } else {
+            Backend::Filter
+        }
+    }
 
     #[test]
     fn partition_majority_minority_by_fault_filter() {
@@ -434,10 +435,7 @@ mod scenarios {
 #[cfg(feature = "mutation-follower-local-reads")]
 #[test]
 fn the_harness_catches_followers_serving_linearizable_reads_locally() {
-    let seconds = std::env::var("HARMONYDB_NEMESIS_SECONDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(10);
+    let seconds = run_seconds(10);
     let report = run_scenario(
         Scenario::PartitionMajorityMinority,
         Backend::Filter,
