@@ -11,6 +11,19 @@ use std::time::{Duration, Instant};
 use crate::common::{http, Node};
 use crate::netns::Netns;
 
+/// A fault on the traffic one node sends another.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinkFault {
+    /// Everything is lost.
+    Cut,
+    /// This share of packets (netns) or messages (filter) is lost at
+    /// random; the filter also delivers every Raft batch twice.
+    Lossy {
+        /// Loss, in percent.
+        loss_percent: u8,
+    },
+}
+
 /// Where link faults are injected.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
@@ -47,8 +60,8 @@ pub struct NemesisCluster {
     peers: String,
     args: Vec<String>,
     paused: BTreeSet<u64>,
-    /// One-way cuts in force, as (from, to).
-    cuts: BTreeSet<(u64, u64)>,
+    /// Link faults in force, by (from, to).
+    links: BTreeMap<(u64, u64), LinkFault>,
     /// Log lines of earlier runs of each node.
     old_logs: BTreeMap<u64, Vec<String>>,
     netns: Option<Netns>,
@@ -90,7 +103,7 @@ impl NemesisCluster {
             peers,
             args: args.iter().map(|a| a.to_string()).collect(),
             paused: BTreeSet::new(),
-            cuts: BTreeSet::new(),
+            links: BTreeMap::new(),
             old_logs: BTreeMap::new(),
             netns,
             agent: ureq::AgentBuilder::new().timeout(ADMIN_TIMEOUT).build(),
@@ -106,8 +119,8 @@ impl NemesisCluster {
         self.nodes.keys().copied().collect()
     }
 
-    /// Starts (or restarts) node `id` on its data directory, with the cuts
-    /// from it that are in force (a restarted filter starts empty).
+    /// Starts (or restarts) node `id` on its data directory, with the link
+    /// faults from it that are in force (a restarted filter starts empty).
     pub fn start_node(&mut self, id: u64) {
         let node_id = id.to_string();
         let tcp = self.tcp[&id].to_string();
@@ -136,14 +149,14 @@ impl NemesisCluster {
         let node = Node::start_wrapped(&wrapper, self.dirs[&id].path(), &args, &[]);
         self.nodes.insert(id, Some(node));
         if self.backend == Backend::Filter {
-            let targets: Vec<u64> = self
-                .cuts
+            let faults: Vec<(u64, LinkFault)> = self
+                .links
                 .iter()
-                .filter(|(from, _)| *from == id)
-                .map(|(_, to)| *to)
+                .filter(|((from, _), _)| *from == id)
+                .map(|((_, to), fault)| (*to, *fault))
                 .collect();
-            if !targets.is_empty() {
-                self.set_filter(id, &targets, true);
+            for (to, fault) in faults {
+                self.set_filter(id, &[to], Some(fault));
             }
         }
     }
@@ -178,33 +191,41 @@ impl NemesisCluster {
         self.paused.remove(&id);
     }
 
-    /// Drops everything node `from` sends to node `to`.
-    pub fn cut(&mut self, from: u64, to: u64) -> Result<(), String> {
-        self.cuts.insert((from, to));
+    /// Puts `fault` on what node `from` sends to node `to`.
+    pub fn fault_link(&mut self, from: u64, to: u64, fault: LinkFault) -> Result<(), String> {
+        self.links.insert((from, to), fault);
         match &self.netns {
-            Some(net) => net.cut(from, to),
+            Some(net) => match fault {
+                LinkFault::Cut => net.cut(from, to),
+                LinkFault::Lossy { loss_percent } => net.lose(from, to, loss_percent),
+            },
             None => {
                 if self.is_running(from) && !self.paused.contains(&from) {
-                    self.set_filter(from, &[to], true);
+                    self.set_filter(from, &[to], Some(fault));
                 }
                 Ok(())
             }
         }
     }
 
-    /// Removes every cut.
+    /// Drops everything node `from` sends to node `to`.
+    pub fn cut(&mut self, from: u64, to: u64) -> Result<(), String> {
+        self.fault_link(from, to, LinkFault::Cut)
+    }
+
+    /// Removes every link fault.
     pub fn heal(&mut self) -> Result<(), String> {
-        let cuts = std::mem::take(&mut self.cuts);
+        let links = std::mem::take(&mut self.links);
         match &self.netns {
             Some(net) => net.heal(),
             None => {
                 let mut by_sender: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
-                for (from, to) in cuts {
-                    by_sender.entry(from).or_default().push(to);
+                for (from, to) in links.keys() {
+                    by_sender.entry(*from).or_default().push(*to);
                 }
                 for (from, targets) in by_sender {
                     if self.is_running(from) && !self.paused.contains(&from) {
-                        self.set_filter(from, &targets, false);
+                        self.set_filter(from, &targets, None);
                     }
                 }
                 Ok(())
@@ -212,16 +233,25 @@ impl NemesisCluster {
         }
     }
 
-    fn set_filter(&self, from: u64, to: &[u64], drop: bool) {
+    /// Sets (or with None clears) the fault filter of node `from` for `to`.
+    fn set_filter(&self, from: u64, to: &[u64], fault: Option<LinkFault>) {
         let Some(Some(node)) = self.nodes.get(&from) else {
             return;
         };
-        let body = serde_json::json!({ "peers": to, "drop": drop }).to_string();
+        let body = match fault {
+            None => serde_json::json!({ "peers": to }),
+            Some(LinkFault::Cut) => serde_json::json!({ "peers": to, "drop": true }),
+            Some(LinkFault::Lossy { loss_percent }) => serde_json::json!({
+                "peers": to,
+                "loss_percent": loss_percent,
+                "duplicate": true,
+            }),
+        };
         let request = self
             .agent
             .post(&node.url("/admin/fault"))
             .set("Content-Type", "application/json");
-        let (status, answer) = http(request, Some(&body));
+        let (status, answer) = http(request, Some(&body.to_string()));
         assert_eq!(status, 200, "fault on node {from}: {answer}");
     }
 

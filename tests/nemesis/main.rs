@@ -50,9 +50,10 @@ const WORKLOAD: Workload = Workload {
     op_timeout: Duration::from_secs(3),
 };
 
+/// Faults last longer than an election (0.5 to 1 s at a 50 ms tick).
 const SCHEDULE: Schedule = Schedule {
-    quiet: Duration::from_secs(2),
-    hold: Duration::from_secs(4),
+    quiet: Duration::from_secs(1),
+    hold: Duration::from_secs(3),
 };
 
 /// The end of each run is fault-free: the cluster must serve writes again.

@@ -8,7 +8,10 @@ use std::time::{Duration, Instant};
 use harmonydb_checker::Nanos;
 
 use crate::clients::nanos_since;
-use crate::cluster::NemesisCluster;
+use crate::cluster::{LinkFault, NemesisCluster};
+
+/// Share of traffic a flaky link loses.
+const FLAKY_LOSS_PERCENT: u8 = 20;
 use crate::common::Rng;
 
 /// A family of faults; each run of the harness uses one.
@@ -26,6 +29,9 @@ pub enum Scenario {
     Kill,
     /// SIGSTOP of a minority of nodes, then SIGCONT.
     Pause,
+    /// Every link loses a share of what it carries (and, through the fault
+    /// filter, delivers Raft messages twice). Only as part of `Mixed`.
+    Flaky,
     /// Each round one of the above at random.
     Mixed,
 }
@@ -40,17 +46,19 @@ impl Scenario {
             Scenario::OneWayLoss => "one-way loss",
             Scenario::Kill => "kill -9 and restart",
             Scenario::Pause => "SIGSTOP/SIGCONT pause",
+            Scenario::Flaky => "lossy, duplicating links",
             Scenario::Mixed => "all of them mixed",
         }
     }
 
-    const SINGLE: [Scenario; 6] = [
+    const SINGLE: [Scenario; 7] = [
         Scenario::PartitionMajorityMinority,
         Scenario::IsolateLeader,
         Scenario::Bridge,
         Scenario::OneWayLoss,
         Scenario::Kill,
         Scenario::Pause,
+        Scenario::Flaky,
     ];
 }
 
@@ -255,6 +263,26 @@ fn inject(
                 format!("SIGSTOP {victims:?}"),
                 BTreeSet::new(),
                 Undo::Resume(victims),
+            )
+        }
+        Scenario::Flaky => {
+            for from in &ids {
+                for to in ids.iter().filter(|to| *to != from) {
+                    cluster
+                        .fault_link(
+                            *from,
+                            *to,
+                            LinkFault::Lossy {
+                                loss_percent: FLAKY_LOSS_PERCENT,
+                            },
+                        )
+                        .unwrap_or_else(|e| panic!("lossy link {from} -> {to}: {e}"));
+                }
+            }
+            (
+                format!("every link loses {FLAKY_LOSS_PERCENT}%"),
+                BTreeSet::new(),
+                Undo::Heal,
             )
         }
         Scenario::Mixed => unreachable!("mixed picks a single kind per round"),

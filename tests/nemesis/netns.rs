@@ -215,6 +215,35 @@ impl Netns {
         .map(|_| ())
     }
 
+    /// Drops `loss_percent` of the packets from node `from` to node `to`, at random.
+    pub fn lose(&self, from: u64, to: u64, loss_percent: u8) -> Result<(), String> {
+        let source = self.ip(from).to_string();
+        let probability = format!("{:.2}", f64::from(loss_percent) / 100.0);
+        let namespace = &self.nodes[&to].0;
+        run(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                namespace,
+                "iptables",
+                "-A",
+                "INPUT",
+                "-s",
+                &source,
+                "-m",
+                "statistic",
+                "--mode",
+                "random",
+                "--probability",
+                &probability,
+                "-j",
+                "DROP",
+            ],
+        )
+        .map(|_| ())
+    }
+
     /// Removes every cut.
     pub fn heal(&self) -> Result<(), String> {
         for (namespace, _) in self.nodes.values() {
