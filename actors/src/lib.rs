@@ -7,8 +7,10 @@
 //! - [`raft`]: the Raft consensus core (pure), the Raft log in the WAL, and
 //!   the `RaftReplica` actor that drives it.
 //! - [`cluster`]: the `Transport` actor carrying Raft messages between nodes.
+//! - [`storage`]: pages, the buffer pool, the B+ tree, checkpoints.
 
 pub mod cluster;
 pub mod kv;
 pub mod raft;
+pub mod storage;
 pub mod wal;
