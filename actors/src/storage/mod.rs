@@ -12,7 +12,11 @@
 
 pub mod btree;
 pub mod buffer;
+pub mod checkpoint;
+mod doublewrite;
+mod freelist;
 pub mod memory;
+pub mod meta;
 pub mod page;
 pub mod pager;
 
