@@ -43,6 +43,7 @@ fn apply_record(
         RecordKind::Entry => state.entries.push(entry.cloned().expect("entry")),
         RecordKind::Truncate => state.entries.truncate(index as usize - 1),
         RecordKind::HardState => state.hard_state = hard.expect("hard state"),
+        RecordKind::Snapshot => unreachable!("this test writes no snapshots"),
     }
 }
 

@@ -8,12 +8,16 @@
 //!   replaced index, then the new entries.
 //! - The hard state is a `HardState` record positioned after the last entry;
 //!   payload = term, vote, commit as three little-endian u64.
+//! - A snapshot (the log compacted up to an index, or a snapshot installed
+//!   from the leader) is a `Snapshot` record at its index; payload =
+//!   MessagePack of the `Snapshot` (position, configuration, data). The
+//!   latest one decides where the log starts, wherever it sits in the WAL.
 //!
 //! Replaying the records in order gives back exactly the persisted state.
 
 use serde::{Deserialize, Serialize};
 
-use super::types::{Entry, EntryPayload, HardState};
+use super::types::{Entry, EntryPayload, HardState, Snapshot};
 use super::PersistedState;
 use crate::wal::{ReadError, RecordKind, Wal, WalEntry};
 
@@ -67,17 +71,48 @@ pub fn records_for(
         next_index = entry.index + 1;
     }
     if let Some(hard_state) = hard_state {
-        let mut payload = Vec::with_capacity(HARD_STATE_SIZE_BYTES);
-        payload.extend_from_slice(&hard_state.term.to_le_bytes());
-        payload.extend_from_slice(&hard_state.vote.to_le_bytes());
-        payload.extend_from_slice(&hard_state.commit.to_le_bytes());
         records.push(WalEntry {
             index: next_index - 1,
             kind: RecordKind::HardState,
-            payload,
+            payload: hard_state_payload(hard_state),
         });
     }
     records
+}
+
+/// The WAL records that persist a snapshot: the log up to its index is
+/// replaced by it. `wal_next_index` is the WAL's next index before them; the
+/// returned next index is where entries continue. The hard state is
+/// written again with it, since older records holding it may be deleted
+/// with the segments the snapshot replaces.
+pub fn records_for_snapshot(
+    snapshot: &Snapshot,
+    hard_state: HardState,
+    wal_next_index: u64,
+) -> (Vec<WalEntry>, u64) {
+    let index = snapshot.meta.index;
+    let next_index = wal_next_index.max(index + 1);
+    let records = vec![
+        WalEntry {
+            index,
+            kind: RecordKind::Snapshot,
+            payload: rmp_serde::to_vec(snapshot).expect("a snapshot always serializes"),
+        },
+        WalEntry {
+            index: next_index - 1,
+            kind: RecordKind::HardState,
+            payload: hard_state_payload(hard_state),
+        },
+    ];
+    (records, next_index)
+}
+
+fn hard_state_payload(hard_state: HardState) -> Vec<u8> {
+    let mut payload = Vec::with_capacity(HARD_STATE_SIZE_BYTES);
+    payload.extend_from_slice(&hard_state.term.to_le_bytes());
+    payload.extend_from_slice(&hard_state.vote.to_le_bytes());
+    payload.extend_from_slice(&hard_state.commit.to_le_bytes());
+    payload
 }
 
 /// Why the Raft log could not be read back from the WAL.
@@ -100,6 +135,33 @@ pub enum WalLogError {
 /// `base`'s snapshot (the bootstrap state on a first start).
 pub fn load(wal: &Wal, base: PersistedState) -> Result<PersistedState, WalLogError> {
     let mut state = base;
+    // The latest snapshot decides where the log starts. Its record comes
+    // after the entries it covers (and after segments holding them were
+    // deleted), so it is found first.
+    let latest = wal.read_from(wal.first_index(), |record| {
+        if record.kind == RecordKind::Snapshot {
+            let snapshot: Snapshot =
+                rmp_serde::from_slice(record.payload).map_err(|e| WalLogError::Invalid {
+                    index: record.index,
+                    reason: format!("snapshot record does not decode: {e}"),
+                })?;
+            if snapshot.meta.index != record.index {
+                return Err(WalLogError::Invalid {
+                    index: record.index,
+                    reason: format!("snapshot of index {} in its record", snapshot.meta.index),
+                });
+            }
+            if snapshot.meta.index >= state.snapshot.meta.index {
+                state.snapshot = snapshot;
+            }
+        }
+        Ok(())
+    });
+    match latest {
+        Ok(()) => {}
+        Err(ReadError::Wal(error)) => return Err(WalLogError::Wal(error)),
+        Err(ReadError::Visitor(error)) => return Err(error),
+    }
     let first_entry = state.snapshot.meta.index + 1;
     let result = wal.read_from(wal.first_index().min(first_entry), |record| {
         let invalid = |reason: String| WalLogError::Invalid {
@@ -130,6 +192,8 @@ pub fn load(wal: &Wal, base: PersistedState) -> Result<PersistedState, WalLogErr
                 let keep = record.index.saturating_sub(first_entry) as usize;
                 state.entries.truncate(keep);
             }
+            // Read in the first pass.
+            RecordKind::Snapshot => {}
             RecordKind::HardState => {
                 if record.payload.len() != HARD_STATE_SIZE_BYTES {
                     return Err(invalid(format!(
@@ -225,6 +289,77 @@ mod tests {
             state.entries[3].payload,
             EntryPayload::Command(b"4/2".to_vec())
         );
+    }
+
+    fn snapshot_at(index: u64, term: u64) -> Snapshot {
+        let mut snapshot = PersistedState::bootstrap([1, 2, 3]).snapshot;
+        snapshot.meta.index = index;
+        snapshot.meta.term = term;
+        snapshot.data = format!("state at {index}").into_bytes();
+        snapshot
+    }
+
+    fn persist_snapshot(wal: &mut Wal, snapshot: &Snapshot, hard_state: HardState) {
+        let (records, next) = records_for_snapshot(snapshot, hard_state, wal.last_index() + 1);
+        for record in records {
+            wal.append(record.index, record.kind, &record.payload)
+                .expect("append");
+        }
+        assert_eq!(wal.last_index() + 1, next);
+        wal.sync().expect("sync");
+    }
+
+    #[test]
+    fn a_compaction_survives_deleting_the_segments_it_replaces() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let options = WalOptions {
+            segment_size_bytes: 4096,
+            ..WalOptions::default()
+        };
+        let (mut wal, _) = Wal::open(dir.path(), options.clone()).expect("open");
+        let hard = HardState {
+            term: 2,
+            vote: 1,
+            commit: 200,
+        };
+        for index in 1..=200 {
+            persist(&mut wal, &[entry(index, 2)], Some(hard));
+        }
+        // Compacted up to 150 while entries 151..200 exist: they stay.
+        persist_snapshot(&mut wal, &snapshot_at(150, 2), hard);
+        persist(&mut wal, &[entry(201, 2)], None);
+        let deleted = wal.delete_below(151).expect("delete");
+        assert!(
+            deleted > 0,
+            "small segments: some hold only entries below 151"
+        );
+        drop(wal);
+        let (wal, _) = Wal::open(dir.path(), options).expect("reopen");
+        let state = load(&wal, PersistedState::bootstrap([1, 2, 3])).expect("load");
+        assert_eq!(state.snapshot, snapshot_at(150, 2));
+        let indexes: Vec<u64> = state.entries.iter().map(|e| e.index).collect();
+        assert_eq!(indexes, (151..=201).collect::<Vec<_>>());
+        assert_eq!(state.hard_state, hard);
+    }
+
+    #[test]
+    fn an_installed_snapshot_past_the_log_restarts_it_after_the_snapshot() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut wal, _) = Wal::open(dir.path(), WalOptions::default()).expect("open");
+        persist(&mut wal, &[entry(1, 1), entry(2, 1), entry(3, 1)], None);
+        let hard = HardState {
+            term: 4,
+            vote: 0,
+            commit: 100,
+        };
+        persist_snapshot(&mut wal, &snapshot_at(100, 4), hard);
+        persist(&mut wal, &[entry(101, 4), entry(102, 4)], None);
+        drop(wal);
+        let (wal, _) = Wal::open(dir.path(), WalOptions::default()).expect("reopen");
+        let state = load(&wal, PersistedState::bootstrap([1, 2, 3])).expect("load");
+        assert_eq!(state.snapshot.meta.index, 100);
+        assert_eq!(state.entries, vec![entry(101, 4), entry(102, 4)]);
+        assert_eq!(state.hard_state, hard);
     }
 
     #[test]

@@ -31,6 +31,10 @@ pub enum RecordKind {
     /// Voids every entry at or after its index (a Raft leader replaced a
     /// conflicting suffix); the next entry takes that index again.
     Truncate = 3,
+    /// The log up to its index is replaced by a snapshot (compaction, or a
+    /// snapshot installed from the leader). Entries after it continue at
+    /// the log's next index, or right after the snapshot if that is later.
+    Snapshot = 4,
 }
 
 impl RecordKind {
@@ -39,6 +43,7 @@ impl RecordKind {
             1 => Some(RecordKind::Entry),
             2 => Some(RecordKind::HardState),
             3 => Some(RecordKind::Truncate),
+            4 => Some(RecordKind::Snapshot),
             _ => None,
         }
     }
@@ -60,6 +65,8 @@ impl RecordKind {
             RecordKind::Truncate => Err(format!(
                 "truncation at {index} outside the log's entries (next index {next_index})"
             )),
+            RecordKind::Snapshot if index >= 1 => Ok(next_index.max(index + 1)),
+            RecordKind::Snapshot => Err("a snapshot at index 0".to_string()),
         }
     }
 }

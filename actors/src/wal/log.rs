@@ -695,10 +695,11 @@ fn count_intact_records_after(segment: &[u8], from: usize, bad_index: u64) -> us
         index_bytes.copy_from_slice(&header[9..17]);
         let index = u64::from_le_bytes(index_bytes);
         let kind = header[8];
-        let known_kind = (RecordKind::Entry as u8..=RecordKind::Truncate as u8).contains(&kind);
-        let plausible = known_kind
-            && index + 1 >= bad_index
+        let known_kind = (RecordKind::Entry as u8..=RecordKind::Snapshot as u8).contains(&kind);
+        let near = index + 1 >= bad_index
             && index.saturating_sub(bad_index) <= (segment.len() / RECORD_HEADER_SIZE_BYTES) as u64;
+        // A snapshot record may name an index far below the records around it.
+        let plausible = known_kind && (near || kind == RecordKind::Snapshot as u8);
         if plausible {
             // The next index that makes this record's own index valid for its kind.
             let next_for_kind = if kind == RecordKind::Entry as u8 {
