@@ -1,5 +1,6 @@
 //! The command line: `harmonydb serve` runs a node; `harmonydb kv ...` and
-//! `harmonydb cluster status` talk to one over the TCP protocol.
+//! `harmonydb cluster status` talk to one over the TCP protocol;
+//! `harmonydb storage check` checks a stopped node's page file.
 //!
 //! Exit codes of `kv` and `cluster` commands: 0 success, 1 the node answered
 //! with an error (not found, version mismatch, not_leader, ...), 2 bad usage,
@@ -32,6 +33,44 @@ pub enum Command {
     Kv(KvArgs),
     /// Look at a running cluster.
     Cluster(ClusterArgs),
+    /// Look at a stopped node's storage.
+    Storage(StorageArgs),
+}
+
+/// `harmonydb storage` options.
+#[derive(Debug, clap::Args)]
+pub struct StorageArgs {
+    /// The operation.
+    #[command(subcommand)]
+    pub command: StorageCommand,
+}
+
+/// Offline storage operations (the node must be stopped).
+#[derive(Debug, Subcommand)]
+pub enum StorageCommand {
+    /// Opens the storage as a node would (finishing an interrupted
+    /// checkpoint), then reads every page of every tree and checks the
+    /// tree's structure. Exit code 0 if it is sound, 1 if not.
+    Check {
+        /// The node's data directory.
+        #[arg(long, env = "HARMONYDB_DATA_DIR", default_value = "./harmonydb-data")]
+        data_dir: std::path::PathBuf,
+    },
+}
+
+/// Runs a `storage` command and returns the process exit code.
+pub fn run_storage(args: StorageArgs) -> ExitCode {
+    let StorageCommand::Check { data_dir } = args.command;
+    match crate::node::check_storage(&data_dir) {
+        Ok(report) => {
+            println!("{report}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 /// Where a client command connects.

@@ -10,6 +10,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use harmonydb_actors::kv::VALUE_SIZE_DEFAULT_MAX_BYTES;
+use harmonydb_actors::storage::buffer::Policy;
 use harmonydb_actors::wal::{
     FsyncPolicy, RECORD_PAYLOAD_SIZE_MAX_BYTES, SEGMENT_SIZE_DEFAULT_BYTES, SEGMENT_SIZE_MIN_BYTES,
 };
@@ -21,6 +22,22 @@ const RAFT_TICK_DEFAULT_MS: u64 = 100;
 
 /// Request timeout by default, in milliseconds.
 const REQUEST_TIMEOUT_DEFAULT_MS: u64 = 5000;
+
+/// Buffer pool size by default, in MiB.
+const BUFFER_POOL_DEFAULT_MB: usize = 256;
+
+/// Smallest buffer pool, in MiB: a request's pages (a 1 MiB value is 128
+/// overflow pages) must fit with room for the checkpoint in flight.
+const BUFFER_POOL_MIN_MB: usize = 8;
+
+/// Time between checkpoints by default, in milliseconds.
+const CHECKPOINT_INTERVAL_DEFAULT_MS: u64 = 30_000;
+
+/// Applied entries that make a checkpoint due by default.
+const CHECKPOINT_ENTRIES_DEFAULT: u64 = 50_000;
+
+/// Entries kept in the log below the last checkpoint by default.
+const LOG_RETAIN_ENTRIES_DEFAULT: u64 = 10_000;
 
 /// Bytes a frame needs beyond its value: key, field names, framing.
 const FRAME_OVERHEAD_MAX_BYTES: usize = 64 * 1024;
@@ -94,6 +111,23 @@ pub struct ServeArgs {
     /// to chosen peers. For tests only; without it the route is refused.
     #[arg(long, env = "HARMONYDB_ENABLE_FAULT_INJECTION")]
     pub enable_fault_injection: bool,
+    /// Memory for the buffer pool's page frames, in MiB [default: 256].
+    #[arg(long, env = "HARMONYDB_BUFFER_POOL_MB", value_name = "MIB")]
+    pub buffer_pool_mb: Option<usize>,
+    /// Which page the buffer pool evicts: lru-k or clock [default: lru-k].
+    #[arg(long, env = "HARMONYDB_BUFFER_POOL_POLICY", value_name = "POLICY", value_parser = Policy::from_str)]
+    pub buffer_pool_policy: Option<Policy>,
+    /// Longest time between checkpoints, in milliseconds [default: 30000].
+    #[arg(long, env = "HARMONYDB_CHECKPOINT_INTERVAL_MS", value_name = "MS")]
+    pub checkpoint_interval_ms: Option<u64>,
+    /// Checkpoint after this many applied entries, however few pages they
+    /// changed, so the log can be compacted [default: 50000].
+    #[arg(long, env = "HARMONYDB_CHECKPOINT_ENTRIES", value_name = "ENTRIES")]
+    pub checkpoint_entries: Option<u64>,
+    /// Entries kept in the log below the last checkpoint, so a follower a
+    /// little behind catches up from the log, not a snapshot [default: 10000].
+    #[arg(long, env = "HARMONYDB_LOG_RETAIN_ENTRIES", value_name = "ENTRIES")]
+    pub log_retain_entries: Option<u64>,
 }
 
 /// The config file: the same settings as the flags.
@@ -115,6 +149,11 @@ struct FileConfig {
     raft_tick_ms: Option<u64>,
     request_timeout_ms: Option<u64>,
     enable_fault_injection: Option<bool>,
+    buffer_pool_mb: Option<usize>,
+    buffer_pool_policy: Option<String>,
+    checkpoint_interval_ms: Option<u64>,
+    checkpoint_entries: Option<u64>,
+    log_retain_entries: Option<u64>,
 }
 
 /// A node's resolved settings.
@@ -150,6 +189,16 @@ pub struct Config {
     pub request_timeout: Duration,
     /// Whether `/admin/fault` is accepted.
     pub enable_fault_injection: bool,
+    /// Buffer pool memory, in MiB.
+    pub buffer_pool_mb: usize,
+    /// The buffer pool's replacement policy.
+    pub buffer_pool_policy: Policy,
+    /// Longest time between checkpoints.
+    pub checkpoint_interval: Duration,
+    /// Applied entries that make a checkpoint due.
+    pub checkpoint_entries: u64,
+    /// Entries kept in the log below the last checkpoint.
+    pub log_retain_entries: u64,
 }
 
 /// A setting that can't be used, named with where it came from.
@@ -198,6 +247,16 @@ impl Config {
             }
             (None, None) => FsyncPolicy::Always,
         };
+        let buffer_pool_policy = match (&args.buffer_pool_policy, &file.buffer_pool_policy) {
+            (Some(policy), _) => *policy,
+            (None, Some(text)) => {
+                Policy::from_str(text).map_err(|message| ConfigError::Invalid {
+                    name: "buffer_pool_policy",
+                    message,
+                })?
+            }
+            (None, None) => Policy::default(),
+        };
         let config = Config {
             data_dir: pick(&args.data_dir, file.data_dir, || {
                 PathBuf::from("./harmonydb-data")
@@ -234,6 +293,21 @@ impl Config {
             )),
             enable_fault_injection: args.enable_fault_injection
                 || file.enable_fault_injection.unwrap_or(false),
+            buffer_pool_mb: pick(&args.buffer_pool_mb, file.buffer_pool_mb, || {
+                BUFFER_POOL_DEFAULT_MB
+            }),
+            buffer_pool_policy,
+            checkpoint_interval: Duration::from_millis(pick(
+                &args.checkpoint_interval_ms,
+                file.checkpoint_interval_ms,
+                || CHECKPOINT_INTERVAL_DEFAULT_MS,
+            )),
+            checkpoint_entries: pick(&args.checkpoint_entries, file.checkpoint_entries, || {
+                CHECKPOINT_ENTRIES_DEFAULT
+            }),
+            log_retain_entries: pick(&args.log_retain_entries, file.log_retain_entries, || {
+                LOG_RETAIN_ENTRIES_DEFAULT
+            }),
         };
         let mut config = config;
         config.node_id = pick(&args.node_id, file.node_id, || 1);
@@ -297,6 +371,28 @@ impl Config {
             return Err(ConfigError::Invalid {
                 name: "request_timeout_ms",
                 message: format!("{timeout_ms} is outside 1..=3600000"),
+            });
+        }
+        if !(BUFFER_POOL_MIN_MB..=1024 * 1024).contains(&self.buffer_pool_mb) {
+            return Err(ConfigError::Invalid {
+                name: "buffer_pool_mb",
+                message: format!(
+                    "{} is outside {BUFFER_POOL_MIN_MB}..=1048576",
+                    self.buffer_pool_mb
+                ),
+            });
+        }
+        let interval_ms = self.checkpoint_interval.as_millis();
+        if !(10..=86_400_000).contains(&interval_ms) {
+            return Err(ConfigError::Invalid {
+                name: "checkpoint_interval_ms",
+                message: format!("{interval_ms} is outside 10..=86400000"),
+            });
+        }
+        if self.checkpoint_entries == 0 {
+            return Err(ConfigError::Invalid {
+                name: "checkpoint_entries",
+                message: "0: at least one entry must be applied between checkpoints".into(),
             });
         }
         crate::telemetry::parse_log_filter(&self.log_level).map_err(|message| {

@@ -1,9 +1,10 @@
-//! The `harmonydb` binary: `serve` runs a node, `kv` and `cluster` talk to one.
+//! The `harmonydb` binary: `serve` runs a node, `kv` and `cluster` talk to
+//! one, `storage check` checks a stopped one's page file.
 
 use std::process::ExitCode;
 
 use clap::Parser;
-use harmonydb::cli::{run_cluster, run_kv, Cli, Command};
+use harmonydb::cli::{run_cluster, run_kv, run_storage, Cli, Command};
 use harmonydb::config::Config;
 
 fn main() -> ExitCode {
@@ -34,5 +35,6 @@ fn main() -> ExitCode {
         }
         Command::Kv(args) => run_kv(args),
         Command::Cluster(args) => run_cluster(args),
+        Command::Storage(args) => run_storage(args),
     }
 }

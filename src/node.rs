@@ -16,9 +16,14 @@ use actix::{Actor, Addr, Arbiter};
 use harmonydb_actors::cluster::fault::FaultFilter;
 use harmonydb_actors::cluster::transport::{PeerInbox, Transport};
 use harmonydb_actors::kv::{BeginShutdown, KvHandle, KvLimits};
-use harmonydb_actors::raft::replica::RaftReplica;
+use harmonydb_actors::raft::replica::{
+    settle_install, CheckpointPolicy, RaftReplica, ReplicaStorage,
+};
 use harmonydb_actors::raft::wal_log::{load, WalLogError};
 use harmonydb_actors::raft::{PersistedState, Raft, RaftConfig};
+use harmonydb_actors::storage::buffer::PoolConfig;
+use harmonydb_actors::storage::checkpoint::Storage;
+use harmonydb_actors::storage::StorageError;
 use harmonydb_actors::wal::{Sync, Wal, WalError, WalOptions, WalWriter};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
@@ -100,6 +105,9 @@ pub enum NodeError {
     /// Telemetry could not be set up.
     #[error("{0}")]
     Telemetry(String),
+    /// The page file or its recovery failed (a damaged page is named).
+    #[error("cannot open the storage: {0}")]
+    Storage(#[from] StorageError),
 }
 
 /// An exclusive lock on the data directory, held while the node runs. The
@@ -212,6 +220,10 @@ pub fn raft_config(node_id: u64, frame_size_max_bytes: usize) -> RaftConfig {
 
 /// A started replica and what front doors need from it.
 pub struct ReplicaParts {
+    /// Where snapshot dumps for followers are written.
+    pub snapshot_dir: PathBuf,
+    /// The arbiter the checkpointer runs on (stopped at shutdown).
+    pub manager_arbiter: Arbiter,
     /// The replica.
     pub replica: Addr<RaftReplica>,
     /// The fault filter its transport obeys.
@@ -234,16 +246,105 @@ pub struct ReplicaSettings {
     pub limits: KvLimits,
     /// The peers' frame limit, which Raft frames must fit.
     pub frame_size_max_bytes: usize,
+    /// The node's data directory (storage and snapshots live under it).
+    pub data_dir: PathBuf,
+    /// The buffer pool's size and policy.
+    pub pool: PoolConfig,
+    /// Longest time between checkpoints.
+    pub checkpoint_interval: Duration,
+    /// When checkpoints are due and how much log they leave.
+    pub checkpoint_policy: CheckpointPolicy,
 }
 
-/// Starts the transport and the replica on the current arbiter.
+/// Opens a stopped node's storage (recovering it as a start would) and
+/// checks every tree in it; the summary, or what is wrong.
+pub fn check_storage(data_dir: &Path) -> Result<String, NodeError> {
+    let _lock = DataDirLock::acquire(data_dir)?;
+    let storage_dir = data_dir.join("storage");
+    settle_install(&storage_dir).map_err(|source| NodeError::Io {
+        action: "finish an interrupted snapshot install in",
+        path: storage_dir.clone(),
+        source,
+    })?;
+    let pool = PoolConfig::with_megabytes(64, Default::default());
+    let (storage, recovery) = Storage::open(&storage_dir, pool)?;
+    let meta = storage.meta();
+    let mut report = format!(
+        "checkpoint {}, {} pages ({} free){}{}",
+        meta.checkpoint,
+        meta.page_count,
+        recovery.free_pages,
+        if recovery.rolled_forward {
+            "; finished an interrupted checkpoint"
+        } else {
+            ""
+        },
+        if recovery.repaired.is_empty() {
+            String::new()
+        } else {
+            format!("; repaired torn pages {:?}", recovery.repaired)
+        }
+    );
+    for shard in &meta.shards {
+        let tree =
+            harmonydb_actors::storage::btree::BTree::open(storage.pool().clone(), shard.root);
+        let shape = tree.check().map_err(|reason| {
+            NodeError::Storage(StorageError::Malformed {
+                page: shard.root,
+                reason: format!("shard {}'s tree: {reason}", shard.shard),
+            })
+        })?;
+        if shape.keys != shard.keys {
+            return Err(NodeError::Storage(StorageError::Malformed {
+                page: shard.root,
+                reason: format!(
+                    "shard {}'s tree holds {} keys, its checkpoint says {}",
+                    shard.shard, shape.keys, shard.keys
+                ),
+            }));
+        }
+        report.push_str(&format!(
+            "\nshard {}: applied index {}, {} keys, height {}, {} leaves, {} internal, {} overflow pages: sound",
+            shard.shard, shard.applied_index, shape.keys, shape.height, shape.leaves, shape.internal, shape.overflow
+        ));
+    }
+    Ok(report)
+}
+
+/// Starts the checkpointer (on an arbiter of its own), the transport and
+/// the replica (on the current arbiter).
 pub fn start_replica(
     settings: &ReplicaSettings,
     raft: Raft,
     wal_writer: Addr<WalWriter>,
     wal_next_index: u64,
-) -> ReplicaParts {
+) -> Result<ReplicaParts, NodeError> {
     let node_id = settings.node_id;
+    let manager_arbiter = Arbiter::new();
+    let (storage, recovery) = ReplicaStorage::open(
+        &settings.data_dir,
+        settings.pool,
+        settings.checkpoint_interval,
+        settings.checkpoint_policy,
+        settings.members.clone(),
+        &manager_arbiter.handle(),
+    )?;
+    info!(
+        checkpoint = recovery.checkpoint,
+        rolled_forward = recovery.rolled_forward,
+        repaired_pages = recovery.repaired.len(),
+        free_pages = recovery.free_pages,
+        pages = recovery.page_count,
+        frames = settings.pool.frames,
+        policy = %settings.pool.policy,
+        applied_index = storage.state.applied_index(),
+        keys = storage.state.len(),
+        "opened the storage; the log is replayed from its applied index"
+    );
+    for page in &recovery.repaired {
+        warn!(page, "repaired a torn page from the double-write file");
+    }
+    let snapshot_dir = storage.snapshot_dir.clone();
     let peers: BTreeMap<u64, String> = settings
         .members
         .iter()
@@ -260,15 +361,18 @@ pub fn start_replica(
         wal_next_index,
         transport.clone().recipient(),
         settings.tick,
+        storage,
     );
     let leader = replica.leader_hint();
     let replica = replica.start();
-    ReplicaParts {
+    Ok(ReplicaParts {
         kv: KvHandle::new(replica.clone(), settings.limits),
         replica,
         faults,
         leader,
-    }
+        snapshot_dir,
+        manager_arbiter,
+    })
 }
 
 /// Runs a node until it is told to stop.
@@ -363,8 +467,15 @@ async fn serve(
         tick: config.raft_tick,
         limits,
         frame_size_max_bytes: config.frame_size_max_bytes,
+        data_dir: config.data_dir.clone(),
+        pool: PoolConfig::with_megabytes(config.buffer_pool_mb, config.buffer_pool_policy),
+        checkpoint_interval: config.checkpoint_interval,
+        checkpoint_policy: CheckpointPolicy {
+            checkpoint_entries: config.checkpoint_entries,
+            log_retain_entries: config.log_retain_entries,
+        },
     };
-    let parts = start_replica(&settings, raft, wal_writer.clone(), next_index);
+    let parts = start_replica(&settings, raft, wal_writer.clone(), next_index)?;
     let service = Service::new(ServiceParts {
         kv: parts.kv.clone(),
         node_id: config.node_id,
@@ -372,6 +483,7 @@ async fn serve(
         leader: parts.leader.clone(),
         replica: parts.replica.clone(),
         faults: parts.faults.clone(),
+        snapshot_dir: parts.snapshot_dir.clone(),
         fault_injection: config.enable_fault_injection,
         frame_size_max_bytes: config.frame_size_max_bytes,
     });
@@ -455,6 +567,8 @@ async fn serve(
     }
     wal_arbiter.stop();
     let _ = wal_arbiter.join();
+    parts.manager_arbiter.stop();
+    let _ = parts.manager_arbiter.join();
     info!("stopped cleanly");
     Ok(())
 }

@@ -489,12 +489,20 @@ fn peers_bad_input_is_refused_and_the_cluster_keeps_serving() {
             other => panic!("{name}: expected an error, got {other:?}"),
         }
     }
-    let refusals = cluster
-        .node(target)
-        .log()
-        .iter()
-        .filter(|line| line.contains("closing TCP connection after a bad frame"))
-        .count();
+    // Log lines reach the test through a reader thread: give it a moment.
+    let logged = || {
+        cluster
+            .node(target)
+            .log()
+            .iter()
+            .filter(|line| line.contains("closing TCP connection after a bad frame"))
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while logged() < cases.len() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let refusals = logged();
     assert!(
         refusals >= cases.len(),
         "every refusal is logged ({refusals})"

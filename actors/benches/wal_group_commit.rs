@@ -25,9 +25,10 @@ use actix::Actor;
 use actix::Arbiter;
 use harmonydb_actors::cluster::transport::Transport;
 use harmonydb_actors::kv::{KvHandle, KvLimits, KvOp};
-use harmonydb_actors::raft::replica::RaftReplica;
+use harmonydb_actors::raft::replica::{RaftReplica, ReplicaStorage};
 use harmonydb_actors::raft::wal_log::load;
 use harmonydb_actors::raft::{PersistedState, Raft, RaftConfig};
+use harmonydb_actors::storage::buffer::{Policy, PoolConfig};
 use harmonydb_actors::wal::{FsyncPolicy, GetStats, Wal, WalOptions, WalWriter};
 
 const PAYLOAD_SIZE_BYTES: usize = 100;
@@ -90,12 +91,22 @@ fn group_commit_rate(writers: usize, duration: Duration) -> RunResult {
         let wal_arbiter = Arbiter::new();
         let writer = WalWriter::new(wal, FsyncPolicy::Always).start_on(&wal_arbiter.handle());
         let transport = Transport::new(1, Default::default()).start();
+        let (storage, _) = ReplicaStorage::open(
+            dir.path(),
+            PoolConfig::with_megabytes(64, Policy::Lru2),
+            Duration::from_secs(30),
+            Default::default(),
+            Default::default(),
+            &wal_arbiter.handle(),
+        )
+        .expect("open storage");
         let replica = RaftReplica::new(
             raft,
             writer.clone(),
             next_index,
             transport.recipient(),
             Duration::from_millis(100),
+            storage,
         )
         .start();
         let kv = KvHandle::new(replica, KvLimits::default());

@@ -10,9 +10,10 @@ use actix::prelude::*;
 use harmonydb_actors::kv::{
     Consistency, KvAnswer, KvError, KvOp, KvReply, KvRequest, WriteOutcome,
 };
-use harmonydb_actors::raft::replica::{GetStatus, Outbox, RaftReplica, Step};
+use harmonydb_actors::raft::replica::{GetStatus, Outbox, RaftReplica, ReplicaStorage, Step};
 use harmonydb_actors::raft::wal_log::load;
 use harmonydb_actors::raft::{NodeId, PersistedState, Raft, RaftConfig, Role};
+use harmonydb_actors::storage::buffer::{Policy, PoolConfig};
 use harmonydb_actors::wal::{FsyncPolicy, Wal, WalOptions, WalWriter};
 use tokio::sync::oneshot;
 
@@ -83,12 +84,23 @@ fn start_replica(
     config.heartbeat_interval_ticks = 2;
     let raft = Raft::new(config, persisted).expect("core");
     let writer = WalWriter::new(wal, FsyncPolicy::Always).start();
+    let pool = PoolConfig::with_megabytes(8, Policy::Lru2);
+    let (storage, _) = ReplicaStorage::open(
+        dir,
+        pool,
+        Duration::from_millis(200),
+        Default::default(),
+        BTreeMap::new(),
+        &Arbiter::current(),
+    )
+    .expect("open storage");
     RaftReplica::new(
         raft,
         writer,
         wal_next_index,
         router,
         Duration::from_millis(5),
+        storage,
     )
     .start()
 }

@@ -46,6 +46,7 @@ fn shard(applied_index: u64) -> Vec<ShardMeta> {
         shard: 0,
         root: 2,
         applied_index,
+        keys: 0,
     }]
 }
 

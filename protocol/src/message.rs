@@ -115,6 +115,10 @@ pub struct ClusterStatus {
     pub applied_index: u64,
     /// Its last log index.
     pub last_index: u64,
+    /// The index its log is compacted up to (entries before it are in the
+    /// checkpointed state, not the log).
+    #[serde(default)]
+    pub snapshot_index: u64,
     /// Every member, itself included.
     pub members: Vec<MemberStatus>,
 }
@@ -184,6 +188,22 @@ pub enum Request {
     Health,
     /// This node's view of the cluster: members, leader, term, indexes.
     ClusterStatus,
+    /// Node to node: prepare a dump of this node's state at an applied
+    /// index of at least `min_index`, for a follower too far behind the
+    /// leader's log (answered with `snapshot_ready`).
+    SnapshotPrepare {
+        /// The snapshot index the follower was sent.
+        min_index: u64,
+    },
+    /// Node to node: bytes of a prepared dump, from `offset`.
+    SnapshotChunk {
+        /// The dump's applied index, as `snapshot_ready` said.
+        index: u64,
+        /// Where to start.
+        offset: u64,
+        /// Most bytes to return.
+        max_bytes: u32,
+    },
     /// Raft messages from one node to another (peer links only). Never
     /// answered unless refused; see `protocol/README.md`.
     Raft {
@@ -207,6 +227,8 @@ impl Request {
             Request::Scan { .. } => "scan",
             Request::Health => "health",
             Request::ClusterStatus => "cluster_status",
+            Request::SnapshotPrepare { .. } => "snapshot_prepare",
+            Request::SnapshotChunk { .. } => "snapshot_chunk",
             Request::Raft { .. } => "raft",
         }
     }
@@ -218,19 +240,25 @@ impl Request {
             Request::Get { consistency, .. } | Request::Scan { consistency, .. } => {
                 consistency.unwrap_or_default() != Consistency::Stale
             }
-            Request::Health | Request::ClusterStatus | Request::Raft { .. } => false,
+            Request::Health
+            | Request::ClusterStatus
+            | Request::SnapshotPrepare { .. }
+            | Request::SnapshotChunk { .. }
+            | Request::Raft { .. } => false,
         }
     }
 }
 
 /// Names of every request `op`, to tell an unknown operation from a malformed one.
-pub const REQUEST_OPS: [&str; 7] = [
+pub const REQUEST_OPS: [&str; 9] = [
     "get",
     "put",
     "delete",
     "scan",
     "health",
     "cluster_status",
+    "snapshot_prepare",
+    "snapshot_chunk",
     "raft",
 ];
 
@@ -298,6 +326,23 @@ pub enum Response {
     },
     /// Answer to `cluster_status`.
     ClusterStatus(ClusterStatus),
+    /// Answer to `snapshot_prepare`: a dump is ready.
+    SnapshotReady {
+        /// The applied index it is the state at.
+        index: u64,
+        /// Its size.
+        size_bytes: u64,
+    },
+    /// Answer to `snapshot_chunk`.
+    SnapshotChunk {
+        /// The dump's applied index.
+        index: u64,
+        /// Where these bytes start.
+        offset: u64,
+        /// The bytes (empty at or past the end).
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
     /// The request failed.
     Error {
         /// What kind of failure.
@@ -512,6 +557,12 @@ mod tests {
             consistency: Some(Consistency::Lease),
         });
         round_trip(Request::Health);
+        round_trip(Request::SnapshotPrepare { min_index: 9 });
+        round_trip(Request::SnapshotChunk {
+            index: 9,
+            offset: 4096,
+            max_bytes: 1 << 20,
+        });
     }
 
     #[test]

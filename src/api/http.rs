@@ -445,6 +445,13 @@ async fn call(
             "applied_index": applied_index,
         }),
         Response::ClusterStatus(status) => serde_json::json!(status),
+        // Node-to-node answers: HTTP never asks for them.
+        Response::SnapshotReady { .. } | Response::SnapshotChunk { .. } => {
+            return Err(ApiError::new(
+                ErrorCode::Internal,
+                "a snapshot answer to an HTTP request",
+            ))
+        }
         Response::Error {
             code,
             message,
@@ -566,6 +573,7 @@ mod tests {
 
     use crate::api::service::ServiceParts;
     use crate::node::{raft_config, start_replica, ReplicaSettings};
+    use harmonydb_actors::storage::buffer::{Policy, PoolConfig};
 
     fn metrics_handle() -> PrometheusHandle {
         metrics_exporter_prometheus::PrometheusBuilder::new()
@@ -607,8 +615,12 @@ mod tests {
                 ..KvLimits::default()
             },
             frame_size_max_bytes: FRAME_SIZE_DEFAULT_MAX_BYTES,
+            data_dir: dir.to_path_buf(),
+            pool: PoolConfig::with_megabytes(8, Policy::Lru2),
+            checkpoint_interval: Duration::from_secs(60),
+            checkpoint_policy: Default::default(),
         };
-        let parts = start_replica(&settings, raft, writer, next_index);
+        let parts = start_replica(&settings, raft, writer, next_index).expect("start");
         let service = Service::new(ServiceParts {
             kv: parts.kv,
             node_id: 1,
@@ -616,6 +628,7 @@ mod tests {
             leader: parts.leader,
             replica: parts.replica.clone(),
             faults: parts.faults,
+            snapshot_dir: parts.snapshot_dir,
             fault_injection,
             frame_size_max_bytes: FRAME_SIZE_DEFAULT_MAX_BYTES,
         });

@@ -12,7 +12,9 @@ use std::time::Duration;
 use actix::Addr;
 use harmonydb_actors::cluster::fault::{Delivery, Fault, FaultFilter};
 use harmonydb_actors::kv::{KvAnswer, KvError, KvHandle, KvOp, KvReply, ScanRange, WriteOutcome};
-use harmonydb_actors::raft::replica::{GetStatus, RaftReplica};
+use harmonydb_actors::raft::replica::{
+    dump_path, GetStatus, PrepareSnapshot, RaftReplica, SNAPSHOT_CHUNK_BYTES,
+};
 use harmonydb_actors::raft::Role;
 use harmonydb_protocol::{
     Client, ClientError, ClusterStatus, Consistency, ErrorCode, Item, LeaderHint, MemberStatus,
@@ -36,6 +38,7 @@ pub struct Service {
     replica: Addr<RaftReplica>,
     faults: FaultFilter,
     fault_injection: bool,
+    snapshot_dir: Arc<std::path::PathBuf>,
     forward_timeout: Duration,
     frame_size_max_bytes: usize,
     forward_clients: Arc<Mutex<HashMap<u64, Client>>>,
@@ -55,6 +58,8 @@ pub struct ServiceParts {
     pub replica: Addr<RaftReplica>,
     /// The fault filter the Raft transport obeys (forwarding obeys it too).
     pub faults: FaultFilter,
+    /// Where the replica writes snapshot dumps for followers.
+    pub snapshot_dir: std::path::PathBuf,
     /// Whether `/admin/fault` is accepted.
     pub fault_injection: bool,
     /// Largest frame sent to the leader (members share the frame limit).
@@ -74,6 +79,7 @@ impl Service {
             leader: parts.leader,
             replica: parts.replica,
             faults: parts.faults,
+            snapshot_dir: Arc::new(parts.snapshot_dir),
             fault_injection: parts.fault_injection,
             forward_timeout,
             frame_size_max_bytes: parts.frame_size_max_bytes,
@@ -102,8 +108,19 @@ impl Service {
     }
 
     async fn route(&self, request: Request, no_forward: bool) -> Result<Response, ApiError> {
-        if let Request::ClusterStatus = request {
-            return Ok(Response::ClusterStatus(self.cluster_status().await?));
+        match request {
+            Request::ClusterStatus => {
+                return Ok(Response::ClusterStatus(self.cluster_status().await?));
+            }
+            Request::SnapshotPrepare { min_index } => {
+                return self.prepare_snapshot(min_index).await
+            }
+            Request::SnapshotChunk {
+                index,
+                offset,
+                max_bytes,
+            } => return self.snapshot_chunk(index, offset, max_bytes).await,
+            _ => {}
         }
         let leader = self.leader.load(Ordering::Relaxed);
         #[cfg(feature = "mutation-follower-local-reads")]
@@ -229,6 +246,53 @@ impl Service {
         }
     }
 
+    /// Has the replica write (or reuse) a dump of its state for a follower.
+    async fn prepare_snapshot(&self, min_index: u64) -> Result<Response, ApiError> {
+        let dump = self
+            .replica
+            .send(PrepareSnapshot { min_index })
+            .await
+            .map_err(|_| ApiError::from_kv(KvError::ShuttingDown, None))?
+            .map_err(|reason| ApiError::new(ErrorCode::Unavailable, reason))?;
+        Ok(Response::SnapshotReady {
+            index: dump.index,
+            size_bytes: dump.size_bytes,
+        })
+    }
+
+    /// Reads part of a prepared dump (off the request threads: file I/O).
+    async fn snapshot_chunk(
+        &self,
+        index: u64,
+        offset: u64,
+        max_bytes: u32,
+    ) -> Result<Response, ApiError> {
+        let path = dump_path(&self.snapshot_dir, index);
+        let len = max_bytes.min(SNAPSHOT_CHUNK_BYTES) as usize;
+        let read = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
+            use std::os::unix::fs::FileExt;
+            let file = std::fs::File::open(&path)?;
+            let size = file.metadata()?.len();
+            let len = len.min(size.saturating_sub(offset) as usize);
+            let mut data = vec![0u8; len];
+            file.read_exact_at(&mut data, offset)?;
+            Ok(data)
+        })
+        .await
+        .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
+        let data = read.map_err(|error| {
+            ApiError::new(
+                ErrorCode::NotFound,
+                format!("snapshot dump at index {index}: {error} (prepare it again)"),
+            )
+        })?;
+        Ok(Response::SnapshotChunk {
+            index,
+            offset,
+            data,
+        })
+    }
+
     /// This node's view of the cluster.
     pub async fn cluster_status(&self) -> Result<ClusterStatus, ApiError> {
         let status = self
@@ -272,6 +336,7 @@ impl Service {
             commit_index: raft.commit,
             applied_index: raft.applied,
             last_index: raft.last_index,
+            snapshot_index: status.snapshot_index,
             members,
         })
     }
@@ -367,7 +432,10 @@ fn to_op(request: Request) -> Result<(KvOp, Consistency), ApiError> {
             consistency.unwrap_or_default(),
         ),
         Request::Health => (KvOp::Health, Consistency::default()),
-        Request::ClusterStatus | Request::Raft { .. } => {
+        Request::ClusterStatus
+        | Request::Raft { .. }
+        | Request::SnapshotPrepare { .. }
+        | Request::SnapshotChunk { .. } => {
             return Err(ApiError::bad_request(
                 "this operation is not served by the key-value store",
             ))

@@ -2,6 +2,7 @@
 //! `RaftReplica` owns and applies committed entries to, and the
 //! [`KvHandle`] (`handle`) that front doors call it through.
 
+pub mod dump;
 mod handle;
 mod state;
 
@@ -20,8 +21,9 @@ pub const INFLIGHT_REQUESTS_DEFAULT_MAX: usize = 8192;
 /// How long a request waits for its outcome by default.
 pub const REQUEST_TIMEOUT_DEFAULT: Duration = Duration::from_secs(5);
 
-/// Longest key accepted, in bytes.
-pub const KEY_SIZE_MAX_BYTES: usize = 4096;
+/// Longest key accepted, in bytes: the storage engine's limit, which keeps
+/// at least four keys in every 8 KiB B+ tree page.
+pub const KEY_SIZE_MAX_BYTES: usize = crate::storage::btree::KEY_SIZE_MAX_BYTES;
 
 /// Default limit on a value's size (configurable per node).
 pub const VALUE_SIZE_DEFAULT_MAX_BYTES: usize = 1024 * 1024;

@@ -1,14 +1,21 @@
-//! The key-value state machine: an ordered map from key to (value, version),
-//! changed only by applying logged commands in index order. Applying is
-//! deterministic, so replaying the WAL rebuilds exactly the state that was
-//! acknowledged. A later storage engine replaces the map; this interface stays.
+//! The key-value state machine: a B+ tree (`storage::btree`) from key to
+//! (version, value), changed only by applying logged commands in index
+//! order. Applying is deterministic, so replaying the WAL from the last
+//! checkpoint rebuilds exactly the state that was acknowledged.
+//!
+//! In the tree a value is stored as its version (u64, little-endian) followed
+//! by the value's bytes.
 
-use std::collections::BTreeMap;
-use std::ops::Bound;
+use std::ops::{Bound, ControlFlow};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 use super::KvError;
+use crate::storage::btree::{BTree, Direction};
+use crate::storage::memory::MemoryPages;
+use crate::storage::meta::ShardMeta;
+use crate::storage::{PageStore, StorageError};
 
 /// A scan stops adding items once it holds this many key and value bytes, so
 /// an answer always fits in one TCP frame and one HTTP response buffer.
@@ -109,17 +116,96 @@ pub struct ScanPage {
     pub more: bool,
 }
 
-/// The ordered map and how far into the log it has been applied.
-#[derive(Debug, Default)]
-pub struct KvState {
-    map: BTreeMap<Vec<u8>, Versioned>,
+/// One shard's keys, and how far into its log they have been applied.
+pub struct KvState<S: PageStore> {
+    tree: BTree<S>,
+    shard: u64,
     applied_index: u64,
+    keys: u64,
 }
 
-impl KvState {
-    /// An empty state at index 0.
-    pub fn new() -> Self {
-        KvState::default()
+impl<S: PageStore> std::fmt::Debug for KvState<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KvState")
+            .field("shard", &self.shard)
+            .field("root", &self.tree.root())
+            .field("applied_index", &self.applied_index)
+            .field("keys", &self.keys)
+            .finish()
+    }
+}
+
+/// A storage failure as the KV subsystem reports it: the node must stop.
+fn storage(error: StorageError) -> KvError {
+    KvError::Storage(error.to_string())
+}
+
+/// Bytes of the version in front of every stored value.
+const VERSION_SIZE: usize = 8;
+
+fn encode(version: u64, value: &[u8]) -> Vec<u8> {
+    let mut stored = Vec::with_capacity(VERSION_SIZE + value.len());
+    stored.extend_from_slice(&version.to_le_bytes());
+    stored.extend_from_slice(value);
+    stored
+}
+
+fn decode(stored: &[u8]) -> Result<Versioned, KvError> {
+    if stored.len() < VERSION_SIZE {
+        return Err(KvError::Storage(format!(
+            "a stored value of {} bytes has no version",
+            stored.len()
+        )));
+    }
+    let mut version = [0u8; VERSION_SIZE];
+    version.copy_from_slice(&stored[..VERSION_SIZE]);
+    Ok(Versioned {
+        value: stored[VERSION_SIZE..].to_vec(),
+        version: u64::from_le_bytes(version),
+    })
+}
+
+impl KvState<MemoryPages> {
+    /// An empty state in memory, for tests.
+    pub fn in_memory() -> Self {
+        KvState::create(Arc::new(MemoryPages::new()), 0).expect("memory pages never fail")
+    }
+}
+
+impl<S: PageStore> KvState<S> {
+    /// A new, empty shard at index 0 in `store`.
+    pub fn create(store: Arc<S>, shard: u64) -> Result<Self, StorageError> {
+        Ok(KvState {
+            tree: BTree::create(store)?,
+            shard,
+            applied_index: 0,
+            keys: 0,
+        })
+    }
+
+    /// A shard as a checkpoint left it.
+    pub fn open(store: Arc<S>, meta: ShardMeta) -> Self {
+        KvState {
+            tree: BTree::open(store, meta.root),
+            shard: meta.shard,
+            applied_index: meta.applied_index,
+            keys: meta.keys,
+        }
+    }
+
+    /// Where the shard's tree is and how far it is applied, for a checkpoint.
+    pub fn shard_meta(&self) -> ShardMeta {
+        ShardMeta {
+            shard: self.shard,
+            root: self.tree.root(),
+            applied_index: self.applied_index,
+            keys: self.keys,
+        }
+    }
+
+    /// The tree (for its statistics and checks).
+    pub fn tree(&self) -> &BTree<S> {
+        &self.tree
     }
 
     /// Index of the last applied command.
@@ -127,23 +213,35 @@ impl KvState {
         self.applied_index
     }
 
+    /// Counts a command index as applied without applying anything (an
+    /// entry that is not a command, such as a leader's no-op).
+    pub fn skip_to(&mut self, index: u64) {
+        self.applied_index = self.applied_index.max(index);
+    }
+
     /// Number of keys.
-    pub fn len(&self) -> usize {
-        self.map.len()
+    pub fn len(&self) -> u64 {
+        self.keys
     }
 
     /// Whether there are no keys.
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.keys == 0
     }
 
     /// The value and version of a key.
-    pub fn get(&self, key: &[u8]) -> Option<&Versioned> {
-        self.map.get(key)
+    pub fn get(&self, key: &[u8]) -> Result<Option<Versioned>, KvError> {
+        self.tree
+            .get(key)
+            .map_err(storage)?
+            .map(|stored| decode(&stored))
+            .transpose()
     }
 
     /// Applies the command at `index`. Commands must come in index order; a
     /// failed compare-and-set still consumes its index and changes nothing.
+    /// `KvError::Storage` means the tree may be half changed: the node must
+    /// stop and recover from its checkpoint and log.
     pub fn apply(&mut self, index: u64, command: KvCommand) -> Result<WriteOutcome, KvError> {
         assert!(
             index > self.applied_index,
@@ -157,28 +255,20 @@ impl KvState {
                 value,
                 expected_version,
             } => {
-                // One lookup, and the command's buffers move into the map.
-                let entry = self.map.entry(key);
-                let current = match &entry {
-                    std::collections::btree_map::Entry::Occupied(held) => held.get().version,
-                    std::collections::btree_map::Entry::Vacant(_) => 0,
-                };
+                let current = self.get(&key)?.map(|v| v.version);
                 if let Some(expected) = expected_version {
-                    if expected != current {
-                        return Err(KvError::VersionMismatch { expected, current });
+                    if expected != current.unwrap_or(0) {
+                        return Err(KvError::VersionMismatch {
+                            expected,
+                            current: current.unwrap_or(0),
+                        });
                     }
                 }
-                let versioned = Versioned {
-                    value,
-                    version: index,
-                };
-                match entry {
-                    std::collections::btree_map::Entry::Occupied(mut held) => {
-                        held.insert(versioned);
-                    }
-                    std::collections::btree_map::Entry::Vacant(slot) => {
-                        slot.insert(versioned);
-                    }
+                self.tree
+                    .insert(&key, &encode(index, &value))
+                    .map_err(storage)?;
+                if current.is_none() {
+                    self.keys += 1;
                 }
                 Ok(WriteOutcome::Written { version: index })
             }
@@ -186,7 +276,7 @@ impl KvState {
                 key,
                 expected_version,
             } => {
-                let Some(current) = self.map.get(&key).map(|v| v.version) else {
+                let Some(current) = self.get(&key)?.map(|v| v.version) else {
                     return Err(KvError::NotFound);
                 };
                 if let Some(expected) = expected_version {
@@ -194,7 +284,8 @@ impl KvState {
                         return Err(KvError::VersionMismatch { expected, current });
                     }
                 }
-                self.map.remove(&key);
+                self.tree.delete(&key).map_err(storage)?;
+                self.keys -= 1;
                 Ok(WriteOutcome::Deleted {
                     deleted_version: current,
                 })
@@ -204,38 +295,90 @@ impl KvState {
 
     /// Returns the keys in `range` in order, at most `range.limit` of them and
     /// at most about `SCAN_RESPONSE_SIZE_MAX_BYTES` of data (always at least one item).
-    pub fn scan(&self, range: &ScanRange) -> ScanPage {
+    pub fn scan(&self, range: &ScanRange) -> Result<ScanPage, KvError> {
         let lower = match &range.start {
             Some(start) if start.as_slice() > range.prefix.as_slice() => start.as_slice(),
             _ => range.prefix.as_slice(),
         };
+        let upper = match &range.end {
+            Some(end) => Bound::Excluded(end.as_slice()),
+            None => Bound::Unbounded,
+        };
         let mut page = ScanPage::default();
         let mut size_bytes = 0usize;
-        let candidates = self
-            .map
-            .range::<[u8], _>((Bound::Included(lower), Bound::Unbounded))
-            .take_while(|(key, _)| key.starts_with(&range.prefix))
-            .take_while(|(key, _)| {
-                range
-                    .end
-                    .as_ref()
-                    .is_none_or(|end| key.as_slice() < end.as_slice())
-            });
-        for (key, versioned) in candidates {
-            let item_size = key.len() + versioned.value.len();
-            let over_budget =
-                !page.items.is_empty() && size_bytes + item_size > SCAN_RESPONSE_SIZE_MAX_BYTES;
-            if page.items.len() >= range.limit || over_budget {
-                page.more = true;
-                break;
-            }
-            size_bytes += item_size;
-            page.items.push(ScanItem {
-                key: key.clone(),
-                versioned: versioned.clone(),
-            });
+        let mut failure = None;
+        self.tree
+            .scan(
+                Bound::Included(lower),
+                upper,
+                Direction::Forward,
+                |key, stored| {
+                    if !key.starts_with(&range.prefix) {
+                        return ControlFlow::Break(());
+                    }
+                    let item_size = key.len() + stored.len().saturating_sub(VERSION_SIZE);
+                    let over_budget = !page.items.is_empty()
+                        && size_bytes + item_size > SCAN_RESPONSE_SIZE_MAX_BYTES;
+                    if page.items.len() >= range.limit || over_budget {
+                        page.more = true;
+                        return ControlFlow::Break(());
+                    }
+                    match decode(stored) {
+                        Ok(versioned) => {
+                            size_bytes += item_size;
+                            page.items.push(ScanItem {
+                                key: key.to_vec(),
+                                versioned,
+                            });
+                            ControlFlow::Continue(())
+                        }
+                        Err(error) => {
+                            failure = Some(error);
+                            ControlFlow::Break(())
+                        }
+                    }
+                },
+            )
+            .map_err(storage)?;
+        match failure {
+            Some(error) => Err(error),
+            None => Ok(page),
         }
-        page
+    }
+
+    /// Visits every key in order with its value and version (for snapshots).
+    pub fn for_each(
+        &self,
+        mut visit: impl FnMut(&[u8], Versioned) -> Result<(), KvError>,
+    ) -> Result<(), KvError> {
+        let mut failure = None;
+        self.tree
+            .scan(
+                Bound::Unbounded,
+                Bound::Unbounded,
+                Direction::Forward,
+                |key, stored| match decode(stored).and_then(|versioned| visit(key, versioned)) {
+                    Ok(()) => ControlFlow::Continue(()),
+                    Err(error) => {
+                        failure = Some(error);
+                        ControlFlow::Break(())
+                    }
+                },
+            )
+            .map_err(storage)?;
+        failure.map_or(Ok(()), Err)
+    }
+
+    /// Stores a key exactly as a snapshot holds it (version included).
+    pub fn restore(&mut self, key: &[u8], versioned: &Versioned) -> Result<(), KvError> {
+        let existed = self.tree.get(key).map_err(storage)?.is_some();
+        self.tree
+            .insert(key, &encode(versioned.version, &versioned.value))
+            .map_err(storage)?;
+        if !existed {
+            self.keys += 1;
+        }
+        Ok(())
     }
 }
 
@@ -260,7 +403,7 @@ mod tests {
 
     #[test]
     fn versions_increase_with_every_write_even_across_delete() {
-        let mut state = KvState::new();
+        let mut state = KvState::in_memory();
         assert_eq!(
             state.apply(1, put("a", "1", None)),
             Ok(WriteOutcome::Written { version: 1 })
@@ -277,24 +420,24 @@ mod tests {
             state.apply(4, delete("a", None)),
             Ok(WriteOutcome::Deleted { deleted_version: 3 })
         );
-        assert_eq!(state.get(b"a"), None);
+        assert_eq!(state.get(b"a"), Ok(None));
         assert_eq!(
             state.apply(5, put("a", "3", None)),
             Ok(WriteOutcome::Written { version: 5 })
         );
         assert_eq!(
             state.get(b"a"),
-            Some(&Versioned {
+            Ok(Some(Versioned {
                 value: b"3".to_vec(),
                 version: 5
-            })
+            }))
         );
         assert_eq!(state.applied_index(), 5);
     }
 
     #[test]
     fn compare_and_set_checks_the_current_version() {
-        let mut state = KvState::new();
+        let mut state = KvState::in_memory();
         assert_eq!(
             state.apply(1, put("k", "v1", Some(0))),
             Ok(WriteOutcome::Written { version: 1 })
@@ -314,8 +457,8 @@ mod tests {
             })
         );
         assert_eq!(
-            state.get(b"k").map(|v| v.value.as_slice()),
-            Some(&b"v1"[..])
+            state.get(b"k").expect("get").map(|v| v.value),
+            Some(b"v1".to_vec())
         );
         assert_eq!(
             state.apply(4, put("k", "v2", Some(1))),
@@ -335,6 +478,12 @@ mod tests {
         assert_eq!(state.apply(7, delete("k", None)), Err(KvError::NotFound));
     }
 
+    impl KvState<MemoryPages> {
+        fn scan_ok(&self, range: &ScanRange) -> ScanPage {
+            self.scan(range).expect("scan")
+        }
+    }
+
     fn keys(page: &ScanPage) -> Vec<String> {
         page.items
             .iter()
@@ -344,28 +493,28 @@ mod tests {
 
     #[test]
     fn scan_honours_prefix_bounds_and_limit() {
-        let mut state = KvState::new();
+        let mut state = KvState::in_memory();
         for (i, key) in ["a", "app/1", "app/2", "app/3", "apq", "b"]
             .iter()
             .enumerate()
         {
             state.apply(i as u64 + 1, put(key, "v", None)).expect("put");
         }
-        let all = state.scan(&ScanRange {
+        let all = state.scan_ok(&ScanRange {
             limit: 100,
             ..ScanRange::default()
         });
         assert_eq!(keys(&all), ["a", "app/1", "app/2", "app/3", "apq", "b"]);
         assert!(!all.more);
 
-        let prefixed = state.scan(&ScanRange {
+        let prefixed = state.scan_ok(&ScanRange {
             prefix: b"app/".to_vec(),
             limit: 100,
             ..ScanRange::default()
         });
         assert_eq!(keys(&prefixed), ["app/1", "app/2", "app/3"]);
 
-        let limited = state.scan(&ScanRange {
+        let limited = state.scan_ok(&ScanRange {
             prefix: b"app/".to_vec(),
             limit: 2,
             ..ScanRange::default()
@@ -373,14 +522,14 @@ mod tests {
         assert_eq!(keys(&limited), ["app/1", "app/2"]);
         assert!(limited.more);
 
-        let exactly = state.scan(&ScanRange {
+        let exactly = state.scan_ok(&ScanRange {
             prefix: b"app/".to_vec(),
             limit: 3,
             ..ScanRange::default()
         });
         assert!(!exactly.more, "no key beyond the third matches the prefix");
 
-        let ranged = state.scan(&ScanRange {
+        let ranged = state.scan_ok(&ScanRange {
             start: Some(b"app/2".to_vec()),
             end: Some(b"b".to_vec()),
             limit: 100,
@@ -388,7 +537,7 @@ mod tests {
         });
         assert_eq!(keys(&ranged), ["app/2", "app/3", "apq"]);
 
-        let both = state.scan(&ScanRange {
+        let both = state.scan_ok(&ScanRange {
             prefix: b"app/".to_vec(),
             start: Some(b"a".to_vec()),
             end: Some(b"app/3".to_vec()),
@@ -396,7 +545,7 @@ mod tests {
         });
         assert_eq!(keys(&both), ["app/1", "app/2"]);
 
-        let empty = state.scan(&ScanRange {
+        let empty = state.scan_ok(&ScanRange {
             start: Some(b"z".to_vec()),
             end: Some(b"a".to_vec()),
             limit: 100,
@@ -407,14 +556,14 @@ mod tests {
 
     #[test]
     fn scan_stops_at_the_byte_budget_but_returns_at_least_one_item() {
-        let mut state = KvState::new();
+        let mut state = KvState::in_memory();
         let big = "x".repeat(SCAN_RESPONSE_SIZE_MAX_BYTES / 2 + 1);
         for (i, key) in ["k1", "k2", "k3"].iter().enumerate() {
             state
                 .apply(i as u64 + 1, put(key, &big, None))
                 .expect("put");
         }
-        let page = state.scan(&ScanRange {
+        let page = state.scan_ok(&ScanRange {
             limit: 100,
             ..ScanRange::default()
         });

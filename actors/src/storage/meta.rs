@@ -12,8 +12,9 @@
 //! 16..24  page count: pages in use or free (the file may be longer)
 //! 24..32  first free-list page (0: none)
 //! 32..40  free pages listed (holders included)
-//! 40..44  shards (u32), then per shard 24 bytes:
-//!         shard id (u64), root page (u64), applied Raft index (u64)
+//! 40..44  shards (u32), then per shard 32 bytes:
+//!         shard id (u64), root page (u64), applied Raft index (u64),
+//!         keys in the tree (u64)
 //! ```
 
 use super::page::read_u64;
@@ -22,7 +23,7 @@ use super::{Page, PageId, PageKind, StorageError, PAGE_BODY_SIZE};
 
 const MAGIC: &[u8; 8] = b"HDBMETA1";
 const SHARDS_AT: usize = 40;
-const SHARD_SIZE: usize = 24;
+const SHARD_SIZE: usize = 32;
 
 /// Most shards one node's meta page can describe.
 pub const SHARDS_MAX: usize = (PAGE_BODY_SIZE - SHARDS_AT - 4) / SHARD_SIZE;
@@ -36,6 +37,8 @@ pub struct ShardMeta {
     pub root: PageId,
     /// The last Raft index applied to the tree as checkpointed.
     pub applied_index: u64,
+    /// Keys in the tree.
+    pub keys: u64,
 }
 
 /// What the meta page says.
@@ -82,6 +85,7 @@ impl Meta {
             body[at..at + 8].copy_from_slice(&shard.shard.to_le_bytes());
             body[at + 8..at + 16].copy_from_slice(&shard.root.to_le_bytes());
             body[at + 16..at + 24].copy_from_slice(&shard.applied_index.to_le_bytes());
+            body[at + 24..at + 32].copy_from_slice(&shard.keys.to_le_bytes());
         }
         page.seal(self.checkpoint);
         Ok(page)
@@ -121,6 +125,7 @@ impl Meta {
                     shard: read_u64(body, at),
                     root: read_u64(body, at + 8),
                     applied_index: read_u64(body, at + 16),
+                    keys: read_u64(body, at + 24),
                 }
             })
             .collect();
@@ -177,6 +182,7 @@ mod tests {
                 shard: 0,
                 root: 3,
                 applied_index: 100 * checkpoint,
+                keys: 5,
             }],
         };
         pager

@@ -15,6 +15,7 @@ pub mod buffer;
 pub mod checkpoint;
 mod doublewrite;
 mod freelist;
+pub mod manager;
 pub mod memory;
 pub mod meta;
 pub mod page;

@@ -23,10 +23,29 @@
 //!   most once a tick, or is written on its own when the replica is idle. A commit index found lower at restart is learned
 //!   again from the leader (a single member recommits with its first entry).
 //!
+//! - The KV state is a B+ tree in the node's storage. Checkpoints (begun
+//!   here between two applied entries, written by the `BufferPoolManager`)
+//!   make it durable up to an index; the log is then compacted up to a
+//!   margin below it and WAL segments before that are deleted (`storage`).
+//!   Entries at or below the checkpointed index are not applied again
+//!   after a restart.
+//! - A follower too far behind gets a snapshot: Raft carries only its
+//!   position; the state itself is streamed from the leader over TCP in
+//!   chunks, built into a fresh storage and swapped in (`snapshot`).
+//!
 //! Peers' messages come in as `Step`; outgoing ones go to an `Outbox`
 //! recipient (the `Transport` in a node).
 
-use std::collections::{HashMap, VecDeque};
+mod snapshot;
+mod storage;
+
+pub use snapshot::{
+    dump_path, settle_install, PrepareSnapshot, SnapshotDump, SNAPSHOT_CHUNK_BYTES,
+};
+pub use storage::CheckpointPolicy;
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -44,7 +63,10 @@ use super::{
 use crate::kv::{
     BeginShutdown, KvAnswer, KvCommand, KvError, KvOp, KvReply, KvRequest, KvState, ScanRange,
 };
-use crate::wal::{Append, WalError, WalWriter};
+use crate::storage::buffer::{BufferPool, PoolConfig};
+use crate::storage::checkpoint::Storage;
+use crate::storage::manager::{BufferPoolManager, CheckpointDue, RegisterReplica};
+use crate::wal::{Append, DeleteBelow, WalError, WalWriter};
 
 /// Heartbeat rounds per peer remembered for round-trip times.
 const HEARTBEAT_ROUNDS_TRACKED: usize = 16;
@@ -84,6 +106,8 @@ pub struct ReplicaStatus {
     pub leader_contact: Option<Duration>,
     /// Why the replica stopped taking requests, if it did.
     pub failed: Option<String>,
+    /// The index the log is compacted up to.
+    pub snapshot_index: u64,
 }
 
 /// Internal: take the next ready now that the mailbox is drained.
@@ -119,6 +143,27 @@ struct WaitingRead {
     reply: Reply,
 }
 
+/// Where a replica keeps its state machine, and what it needs to
+/// checkpoint it, compact its log and install snapshots.
+pub struct ReplicaStorage {
+    /// The node's storage (page file, buffer pool).
+    pub storage: Arc<Storage>,
+    /// The shard's state, opened from the storage's last checkpoint.
+    pub state: KvState<BufferPool>,
+    /// The background checkpointer.
+    pub manager: Addr<BufferPoolManager>,
+    /// The storage directory (a snapshot is installed by replacing it).
+    pub storage_dir: PathBuf,
+    /// Where snapshot dumps are written and received.
+    pub snapshot_dir: PathBuf,
+    /// The pool's size and policy, for a storage opened after an install.
+    pub pool: PoolConfig,
+    /// Every member's TCP address, to fetch a snapshot from the leader.
+    pub members: BTreeMap<NodeId, String>,
+    /// When checkpoints are due and how much log they leave.
+    pub policy: CheckpointPolicy,
+}
+
 /// One member of one Raft group, with its KV state machine.
 pub struct RaftReplica {
     raft: Raft,
@@ -126,7 +171,19 @@ pub struct RaftReplica {
     /// The WAL's next index (where the next entry record goes).
     wal_next_index: u64,
     outbox: Recipient<Outbox>,
-    state: KvState,
+    state: KvState<BufferPool>,
+    storage: Arc<Storage>,
+    manager: Addr<BufferPoolManager>,
+    storage_dir: PathBuf,
+    snapshot_dir: PathBuf,
+    pool_config: PoolConfig,
+    members: BTreeMap<NodeId, String>,
+    /// Checkpoints and compaction (see `storage`).
+    checkpoints: storage::Checkpoints,
+    /// A snapshot being fetched and built; readies wait for it.
+    installing: bool,
+    /// The last dump written for a follower, and when.
+    last_dump: Option<(SnapshotDump, Instant)>,
     tick_interval: Duration,
     /// A batch of records is being persisted; the next ready waits.
     persisting: bool,
@@ -160,14 +217,16 @@ pub struct RaftReplica {
 
 impl RaftReplica {
     /// A replica over a core restored from the WAL (see `wal_log::load`)
-    /// whose next WAL record index is `wal_next_index`. The KV state is
-    /// rebuilt by applying committed entries as the core hands them out.
+    /// whose next WAL record index is `wal_next_index`, and a state opened
+    /// at its last checkpoint; committed entries after that are applied as
+    /// the core hands them out.
     pub fn new(
         raft: Raft,
         wal: Addr<WalWriter>,
         wal_next_index: u64,
         outbox: Recipient<Outbox>,
         tick_interval: Duration,
+        storage: ReplicaStorage,
     ) -> Self {
         RaftReplica {
             written_hard_state: raft.hard_state(),
@@ -175,7 +234,16 @@ impl RaftReplica {
             wal,
             wal_next_index,
             outbox,
-            state: KvState::new(),
+            checkpoints: storage::Checkpoints::new(storage.state.applied_index(), storage.policy),
+            state: storage.state,
+            storage: storage.storage,
+            manager: storage.manager,
+            storage_dir: storage.storage_dir,
+            snapshot_dir: storage.snapshot_dir,
+            pool_config: storage.pool,
+            members: storage.members,
+            installing: false,
+            last_dump: None,
             tick_interval,
             persisting: false,
             deferred_hard_state: None,
@@ -235,7 +303,16 @@ impl RaftReplica {
 
     /// Takes the next ready, if the previous one is done, and persists it.
     fn drive(&mut self, ctx: &mut Context<Self>) {
-        if self.persisting || self.failed.is_some() || !self.raft.has_ready() {
+        if self.persisting || self.failed.is_some() {
+            return;
+        }
+        // A compaction's WAL records go out between readies.
+        if self.compact(ctx) {
+            return;
+        }
+        // Back pressure: while a checkpoint is written, the dirty pages
+        // must leave frames to evict; applying waits for it to finish.
+        if !self.raft.has_ready() || !self.room_to_apply() {
             return;
         }
         // Read before `ready()`: a leader's messages may go out before its
@@ -243,15 +320,17 @@ impl RaftReplica {
         let leads = self.raft.role() == Role::Leader;
         let mut ready = self.raft.ready();
         if ready.snapshot.is_some() {
-            // Compaction comes with the storage engine; until then no member
-            // compacts, so no snapshot is ever sent. Refuse rather than guess.
-            self.fail("received a snapshot, which this replica cannot install yet".into());
+            self.install(ready, ctx);
             return;
         }
         // Committed entries are durable already (the core hands out only
         // persisted ones), so they are applied and answered now, while this
         // ready's new entries are written.
         self.apply(&mut ready);
+        if self.failed.is_some() {
+            return;
+        }
+        self.maybe_checkpoint(None, ctx);
         let hard_state = self.hard_state_to_write(&ready);
         let records = records_for(&ready.entries, hard_state, self.wal_next_index);
         if let Some(last) = ready.entries.last() {
@@ -359,19 +438,32 @@ impl RaftReplica {
     /// writes, dropped proposals, confirmed and dropped reads.
     fn apply(&mut self, ready: &mut Ready) {
         for entry in &ready.committed_entries {
+            if entry.index <= self.state.applied_index() {
+                // In the checkpoint (or snapshot) the state was opened from.
+                continue;
+            }
             let EntryPayload::Command(bytes) = &entry.payload else {
+                self.state.skip_to(entry.index);
                 continue;
             };
             let outcome = match KvCommand::decode(bytes) {
                 Ok(command) => self.state.apply(entry.index, command),
                 Err(reason) => {
                     error!(index = entry.index, %reason, "committed entry is not a KV command");
+                    self.state.skip_to(entry.index);
                     Err(KvError::CorruptEntry {
                         index: entry.index,
                         reason,
                     })
                 }
             };
+            if let Err(KvError::Storage(reason)) = &outcome {
+                // The tree may be half changed: stop, and recover from the
+                // checkpoint and the log at restart.
+                let reason = format!("applying entry {}: {reason}", entry.index);
+                self.fail(reason);
+                return;
+            }
             if let Some((term, reply)) = self.writes.remove(&entry.index) {
                 let answer = if term == entry.term {
                     metrics::counter!("harmonydb_raft_proposals_committed_total").increment(1);
@@ -431,16 +523,20 @@ impl RaftReplica {
         Ok(())
     }
 
-    fn read(&self, op: &ReadOp) -> Result<KvReply, KvError> {
-        match op {
+    fn read(&mut self, op: &ReadOp) -> Result<KvReply, KvError> {
+        let answer = match op {
             ReadOp::Get(key) => self
                 .state
                 .get(key)
-                .cloned()
-                .map(KvReply::Value)
-                .ok_or(KvError::NotFound),
-            ReadOp::Scan(range) => Ok(KvReply::Page(self.state.scan(range))),
+                .and_then(|found| found.map(KvReply::Value).ok_or(KvError::NotFound)),
+            ReadOp::Scan(range) => self.state.scan(range).map(KvReply::Page),
+        };
+        if let Err(KvError::Storage(reason)) = &answer {
+            // A page that can't be read correctly: serve nothing rather
+            // than risk serving wrong data.
+            self.fail(format!("reading: {reason}"));
         }
+        answer
     }
 
     /// Answers reads whose index is applied.
@@ -597,6 +693,8 @@ impl Actor for RaftReplica {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        self.manager
+            .do_send(RegisterReplica(ctx.address().recipient::<CheckpointDue>()));
         // A group of one has nobody to wait for: it leads at once.
         let status = self.raft.status();
         if status.config.voters.len() == 1 && status.config.voters.contains(&status.id) {
@@ -699,7 +797,10 @@ impl Handler<Persisted> for RaftReplica {
         match persisted.result {
             Ok(()) => match persisted.ready {
                 Some((ready, send_messages)) => self.finish(ready, send_messages, ctx),
-                None => self.drive(ctx),
+                None => {
+                    self.delete_compacted_segments();
+                    self.drive(ctx)
+                }
             },
             Err(error) => {
                 warn!(%error, "persisting Raft state failed");
@@ -723,6 +824,7 @@ impl Handler<GetStatus> for RaftReplica {
             raft,
             leader_contact,
             failed: self.failed.clone(),
+            snapshot_index: self.raft.snapshot_index(),
         })
     }
 }

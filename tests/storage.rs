@@ -1,0 +1,349 @@
+//! The storage engine in real nodes: a follower that missed 100,000 writes
+//! comes back by snapshot; an overwrite load keeps the WAL and the page
+//! file bounded; `kill -9` while checkpoints run keeps every acknowledged
+//! write and a sound tree; a damaged page is named, and nothing wrong is
+//! served.
+
+mod common;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{binary, block_on, http, http_agent, Cluster, Node};
+use futures_util::StreamExt;
+use harmonydb_protocol::{Client, Consistency};
+
+/// Puts `count` writes through `addr` with many in flight; key `i % keys`
+/// gets value `v{i}`. Returns the last acknowledged version and value of
+/// each key.
+fn write_load(addr: SocketAddr, count: u64, keys: u64) -> HashMap<String, (String, u64)> {
+    block_on(async {
+        let client = Client::connect(addr)
+            .await
+            .expect("connect")
+            .with_timeout(Duration::from_secs(60));
+        let acked = futures_util::stream::iter(0..count)
+            .map(|i| {
+                let client = client.clone();
+                async move {
+                    let key = format!("k{:06}", i % keys);
+                    let value = format!("v{i}");
+                    let version = put_retrying(&client, &key, &value).await;
+                    (key, value, version)
+                }
+            })
+            .buffer_unordered(64)
+            .collect::<Vec<_>>()
+            .await;
+        let mut last: HashMap<String, (String, u64)> = HashMap::new();
+        for (key, value, version) in acked {
+            let entry = last.entry(key).or_insert((String::new(), 0));
+            if version > entry.1 {
+                *entry = (value, version);
+            }
+        }
+        last
+    })
+}
+
+/// Puts a key, retrying while the cluster changes leader (an overwrite
+/// of the same key and value again is harmless here).
+async fn put_retrying(client: &Client, key: &str, value: &str) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match client.put(key.as_bytes(), value.as_bytes()).await {
+            Ok(version) => return version,
+            Err(error) if Instant::now() < deadline => {
+                eprintln!("put {key}: {error}; retrying");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(error) => panic!("put {key}: {error}"),
+        }
+    }
+}
+
+fn dir_size_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|e| e.metadata().ok())
+                .filter(|m| m.is_file())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+fn metric(node: &Node, name: &str) -> f64 {
+    let (_, body) = http(http_agent().get(&node.url("/metrics")), None);
+    body.lines()
+        .find(|line| line.starts_with(name) && line[name.len()..].starts_with(' '))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[test]
+fn a_follower_that_missed_100000_writes_comes_back_by_snapshot() {
+    let mut cluster = Cluster::start(
+        3,
+        &[
+            "--raft-tick-ms",
+            "50",
+            "--checkpoint-entries",
+            "10000",
+            "--log-retain-entries",
+            "1000",
+            "--checkpoint-interval-ms",
+            "1000",
+        ],
+    );
+    let all = cluster.running();
+    let leader = cluster.wait_leader(&all, Duration::from_secs(20));
+    let follower = *all.iter().find(|id| **id != leader).expect("a follower");
+    cluster.kill9(follower);
+
+    let started = Instant::now();
+    let acked = write_load(cluster.tcp[&leader], 100_000, 100_000);
+    println!(
+        "100,000 writes with node {follower} down in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    // The leader's log no longer reaches back to where the follower stopped.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let snapshot_index = cluster.status(leader)["snapshot_index"]
+            .as_u64()
+            .unwrap_or(0);
+        if snapshot_index > 50_000 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the leader never compacted its log: {snapshot_index}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    cluster.start_node(follower);
+    let commit = cluster.status(leader)["commit_index"]
+        .as_u64()
+        .expect("commit");
+    cluster.wait_applied(follower, commit, Duration::from_secs(120));
+    let log = cluster.node(follower).log().join("\n");
+    assert!(
+        log.contains("snapshot installed"),
+        "the follower caught up without a snapshot:\n{log}"
+    );
+    assert!(metric(cluster.node(leader), "harmonydb_raft_snapshots_sent_total") >= 1.0);
+    assert!(
+        metric(
+            cluster.node(follower),
+            "harmonydb_raft_snapshots_received_total"
+        ) >= 1.0
+    );
+    // The follower serves what it got, at the versions the leader gave.
+    block_on(async {
+        let client = Client::connect(cluster.tcp[&follower])
+            .await
+            .expect("connect");
+        for key in ["k000000", "k050000", "k099999"] {
+            let item = client
+                .get_with(key.as_bytes(), Consistency::Stale)
+                .await
+                .expect("stale read")
+                .unwrap_or_else(|| panic!("{key} missing on the follower"));
+            let (value, version) = &acked[key];
+            assert_eq!(
+                (item.value.as_slice(), item.version),
+                (value.as_bytes(), *version)
+            );
+        }
+    });
+}
+
+#[test]
+fn overwrites_keep_the_wal_and_the_page_file_bounded() {
+    // A million overwrites by hand (HARMONYDB_LONG_TESTS=1, about minutes);
+    // 200,000 in the normal run, with the same bound.
+    let writes: u64 = if std::env::var("HARMONYDB_LONG_TESTS").is_ok() {
+        1_000_000
+    } else {
+        200_000
+    };
+    let cluster = Cluster::start(
+        3,
+        &[
+            "--raft-tick-ms",
+            "50",
+            "--wal-segment-bytes",
+            "4194304",
+            "--checkpoint-entries",
+            "20000",
+            "--log-retain-entries",
+            "5000",
+            "--checkpoint-interval-ms",
+            "500",
+        ],
+    );
+    let all = cluster.running();
+    let leader = cluster.wait_leader(&all, Duration::from_secs(20));
+    let started = Instant::now();
+    let acked = write_load(cluster.tcp[&leader], writes, 10_000);
+    println!(
+        "{writes} overwrites of 10,000 keys in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(acked.len(), 10_000);
+    // Let the last checkpoint and compaction land everywhere.
+    std::thread::sleep(Duration::from_secs(3));
+    let limit = 64 * 1024 * 1024;
+    for id in &all {
+        let data_dir = &cluster.node(*id).data_dir;
+        let wal = dir_size_bytes(&data_dir.join("wal"));
+        let pages = dir_size_bytes(&data_dir.join("storage"));
+        println!(
+            "node {id}: WAL {:.1} MiB, storage {:.1} MiB",
+            wal as f64 / 1048576.0,
+            pages as f64 / 1048576.0
+        );
+        assert!(
+            wal < limit,
+            "node {id}'s WAL is {wal} bytes after {writes} overwrites"
+        );
+        assert!(pages < limit, "node {id}'s storage is {pages} bytes");
+    }
+}
+
+/// Runs `harmonydb storage check` on a stopped node's data directory.
+fn storage_check(data_dir: &Path) -> std::process::Output {
+    Command::new(binary())
+        .args(["storage", "check", "--data-dir"])
+        .arg(data_dir)
+        .output()
+        .expect("run harmonydb storage check")
+}
+
+#[test]
+fn kill9_while_checkpointing_keeps_every_acknowledged_write_and_a_sound_tree() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Checkpoints all the time, so kills land in the middle of them.
+    let args = [
+        "--checkpoint-interval-ms",
+        "20",
+        "--checkpoint-entries",
+        "300",
+        "--log-retain-entries",
+        "100",
+        "--buffer-pool-mb",
+        "8",
+    ];
+    let mut acked: HashMap<String, (String, u64)> = HashMap::new();
+    for round in 0..5u64 {
+        let mut node = Node::start(dir.path(), &args);
+        let addr = node.tcp;
+        let writer = std::thread::spawn(move || {
+            block_on(async {
+                let client = Client::connect(addr).await.expect("connect");
+                let mut acked = Vec::new();
+                // Values large enough to need overflow pages now and then.
+                for i in 0..100_000u64 {
+                    let key = format!("r{round}/k{:05}", i % 2_000);
+                    let value = format!("{i}:{}", "x".repeat((i % 7) as usize * 1500));
+                    match client.put(key.as_bytes(), value.as_bytes()).await {
+                        Ok(version) => acked.push((key, value, version)),
+                        Err(_) => break,
+                    }
+                }
+                acked
+            })
+        });
+        std::thread::sleep(Duration::from_millis(700 + round * 150));
+        node.kill9();
+        for (key, value, version) in writer.join().expect("writer") {
+            let entry = acked.entry(key).or_insert((String::new(), 0));
+            if version > entry.1 {
+                *entry = (value, version);
+            }
+        }
+        let check = storage_check(dir.path());
+        assert!(
+            check.status.success(),
+            "round {round}: storage check failed: {}",
+            String::from_utf8_lossy(&check.stderr)
+        );
+        let report = String::from_utf8_lossy(&check.stdout).into_owned();
+        assert!(report.contains("sound"), "{report}");
+    }
+    let node = Node::start(dir.path(), &args);
+    block_on(async {
+        let client = Client::connect(node.tcp).await.expect("connect");
+        for (key, (value, version)) in &acked {
+            let item = client
+                .get(key.as_bytes())
+                .await
+                .expect("get")
+                .unwrap_or_else(|| panic!("acknowledged {key} is missing"));
+            assert_eq!(
+                (item.value.as_slice(), item.version),
+                (value.as_bytes(), *version),
+                "{key}"
+            );
+        }
+    });
+    println!("{} acknowledged keys checked after 5 kills", acked.len());
+}
+
+#[test]
+fn a_damaged_page_is_named_and_nothing_wrong_is_served() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let args = ["--checkpoint-interval-ms", "100"];
+    let mut node = Node::start(dir.path(), &args);
+    write_load(node.tcp, 3_000, 3_000);
+    // A later checkpoint of one key: the double-write file then holds only
+    // its path, and the other leaves have no copy to be repaired from.
+    std::thread::sleep(Duration::from_millis(500));
+    write_load(node.tcp, 1, 1);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(node.terminate().code(), Some(0));
+
+    let storage = dir.path().join("storage");
+    let copied = double_write_page_ids(&storage.join("doublewrite"));
+    let mut pages = std::fs::read(storage.join("pages")).expect("read pages");
+    let page_size = 8192;
+    let victim = (2..pages.len() / page_size)
+        .find(|id| pages[id * page_size + 20] == 2 && !copied.contains(&(*id as u64)))
+        .expect("a leaf with no copy in the double-write file");
+    pages[victim * page_size + 4000] ^= 0x5A;
+    std::fs::write(storage.join("pages"), &pages).expect("write pages");
+
+    let check = storage_check(dir.path());
+    assert!(!check.status.success(), "the damage went unnoticed");
+    let stderr = String::from_utf8_lossy(&check.stderr);
+    assert!(stderr.contains(&format!("page {victim}")), "{stderr}");
+
+    // The node starts (the damage is found when the page is read), refuses
+    // the read that needs the page, naming it, and serves nothing after.
+    let node = Node::start(dir.path(), &args);
+    let (status, body) = http(http_agent().get(&node.url("/kv?limit=10000")), None);
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("storage_unavailable"), "{body}");
+    assert!(body.contains(&format!("page {victim}")), "{body}");
+    let (status, _) = http(http_agent().get(&node.url("/kv/k000000")), None);
+    assert_eq!(status, 503, "a node with a damaged page serves nothing");
+}
+
+/// Page ids the double-write file holds (8 KiB pages after a 24-byte header).
+fn double_write_page_ids(path: &Path) -> Vec<u64> {
+    let bytes = std::fs::read(path).unwrap_or_default();
+    bytes
+        .get(24..)
+        .unwrap_or_default()
+        .chunks_exact(8192)
+        .map(|page| u64::from_le_bytes(page[..8].try_into().expect("8 bytes")))
+        .collect()
+}
