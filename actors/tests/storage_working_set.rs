@@ -31,8 +31,11 @@ fn a_working_set_many_times_the_pool_is_written_and_read_back() {
     let pool_mb = if long { 64 } else { 8 };
     let keys = working_set_mb * 1024 * 1024 / (VALUE_SIZE as u64 + 16);
     let dir = tempfile::tempdir().expect("tempdir");
-    let (storage, _) = Storage::open(dir.path(), PoolConfig::with_megabytes(pool_mb, Policy::Lru2))
-        .expect("open");
+    let (storage, _) = Storage::open(
+        dir.path(),
+        PoolConfig::with_megabytes(pool_mb, Policy::Lru2),
+    )
+    .expect("open");
     let pool = storage.pool().clone();
     let tree: BTree<BufferPool> = BTree::create(pool.clone()).expect("tree");
     let checkpoint = |applied: u64| {

@@ -107,7 +107,15 @@ impl PageStore for MemoryPages {
     }
 
     fn free(&self, id: PageId) -> Result<(), StorageError> {
-        self.slot(id)?;
+        let slot = self.slot(id)?;
+        // Ours, the table's: any other holder is a live guard.
+        if Arc::strong_count(&slot) > 2 {
+            return Err(StorageError::Malformed {
+                page: id,
+                reason: "freed while a guard holds it".into(),
+            });
+        }
+        drop(slot);
         self.pages.write()[(id - FIRST_PAGE) as usize] = None;
         self.free.lock().push(id);
         Ok(())

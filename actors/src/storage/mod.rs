@@ -85,7 +85,9 @@ pub trait PageStore: Send + Sync {
     fn write(&self, id: PageId) -> Result<Self::Write, StorageError>;
 
     /// Like `read`, but gives up at once (None) if a writer holds the latch;
-    /// for walks that go against the usual latch order.
+    /// for walks that go against the usual latch order. (Only the latch is
+    /// not waited for: a page that must first be read into a frame may
+    /// still wait, bounded, for a free frame.)
     fn try_read(&self, id: PageId) -> Result<Option<Self::Read>, StorageError>;
 
     /// A new page, zeroed, of kind `kind`, latched for writing.

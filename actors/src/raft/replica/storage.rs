@@ -189,16 +189,13 @@ impl RaftReplica {
         let Some((applied, _)) = self.checkpoints.in_flight.take() else {
             return;
         };
-        match result {
-            Ok(_) => {
-                self.checkpoints.last_applied = applied;
-                let compact_to = applied.saturating_sub(self.checkpoints.policy.log_retain_entries);
-                if compact_to > self.raft.snapshot_index() {
-                    self.checkpoints.compact_to = Some(compact_to);
-                }
+        // On failure the manager logged it; the pages stay dirty for the next one.
+        if result.is_ok() {
+            self.checkpoints.last_applied = applied;
+            let compact_to = applied.saturating_sub(self.checkpoints.policy.log_retain_entries);
+            if compact_to > self.raft.snapshot_index() {
+                self.checkpoints.compact_to = Some(compact_to);
             }
-            // The manager logged it; the pages stay dirty for the next one.
-            Err(_) => {}
         }
         self.drive(ctx);
     }

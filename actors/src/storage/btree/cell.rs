@@ -125,7 +125,7 @@ impl NodeImage {
         let image = NodeImage { links, cells };
         // Writers decide from the header's fill whether a node is safe; the
         // plan then works with the cells' own sizes, so the two must agree.
-        if image.fill() != node.fill() && false {
+        if image.fill() != node.fill() {
             return Err(malformed(
                 node.id(),
                 format!(
@@ -176,6 +176,7 @@ impl NodeImage {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::btree::node::FRAGMENTED_AT;
 
     #[test]
     fn an_image_read_from_a_page_writes_back_the_same_node() {
@@ -207,5 +208,25 @@ mod tests {
         assert_eq!(read, internal);
         assert_eq!(cell_child(&read.cells[1]), 12);
         assert_eq!(read.level(), 3);
+    }
+
+    #[test]
+    fn an_image_of_a_node_whose_header_lies_about_its_fill_is_malformed() {
+        let mut page = Page::new(4);
+        let image = NodeImage {
+            links: Links::Internal {
+                level: 1,
+                leftmost: 10,
+            },
+            cells: vec![internal_cell(b"k", 11), internal_cell(b"q", 12)],
+        };
+        image.write(&mut page);
+        // Claim one live byte is a hole: the header's fill is now 1 short,
+        // so a writer could take the node for safe when it isn't.
+        page.body_mut()[FRAGMENTED_AT] = 1;
+        assert!(matches!(
+            NodeImage::read(&page),
+            Err(StorageError::Malformed { page: 4, .. })
+        ));
     }
 }
