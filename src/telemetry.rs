@@ -184,4 +184,87 @@ fn describe_metrics() {
         "harmonydb_api_forwarded_total",
         "Client requests this node forwarded to the leader, by leader."
     );
+    describe_gauge!(
+        "harmonydb_raft_snapshot_index",
+        "Index the Raft log is compacted up to (entries before it are in the checkpointed state)."
+    );
+    describe_counter!(
+        "harmonydb_raft_snapshots_sent_total",
+        "State dumps this node wrote for followers too far behind its log."
+    );
+    describe_counter!(
+        "harmonydb_raft_snapshots_received_total",
+        "Snapshots this node fetched from a leader and installed."
+    );
+    describe_counter!(
+        "harmonydb_raft_snapshot_bytes_received_total",
+        Unit::Bytes,
+        "Bytes of state dumps fetched from a leader."
+    );
+    describe_storage_metrics();
+}
+
+/// The storage engine's metrics (`BufferPoolManager` and the replica).
+fn describe_storage_metrics() {
+    describe_gauge!(
+        "harmonydb_storage_buffer_pool_frames",
+        "Page frames in the buffer pool."
+    );
+    describe_gauge!(
+        "harmonydb_storage_buffer_pool_dirty_frames",
+        "Frames changed since the last checkpoint began (never evicted before a checkpoint writes them)."
+    );
+    describe_gauge!(
+        "harmonydb_storage_buffer_pool_pinned_frames",
+        "Frames pinned by a request right now."
+    );
+    describe_counter!(
+        "harmonydb_storage_buffer_pool_hits_total",
+        "Page fetches served from a frame."
+    );
+    describe_counter!(
+        "harmonydb_storage_buffer_pool_misses_total",
+        "Page fetches that read the page file."
+    );
+    describe_counter!(
+        "harmonydb_storage_buffer_pool_evictions_total",
+        "Pages evicted from the buffer pool to make room."
+    );
+    describe_counter!(
+        "harmonydb_storage_memory_pressure_total",
+        "Times a request found no frame to evict and asked for an early checkpoint."
+    );
+    describe_histogram!(
+        "harmonydb_storage_checkpoint_duration_seconds",
+        Unit::Seconds,
+        "Time to write a checkpoint: double-write file, pages in place, meta page, syncs."
+    );
+    describe_counter!(
+        "harmonydb_storage_checkpoints_total",
+        "Checkpoints written."
+    );
+    describe_counter!(
+        "harmonydb_storage_checkpoint_pages_total",
+        "Pages written by checkpoints (tree pages, free list and meta)."
+    );
+    describe_counter!(
+        "harmonydb_storage_checkpoint_failures_total",
+        "Checkpoints that failed (their pages stay dirty for the next one)."
+    );
+    describe_gauge!(
+        "harmonydb_storage_btree_height",
+        "Levels of the B+ tree, leaves included."
+    );
+    describe_counter!(
+        "harmonydb_storage_btree_splits_total",
+        "B+ tree nodes split in two."
+    );
+    describe_counter!(
+        "harmonydb_storage_btree_merges_total",
+        "Pairs of B+ tree nodes merged into one."
+    );
+    describe_counter!(
+        "harmonydb_storage_btree_redistributions_total",
+        "Pairs of B+ tree nodes that moved entries between them instead of merging."
+    );
 }

@@ -651,6 +651,12 @@ impl RaftReplica {
         metrics::gauge!("harmonydb_raft_applied_index").set(self.raft.applied_index() as f64);
         metrics::gauge!("harmonydb_raft_proposals_pending").set(self.writes.len() as f64);
         metrics::gauge!("harmonydb_kv_keys").set(self.state.len() as f64);
+        let tree = self.state.tree().stats();
+        metrics::gauge!("harmonydb_storage_btree_height").set(tree.height as f64);
+        metrics::counter!("harmonydb_storage_btree_splits_total").absolute(tree.splits);
+        metrics::counter!("harmonydb_storage_btree_merges_total").absolute(tree.merges);
+        metrics::counter!("harmonydb_storage_btree_redistributions_total")
+            .absolute(tree.redistributions);
     }
 
     fn note_incoming(&mut self, message: &RaftMessage) {
