@@ -101,6 +101,7 @@ fn a_checkpoint_stopped_at_any_step_opens_as_one_checkpoint_or_the_other() {
         (CrashPoint::DuringInPlace { pages_written: 0 }, 2),
         (CrashPoint::DuringInPlace { pages_written: 7 }, 2),
         (CrashPoint::AfterInPlace, 2),
+        (CrashPoint::DuringMeta, 2),
         (CrashPoint::AfterMeta, 2),
     ];
     for (crash, expected_checkpoint) in crashes {
@@ -220,4 +221,74 @@ fn a_damaged_page_without_a_copy_is_reported_by_number() {
         "{error}"
     );
     assert_eq!(generation_of(&storage, ids[2]).expect("intact"), 1);
+}
+
+#[test]
+fn a_checkpoint_failing_after_its_double_write_stops_the_storage_until_a_restart_finishes_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let storage = open(dir.path());
+    let ids: Vec<PageId> = (0..10)
+        .map(|_| {
+            storage
+                .pool()
+                .allocate(PageKind::Leaf)
+                .expect("allocate")
+                .id()
+        })
+        .collect();
+    for id in &ids {
+        stamp(&storage, *id, 1);
+    }
+    let pending = storage.begin_checkpoint(shard(1)).expect("begin");
+    storage
+        .write_checkpoint(pending, None)
+        .expect("checkpoint 1");
+    for id in &ids {
+        stamp(&storage, *id, 2);
+    }
+    let pending = storage.begin_checkpoint(shard(2)).expect("begin");
+    let failed = storage.write_checkpoint(
+        pending,
+        Some(CrashPoint::FailDuringInPlace { pages_written: 4 }),
+    );
+    assert!(
+        matches!(failed, Err(StorageError::Stopped(_))),
+        "{failed:?}"
+    );
+    assert!(storage.stopped().is_some());
+    // No new checkpoint may overwrite the double-write file now.
+    assert!(matches!(
+        storage.begin_checkpoint(shard(3)),
+        Err(StorageError::Stopped(_))
+    ));
+    drop(storage);
+    let (storage, recovery) = Storage::open(dir.path(), config()).expect("reopen");
+    assert!(recovery.rolled_forward);
+    assert_eq!(recovery.checkpoint, 2);
+    for id in &ids {
+        assert_eq!(generation_of(&storage, *id).expect("read"), 2);
+    }
+}
+
+#[test]
+fn a_torn_meta_page_of_the_very_first_checkpoint_is_finished_from_the_double_write_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let storage = open(dir.path());
+    let id = storage
+        .pool()
+        .allocate(PageKind::Leaf)
+        .expect("allocate")
+        .id();
+    stamp(&storage, id, 7);
+    let pending = storage.begin_checkpoint(shard(5)).expect("begin");
+    let report = storage
+        .write_checkpoint(pending, Some(CrashPoint::DuringMeta))
+        .expect("checkpoint");
+    assert_eq!(report.crashed_at, Some(CrashPoint::DuringMeta));
+    drop(storage);
+    // Slot 0 was never written and slot 1 is torn: neither is a meta page.
+    let (storage, recovery) = Storage::open(dir.path(), config()).expect("reopen");
+    assert!(recovery.rolled_forward);
+    assert_eq!(recovery.checkpoint, 1);
+    assert_eq!(generation_of(&storage, id).expect("read"), 7);
 }

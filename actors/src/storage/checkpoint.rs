@@ -54,10 +54,18 @@ pub enum CrashPoint {
         /// Pages fully written in place first.
         pages_written: usize,
     },
+    /// Every page is in place and synced; the meta page is half written (torn).
+    DuringMeta,
     /// Every page is in place and synced; the meta page is not.
     AfterInPlace,
     /// The meta page is written: only the in-memory bookkeeping is missing.
     AfterMeta,
+    /// Not a crash: writing in place fails after this many pages, as a
+    /// failing disk would (the process goes on).
+    FailDuringInPlace {
+        /// Pages written in place before the failure.
+        pages_written: usize,
+    },
 }
 
 /// What a checkpoint did.
@@ -112,6 +120,9 @@ pub struct Storage {
     pool: Arc<BufferPool>,
     /// The meta of the last finished checkpoint.
     meta: Mutex<Meta>,
+    /// Set when a checkpoint failed after its double-write file was synced:
+    /// nothing may be written until a restart finishes that checkpoint.
+    stopped: Mutex<Option<String>>,
 }
 
 impl Storage {
@@ -120,9 +131,26 @@ impl Storage {
     pub fn open(dir: &Path, config: PoolConfig) -> Result<(Arc<Storage>, Recovery), StorageError> {
         std::fs::create_dir_all(dir).map_err(|e| super::pager::io_error("create", dir, &e))?;
         let pager = Pager::open(&dir.join(PAGE_FILE))?;
-        let mut meta = Meta::load(&pager)?;
         let mut recovery = Recovery::default();
-        if let Some(written) = doublewrite::read(&dir.join(DOUBLE_WRITE_FILE))? {
+        let double_written = doublewrite::read(&dir.join(DOUBLE_WRITE_FILE))?;
+        let mut meta = match Meta::load(&pager) {
+            Ok(meta) => meta,
+            // Both meta slots unreadable: the first checkpoint's meta write
+            // was torn (the other slot never written). A complete
+            // double-write file holds that meta page: finish from it.
+            Err(error) => match &double_written {
+                Some(written) => {
+                    for page in &written.pages {
+                        pager.write(page)?;
+                    }
+                    pager.sync()?;
+                    recovery.rolled_forward = true;
+                    Meta::load(&pager)?
+                }
+                None => return Err(error),
+            },
+        };
+        if let Some(written) = double_written {
             if written.checkpoint > meta.checkpoint {
                 for page in &written.pages {
                     pager.write(page)?;
@@ -167,6 +195,7 @@ impl Storage {
                 dir: dir.to_path_buf(),
                 pool,
                 meta: Mutex::new(meta),
+                stopped: Mutex::new(None),
             }),
             recovery,
         ))
@@ -189,6 +218,9 @@ impl Storage {
         &self,
         shards: Vec<ShardMeta>,
     ) -> Result<PendingCheckpoint, StorageError> {
+        if let Some(reason) = self.stopped() {
+            return Err(StorageError::Stopped(reason));
+        }
         let plan = self.pool.begin_checkpoint()?;
         let previous = self.meta.lock().checkpoint;
         let meta = Meta {
@@ -201,9 +233,19 @@ impl Storage {
         Ok(PendingCheckpoint { plan, meta })
     }
 
+    /// Why the storage stopped, if a checkpoint failed midway.
+    pub fn stopped(&self) -> Option<String> {
+        self.stopped.lock().clone()
+    }
+
     /// Writes a begun checkpoint (blocking I/O: run it off the threads that
-    /// serve requests). On failure the checkpoint's pages stay dirty for the
-    /// next one. `crash` is for tests: stop at that point, as a crash would.
+    /// serve requests). A failure before the double-write file is synced
+    /// leaves the page file untouched: the checkpoint's pages stay dirty for
+    /// the next one. A failure after it may have written pages in place:
+    /// the storage stops (`StorageError::Stopped`), because a new
+    /// checkpoint would overwrite that file, the only intact copy; a restart
+    /// finishes the checkpoint from it. `crash` is for tests: stop at that
+    /// point, as a crash would.
     pub fn write_checkpoint(
         &self,
         pending: PendingCheckpoint,
@@ -211,7 +253,8 @@ impl Storage {
     ) -> Result<CheckpointReport, StorageError> {
         let started = Instant::now();
         let checkpoint = pending.meta.checkpoint;
-        match self.write_pages(pending, crash) {
+        let mut double_written = false;
+        match self.write_pages(pending, crash, &mut double_written) {
             Ok((pages, crashed_at)) => {
                 if crashed_at.is_none() {
                     self.pool.finish_checkpoint();
@@ -223,6 +266,13 @@ impl Storage {
                     crashed_at,
                 })
             }
+            Err(error) if double_written => {
+                let reason = format!(
+                    "checkpoint {checkpoint} failed after its double-write file was synced: {error}"
+                );
+                *self.stopped.lock() = Some(reason.clone());
+                Err(StorageError::Stopped(reason))
+            }
             Err(error) => {
                 self.pool.abandon_checkpoint();
                 Err(error)
@@ -230,10 +280,17 @@ impl Storage {
         }
     }
 
+    /// Gives up the begun checkpoint, which will not be written (the
+    /// message carrying it was lost): its pages are dirty again.
+    pub fn abandon_checkpoint(&self) {
+        self.pool.abandon_checkpoint();
+    }
+
     fn write_pages(
         &self,
         pending: PendingCheckpoint,
         crash: Option<CrashPoint>,
+        double_written: &mut bool,
     ) -> Result<(usize, Option<CrashPoint>), StorageError> {
         let PendingCheckpoint { plan, mut meta } = pending;
         let lsn = meta
@@ -269,6 +326,7 @@ impl Storage {
             writer.append(page)?;
         }
         writer.finish()?;
+        *double_written = true;
         if crash == Some(CrashPoint::AfterDoubleWrite) {
             return Ok((total, crash));
         }
@@ -277,11 +335,19 @@ impl Storage {
         let pager = self.pool.pager();
         for (i, id) in plan.pages.iter().enumerate() {
             let page = copy(*id)?;
-            if let Some(CrashPoint::DuringInPlace { pages_written }) = crash {
-                if i == pages_written {
+            match crash {
+                Some(CrashPoint::DuringInPlace { pages_written }) if i == pages_written => {
                     tear(pager, &page)?;
                     return Ok((i, crash));
                 }
+                Some(CrashPoint::FailDuringInPlace { pages_written }) if i == pages_written => {
+                    return Err(StorageError::Io {
+                        action: "write",
+                        path: pager.path().display().to_string(),
+                        reason: "injected failure".into(),
+                    });
+                }
+                _ => {}
             }
             pager.write(&page)?;
         }
@@ -294,6 +360,10 @@ impl Storage {
         }
 
         // 4. The meta page, synced: the checkpoint counts from here.
+        if crash == Some(CrashPoint::DuringMeta) {
+            tear(pager, &meta_page)?;
+            return Ok((total, crash));
+        }
         pager.write(&meta_page)?;
         pager.sync()?;
         *self.meta.lock() = meta;
@@ -304,9 +374,12 @@ impl Storage {
     }
 }
 
-/// Writes the first half of `page` in place over whatever was there: what a
-/// crash in the middle of a page write can leave.
+/// Writes `page` in place torn: its first half, then garbage where the rest
+/// should be, as a crash in the middle of a page write can leave it (the
+/// garbage makes sure the tear shows even where the page ends in zeroes).
 fn tear(pager: &Pager, page: &super::Page) -> Result<(), StorageError> {
-    pager.write_torn(page, PAGE_SIZE / 2)?;
+    let mut torn = page.clone();
+    torn.bytes_mut()[PAGE_SIZE / 2..].fill(0xEE);
+    pager.write(&torn)?;
     pager.sync()
 }

@@ -33,6 +33,8 @@ const HEADER_SIZE: usize = 24;
 pub struct DoubleWriter {
     file: BufWriter<File>,
     path: std::path::PathBuf,
+    /// The file is new: its directory entry must be synced too.
+    new_file: bool,
     crc: u32,
     pages: u64,
     expected: u64,
@@ -41,6 +43,7 @@ pub struct DoubleWriter {
 impl DoubleWriter {
     /// Starts the file for checkpoint `checkpoint`, which will hold `pages` pages.
     pub fn create(path: &Path, checkpoint: u64, pages: u64) -> Result<DoubleWriter, StorageError> {
+        let new_file = !path.exists();
         let file = OpenOptions::new()
             .write(true)
             .create(true)
@@ -50,6 +53,7 @@ impl DoubleWriter {
         let mut writer = DoubleWriter {
             file: BufWriter::with_capacity(1 << 20, file),
             path: path.to_path_buf(),
+            new_file,
             crc: 0,
             pages: 0,
             expected: pages,
@@ -95,7 +99,15 @@ impl DoubleWriter {
         self.file
             .get_ref()
             .sync_data()
-            .map_err(|e| io_error("sync", &self.path, &e))
+            .map_err(|e| io_error("sync", &self.path, &e))?;
+        if self.new_file {
+            if let Some(dir) = self.path.parent() {
+                File::open(dir)
+                    .and_then(|d| d.sync_all())
+                    .map_err(|e| io_error("sync", dir, &e))?;
+            }
+        }
+        Ok(())
     }
 }
 

@@ -67,6 +67,11 @@ pub enum StorageError {
     /// A key or value over the engine's limits.
     #[error("{0}")]
     TooLarge(String),
+    /// A checkpoint failed after its double-write file was synced, with some
+    /// pages possibly written in place: only a restart (which finishes it
+    /// from that file) can make the page file consistent again.
+    #[error("the storage stopped: {0}; restart the node to finish the checkpoint from the double-write file")]
+    Stopped(String),
 }
 
 /// Pages as the B+ tree sees them: latched, pinned while a guard lives.

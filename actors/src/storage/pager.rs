@@ -153,15 +153,6 @@ impl Pager {
             .map_err(|e| io_error("write", &self.path, &e))
     }
 
-    /// Writes only the first `len` bytes of `page` in place: a torn write,
-    /// for crash tests.
-    pub(crate) fn write_torn(&self, page: &Page, len: usize) -> Result<(), StorageError> {
-        let len = len.min(PAGE_SIZE);
-        self.file
-            .write_all_at(&page.bytes()[..len], page.id() * PAGE_SIZE as u64)
-            .map_err(|e| io_error("write", &self.path, &e))
-    }
-
     /// Makes every write so far durable.
     pub fn sync(&self) -> Result<(), StorageError> {
         self.file

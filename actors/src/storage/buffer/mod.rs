@@ -457,8 +457,11 @@ impl BufferPool {
         *copies = Some(HashMap::new());
         let mut pages = Vec::new();
         for frame in &self.shared.frames {
-            if frame.dirty.swap(false, Ordering::AcqRel) {
+            if frame.dirty.load(Ordering::Acquire) {
+                // Flagged before it stops being dirty, so it never looks
+                // evictable in between.
                 frame.checkpoint.store(true, Ordering::Release);
+                frame.dirty.store(false, Ordering::Release);
                 self.shared.counters.dirty.fetch_sub(1, Ordering::AcqRel);
                 pages.push(frame.page.load(Ordering::Acquire));
             }
@@ -487,7 +490,15 @@ impl BufferPool {
             page: id,
             reason: "a checkpoint page is neither in a frame nor copied".into(),
         };
-        let frame = *self.table.get(&id).ok_or_else(missing)?;
+        let Some(frame) = self.table.get(&id).map(|entry| *entry) else {
+            // Freed meanwhile: `free` copied it aside before letting go.
+            return self
+                .checkpoint
+                .lock()
+                .as_ref()
+                .and_then(|copies| copies.get(&id).cloned())
+                .ok_or_else(missing);
+        };
         let slot = &self.shared.frames[frame];
         let page = slot.latch.read();
         if slot.checkpoint.load(Ordering::Acquire) && page.id() == id {
@@ -603,18 +614,37 @@ impl PageStore for BufferPool {
 
     fn free(&self, id: PageId) -> Result<(), StorageError> {
         let frames = &self.shared.frames;
-        if let Some((_, frame)) = self.table.remove_if(&id, |_, frame| {
-            frames[*frame].pins.load(Ordering::Acquire) == 0
-        }) {
+        let resident = self.table.get(&id).map(|entry| *entry);
+        if let Some(frame) = resident {
             let slot = &frames[frame];
-            if slot.checkpoint.swap(false, Ordering::AcqRel) {
-                // The checkpoint in flight still writes the page as it was.
+            if slot.pins.load(Ordering::Acquire) > 0 {
+                return Err(StorageError::Malformed {
+                    page: id,
+                    reason: "freed while pinned".into(),
+                });
+            }
+            // The checkpoint in flight still writes the page as it was: the
+            // copy is made before the flag is cleared and before the page
+            // leaves the table, so the checkpointer always finds one or
+            // the other. (Nothing else can reach a page being freed.)
+            if slot.checkpoint.load(Ordering::Acquire) {
                 let page = slot.latch.read();
                 if let Some(copies) = self.checkpoint.lock().as_mut() {
                     copies
                         .entry(id)
                         .or_insert_with(|| Box::new((**page).clone()));
                 }
+                drop(page);
+                slot.checkpoint.store(false, Ordering::Release);
+            }
+            let removed = self.table.remove_if(&id, |_, held| {
+                *held == frame && slot.pins.load(Ordering::Acquire) == 0
+            });
+            if removed.is_none() {
+                return Err(StorageError::Malformed {
+                    page: id,
+                    reason: "freed while pinned".into(),
+                });
             }
             if slot.dirty.swap(false, Ordering::AcqRel) {
                 self.shared.counters.dirty.fetch_sub(1, Ordering::AcqRel);
@@ -622,11 +652,6 @@ impl PageStore for BufferPool {
             slot.page.store(NO_PAGE, Ordering::Release);
             self.replacer.remove(frame);
             self.free_frames.lock().push(frame);
-        } else if self.table.contains_key(&id) {
-            return Err(StorageError::Malformed {
-                page: id,
-                reason: "freed while pinned".into(),
-            });
         }
         self.pages.lock().free.insert(id);
         self.shared.wake();
