@@ -134,10 +134,12 @@ fn a_follower_that_missed_100000_writes_comes_back_by_snapshot() {
         .as_u64()
         .expect("commit");
     cluster.wait_applied(follower, commit, Duration::from_secs(120));
-    let log = cluster.node(follower).log().join("\n");
     assert!(
-        log.contains("snapshot installed"),
-        "the follower caught up without a snapshot:\n{log}"
+        cluster
+            .node(follower)
+            .wait_log("snapshot installed", Duration::from_secs(10)),
+        "the follower caught up without a snapshot:\n{}",
+        cluster.node(follower).log().join("\n")
     );
     assert!(metric(cluster.node(leader), "harmonydb_raft_snapshots_sent_total") >= 1.0);
     assert!(
@@ -163,6 +165,32 @@ fn a_follower_that_missed_100000_writes_comes_back_by_snapshot() {
                 (value.as_bytes(), *version)
             );
         }
+    });
+
+    // Its storage lost while it is down: it starts with an empty state
+    // behind the start of its log, and fetches the state again.
+    let data_dir = cluster.node(follower).data_dir.clone();
+    cluster.kill9(follower);
+    std::fs::remove_dir_all(data_dir.join("storage")).expect("remove the storage");
+    cluster.start_node(follower);
+    let commit = cluster.status(leader)["commit_index"]
+        .as_u64()
+        .expect("commit");
+    cluster.wait_applied(follower, commit, Duration::from_secs(120));
+    assert!(cluster.node(follower).wait_log(
+        "the state is behind the start of the log",
+        Duration::from_secs(10)
+    ));
+    block_on(async {
+        let client = Client::connect(cluster.tcp[&follower])
+            .await
+            .expect("connect");
+        let item = client
+            .get_with(b"k077777", Consistency::Stale)
+            .await
+            .expect("stale read")
+            .expect("k077777 on the follower");
+        assert_eq!(item.value, acked["k077777"].0.as_bytes());
     });
 }
 

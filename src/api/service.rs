@@ -334,7 +334,7 @@ impl Service {
             leader: (raft.leader != 0).then_some(raft.leader),
             leader_addr: self.members.get(&raft.leader).cloned(),
             commit_index: raft.commit,
-            applied_index: raft.applied,
+            applied_index: status.applied_index,
             last_index: raft.last_index,
             snapshot_index: status.snapshot_index,
             members,

@@ -141,6 +141,22 @@ impl Node {
         self.log.lock().expect("log").clone()
     }
 
+    /// Waits up to `timeout` for a log line containing `needle` (lines reach
+    /// the test through a reader thread, a little after the node writes
+    /// them); whether one came.
+    pub fn wait_log(&self, needle: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.log().iter().any(|line| line.contains(needle)) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// SIGKILL, as a crash: nothing is flushed, no handler runs.
     pub fn kill9(&mut self) {
         let _ = self.child.kill();

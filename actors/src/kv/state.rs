@@ -135,9 +135,14 @@ impl<S: PageStore> std::fmt::Debug for KvState<S> {
     }
 }
 
-/// A storage failure as the KV subsystem reports it: the node must stop.
+/// A storage failure as the KV subsystem reports it: no free frame in the
+/// buffer pool is `Overloaded` (try again once a checkpoint makes room);
+/// anything else means the node must stop.
 fn storage(error: StorageError) -> KvError {
-    KvError::Storage(error.to_string())
+    match error {
+        StorageError::PoolExhausted { .. } => KvError::Overloaded,
+        other => KvError::Storage(other.to_string()),
+    }
 }
 
 /// Bytes of the version in front of every stored value.
@@ -240,15 +245,23 @@ impl<S: PageStore> KvState<S> {
 
     /// Applies the command at `index`. Commands must come in index order; a
     /// failed compare-and-set still consumes its index and changes nothing.
-    /// `KvError::Storage` means the tree may be half changed: the node must
-    /// stop and recover from its checkpoint and log.
+    /// `KvError::Overloaded` (no frame in the pool) leaves the state as it
+    /// was, the index not applied: apply it again later. `KvError::Storage`
+    /// means the node must stop and recover from its checkpoint and log.
     pub fn apply(&mut self, index: u64, command: KvCommand) -> Result<WriteOutcome, KvError> {
         assert!(
             index > self.applied_index,
             "command {index} applied after {}",
             self.applied_index
         );
-        self.applied_index = index;
+        let outcome = self.apply_command(index, command);
+        if !matches!(outcome, Err(KvError::Overloaded | KvError::Storage(_))) {
+            self.applied_index = index;
+        }
+        outcome
+    }
+
+    fn apply_command(&mut self, index: u64, command: KvCommand) -> Result<WriteOutcome, KvError> {
         match command {
             KvCommand::Put {
                 key,

@@ -107,6 +107,37 @@ pub fn records_for_snapshot(
     (records, next_index)
 }
 
+/// The WAL records that persist a snapshot received from the leader, with
+/// the entries the core kept or took after it and the hard state: the
+/// snapshot record, a truncation voiding whatever the WAL held after the
+/// snapshot (the core re-emits every entry it keeps), the entries, then
+/// the hard state. Returns the records and the WAL's next index after them.
+pub fn records_for_installed_snapshot(
+    snapshot: &Snapshot,
+    entries: &[Entry],
+    hard_state: HardState,
+    wal_next_index: u64,
+) -> (Vec<WalEntry>, u64) {
+    let index = snapshot.meta.index;
+    let mut records = vec![WalEntry {
+        index,
+        kind: RecordKind::Snapshot,
+        payload: rmp_serde::to_vec(snapshot).expect("a snapshot always serializes"),
+    }];
+    let mut next_index = wal_next_index.max(index + 1);
+    if next_index > index + 1 {
+        records.push(WalEntry {
+            index: index + 1,
+            kind: RecordKind::Truncate,
+            payload: Vec::new(),
+        });
+        next_index = index + 1;
+    }
+    records.extend(records_for(entries, Some(hard_state), next_index));
+    let next_index = entries.last().map_or(next_index, |last| last.index + 1);
+    (records, next_index)
+}
+
 fn hard_state_payload(hard_state: HardState) -> Vec<u8> {
     let mut payload = Vec::with_capacity(HARD_STATE_SIZE_BYTES);
     payload.extend_from_slice(&hard_state.term.to_le_bytes());
@@ -359,6 +390,37 @@ mod tests {
         let state = load(&wal, PersistedState::bootstrap([1, 2, 3])).expect("load");
         assert_eq!(state.snapshot.meta.index, 100);
         assert_eq!(state.entries, vec![entry(101, 4), entry(102, 4)]);
+        assert_eq!(state.hard_state, hard);
+    }
+
+    #[test]
+    fn an_installed_snapshot_voids_the_stale_entries_after_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut wal, _) = Wal::open(dir.path(), WalOptions::default()).expect("open");
+        persist(
+            &mut wal,
+            &(1..=10).map(|i| entry(i, 1)).collect::<Vec<_>>(),
+            None,
+        );
+        // A leader's snapshot at 5 whose term disagrees: 6..10 are stale.
+        let hard = HardState {
+            term: 3,
+            vote: 0,
+            commit: 5,
+        };
+        let (records, next) =
+            records_for_installed_snapshot(&snapshot_at(5, 3), &[], hard, wal.last_index() + 1);
+        for record in records {
+            wal.append(record.index, record.kind, &record.payload)
+                .expect("append");
+        }
+        assert_eq!(next, 6);
+        wal.sync().expect("sync");
+        drop(wal);
+        let (wal, _) = Wal::open(dir.path(), WalOptions::default()).expect("reopen");
+        let state = load(&wal, PersistedState::bootstrap([1, 2, 3])).expect("load");
+        assert_eq!(state.snapshot.meta.index, 5);
+        assert!(state.entries.is_empty(), "{:?}", state.entries);
         assert_eq!(state.hard_state, hard);
     }
 

@@ -14,6 +14,7 @@ pub mod btree;
 pub mod buffer;
 pub mod checkpoint;
 mod doublewrite;
+pub mod file_view;
 mod freelist;
 pub mod manager;
 pub mod memory;

@@ -322,6 +322,9 @@ impl Handler<DeleteBelow> for WalWriter {
         if let Some(failure) = &self.failure {
             return Err(failure.clone());
         }
+        // Whatever the fsync policy, the records that replace the deleted
+        // segments (a snapshot record) must be durable before they go.
+        self.wal.sync()?;
         let deleted = self.wal.delete_below(msg.index)?;
         metrics::gauge!("harmonydb_wal_segments").set(self.wal.segment_count() as f64);
         Ok(deleted)

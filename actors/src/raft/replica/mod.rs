@@ -62,11 +62,17 @@ use super::{
 };
 use crate::kv::{
     BeginShutdown, KvAnswer, KvCommand, KvError, KvOp, KvReply, KvRequest, KvState, ScanRange,
+    WriteOutcome,
 };
 use crate::storage::buffer::{BufferPool, PoolConfig};
 use crate::storage::checkpoint::Storage;
-use crate::storage::manager::{BufferPoolManager, CheckpointDue, RegisterReplica};
+use crate::storage::manager::{
+    BufferPoolManager, CheckpointDue, CheckpointReason, RegisterReplica,
+};
 use crate::wal::{Append, DeleteBelow, WalError, WalWriter};
+
+/// How long applying waits before trying again after the pool had no frame.
+const APPLY_RETRY: Duration = Duration::from_millis(20);
 
 /// Heartbeat rounds per peer remembered for round-trip times.
 const HEARTBEAT_ROUNDS_TRACKED: usize = 16;
@@ -108,6 +114,9 @@ pub struct ReplicaStatus {
     pub failed: Option<String>,
     /// The index the log is compacted up to.
     pub snapshot_index: u64,
+    /// The last index applied to the state machine (it can run ahead of
+    /// the core's after a restart, and behind it while a snapshot is fetched).
+    pub applied_index: u64,
 }
 
 /// Internal: take the next ready now that the mailbox is drained.
@@ -180,10 +189,11 @@ pub struct RaftReplica {
     members: BTreeMap<NodeId, String>,
     /// Checkpoints and compaction (see `storage`).
     checkpoints: storage::Checkpoints,
-    /// A snapshot being fetched and built; readies wait for it.
-    installing: bool,
-    /// The last dump written for a follower, and when.
-    last_dump: Option<(SnapshotDump, Instant)>,
+    /// The highest committed index the core has handed out; the state
+    /// applies up to it, entry by entry, as the pool has room.
+    apply_target: u64,
+    /// Snapshots: the state fetched from the leader, dumps for followers.
+    snapshots: snapshot::Snapshots,
     tick_interval: Duration,
     /// A batch of records is being persisted; the next ready waits.
     persisting: bool,
@@ -242,8 +252,8 @@ impl RaftReplica {
             snapshot_dir: storage.snapshot_dir,
             pool_config: storage.pool,
             members: storage.members,
-            installing: false,
-            last_dump: None,
+            apply_target: 0,
+            snapshots: snapshot::Snapshots::default(),
             tick_interval,
             persisting: false,
             deferred_hard_state: None,
@@ -310,27 +320,26 @@ impl RaftReplica {
         if self.compact(ctx) {
             return;
         }
-        // Back pressure: while a checkpoint is written, the dirty pages
-        // must leave frames to evict; applying waits for it to finish.
-        if !self.raft.has_ready() || !self.room_to_apply() {
+        if !self.raft.has_ready() {
             return;
         }
         // Read before `ready()`: a leader's messages may go out before its
         // own write (see the module docs); anyone else's wait for it.
         let leads = self.raft.role() == Role::Leader;
         let mut ready = self.raft.ready();
-        if ready.snapshot.is_some() {
-            self.install(ready, ctx);
-            return;
-        }
         // Committed entries are durable already (the core hands out only
         // persisted ones), so they are applied and answered now, while this
         // ready's new entries are written.
-        self.apply(&mut ready);
+        self.settle(&mut ready);
+        self.apply_committed(ctx);
         if self.failed.is_some() {
             return;
         }
-        self.maybe_checkpoint(None, ctx);
+        if ready.snapshot.is_some() {
+            // Raft's snapshot is only a position; the state follows out of band.
+            self.persist_snapshot(ready, ctx);
+            return;
+        }
         let hard_state = self.hard_state_to_write(&ready);
         let records = records_for(&ready.entries, hard_state, self.wal_next_index);
         if let Some(last) = ready.entries.last() {
@@ -428,63 +437,21 @@ impl RaftReplica {
             self.send(messages);
         }
         self.raft.advance(&ready);
-        self.serve_reads();
+        self.apply_committed(ctx);
         self.report_metrics();
         self.maybe_finish_shutdown();
         self.drive(ctx);
     }
 
-    /// Applies a ready's committed entries and answers what they settle:
-    /// writes, dropped proposals, confirmed and dropped reads.
-    fn apply(&mut self, ready: &mut Ready) {
-        for entry in &ready.committed_entries {
-            if entry.index <= self.state.applied_index() {
-                // In the checkpoint (or snapshot) the state was opened from.
-                continue;
-            }
-            let EntryPayload::Command(bytes) = &entry.payload else {
-                self.state.skip_to(entry.index);
-                continue;
-            };
-            let outcome = match KvCommand::decode(bytes) {
-                Ok(command) => self.state.apply(entry.index, command),
-                Err(reason) => {
-                    error!(index = entry.index, %reason, "committed entry is not a KV command");
-                    self.state.skip_to(entry.index);
-                    Err(KvError::CorruptEntry {
-                        index: entry.index,
-                        reason,
-                    })
-                }
-            };
-            if let Err(KvError::Storage(reason)) = &outcome {
-                // The tree may be half changed: stop, and recover from the
-                // checkpoint and the log at restart.
-                let reason = format!("applying entry {}: {reason}", entry.index);
-                self.fail(reason);
-                return;
-            }
-            if let Some((term, reply)) = self.writes.remove(&entry.index) {
-                let answer = if term == entry.term {
-                    metrics::counter!("harmonydb_raft_proposals_committed_total").increment(1);
-                    if entry.term > self.acknowledged_term {
-                        // Only a leader proposes, so the entry's term is the
-                        // one this member led in when it took the write.
-                        self.acknowledged_term = entry.term;
-                        info!(
-                            term = entry.term,
-                            index = entry.index,
-                            "acknowledging writes as leader of this term"
-                        );
-                    }
-                    outcome.map(|o| KvAnswer::fresh(KvReply::Written(o)))
-                } else {
-                    metrics::counter!("harmonydb_raft_proposals_failed_total").increment(1);
-                    Err(kv_error(RaftError::ProposalDropped))
-                };
-                let _ = reply.send(answer);
-            }
+    /// Takes what a ready settles: the committed entries to apply (up to
+    /// `apply_target`; the core keeps them in its log until compaction,
+    /// which never passes the applied state), dropped proposals, confirmed
+    /// and dropped reads.
+    fn settle(&mut self, ready: &mut Ready) {
+        if let Some(last) = ready.committed_entries.last() {
+            self.apply_target = self.apply_target.max(last.index);
         }
+        ready.committed_entries.clear();
         for dropped in &ready.dropped_proposals {
             if let Some((_, reply)) = self.writes.remove(&dropped.index) {
                 metrics::counter!("harmonydb_raft_proposals_failed_total").increment(1);
@@ -505,11 +472,89 @@ impl RaftReplica {
                 let _ = reply.send(Err(kv_error(dropped.reason.clone())));
             }
         }
-        // Applied entries are not needed again; the ready only carries what
-        // `advance` and the send step still need.
-        ready.committed_entries.clear();
+    }
+
+    /// Applies committed entries one by one up to `apply_target`, answering
+    /// the writes they settle. It stops, to resume later, while the state
+    /// waits for a snapshot, while a checkpoint being written leaves too
+    /// few frames, or when the pool has no frame; a checkpoint is begun
+    /// between two entries whenever one is due.
+    fn apply_committed(&mut self, ctx: &mut Context<Self>) {
+        while self.failed.is_none() && self.state.applied_index() < self.apply_target {
+            if self.snapshots.state_behind(self.state.applied_index()) {
+                break;
+            }
+            self.maybe_checkpoint(None, ctx);
+            if !self.room_to_apply() {
+                break;
+            }
+            let index = self.state.applied_index() + 1;
+            let Some(entry) = self.raft.entry(index) else {
+                self.fail(format!(
+                    "committed entry {index} is not in the log (the log starts after {})",
+                    self.raft.snapshot_index()
+                ));
+                return;
+            };
+            let term = entry.term;
+            let command = match &entry.payload {
+                EntryPayload::Command(bytes) => Some(KvCommand::decode(bytes)),
+                _ => None,
+            };
+            let outcome = match command {
+                None => {
+                    self.state.skip_to(index);
+                    continue;
+                }
+                Some(Ok(command)) => self.state.apply(index, command),
+                Some(Err(reason)) => {
+                    error!(index, %reason, "committed entry is not a KV command");
+                    self.state.skip_to(index);
+                    Err(KvError::CorruptEntry { index, reason })
+                }
+            };
+            match &outcome {
+                Err(KvError::Overloaded) => {
+                    // No frame in the pool: the entry is not applied; a
+                    // checkpoint makes room and applying resumes after it.
+                    self.maybe_checkpoint(Some(CheckpointReason::MemoryPressure), ctx);
+                    ctx.run_later(APPLY_RETRY, |replica, ctx| replica.apply_committed(ctx));
+                    break;
+                }
+                Err(KvError::Storage(reason)) => {
+                    // The tree may be half changed: stop, and recover from
+                    // the checkpoint and the log at restart.
+                    let reason = format!("applying entry {index}: {reason}");
+                    self.fail(reason);
+                    return;
+                }
+                _ => {}
+            }
+            self.answer_write(index, term, outcome);
+        }
         self.serve_reads();
         self.maybe_finish_shutdown();
+    }
+
+    /// Answers the write proposed at `index`, if this member is waiting for it.
+    fn answer_write(&mut self, index: u64, term: u64, outcome: Result<WriteOutcome, KvError>) {
+        let Some((proposed_term, reply)) = self.writes.remove(&index) else {
+            return;
+        };
+        let answer = if proposed_term == term {
+            metrics::counter!("harmonydb_raft_proposals_committed_total").increment(1);
+            if term > self.acknowledged_term {
+                // Only a leader proposes, so the entry's term is the one
+                // this member led in when it took the write.
+                self.acknowledged_term = term;
+                info!(term, index, "acknowledging writes as leader of this term");
+            }
+            outcome.map(|o| KvAnswer::fresh(KvReply::Written(o)))
+        } else {
+            metrics::counter!("harmonydb_raft_proposals_failed_total").increment(1);
+            Err(kv_error(RaftError::ProposalDropped))
+        };
+        let _ = reply.send(answer);
     }
 
     /// Whether requests are taken: not after a storage failure or once closing.
@@ -533,15 +578,16 @@ impl RaftReplica {
         };
         if let Err(KvError::Storage(reason)) = &answer {
             // A page that can't be read correctly: serve nothing rather
-            // than risk serving wrong data.
+            // than risk serving wrong data. (No free frame is `Overloaded`,
+            // answered as such.)
             self.fail(format!("reading: {reason}"));
         }
         answer
     }
 
-    /// Answers reads whose index is applied.
+    /// Answers reads whose index the state has applied.
     fn serve_reads(&mut self) {
-        let applied = self.raft.applied_index();
+        let applied = self.state.applied_index();
         let (ready, waiting): (Vec<_>, Vec<_>) =
             self.reads_ready.drain(..).partition(|r| r.index <= applied);
         self.reads_ready = waiting;
@@ -555,7 +601,7 @@ impl RaftReplica {
         let status = self.raft.status();
         Staleness {
             node_id: status.id,
-            applied_index: status.applied,
+            applied_index: self.state.applied_index(),
             commit_index: status.commit,
             leader_contact_ms: if status.role == Role::Leader {
                 Some(0)
@@ -648,7 +694,7 @@ impl RaftReplica {
             .set(f64::from(u8::from(self.raft.role() == Role::Leader)));
         metrics::gauge!("harmonydb_raft_term").set(hard_state.term as f64);
         metrics::gauge!("harmonydb_raft_commit_index").set(hard_state.commit as f64);
-        metrics::gauge!("harmonydb_raft_applied_index").set(self.raft.applied_index() as f64);
+        metrics::gauge!("harmonydb_raft_applied_index").set(self.state.applied_index() as f64);
         metrics::gauge!("harmonydb_raft_proposals_pending").set(self.writes.len() as f64);
         metrics::gauge!("harmonydb_kv_keys").set(self.state.len() as f64);
         let tree = self.state.tree().stats();
@@ -701,6 +747,16 @@ impl Actor for RaftReplica {
     fn started(&mut self, ctx: &mut Self::Context) {
         self.manager
             .do_send(RegisterReplica(ctx.address().recipient::<CheckpointDue>()));
+        // A snapshot record persisted before a crash whose state never
+        // arrived (or a storage lost since): fetch the state again.
+        if self.raft.snapshot_index() > self.state.applied_index() {
+            warn!(
+                snapshot_index = self.raft.snapshot_index(),
+                applied_index = self.state.applied_index(),
+                "the state is behind the start of the log; fetching it from the leader"
+            );
+            self.need_state(self.raft.snapshot_index(), ctx);
+        }
         // A group of one has nobody to wait for: it leads at once.
         let status = self.raft.status();
         if status.config.voters.len() == 1 && status.config.voters.contains(&status.id) {
@@ -778,7 +834,7 @@ impl Handler<KvRequest> for RaftReplica {
             ),
             KvOp::Health => {
                 let _ = reply.send(Ok(KvAnswer::fresh(KvReply::Healthy {
-                    applied_index: self.raft.applied_index(),
+                    applied_index: self.state.applied_index(),
                 })));
             }
         }
@@ -831,6 +887,7 @@ impl Handler<GetStatus> for RaftReplica {
             leader_contact,
             failed: self.failed.clone(),
             snapshot_index: self.raft.snapshot_index(),
+            applied_index: self.state.applied_index(),
         })
     }
 }

@@ -1,15 +1,21 @@
 //! Snapshots between replicas. Raft's snapshot carries only a position (the
 //! compacted index); the state itself goes out of band, so no node ever
-//! holds a whole state in memory:
+//! holds a whole state in memory and Raft never waits for it:
 //!
-//! - A leader asked for a snapshot (`PrepareSnapshot`, from the TCP op
-//!   `snapshot_prepare`) writes its state to a dump file between two applied
-//!   entries (`kv::dump`); the follower reads it in chunks (`snapshot_chunk`,
-//!   served by the front door straight from the file).
-//! - A follower whose ready carries a snapshot past its state fetches a dump
-//!   from the leader, builds a fresh storage from it next to its own, then
-//!   swaps the directories and opens the new one; only then does it persist
-//!   the snapshot record and go on. Readies wait meanwhile.
+//! - A follower persists a snapshot from the leader like any ready (the
+//!   snapshot record voids its log up to there) and goes on voting and
+//!   acknowledging. If its state is behind the snapshot it stops applying,
+//!   fetches a dump of the leader's state (TCP `snapshot_prepare`, then
+//!   `snapshot_chunk` in chunks) in the background, builds a fresh storage
+//!   from it beside its own, swaps the directories, opens the new one, and
+//!   applies on from the dump's index (the core keeps the entries after the
+//!   snapshot in its log meanwhile). A failed fetch is tried again a
+//!   second later; a restart with the state behind the log's start fetches
+//!   the same way.
+//! - A leader asked for a dump writes one from its last checkpoint, read
+//!   straight from the page file (`storage::file_view`) on a blocking
+//!   thread while checkpoints are held off, so the replica never stops for
+//!   it. At most one dump is written at a time, and a recent one is reused.
 //!
 //! A crash during an install leaves either the old storage (with `.new`
 //! beside it: dropped at start) or, between the two renames, only `.new`
@@ -23,13 +29,16 @@ use actix::prelude::*;
 use harmonydb_protocol::{Client, Request, Response};
 use tracing::{info, warn};
 
-use super::super::wal_log::{records_for, records_for_snapshot};
+use super::super::wal_log::records_for_installed_snapshot;
 use super::super::Ready;
 use super::RaftReplica;
 use crate::kv::{dump, KvError, KvState};
 use crate::storage::buffer::{BufferPool, Policy, PoolConfig};
 use crate::storage::checkpoint::Storage;
+use crate::storage::file_view::FilePages;
 use crate::storage::manager::SwitchStorage;
+use crate::storage::meta::ShardMeta;
+use crate::storage::pager::Pager;
 
 /// Bytes asked for per `snapshot_chunk`.
 pub const SNAPSHOT_CHUNK_BYTES: u32 = 1 << 20;
@@ -38,7 +47,44 @@ pub const SNAPSHOT_CHUNK_BYTES: u32 = 1 << 20;
 const DUMP_REUSE_MAX_AGE: Duration = Duration::from_secs(60);
 
 /// How long a follower waits before fetching a snapshot again after a failure.
-const INSTALL_RETRY: Duration = Duration::from_secs(1);
+const FETCH_RETRY: Duration = Duration::from_secs(1);
+
+/// How long a finished fetch waits for a checkpoint in flight before the swap.
+const SWAP_RETRY: Duration = Duration::from_millis(20);
+
+/// The replica's snapshot bookkeeping.
+#[derive(Default)]
+pub(super) struct Snapshots {
+    /// The state must reach this index (the log's start) before applying.
+    wanted: u64,
+    /// A fetch and build is under way.
+    fetching: bool,
+    /// A built storage waiting for the checkpoint in flight to finish.
+    built: Option<Built>,
+    /// A dump is being written for a follower: checkpoints wait.
+    dumping: bool,
+    /// The last dump written for a follower, and when.
+    last_dump: Option<(SnapshotDump, Instant)>,
+}
+
+impl Snapshots {
+    /// Whether a state at `applied` must wait for a snapshot before applying.
+    pub(super) fn state_behind(&self, applied: u64) -> bool {
+        applied < self.wanted
+    }
+
+    /// Whether checkpoints must wait (a dump reads the page file, or a built
+    /// storage waits to replace this one).
+    pub(super) fn holds_checkpoints(&self) -> bool {
+        self.dumping || self.built.is_some()
+    }
+}
+
+/// A storage built from a dump, in `<storage>.new`, not yet swapped in.
+struct Built {
+    new_dir: PathBuf,
+    applied_index: u64,
+}
 
 /// Asks a replica for a dump of its state at an applied index of at least
 /// `min_index`.
@@ -68,7 +114,7 @@ pub fn dump_path(dir: &Path, index: u64) -> PathBuf {
 }
 
 /// Finishes or drops an install a crash interrupted, before the storage in
-/// `storage_dir` is opened.
+/// `storage_dir` is opened; clears dumps left in `snapshot_dir`.
 pub fn settle_install(storage_dir: &Path) -> std::io::Result<()> {
     let new = storage_dir.with_extension("new");
     let old = storage_dir.with_extension("old");
@@ -87,115 +133,216 @@ pub fn settle_install(storage_dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-impl Handler<PrepareSnapshot> for RaftReplica {
-    type Result = MessageResult<PrepareSnapshot>;
-
-    fn handle(&mut self, request: PrepareSnapshot, _: &mut Self::Context) -> Self::Result {
-        MessageResult(self.prepare_snapshot(request.min_index))
+/// Removes dumps and partial downloads left by an earlier run.
+pub fn clear_dumps(snapshot_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(snapshot_dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let _ = std::fs::remove_file(entry.path());
     }
 }
 
+impl Handler<PrepareSnapshot> for RaftReplica {
+    type Result = ResponseActFuture<Self, Result<SnapshotDump, String>>;
+
+    fn handle(&mut self, request: PrepareSnapshot, ctx: &mut Self::Context) -> Self::Result {
+        let job = match self.dump_job(request.min_index, ctx) {
+            Ok(DumpJob::Ready(dump)) => return Box::pin(fut::ready(Ok(dump))),
+            Ok(DumpJob::Write { pager, shard, path }) => (pager, shard, path),
+            Err(reason) => return Box::pin(fut::ready(Err(reason))),
+        };
+        self.snapshots.dumping = true;
+        let (pager, shard, path) = job;
+        let write = tokio::task::spawn_blocking(move || write_dump(pager, shard, &path));
+        Box::pin(write.into_actor(self).map(|result, replica, ctx| {
+            replica.snapshots.dumping = false;
+            let result = result
+                .map_err(|e| format!("the dump stopped: {e}"))
+                .and_then(|r| r);
+            if let Ok(dump) = &result {
+                metrics::counter!("harmonydb_raft_snapshots_sent_total").increment(1);
+                if let Some((previous, _)) = replica
+                    .snapshots
+                    .last_dump
+                    .replace((dump.clone(), Instant::now()))
+                {
+                    if previous.path != dump.path {
+                        let _ = std::fs::remove_file(&previous.path);
+                    }
+                }
+            }
+            // Checkpoints held off meanwhile may be due.
+            replica.maybe_checkpoint(None, ctx);
+            result
+        }))
+    }
+}
+
+/// What answering a `PrepareSnapshot` takes.
+enum DumpJob {
+    /// A recent dump does.
+    Ready(SnapshotDump),
+    /// A dump of the last checkpoint must be written.
+    Write {
+        pager: Arc<Pager>,
+        shard: ShardMeta,
+        path: PathBuf,
+    },
+}
+
+/// Writes a dump of the tree as checkpointed (blocking; checkpoints are held
+/// off by the caller, so the page file does not change meanwhile).
+fn write_dump(pager: Arc<Pager>, shard: ShardMeta, path: &Path) -> Result<SnapshotDump, String> {
+    let started = Instant::now();
+    let state = KvState::open(Arc::new(FilePages::new(pager)), shard);
+    let temporary = path.with_extension("tmp");
+    let info = dump::write(&state, shard.shard, &temporary).map_err(|e| e.to_string())?;
+    std::fs::rename(&temporary, path).map_err(|e| format!("rename {}: {e}", path.display()))?;
+    info!(
+        index = info.applied_index,
+        keys = info.keys,
+        size_bytes = info.size_bytes,
+        duration_ms = started.elapsed().as_millis() as u64,
+        "snapshot dump written from the last checkpoint"
+    );
+    Ok(SnapshotDump {
+        index: info.applied_index,
+        size_bytes: info.size_bytes,
+        path: path.to_path_buf(),
+    })
+}
+
 impl RaftReplica {
-    fn prepare_snapshot(&mut self, min_index: u64) -> Result<SnapshotDump, String> {
+    /// Decides how to answer a request for a dump at `min_index` or later.
+    fn dump_job(&mut self, min_index: u64, ctx: &mut Context<Self>) -> Result<DumpJob, String> {
         if let Some(reason) = &self.failed {
             return Err(format!("this node's storage failed: {reason}"));
         }
-        let applied = self.state.applied_index();
-        if applied < min_index {
-            return Err(format!(
-                "this node has applied up to {applied}, before the snapshot at {min_index}"
-            ));
-        }
-        if let Some((dump, made)) = &self.last_dump {
+        if let Some((dump, made)) = &self.snapshots.last_dump {
             if dump.index >= min_index && made.elapsed() < DUMP_REUSE_MAX_AGE {
-                return Ok(dump.clone());
+                return Ok(DumpJob::Ready(dump.clone()));
             }
+        }
+        if self.snapshots.dumping {
+            return Err("a dump is being written; ask again".into());
+        }
+        if self.checkpoints.in_flight() {
+            return Err("a checkpoint is being written; ask again".into());
+        }
+        let Some(shard) = self.storage.meta().shard(0) else {
+            return Err("this node has no checkpoint yet; ask again".into());
+        };
+        if shard.applied_index < min_index {
+            self.maybe_checkpoint(Some(crate::storage::manager::CheckpointReason::Timer), ctx);
+            return Err(format!(
+                "the last checkpoint here is at {}, before {min_index}; ask again",
+                shard.applied_index
+            ));
         }
         std::fs::create_dir_all(&self.snapshot_dir)
             .map_err(|e| format!("create {}: {e}", self.snapshot_dir.display()))?;
-        let path = dump_path(&self.snapshot_dir, applied);
-        let temporary = path.with_extension("tmp");
-        let started = Instant::now();
-        // Written here, between two applied entries, so it is the state at
-        // one index; this holds the replica up for as long as it takes.
-        let info = dump::write(&self.state, 0, &temporary).map_err(|e| e.to_string())?;
-        std::fs::rename(&temporary, &path)
-            .map_err(|e| format!("rename {}: {e}", path.display()))?;
-        info!(
-            index = applied,
-            keys = info.keys,
-            size_bytes = info.size_bytes,
-            duration_ms = started.elapsed().as_millis() as u64,
-            "snapshot dump written"
-        );
-        metrics::counter!("harmonydb_raft_snapshots_sent_total").increment(1);
-        let dump = SnapshotDump {
-            index: applied,
-            size_bytes: info.size_bytes,
-            path,
-        };
-        if let Some((previous, _)) = self.last_dump.replace((dump.clone(), Instant::now())) {
-            if previous.path != dump.path {
-                let _ = std::fs::remove_file(&previous.path);
-            }
-        }
-        Ok(dump)
+        Ok(DumpJob::Write {
+            pager: self.storage.pool().pager().clone(),
+            path: dump_path(&self.snapshot_dir, shard.applied_index),
+            shard,
+        })
     }
 
-    /// Handles a ready that carries a snapshot from the leader.
-    pub(super) fn install(&mut self, ready: Ready, ctx: &mut Context<Self>) {
-        let Some(index) = ready.snapshot.as_ref().map(|s| s.meta.index) else {
+    /// Persists a ready that carries a snapshot from the leader: the
+    /// snapshot record, a truncation of what followed it, the entries the
+    /// core kept, and the hard state; the state follows out of band.
+    pub(super) fn persist_snapshot(&mut self, ready: Ready, ctx: &mut Context<Self>) {
+        let Some(snapshot) = ready.snapshot.clone() else {
             return;
         };
-        if index <= self.state.applied_index() {
-            // The state already covers it: only the log changes.
-            self.persist_installed(ready, ctx);
-            return;
+        let hard_state = ready
+            .hard_state
+            .or(self.deferred_hard_state)
+            .unwrap_or(self.written_hard_state);
+        let (records, next) = records_for_installed_snapshot(
+            &snapshot,
+            &ready.entries,
+            hard_state,
+            self.wal_next_index,
+        );
+        self.wal_next_index = next;
+        self.written_hard_state = hard_state;
+        self.deferred_hard_state = None;
+        self.deferred_since = None;
+        self.need_state(snapshot.meta.index, ctx);
+        // A follower: its messages go after the records are durable.
+        self.persist(records, Some((ready, true)), ctx);
+    }
+
+    /// The state must reach `index` before it applies anything more: fetch
+    /// it from the leader if it is behind.
+    pub(super) fn need_state(&mut self, index: u64, ctx: &mut Context<Self>) {
+        self.snapshots.wanted = self.snapshots.wanted.max(index);
+        if self.snapshots.state_behind(self.state.applied_index()) {
+            self.start_fetch(ctx);
         }
-        // Readies wait until the state is swapped in.
-        self.persisting = true;
-        self.installing = true;
-        if self.checkpoints.in_flight() {
-            // The storage is about to be replaced: let its checkpoint finish.
-            ctx.run_later(Duration::from_millis(20), move |replica, ctx| {
-                replica.retry_install(ready, ctx);
-            });
+    }
+
+    fn start_fetch(&mut self, ctx: &mut Context<Self>) {
+        if self.snapshots.fetching
+            || self.failed.is_some()
+            || !self.snapshots.state_behind(self.state.applied_index())
+        {
             return;
         }
         let leader = self.raft.leader();
-        let Some(addr) = self.members.get(&leader).cloned() else {
-            warn!(leader, "no address for the leader to fetch a snapshot from");
-            ctx.run_later(INSTALL_RETRY, move |replica, ctx| {
-                replica.retry_install(ready, ctx);
-            });
+        let Some(addr) = self
+            .members
+            .get(&leader)
+            .filter(|_| leader != self.raft.id())
+            .cloned()
+        else {
+            // No leader known yet (or this node leads with its state behind,
+            // which a restart can't cause): try again soon.
+            ctx.run_later(FETCH_RETRY, |replica, ctx| replica.start_fetch(ctx));
             return;
         };
-        info!(index, leader, %addr, "fetching a snapshot from the leader");
-        let job = InstallJob {
+        self.snapshots.fetching = true;
+        let job = FetchJob {
             addr,
-            min_index: index,
+            min_index: self.snapshots.wanted,
             storage_dir: self.storage_dir.clone(),
             snapshot_dir: self.snapshot_dir.clone(),
-            pool: self.pool_config,
         };
-        ctx.spawn(job.run().into_actor(self).map(move |result, replica, ctx| {
-            replica.installed(result, ready, ctx);
+        info!(
+            min_index = job.min_index,
+            leader,
+            addr = %job.addr,
+            applied_index = self.state.applied_index(),
+            "fetching a snapshot from the leader"
+        );
+        ctx.spawn(job.run().into_actor(self).map(|result, replica, ctx| {
+            replica.snapshots.fetching = false;
+            match result {
+                Ok(built) => {
+                    replica.snapshots.built = Some(built);
+                    replica.swap_in(ctx);
+                }
+                Err(reason) => {
+                    warn!(%reason, "fetching a snapshot failed; trying again");
+                    ctx.run_later(FETCH_RETRY, |replica, ctx| replica.start_fetch(ctx));
+                }
+            }
         }));
     }
 
-    fn retry_install(&mut self, ready: Ready, ctx: &mut Context<Self>) {
-        self.persisting = false;
-        self.installing = false;
-        self.install(ready, ctx);
-    }
-
-    fn installed(
-        &mut self,
-        result: Result<(Arc<Storage>, KvState<BufferPool>), String>,
-        ready: Ready,
-        ctx: &mut Context<Self>,
-    ) {
-        match result {
+    /// Puts the built storage in place of this one, once no checkpoint of
+    /// this one is being written, and applies on from it.
+    fn swap_in(&mut self, ctx: &mut Context<Self>) {
+        if self.checkpoints.in_flight() {
+            ctx.run_later(SWAP_RETRY, |replica, ctx| replica.swap_in(ctx));
+            return;
+        }
+        let Some(built) = self.snapshots.built.take() else {
+            return;
+        };
+        match swap_and_open(&self.storage_dir, &built.new_dir, self.pool_config) {
             Ok((storage, state)) => {
                 info!(
                     applied_index = state.applied_index(),
@@ -207,57 +354,33 @@ impl RaftReplica {
                 self.manager.do_send(SwitchStorage(storage.clone()));
                 self.storage = storage;
                 self.state = state;
-                self.persisting = false;
-                self.installing = false;
-                self.persist_installed(ready, ctx);
+                self.apply_committed(ctx);
             }
             Err(reason) => {
-                warn!(%reason, "installing a snapshot failed; retrying");
-                ctx.run_later(INSTALL_RETRY, move |replica, ctx| {
-                    replica.retry_install(ready, ctx);
-                });
+                let reason = format!(
+                    "installing the snapshot at {} failed: {reason}",
+                    built.applied_index
+                );
+                self.fail(reason);
             }
         }
-    }
-
-    /// Persists a ready whose snapshot the state already covers: the
-    /// snapshot record with the hard state, then its entries.
-    fn persist_installed(&mut self, mut ready: Ready, ctx: &mut Context<Self>) {
-        let Some(snapshot) = ready.snapshot.clone() else {
-            return;
-        };
-        let hard_state = ready
-            .hard_state
-            .or(self.deferred_hard_state)
-            .unwrap_or(self.written_hard_state);
-        let (mut records, next) = records_for_snapshot(&snapshot, hard_state, self.wal_next_index);
-        records.extend(records_for(&ready.entries, None, next));
-        self.wal_next_index = ready.entries.last().map_or(next, |last| last.index + 1);
-        self.written_hard_state = hard_state;
-        self.deferred_hard_state = None;
-        self.deferred_since = None;
-        self.apply(&mut ready);
-        if self.failed.is_some() {
-            return;
-        }
-        // A follower: its messages go after the records are durable.
-        self.persist(records, Some((ready, true)), ctx);
     }
 }
 
 /// Fetching a dump from the leader and building a storage from it.
-struct InstallJob {
+struct FetchJob {
     addr: String,
     min_index: u64,
     storage_dir: PathBuf,
     snapshot_dir: PathBuf,
-    pool: PoolConfig,
 }
 
-impl InstallJob {
-    async fn run(self) -> Result<(Arc<Storage>, KvState<BufferPool>), String> {
+impl FetchJob {
+    async fn run(self) -> Result<Built, String> {
         let incoming = self.fetch().await?;
-        tokio::task::spawn_blocking(move || self.build(&incoming))
+        let new_dir = self.storage_dir.with_extension("new");
+        let min_index = self.min_index;
+        tokio::task::spawn_blocking(move || build(&incoming, &new_dir, min_index))
             .await
             .map_err(|e| format!("the snapshot build stopped: {e}"))?
     }
@@ -282,6 +405,12 @@ impl InstallJob {
                 "unexpected answer to snapshot_prepare: {prepared:?}"
             ));
         };
+        if index < self.min_index {
+            return Err(format!(
+                "the leader's dump is at {index}, before the snapshot at {}",
+                self.min_index
+            ));
+        }
         tokio::fs::create_dir_all(&self.snapshot_dir)
             .await
             .map_err(|e| format!("create {}: {e}", self.snapshot_dir.display()))?;
@@ -320,56 +449,64 @@ impl InstallJob {
             .map_err(|e| format!("sync {}: {e}", path.display()))?;
         Ok(path)
     }
-
-    /// Builds a storage from the dump beside the current one, swaps the
-    /// directories, and opens the result (blocking).
-    fn build(&self, dump_path: &Path) -> Result<(Arc<Storage>, KvState<BufferPool>), String> {
-        let new_dir = self.storage_dir.with_extension("new");
-        if new_dir.exists() {
-            std::fs::remove_dir_all(&new_dir)
-                .map_err(|e| format!("remove {}: {e}", new_dir.display()))?;
-        }
-        // Building needs few frames: checkpoints keep the dirty ones few.
-        let build_pool = PoolConfig::with_megabytes(16, Policy::Lru2);
-        let (storage, _) = Storage::open(&new_dir, build_pool).map_err(|e| e.to_string())?;
-        let mut state = KvState::create(storage.pool().clone(), 0).map_err(|e| e.to_string())?;
-        let checkpoint = |state: &KvState<BufferPool>| -> Result<(), KvError> {
-            let pending = storage
-                .begin_checkpoint(vec![state.shard_meta()])
-                .map_err(|e| KvError::Storage(e.to_string()))?;
-            storage
-                .write_checkpoint(pending, None)
-                .map(|_| ())
-                .map_err(|e| KvError::Storage(e.to_string()))
-        };
-        let info = dump::read(dump_path, |key, versioned| {
-            state.restore(key, versioned)?;
-            if storage.pool().dirty_frames() > storage.pool().frames() / 4 {
-                checkpoint(&state)?;
-            }
-            Ok(())
-        })
-        .map_err(|e| e.to_string())?;
-        state.skip_to(info.applied_index);
-        checkpoint(&state).map_err(|e| e.to_string())?;
-        drop(state);
-        drop(storage);
-        swap_dirs(&self.storage_dir, &new_dir)?;
-        let _ = std::fs::remove_file(dump_path);
-        let (storage, _) =
-            Storage::open(&self.storage_dir, self.pool).map_err(|e| e.to_string())?;
-        let meta = storage
-            .meta()
-            .shard(0)
-            .ok_or("the installed storage has no shard 0")?;
-        let state = KvState::open(storage.pool().clone(), meta);
-        Ok((storage, state))
-    }
 }
 
-/// Puts the storage in `new_dir` in place of the one in `storage_dir`.
-fn swap_dirs(storage_dir: &Path, new_dir: &Path) -> Result<(), String> {
+/// Builds a storage from the dump in `new_dir` (blocking): checked whole
+/// first, then key by key, checkpointed as it fills the pool and at the end.
+fn build(dump_path: &Path, new_dir: &Path, min_index: u64) -> Result<Built, String> {
+    if new_dir.exists() {
+        std::fs::remove_dir_all(new_dir)
+            .map_err(|e| format!("remove {}: {e}", new_dir.display()))?;
+    }
+    // Building needs few frames: checkpoints keep the dirty ones few.
+    let build_pool = PoolConfig::with_megabytes(16, Policy::Lru2);
+    let (storage, _) = Storage::open(new_dir, build_pool).map_err(|e| e.to_string())?;
+    let mut state = KvState::create(storage.pool().clone(), 0).map_err(|e| e.to_string())?;
+    let checkpoint = |state: &KvState<BufferPool>| -> Result<(), KvError> {
+        let pending = storage
+            .begin_checkpoint(vec![state.shard_meta()])
+            .map_err(|e| KvError::Storage(e.to_string()))?;
+        storage
+            .write_checkpoint(pending, None)
+            .map(|_| ())
+            .map_err(|e| KvError::Storage(e.to_string()))
+    };
+    let info = dump::read(dump_path, |key, versioned| {
+        state.restore(key, versioned)?;
+        if storage.pool().dirty_frames() > storage.pool().frames() / 4 {
+            checkpoint(&state)?;
+        }
+        Ok(())
+    })
+    .map_err(|e| e.to_string())?;
+    if info.shard != 0 || info.applied_index < min_index {
+        return Err(format!(
+            "the dump is shard {} at {}, not shard 0 at {min_index} or later",
+            info.shard, info.applied_index
+        ));
+    }
+    state.skip_to(info.applied_index);
+    checkpoint(&state).map_err(|e| e.to_string())?;
+    let _ = std::fs::remove_file(dump_path);
+    Ok(Built {
+        new_dir: new_dir.to_path_buf(),
+        applied_index: info.applied_index,
+    })
+}
+
+/// Puts the storage in `new_dir` in place of the one in `storage_dir` and
+/// opens it. Once the second rename is done the swap stands: a failure to
+/// sync the directory or remove the old storage is only logged (`settle_install`
+/// removes it at the next start).
+fn swap_and_open(
+    storage_dir: &Path,
+    new_dir: &Path,
+    pool: PoolConfig,
+) -> Result<(Arc<Storage>, KvState<BufferPool>), String> {
     let old = storage_dir.with_extension("old");
+    if old.exists() {
+        std::fs::remove_dir_all(&old).map_err(|e| format!("remove {}: {e}", old.display()))?;
+    }
     let rename = |from: &Path, to: &Path| {
         std::fs::rename(from, to)
             .map_err(|e| format!("rename {} to {}: {e}", from.display(), to.display()))
@@ -377,9 +514,18 @@ fn swap_dirs(storage_dir: &Path, new_dir: &Path) -> Result<(), String> {
     rename(storage_dir, &old)?;
     rename(new_dir, storage_dir)?;
     if let Some(parent) = storage_dir.parent() {
-        std::fs::File::open(parent)
-            .and_then(|dir| dir.sync_all())
-            .map_err(|e| format!("sync {}: {e}", parent.display()))?;
+        if let Err(error) = std::fs::File::open(parent).and_then(|dir| dir.sync_all()) {
+            warn!(%error, dir = %parent.display(), "syncing the data directory after a snapshot install failed");
+        }
     }
-    std::fs::remove_dir_all(&old).map_err(|e| format!("remove {}: {e}", old.display()))
+    if let Err(error) = std::fs::remove_dir_all(&old) {
+        warn!(%error, dir = %old.display(), "removing the replaced storage failed");
+    }
+    let (storage, _) = Storage::open(storage_dir, pool).map_err(|e| e.to_string())?;
+    let meta = storage
+        .meta()
+        .shard(0)
+        .ok_or("the installed storage has no shard 0")?;
+    let state = KvState::open(storage.pool().clone(), meta);
+    Ok((storage, state))
 }

@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use super::super::wal_log::records_for_snapshot;
 use super::super::NodeId;
+use super::snapshot::clear_dumps;
 use super::{settle_install, DeleteBelow, RaftReplica, ReplicaStorage};
 use crate::kv::KvState;
 use crate::storage::buffer::PoolConfig;
@@ -49,6 +50,8 @@ impl ReplicaStorage {
             crate::storage::pager::io_error("settle an install in", &storage_dir, &e)
         })?;
         let (storage, recovery) = Storage::open(&storage_dir, pool)?;
+        let snapshot_dir = data_dir.join("snapshots");
+        clear_dumps(&snapshot_dir);
         let state = match storage.meta().shard(0) {
             Some(meta) => KvState::open(storage.pool().clone(), meta),
             None => KvState::create(storage.pool().clone(), 0)?,
@@ -63,7 +66,7 @@ impl ReplicaStorage {
                 state,
                 manager,
                 storage_dir,
-                snapshot_dir: data_dir.join("snapshots"),
+                snapshot_dir,
                 pool,
                 members,
                 policy,
@@ -138,7 +141,10 @@ impl RaftReplica {
         reason: Option<CheckpointReason>,
         ctx: &mut Context<Self>,
     ) {
-        if self.checkpoints.in_flight() || self.failed.is_some() || self.installing {
+        if self.checkpoints.in_flight()
+            || self.failed.is_some()
+            || self.snapshots.holds_checkpoints()
+        {
             return;
         }
         let applied = self.state.applied_index();
@@ -172,6 +178,9 @@ impl RaftReplica {
         });
         ctx.spawn(write.into_actor(self).map(|result, replica, ctx| {
             let result = result.unwrap_or_else(|_| {
+                // The message (and the checkpoint in it) was lost: its
+                // pages are dirty again for the next one.
+                replica.storage.abandon_checkpoint();
                 Err(StorageError::Malformed {
                     page: 0,
                     reason: "the buffer pool manager stopped".into(),
@@ -189,7 +198,14 @@ impl RaftReplica {
         let Some((applied, _)) = self.checkpoints.in_flight.take() else {
             return;
         };
-        // On failure the manager logged it; the pages stay dirty for the next one.
+        if let Err(StorageError::Stopped(reason)) = &result {
+            // Pages may be half written in place: nothing more may be
+            // written until a restart finishes the checkpoint.
+            self.fail(reason.clone());
+            return;
+        }
+        // On another failure the manager logged it; the pages stay dirty
+        // for the next one.
         if result.is_ok() {
             self.checkpoints.last_applied = applied;
             let compact_to = applied.saturating_sub(self.checkpoints.policy.log_retain_entries);
@@ -197,6 +213,7 @@ impl RaftReplica {
                 self.checkpoints.compact_to = Some(compact_to);
             }
         }
+        self.apply_committed(ctx);
         self.drive(ctx);
     }
 
@@ -235,7 +252,9 @@ impl RaftReplica {
         self.written_hard_state = hard_state;
         self.deferred_hard_state = None;
         self.deferred_since = None;
-        self.checkpoints.delete_below = Some(index + 1);
+        // Segments wholly below the snapshot's index go; the one holding the
+        // snapshot record itself always reaches that index, so it stays.
+        self.checkpoints.delete_below = Some(index);
         metrics::gauge!("harmonydb_raft_snapshot_index").set(index as f64);
         self.persist(records, None, ctx);
         true
