@@ -25,6 +25,7 @@ use super::super::wal_log::records_for_snapshot;
 use super::super::NodeId;
 use super::snapshot::clear_dumps;
 use super::{settle_install, DeleteBelow, RaftReplica, ReplicaStorage};
+use crate::wal::Sync;
 use crate::kv::KvState;
 use crate::storage::buffer::PoolConfig;
 use crate::storage::checkpoint::{CheckpointReport, Recovery, Storage};
@@ -109,6 +110,8 @@ pub(super) struct Checkpoints {
     /// WAL segments below this may be deleted once the snapshot record
     /// written for the compaction is durable.
     delete_below: Option<u64>,
+    /// The WAL is being synced before a checkpoint begins; applying waits.
+    syncing: bool,
 }
 
 impl Checkpoints {
@@ -120,6 +123,7 @@ impl Checkpoints {
             last_applied: applied,
             compact_to: None,
             delete_below: None,
+            syncing: false,
         }
     }
 
@@ -142,6 +146,7 @@ impl RaftReplica {
         ctx: &mut Context<Self>,
     ) {
         if self.checkpoints.in_flight()
+            || self.checkpoints.syncing
             || self.failed.is_some()
             || self.snapshots.holds_checkpoints()
         {
@@ -157,6 +162,25 @@ impl RaftReplica {
         if !due {
             return;
         }
+        // A checkpoint must never get ahead of the durable log (under
+        // `--fsync interval` or `never` the last entries may be unsynced):
+        // the WAL is synced first, while applying waits, so every entry the
+        // checkpoint holds is also in the log.
+        self.checkpoints.syncing = true;
+        let sync = self.wal.send(Sync);
+        ctx.spawn(sync.into_actor(self).map(move |result, replica, ctx| {
+            replica.checkpoints.syncing = false;
+            match result {
+                Ok(Ok(_)) => replica.begin_checkpoint(reason, ctx),
+                Ok(Err(error)) => replica.fail(format!("syncing the WAL for a checkpoint: {error}")),
+                Err(_) => warn!("the WAL writer stopped before a checkpoint"),
+            }
+            replica.apply_committed(ctx);
+        }));
+    }
+
+    fn begin_checkpoint(&mut self, reason: Option<CheckpointReason>, ctx: &mut Context<Self>) {
+        let applied = self.state.applied_index();
         let pending = match self.storage.begin_checkpoint(vec![self.state.shard_meta()]) {
             Ok(pending) => pending,
             Err(error) => {
@@ -221,6 +245,9 @@ impl RaftReplica {
     /// frames plus those it still holds must leave a quarter of the pool
     /// evictable, or reads and writes would find no frame.
     pub(super) fn room_to_apply(&self) -> bool {
+        if self.checkpoints.syncing {
+            return false;
+        }
         let Some((_, checkpointing)) = self.checkpoints.in_flight else {
             return true;
         };
