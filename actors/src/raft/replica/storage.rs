@@ -25,7 +25,6 @@ use super::super::wal_log::records_for_snapshot;
 use super::super::NodeId;
 use super::snapshot::clear_dumps;
 use super::{settle_install, DeleteBelow, RaftReplica, ReplicaStorage};
-use crate::wal::Sync;
 use crate::kv::KvState;
 use crate::storage::buffer::PoolConfig;
 use crate::storage::checkpoint::{CheckpointReport, Recovery, Storage};
@@ -33,6 +32,7 @@ use crate::storage::manager::{
     BufferPoolManager, CheckpointDue, CheckpointReason, WriteCheckpoint,
 };
 use crate::storage::StorageError;
+use crate::wal::Sync;
 
 impl ReplicaStorage {
     /// Opens the storage under `data_dir` (finishing an interrupted
@@ -172,7 +172,9 @@ impl RaftReplica {
             replica.checkpoints.syncing = false;
             match result {
                 Ok(Ok(_)) => replica.begin_checkpoint(reason, ctx),
-                Ok(Err(error)) => replica.fail(format!("syncing the WAL for a checkpoint: {error}")),
+                Ok(Err(error)) => {
+                    replica.fail(format!("syncing the WAL for a checkpoint: {error}"))
+                }
                 Err(_) => warn!("the WAL writer stopped before a checkpoint"),
             }
             replica.apply_committed(ctx);
