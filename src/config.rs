@@ -128,6 +128,20 @@ pub struct ServeArgs {
     /// little behind catches up from the log, not a snapshot [default: 10000].
     #[arg(long, env = "HARMONYDB_LOG_RETAIN_ENTRIES", value_name = "ENTRIES")]
     pub log_retain_entries: Option<u64>,
+    /// Export trace spans over OTLP/HTTP (protobuf) to this collector, e.g.
+    /// http://jaeger:4318 (the path /v1/traces is added) [default: off].
+    #[arg(long, env = "HARMONYDB_OTLP_ENDPOINT", value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
+    /// Share of new traces recorded, 0.0 to 1.0; a request that arrives with
+    /// a sampled trace context is always recorded [default: 1.0].
+    #[arg(long, env = "HARMONYDB_TRACE_SAMPLE_RATIO", value_name = "RATIO")]
+    pub trace_sample_ratio: Option<f64>,
+    /// Serve the profiling routes /debug/pprof/* [default: off].
+    #[arg(long, env = "HARMONYDB_ENABLE_DEBUG")]
+    pub enable_debug: bool,
+    /// Require `Authorization: Bearer <TOKEN>` on /admin/* and /debug/* routes.
+    #[arg(long, env = "HARMONYDB_ADMIN_TOKEN", value_name = "TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
 }
 
 /// The config file: the same settings as the flags.
@@ -154,10 +168,14 @@ struct FileConfig {
     checkpoint_interval_ms: Option<u64>,
     checkpoint_entries: Option<u64>,
     log_retain_entries: Option<u64>,
+    otlp_endpoint: Option<String>,
+    trace_sample_ratio: Option<f64>,
+    enable_debug: Option<bool>,
+    admin_token: Option<String>,
 }
 
 /// A node's resolved settings.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Config {
     /// Where the node keeps its files.
     pub data_dir: PathBuf,
@@ -199,6 +217,14 @@ pub struct Config {
     pub checkpoint_entries: u64,
     /// Entries kept in the log below the last checkpoint.
     pub log_retain_entries: u64,
+    /// Where trace spans go (OTLP/HTTP base URL), if anywhere.
+    pub otlp_endpoint: Option<String>,
+    /// Share of new traces recorded.
+    pub trace_sample_ratio: f64,
+    /// Whether /debug/pprof/* is served.
+    pub enable_debug: bool,
+    /// The bearer token /admin/* and /debug/* require, if any.
+    pub admin_token: Option<String>,
 }
 
 /// A setting that can't be used, named with where it came from.
@@ -308,6 +334,14 @@ impl Config {
             log_retain_entries: pick(&args.log_retain_entries, file.log_retain_entries, || {
                 LOG_RETAIN_ENTRIES_DEFAULT
             }),
+            otlp_endpoint: args
+                .otlp_endpoint
+                .clone()
+                .or(file.otlp_endpoint)
+                .filter(|url| !url.trim().is_empty()),
+            trace_sample_ratio: pick(&args.trace_sample_ratio, file.trace_sample_ratio, || 1.0),
+            enable_debug: args.enable_debug || file.enable_debug.unwrap_or(false),
+            admin_token: args.admin_token.clone().or(file.admin_token),
         };
         let mut config = config;
         config.node_id = pick(&args.node_id, file.node_id, || 1);
@@ -393,6 +427,32 @@ impl Config {
             return Err(ConfigError::Invalid {
                 name: "checkpoint_entries",
                 message: "0: at least one entry must be applied between checkpoints".into(),
+            });
+        }
+        if !(0.0..=1.0).contains(&self.trace_sample_ratio) {
+            return Err(ConfigError::Invalid {
+                name: "trace_sample_ratio",
+                message: format!("{} is outside 0.0..=1.0", self.trace_sample_ratio),
+            });
+        }
+        if let Some(url) = &self.otlp_endpoint {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(ConfigError::Invalid {
+                    name: "otlp_endpoint",
+                    message: format!("{url:?} is not an http:// or https:// URL"),
+                });
+            }
+            if url.starts_with("https://") {
+                return Err(ConfigError::Invalid {
+                    name: "otlp_endpoint",
+                    message: format!("{url:?}: this build exports over plain http only; put a TLS-terminating collector next to the node"),
+                });
+            }
+        }
+        if self.admin_token.as_deref().is_some_and(|t| t.trim().is_empty()) {
+            return Err(ConfigError::Invalid {
+                name: "admin_token",
+                message: "empty; leave it unset or give a token".into(),
             });
         }
         crate::telemetry::parse_log_filter(&self.log_level).map_err(|message| {

@@ -493,6 +493,10 @@ async fn serve(
     let http_state = http::HttpState {
         service: service.clone(),
         metrics,
+        access: crate::api::debug::AdminAccess {
+            debug_enabled: config.enable_debug,
+            token: config.admin_token.clone(),
+        },
     };
     let http_server = actix_web::HttpServer::new(move || http::app(http_state.clone()))
         .workers(2)

@@ -1,15 +1,144 @@
-//! Logs (tracing) and metrics (Prometheus text via `metrics-exporter-prometheus`).
+//! Logs (tracing), traces (OpenTelemetry over OTLP/HTTP) and metrics
+//! (Prometheus text via `metrics-exporter-prometheus`).
+//!
 //! Every metric is named `harmonydb_<subsystem>_<name>_<unit>`, has a help
 //! text, and histograms have real buckets so Grafana can take quantiles.
+//!
+//! Trace spans use the target `harmonydb_trace`: the log output never shows
+//! them, and when no OTLP endpoint is set no layer wants them, so tracing
+//! costs nothing but a check per request.
 
+use std::io::Read;
 use std::str::FromStr;
+use std::sync::LazyLock;
+use std::time::Duration;
 
 use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracerProvider};
+use opentelemetry_sdk::Resource;
+use tracing::level_filters::LevelFilter;
 use tracing_subscriber::filter::Targets;
 use tracing_subscriber::prelude::*;
 
 use crate::config::LogFormat;
+
+/// The target of every span meant for traces rather than logs.
+pub const TRACE_TARGET: &str = "harmonydb_trace";
+
+/// How long an export to the collector may take before it is given up.
+const OTLP_EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How often the batch processor sends what it has.
+const OTLP_EXPORT_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Where traces go and how many are kept.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TraceSettings {
+    /// The collector's OTLP/HTTP base URL (`/v1/traces` is added).
+    pub endpoint: String,
+    /// Share of new traces recorded.
+    pub sample_ratio: f64,
+    /// `service.name` of the spans; `instance` tells nodes apart.
+    pub instance: String,
+}
+
+/// Keeps the trace exporter alive; `shutdown` sends what is buffered.
+pub struct TelemetryGuard {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl TelemetryGuard {
+    /// Flushes buffered spans and stops the exporter. Call it off the actix
+    /// runtime (after the node stopped): it blocks until the export ends.
+    pub fn shutdown(mut self) {
+        if let Some(provider) = self.provider.take() {
+            if let Err(error) = provider.shutdown_with_timeout(OTLP_EXPORT_TIMEOUT) {
+                eprintln!("warning: traces not all exported at shutdown: {error}");
+            }
+        }
+    }
+}
+
+/// OTLP over HTTP through ureq: the SDK's batch processor exports from a
+/// thread of its own, so a blocking client is the right fit and needs no
+/// runtime.
+#[derive(Debug)]
+struct OtlpHttpClient(ureq::Agent);
+
+#[async_trait::async_trait]
+impl opentelemetry_http::HttpClient for OtlpHttpClient {
+    async fn send_bytes(
+        &self,
+        request: opentelemetry_http::Request<opentelemetry_http::Bytes>,
+    ) -> Result<opentelemetry_http::Response<opentelemetry_http::Bytes>, opentelemetry_http::HttpError>
+    {
+        /// A collector's answer is a small status message; more is not read.
+        const ANSWER_SIZE_MAX_BYTES: u64 = 1 << 20;
+        let (parts, body) = request.into_parts();
+        let mut call = self
+            .0
+            .request(parts.method.as_str(), &parts.uri.to_string());
+        for (name, value) in &parts.headers {
+            if let Ok(value) = value.to_str() {
+                call = call.set(name.as_str(), value);
+            }
+        }
+        let response = match call.send_bytes(&body) {
+            Ok(response) | Err(ureq::Error::Status(_, response)) => response,
+            Err(error) => return Err(Box::new(error)),
+        };
+        let status = response.status();
+        let mut answer = Vec::new();
+        response
+            .into_reader()
+            .take(ANSWER_SIZE_MAX_BYTES)
+            .read_to_end(&mut answer)?;
+        Ok(opentelemetry_http::Response::builder()
+            .status(status)
+            .body(answer.into())?)
+    }
+}
+
+/// The tracer provider exporting to `settings.endpoint`.
+fn tracer_provider(settings: &TraceSettings) -> Result<SdkTracerProvider, String> {
+    let agent = ureq::AgentBuilder::new()
+        .timeout(OTLP_EXPORT_TIMEOUT)
+        .build();
+    let endpoint = format!("{}/v1/traces", settings.endpoint.trim_end_matches('/'));
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_protocol(Protocol::HttpBinary)
+        .with_endpoint(endpoint.clone())
+        .with_timeout(OTLP_EXPORT_TIMEOUT)
+        .with_http_client(OtlpHttpClient(agent))
+        .build()
+        .map_err(|e| format!("cannot export traces to {endpoint}: {e}"))?;
+    let processor = BatchSpanProcessor::builder(exporter)
+        .with_batch_config(
+            BatchConfigBuilder::default()
+                .with_scheduled_delay(OTLP_EXPORT_INTERVAL)
+                .build(),
+        )
+        .build();
+    let resource = Resource::builder()
+        .with_service_name("harmonydb")
+        .with_attribute(opentelemetry::KeyValue::new(
+            "service.instance.id",
+            settings.instance.clone(),
+        ))
+        .build();
+    Ok(SdkTracerProvider::builder()
+        .with_span_processor(processor)
+        .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
+            settings.sample_ratio,
+        ))))
+        .with_resource(resource)
+        .build())
+}
 
 /// Bucket bounds for latencies, 50 µs to 10 s.
 const DURATION_BUCKETS_SECONDS: &[f64] = &[
@@ -38,29 +167,54 @@ pub fn parse_log_filter(text: &str) -> Result<Targets, String> {
     Targets::from_str(text).map_err(|e| format!("{text:?} is not a log filter ({e}); {hint}"))
 }
 
-/// Installs the global log subscriber, writing to stderr.
-pub fn init_logging(filter: &str, format: LogFormat) -> Result<(), String> {
-    let targets = parse_log_filter(filter)?;
-    let registry = tracing_subscriber::registry().with(targets);
+/// Installs the global subscriber: logs to stderr, and trace spans to an
+/// OTLP collector when `traces` is given.
+pub fn init_logging(
+    filter: &str,
+    format: LogFormat,
+    traces: Option<&TraceSettings>,
+) -> Result<TelemetryGuard, String> {
+    // Trace spans never show in the logs, whatever the log filter says.
+    let log_targets = parse_log_filter(filter)?.with_target(TRACE_TARGET, LevelFilter::OFF);
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let result = match format {
-        LogFormat::Pretty => registry
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .with_ansi(ansi)
-                    .with_writer(std::io::stderr),
-            )
-            .try_init(),
-        LogFormat::Json => registry
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .json()
-                    .flatten_event(true)
-                    .with_writer(std::io::stderr),
-            )
-            .try_init(),
+    let logs = match format {
+        LogFormat::Pretty => tracing_subscriber::fmt::layer()
+            .with_ansi(ansi)
+            .with_writer(std::io::stderr)
+            .with_filter(log_targets)
+            .boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_writer(std::io::stderr)
+            .with_filter(log_targets)
+            .boxed(),
     };
-    result.map_err(|e| format!("cannot install the log subscriber: {e}"))
+    let provider = traces.map(tracer_provider).transpose()?;
+    let otel = provider.as_ref().map(|provider| {
+        tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer("harmonydb"))
+            .with_filter(Targets::new().with_target(TRACE_TARGET, LevelFilter::TRACE))
+    });
+    if provider.is_some() {
+        opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+    }
+    tracing_subscriber::registry()
+        .with(logs)
+        .with(otel)
+        .try_init()
+        .map_err(|e| format!("cannot install the log subscriber: {e}"))?;
+    Ok(TelemetryGuard { provider })
+}
+
+/// This process's CPU, memory, files and threads, as `harmonydb_process_*`.
+static PROCESS_METRICS: LazyLock<metrics_process::Collector> =
+    LazyLock::new(|| metrics_process::Collector::new("harmonydb_"));
+
+/// The Prometheus text of every metric, process figures read just now.
+pub fn render_metrics(handle: &PrometheusHandle) -> String {
+    PROCESS_METRICS.collect();
+    handle.render()
 }
 
 /// Installs the Prometheus recorder and describes every metric.
@@ -74,10 +228,106 @@ pub fn install_metrics() -> Result<PrometheusHandle, String> {
         .install_recorder()
         .map_err(|e| format!("cannot install the metrics recorder: {e}"))?;
     describe_metrics();
+    // Counters exist from the start at 0, so rate() and dashboards work
+    // before the first event (labelled ones appear with their first label).
+    for name in UNLABELLED_COUNTERS {
+        metrics::counter!(*name).absolute(0);
+    }
+    metrics::gauge!("harmonydb_tcp_requests_in_flight").set(0.0);
+    metrics::gauge!("harmonydb_http_requests_in_flight").set(0.0);
+    PROCESS_METRICS.describe();
+    PROCESS_METRICS.collect();
     Ok(handle)
 }
 
+/// Counters without labels, registered at 0 when the node starts.
+const UNLABELLED_COUNTERS: &[&str] = &[
+    "harmonydb_http_received_bytes_total",
+    "harmonydb_http_sent_bytes_total",
+    "harmonydb_tcp_received_bytes_total",
+    "harmonydb_tcp_sent_bytes_total",
+    "harmonydb_tcp_connections_refused_total",
+    "harmonydb_wal_write_bytes_total",
+    "harmonydb_wal_segments_created_total",
+    "harmonydb_wal_failures_total",
+    "harmonydb_kv_overloaded_total",
+    "harmonydb_raft_leader_changes_total",
+    "harmonydb_raft_elections_started_total",
+    "harmonydb_raft_elections_won_total",
+    "harmonydb_raft_proposals_committed_total",
+    "harmonydb_raft_proposals_failed_total",
+    "harmonydb_raft_snapshots_sent_total",
+    "harmonydb_raft_snapshots_received_total",
+    "harmonydb_raft_snapshot_bytes_received_total",
+    "harmonydb_storage_buffer_pool_hits_total",
+    "harmonydb_storage_buffer_pool_misses_total",
+    "harmonydb_storage_buffer_pool_evictions_total",
+    "harmonydb_storage_memory_pressure_total",
+    "harmonydb_storage_checkpoints_total",
+    "harmonydb_storage_checkpoint_pages_total",
+    "harmonydb_storage_checkpoint_failures_total",
+    "harmonydb_storage_btree_splits_total",
+    "harmonydb_storage_btree_merges_total",
+    "harmonydb_storage_btree_redistributions_total",
+];
+
 fn describe_metrics() {
+    describe_counter!(
+        "harmonydb_http_received_bytes_total",
+        Unit::Bytes,
+        "Bytes of HTTP request bodies received."
+    );
+    describe_counter!(
+        "harmonydb_http_sent_bytes_total",
+        Unit::Bytes,
+        "Bytes of HTTP response bodies sent."
+    );
+    describe_counter!(
+        "harmonydb_tcp_received_bytes_total",
+        Unit::Bytes,
+        "Bytes of TCP frames received from clients and peers, length prefixes included."
+    );
+    describe_counter!(
+        "harmonydb_tcp_sent_bytes_total",
+        Unit::Bytes,
+        "Bytes of TCP answer frames sent, length prefixes included."
+    );
+    describe_gauge!(
+        "harmonydb_tcp_requests_in_flight",
+        "TCP client requests being handled now."
+    );
+    describe_counter!(
+        "harmonydb_raft_elections_started_total",
+        "Elections this node started as a candidate (a new term; pre-votes not counted)."
+    );
+    describe_counter!(
+        "harmonydb_raft_elections_won_total",
+        "Elections this node won, becoming leader."
+    );
+    describe_histogram!(
+        "harmonydb_raft_append_duration_seconds",
+        Unit::Seconds,
+        "Time for a batch of Raft entries (and hard state) to be appended to this node's WAL and made durable."
+    );
+    describe_histogram!(
+        "harmonydb_raft_commit_duration_seconds",
+        Unit::Seconds,
+        "Leader: time from proposing a write to learning its entry is committed."
+    );
+    describe_gauge!(
+        "harmonydb_actor_mailbox_depth",
+        "Messages waiting in an actor's mailbox, by actor and message type (messages that carry an envelope)."
+    );
+    describe_histogram!(
+        "harmonydb_actor_queue_duration_seconds",
+        Unit::Seconds,
+        "Time a message waited in an actor's mailbox, by actor and message type."
+    );
+    describe_histogram!(
+        "harmonydb_actor_handling_duration_seconds",
+        Unit::Seconds,
+        "Time an actor spent handling one message, by actor and message type."
+    );
     describe_counter!(
         "harmonydb_http_requests_total",
         "HTTP requests answered, by route, method and status."

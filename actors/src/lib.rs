@@ -8,9 +8,11 @@
 //!   the `RaftReplica` actor that drives it.
 //! - [`cluster`]: the `Transport` actor carrying Raft messages between nodes.
 //! - [`storage`]: pages, the buffer pool, the B+ tree, checkpoints.
+//! - [`observe`]: mailbox depth, handling time and trace context of actor messages.
 
 pub mod cluster;
 pub mod kv;
+pub mod observe;
 pub mod raft;
 pub mod storage;
 pub mod wal;

@@ -37,7 +37,7 @@ impl Handler<Outbox> for Router {
                 continue;
             }
             if let Some(replica) = self.replicas.get(&message.to) {
-                replica.do_send(Step(message));
+                replica.do_send(Step::new(message));
             }
         }
     }
@@ -112,11 +112,7 @@ async fn call(
 ) -> Result<KvAnswer, KvError> {
     let (reply, answer) = oneshot::channel();
     replica
-        .send(KvRequest {
-            op,
-            consistency,
-            reply,
-        })
+        .send(KvRequest::new(op, consistency, reply))
         .await
         .expect("mailbox");
     answer.await.expect("answered")

@@ -26,7 +26,8 @@ impl Actor for Inbox {
 
 impl Handler<Step> for Inbox {
     type Result = ();
-    fn handle(&mut self, Step(message): Step, _: &mut Self::Context) {
+    fn handle(&mut self, step: Step, _: &mut Self::Context) {
+        let message = step.message;
         self.received.push(message);
     }
 }
@@ -80,9 +81,7 @@ async fn messages_reach_the_peer_in_order() {
     let addr = node_2_listening(&inbox).await;
     let transport = Transport::new(1, BTreeMap::from([(2, addr.to_string())])).start();
     for seq in 0..100 {
-        transport.do_send(Outbox {
-            messages: vec![heartbeat(1, 2, seq)],
-        });
+        transport.do_send(Outbox::new(vec![heartbeat(1, 2, seq)]));
     }
     let received = wait_for(&inbox, 100).await;
     let seqs: Vec<u64> = received
@@ -102,9 +101,7 @@ async fn a_peer_that_comes_up_late_gets_what_was_queued() {
         .and_then(|l| l.local_addr())
         .expect("port");
     let transport = Transport::new(1, BTreeMap::from([(2, port.to_string())])).start();
-    transport.do_send(Outbox {
-        messages: vec![heartbeat(1, 2, 7)],
-    });
+    transport.do_send(Outbox::new(vec![heartbeat(1, 2, 7)]));
     actix_rt::time::sleep(Duration::from_millis(100)).await;
     let inbox = Inbox::default().start();
     let listener = TcpListener::bind(port)
@@ -133,17 +130,13 @@ async fn the_fault_filter_drops_one_direction_and_counts() {
         },
     );
     for seq in 0..5 {
-        transport.do_send(Outbox {
-            messages: vec![heartbeat(1, 2, seq)],
-        });
+        transport.do_send(Outbox::new(vec![heartbeat(1, 2, seq)]));
     }
     actix_rt::time::sleep(Duration::from_millis(200)).await;
     assert!(inbox.send(Received).await.expect("inbox").is_empty());
     assert_eq!(transport.send(GetDropped).await.expect("dropped")[&2], 5);
     faults.set(2, Fault::default());
-    transport.do_send(Outbox {
-        messages: vec![heartbeat(1, 2, 99)],
-    });
+    transport.do_send(Outbox::new(vec![heartbeat(1, 2, 99)]));
     assert_eq!(wait_for(&inbox, 1).await, vec![heartbeat(1, 2, 99)]);
 }
 
@@ -163,9 +156,7 @@ async fn the_fault_filter_delays_a_link() {
         },
     );
     let sent = Instant::now();
-    transport.do_send(Outbox {
-        messages: vec![heartbeat(1, 2, 1)],
-    });
+    transport.do_send(Outbox::new(vec![heartbeat(1, 2, 1)]));
     assert_eq!(wait_for(&inbox, 1).await, vec![heartbeat(1, 2, 1)]);
     assert!(
         sent.elapsed() >= delay,
@@ -188,9 +179,7 @@ async fn the_fault_filter_duplicates_and_loses() {
             ..Fault::default()
         },
     );
-    transport.do_send(Outbox {
-        messages: vec![heartbeat(1, 2, 1)],
-    });
+    transport.do_send(Outbox::new(vec![heartbeat(1, 2, 1)]));
     assert_eq!(
         wait_for(&inbox, 2).await,
         vec![heartbeat(1, 2, 1), heartbeat(1, 2, 1)]
@@ -204,9 +193,7 @@ async fn the_fault_filter_duplicates_and_loses() {
         },
     );
     for seq in 10..210 {
-        transport.do_send(Outbox {
-            messages: vec![heartbeat(1, 2, seq)],
-        });
+        transport.do_send(Outbox::new(vec![heartbeat(1, 2, seq)]));
     }
     actix_rt::time::sleep(Duration::from_millis(300)).await;
     let arrived = inbox.send(Received).await.expect("inbox").len() - 2;
@@ -239,21 +226,21 @@ async fn bad_peer_frames_are_refused_and_real_peers_still_served() {
         to: 2,
         messages: vec![heartbeat(9, 2, 1)],
     };
-    send_raw(addr, &stranger.to_wire(1)).await;
+    send_raw(addr, &stranger.to_wire(1, None)).await;
     // From a member, but for another node.
     let misrouted = PeerFrame {
         from: 1,
         to: 3,
         messages: vec![heartbeat(1, 3, 1)],
     };
-    send_raw(addr, &misrouted.to_wire(1)).await;
+    send_raw(addr, &misrouted.to_wire(1, None)).await;
     // A member claiming to carry another member's message.
     let forged = PeerFrame {
         from: 1,
         to: 2,
         messages: vec![heartbeat(3, 2, 1)],
     };
-    send_raw(addr, &forged.to_wire(1)).await;
+    send_raw(addr, &forged.to_wire(1, None)).await;
     // A far-future term from a non-member is refused like any non-member frame.
     let mut future = heartbeat(8, 2, 1);
     future.term = u64::MAX;
@@ -264,7 +251,7 @@ async fn bad_peer_frames_are_refused_and_real_peers_still_served() {
             to: 2,
             messages: vec![future],
         }
-        .to_wire(1),
+        .to_wire(1, None),
     )
     .await;
     // Garbage.
@@ -273,8 +260,6 @@ async fn bad_peer_frames_are_refused_and_real_peers_still_served() {
     assert!(inbox.send(Received).await.expect("inbox").is_empty());
 
     let transport = Transport::new(1, BTreeMap::from([(2, addr.to_string())])).start();
-    transport.do_send(Outbox {
-        messages: vec![heartbeat(1, 2, 5)],
-    });
+    transport.do_send(Outbox::new(vec![heartbeat(1, 2, 5)]));
     assert_eq!(wait_for(&inbox, 1).await, vec![heartbeat(1, 2, 5)]);
 }

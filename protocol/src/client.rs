@@ -250,10 +250,21 @@ impl Client {
     /// included. With `no_forward` a node that doesn't lead answers
     /// `not_leader` instead of forwarding to the leader.
     pub async fn exchange(&self, body: Request, no_forward: bool) -> Result<Response, ClientError> {
+        self.exchange_traced(body, no_forward, None).await
+    }
+
+    /// The same, with the W3C `traceparent` of the caller's span, so the
+    /// node's spans for this request join the caller's trace.
+    pub async fn exchange_traced(
+        &self,
+        body: Request,
+        no_forward: bool,
+        traceparent: Option<String>,
+    ) -> Result<Response, ClientError> {
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
         let frame = encode(&RequestFrame {
             id,
-            trace: None,
+            trace: traceparent,
             body,
             no_forward,
         });

@@ -410,6 +410,8 @@ pub enum ErrorCode {
     /// The route or operation is disabled on this node (admin routes without
     /// their flag, peer traffic from a non-member).
     Forbidden,
+    /// An operator route was called without the node's admin token.
+    Unauthorized,
     /// The node is shutting down.
     ShuttingDown,
     /// The node's storage failed; the write's outcome is unknown.
@@ -438,6 +440,7 @@ impl ErrorCode {
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Timeout => "timeout",
             ErrorCode::Forbidden => "forbidden",
+            ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::ShuttingDown => "shutting_down",
             ErrorCode::StorageUnavailable => "storage_unavailable",
             ErrorCode::Internal => "internal",

@@ -1,6 +1,7 @@
 //! The HTTP JSON API (actix-web): `/kv/{key}`, `/kv?prefix=...`, `/health`,
-//! `/cluster`, `/metrics`, and `/admin/fault` (only with
-//! `--enable-fault-injection`). Handlers translate JSON and query strings
+//! `/cluster`, `/metrics`, `/admin/fault` (only with
+//! `--enable-fault-injection`) and `/debug/pprof/*` (only with
+//! `--enable-debug`; see [`super::debug`]). Handlers translate JSON and query strings
 //! into protocol requests for the [`Service`] (the same one the TCP API
 //! uses, so forwarding and consistency behave the same) and its answers
 //! back into JSON; every error goes through [`ApiError`].
@@ -17,12 +18,15 @@ use actix_web::middleware::Next;
 use actix_web::{web, App, HttpRequest, HttpResponse};
 use base64::Engine;
 use harmonydb_actors::cluster::fault::Fault;
+use harmonydb_actors::observe;
 use harmonydb_actors::kv::ScanRange;
 use harmonydb_protocol::{Consistency, ErrorCode, Request, Response, Staleness};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use tracing::Instrument;
 
+use super::debug::{cpu_profile, heap_profile, AdminAccess};
 use super::error::ApiError;
 use super::service::{Service, SCAN_LIMIT_DEFAULT};
 
@@ -38,6 +42,8 @@ pub struct HttpState {
     pub service: Service,
     /// Renders `/metrics`.
     pub metrics: PrometheusHandle,
+    /// Who may call `/admin/*` and `/debug/*`.
+    pub access: AdminAccess,
 }
 
 /// Builds the application: routes, extractor error handlers and the metrics middleware.
@@ -89,6 +95,16 @@ pub fn app(
             web::resource("/admin/fault")
                 .route(web::get().to(admin_faults))
                 .route(web::post().to(admin_fault))
+                .default_service(web::to(method_not_allowed)),
+        )
+        .service(
+            web::resource("/debug/pprof/profile")
+                .route(web::get().to(cpu_profile))
+                .default_service(web::to(method_not_allowed)),
+        )
+        .service(
+            web::resource("/debug/pprof/heap")
+                .route(web::get().to(heap_profile))
                 .default_service(web::to(method_not_allowed)),
         )
         .service(
@@ -370,8 +386,10 @@ async fn cluster(state: web::Data<HttpState>) -> Result<HttpResponse, ApiError> 
 
 async fn admin_fault(
     state: web::Data<HttpState>,
+    request: HttpRequest,
     body: web::Json<FaultBody>,
 ) -> Result<HttpResponse, ApiError> {
+    state.access.authorize(&request)?;
     let fault = Fault {
         drop: body.drop,
         loss_percent: body.loss_percent,
@@ -382,7 +400,11 @@ async fn admin_fault(
     Ok(HttpResponse::Ok().json(FaultBody::new(body.peers.clone(), &fault)))
 }
 
-async fn admin_faults(state: web::Data<HttpState>) -> Result<HttpResponse, ApiError> {
+async fn admin_faults(
+    state: web::Data<HttpState>,
+    request: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    state.access.authorize(&request)?;
     let faults: Vec<FaultBody> = state
         .service
         .faults()?
@@ -395,7 +417,7 @@ async fn admin_faults(state: web::Data<HttpState>) -> Result<HttpResponse, ApiEr
 async fn metrics(state: web::Data<HttpState>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
-        .body(state.metrics.render())
+        .body(crate::telemetry::render_metrics(&state.metrics))
 }
 
 /// Adds a stale read's `staleness` to its JSON answer.
@@ -527,16 +549,39 @@ impl Drop for InFlight {
 }
 
 /// Counts and times every request by route pattern (not raw path, so keys
-/// don't explode the label set), method and status.
+/// don't explode the label set), method and status; counts body bytes; and
+/// runs it in a trace span, a child of the caller's `traceparent` if any.
 async fn record_metrics(
     request: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let started = Instant::now();
     let method = request.method().to_string();
+    let received = request
+        .headers()
+        .get(actix_web::http::header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok())
+        .unwrap_or(0);
+    metrics::counter!("harmonydb_http_received_bytes_total").increment(received);
+    let span = observe::request_span(
+        &format!(
+            "{method} {}",
+            request.match_pattern().as_deref().unwrap_or("unmatched")
+        ),
+        request
+            .headers()
+            .get("traceparent")
+            .and_then(|value| value.to_str().ok()),
+    );
     let in_flight = InFlight::enter();
-    let result = next.call(request).await;
+    let result = next.call(request).instrument(span).await;
     drop(in_flight);
+    if let Ok(response) = &result {
+        if let actix_web::body::BodySize::Sized(sent) = response.response().body().size() {
+            metrics::counter!("harmonydb_http_sent_bytes_total").increment(sent);
+        }
+    }
     let (route, status) = match &result {
         Ok(response) => (
             response
@@ -589,6 +634,7 @@ mod tests {
             let app = web_test::init_service(super::app(HttpState {
                 service,
                 metrics: metrics_handle(),
+                access: AdminAccess::default(),
             }))
             .await;
             (app, replica)

@@ -192,7 +192,8 @@ impl Service {
             .increment(1);
         let is_write = matches!(request, Request::Put { .. } | Request::Delete { .. });
         let client = self.forward_client(leader, &addr).await?;
-        match client.exchange(request, true).await {
+        let traceparent = harmonydb_actors::observe::traceparent(&tracing::Span::current());
+        match client.exchange_traced(request, true, traceparent).await {
             Ok(response) => Ok(response),
             Err(error) => {
                 self.drop_forward_client(leader);

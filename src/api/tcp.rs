@@ -26,6 +26,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use harmonydb_actors::cluster::transport::{PeerError, PeerInbox};
+use harmonydb_actors::observe;
 use harmonydb_protocol::frame::{codec, is_frame_too_large, write_queued_frames};
 use harmonydb_protocol::message::{decode_request, encode};
 use harmonydb_protocol::{
@@ -57,6 +58,9 @@ pub const CONNECTION_ANSWER_BUDGET_BYTES: usize = 32 * 1024 * 1024;
 
 /// Answers queued for one connection's socket.
 const ANSWER_QUEUE_CAPACITY: usize = 1024;
+
+/// Bytes of the length prefix before every frame, counted in the byte metrics.
+const FRAME_LENGTH_PREFIX_BYTES: u64 = 4;
 
 /// An encoded answer and the budget permits it holds until it is flushed.
 type Answer = (Bytes, Vec<OwnedSemaphorePermit>);
@@ -176,7 +180,11 @@ impl Connection {
             };
             let bytes = match next {
                 None => break,
-                Some(Ok(bytes)) => bytes,
+                Some(Ok(bytes)) => {
+                    metrics::counter!("harmonydb_tcp_received_bytes_total")
+                        .increment(bytes.len() as u64 + FRAME_LENGTH_PREFIX_BYTES);
+                    bytes
+                }
                 Some(Err(error)) if is_frame_too_large(&error) => {
                     let message =
                         format!("frame exceeds the limit of {frame_size_max_bytes} bytes");
@@ -196,7 +204,11 @@ impl Connection {
                 }
             };
             if let Request::Raft { from, to, messages } = &frame.body {
-                match self.targets.peers.deliver(*from, *to, messages) {
+                match self
+                    .targets
+                    .peers
+                    .deliver(*from, *to, messages, frame.trace.as_deref())
+                {
                     Ok(_) => {
                         is_peer_link = true;
                         continue;
@@ -227,6 +239,8 @@ impl Connection {
                     let bytes = u32::try_from(bytes).unwrap_or(u32::MAX);
                     held.extend(budget.acquire_many_owned(bytes).await.ok());
                 }
+                metrics::counter!("harmonydb_tcp_sent_bytes_total")
+                    .increment(answer.len() as u64 + FRAME_LENGTH_PREFIX_BYTES);
                 // The writer is gone only if the socket failed; the client won't read this anyway.
                 let _ = answers.send((answer, held)).await;
                 drop(permit);
@@ -266,16 +280,13 @@ async fn reject(
 async fn handle(service: &Service, frame: RequestFrame) -> ResponseFrame {
     let started = Instant::now();
     let op_name = frame.body.op_name();
-    let span = tracing::debug_span!(
-        "tcp_request",
-        id = frame.id,
-        op = op_name,
-        trace = frame.trace.as_deref()
-    );
+    let span = observe::request_span(&format!("TCP {op_name}"), frame.trace.as_deref());
+    metrics::gauge!("harmonydb_tcp_requests_in_flight").increment(1.0);
     let body = service
         .handle(frame.body, frame.no_forward)
         .instrument(span)
         .await;
+    metrics::gauge!("harmonydb_tcp_requests_in_flight").decrement(1.0);
     let status = match &body {
         Response::Error { code, .. } => code.as_str(),
         _ => "ok",

@@ -27,6 +27,7 @@ use tokio_util::codec::{FramedRead, FramedWrite};
 use tracing::{debug, warn};
 
 use super::fault::{Delivery, FaultFilter};
+use crate::observe;
 use crate::raft::replica::{Outbox, Step};
 use crate::raft::{Message as RaftMessage, NodeId};
 
@@ -58,12 +59,13 @@ pub struct PeerFrame {
 }
 
 impl PeerFrame {
-    /// The frame body as it goes on the wire: a `raft` request with id `id`.
-    pub fn to_wire(&self, id: u64) -> Vec<u8> {
+    /// The frame body as it goes on the wire: a `raft` request with id `id`
+    /// and the W3C `traceparent` of the traced write it carries, if any.
+    pub fn to_wire(&self, id: u64, trace: Option<String>) -> Vec<u8> {
         let messages = rmp_serde::to_vec(&self.messages).expect("Raft messages always serialize");
         encode(&RequestFrame {
             id,
-            trace: None,
+            trace,
             body: Request::Raft {
                 from: self.from,
                 to: self.to,
@@ -125,8 +127,15 @@ impl PeerInbox {
     }
 
     /// Checks one frame's sender, receiver and messages; delivers them all
-    /// or none. Returns how many were delivered.
-    pub fn deliver(&self, from: NodeId, to: NodeId, payload: &[u8]) -> Result<usize, PeerError> {
+    /// or none, under the frame's trace context if it has one. Returns how
+    /// many were delivered.
+    pub fn deliver(
+        &self,
+        from: NodeId,
+        to: NodeId,
+        payload: &[u8],
+        trace: Option<&str>,
+    ) -> Result<usize, PeerError> {
         if from == self.node_id || !self.members.contains(&from) {
             return Err(PeerError::NotAMember { from });
         }
@@ -151,8 +160,9 @@ impl PeerInbox {
         let count = messages.len();
         metrics::counter!("harmonydb_transport_messages_received_total", "peer" => from.to_string())
             .increment(count as u64);
+        let span = observe::span_from_traceparent("Transport receive", trace);
         for message in messages {
-            self.replica.do_send(Step(message));
+            self.replica.do_send(Step::with_span(message, span.clone()));
         }
         Ok(count)
     }
@@ -165,8 +175,12 @@ impl actix::Message for GetDropped {
     type Result = BTreeMap<NodeId, u64>;
 }
 
+/// A batch for one peer, with the `traceparent` of the traced write it
+/// carries (if any).
+type Batch = (Vec<RaftMessage>, Option<String>);
+
 struct Link {
-    queue: mpsc::Sender<Vec<RaftMessage>>,
+    queue: mpsc::Sender<Batch>,
     dropped: u64,
 }
 
@@ -177,7 +191,7 @@ pub struct Transport {
     faults: FaultFilter,
     links: BTreeMap<NodeId, Link>,
     peers: BTreeMap<NodeId, String>,
-    receivers: BTreeMap<NodeId, mpsc::Receiver<Vec<RaftMessage>>>,
+    receivers: BTreeMap<NodeId, mpsc::Receiver<Batch>>,
 }
 
 impl Transport {
@@ -240,8 +254,11 @@ impl Handler<Outbox> for Transport {
     type Result = ();
 
     fn handle(&mut self, outbox: Outbox, _: &mut Self::Context) {
+        let Outbox { messages, envelope } = outbox;
+        let handling = envelope.open();
+        let trace = observe::traceparent(handling.span());
         let mut batches: BTreeMap<NodeId, Vec<RaftMessage>> = BTreeMap::new();
-        for message in outbox.messages {
+        for message in messages {
             batches.entry(message.to).or_default().push(message);
         }
         for (peer, batch) in batches {
@@ -250,6 +267,7 @@ impl Handler<Outbox> for Transport {
                 continue;
             };
             let count = batch.len() as u64;
+            let batch = (batch, trace.clone());
             let queued = match self.faults.decide(peer) {
                 Delivery::Drop => false,
                 Delivery::Send { copies: 1 } => link.queue.try_send(batch).is_ok(),
@@ -270,6 +288,7 @@ impl Handler<GetDropped> for Transport {
     type Result = MessageResult<GetDropped>;
 
     fn handle(&mut self, _: GetDropped, _: &mut Self::Context) -> Self::Result {
+        let _handling = crate::observe::Handling::start("Transport", "GetDropped");
         MessageResult(
             self.links
                 .iter()
@@ -320,7 +339,7 @@ async fn write_to_peer(
     node_id: NodeId,
     peer: NodeId,
     addr: String,
-    mut queue: mpsc::Receiver<Vec<RaftMessage>>,
+    mut queue: mpsc::Receiver<Batch>,
     faults: FaultFilter,
     frame_budget: usize,
 ) {
@@ -340,13 +359,17 @@ async fn write_to_peer(
         backoff = BACKOFF_MIN;
         let _ = stream.set_nodelay(true);
         let mut sink = FramedWrite::new(stream, codec(PEER_FRAME_SIZE_MAX_BYTES));
-        while let Some(mut messages) = queue.recv().await {
-            // Batches queued meanwhile go out with this one.
+        while let Some((mut messages, mut trace)) = queue.recv().await {
+            // Batches queued meanwhile go out with this one (the frame
+            // carries the first trace context among them).
             let mut size = batch_size_bytes(&messages);
             while size < FRAME_BATCH_SIZE_MAX_BYTES {
-                let Ok(more) = queue.try_recv() else { break };
+                let Ok((more, more_trace)) = queue.try_recv() else {
+                    break;
+                };
                 size += batch_size_bytes(&more);
                 messages.extend(more);
+                trace = trace.or(more_trace);
             }
             let delay = faults.get(peer).delay;
             if !delay.is_zero() {
@@ -360,7 +383,7 @@ async fn write_to_peer(
                     messages,
                 };
                 frame_id += 1;
-                let bytes = Bytes::from(frame.to_wire(frame_id));
+                let bytes = Bytes::from(frame.to_wire(frame_id, trace.clone()));
                 // Fed, not flushed, so several frames go out in one write.
                 if let Err(error) = SinkExt::<Bytes>::feed(&mut sink, bytes).await {
                     debug!(peer, %error, "peer link failed; reconnecting");
@@ -407,8 +430,9 @@ pub async fn listen(listener: TcpListener, inbox: PeerInbox) {
                 let refusal = match decode_request(&bytes) {
                     Ok(RequestFrame {
                         body: Request::Raft { from, to, messages },
+                        trace,
                         ..
-                    }) => match inbox.deliver(from, to, &messages) {
+                    }) => match inbox.deliver(from, to, &messages, trace.as_deref()) {
                         Ok(_) => continue,
                         Err(error) => error.to_string(),
                     },

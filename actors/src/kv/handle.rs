@@ -10,6 +10,7 @@ use harmonydb_protocol::{Consistency, Staleness};
 use tokio::sync::{oneshot, Semaphore};
 
 use super::{KvError, KvLimits, KvOp, KvReply};
+use crate::observe::Envelope;
 use crate::raft::replica::RaftReplica;
 
 /// What a read or write produced, and for stale reads how stale it may be.
@@ -39,6 +40,24 @@ pub struct KvRequest {
     pub consistency: Consistency,
     /// Where to answer.
     pub reply: oneshot::Sender<Result<KvAnswer, KvError>>,
+    /// Mailbox accounting and the request's span.
+    pub envelope: Envelope,
+}
+
+impl KvRequest {
+    /// A request sent on behalf of the current span.
+    pub fn new(
+        op: KvOp,
+        consistency: Consistency,
+        reply: oneshot::Sender<Result<KvAnswer, KvError>>,
+    ) -> KvRequest {
+        KvRequest {
+            op,
+            consistency,
+            reply,
+            envelope: Envelope::new("RaftReplica", "KvRequest"),
+        }
+    }
 }
 
 impl Message for KvRequest {
@@ -95,11 +114,7 @@ impl KvHandle {
         };
         let (reply, answer) = oneshot::channel();
         self.addr
-            .try_send(KvRequest {
-                op,
-                consistency,
-                reply,
-            })
+            .try_send(KvRequest::new(op, consistency, reply))
             .map_err(|error| match error {
                 SendError::Full(_) => {
                     metrics::counter!("harmonydb_kv_overloaded_total").increment(1);

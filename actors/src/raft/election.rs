@@ -109,6 +109,7 @@ impl Raft {
             self.term += 1;
             self.vote = self.id;
             self.role = Role::Candidate;
+            self.elections.started += 1;
         }
         self.leader = 0;
         self.votes.clear();
@@ -257,6 +258,7 @@ impl Raft {
             "only a candidate becomes leader"
         );
         self.role = Role::Leader;
+        self.elections.won += 1;
         self.leader = self.id;
         self.votes.clear();
         self.heartbeat_elapsed = 0;

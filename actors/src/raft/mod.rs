@@ -38,7 +38,7 @@ mod snapshot;
 mod types;
 pub mod wal_log;
 
-pub use node::{Raft, RaftConfig, Ready, Role, Status};
+pub use node::{ElectionCounts, Raft, RaftConfig, Ready, Role, Status};
 pub use types::{
     ConfChange, Configuration, DroppedProposal, DroppedRead, Entry, EntryPayload, HardState,
     Message, MessageBody, NodeId, RaftError, ReadState, Snapshot, SnapshotMeta,

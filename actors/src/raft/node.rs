@@ -216,6 +216,18 @@ pub struct Raft {
     emitted_hard_state: HardState,
     /// Highest entry index handed out in a ready (persisting or persisted).
     emitted_index: u64,
+    /// Elections this member started (pre-votes excluded) and won, since
+    /// it was created: counters for the replica's metrics.
+    pub(crate) elections: ElectionCounts,
+}
+
+/// How many elections a member started and won since it was created.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ElectionCounts {
+    /// Real elections (a new term) this member started.
+    pub started: u64,
+    /// Elections it won, becoming leader.
+    pub won: u64,
 }
 
 impl Raft {
@@ -238,6 +250,7 @@ impl Raft {
             vote: hard_state.vote,
             role: Role::Follower,
             leader: 0,
+            elections: ElectionCounts::default(),
             log,
             membership,
             membership_index,
@@ -274,7 +287,12 @@ impl Raft {
         self.id
     }
 
-    /// Current role.
+    /// Elections this member started and won since it was created.
+    pub fn elections(&self) -> ElectionCounts {
+        self.elections
+    }
+
+    /// This member's role now.
     pub fn role(&self) -> Role {
         self.role
     }

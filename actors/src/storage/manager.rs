@@ -138,6 +138,7 @@ impl Handler<SwitchStorage> for BufferPoolManager {
     type Result = ();
 
     fn handle(&mut self, SwitchStorage(storage): SwitchStorage, ctx: &mut Self::Context) {
+        let _handling = crate::observe::Handling::start("BufferPoolManager", "SwitchStorage");
         watch_pressure(&storage, ctx);
         self.storage = storage;
     }
@@ -147,6 +148,7 @@ impl Handler<RegisterReplica> for BufferPoolManager {
     type Result = ();
 
     fn handle(&mut self, RegisterReplica(replica): RegisterReplica, _: &mut Self::Context) {
+        let _handling = crate::observe::Handling::start("BufferPoolManager", "RegisterReplica");
         self.replicas.push(replica);
     }
 }
@@ -155,6 +157,7 @@ impl Handler<Pressure> for BufferPoolManager {
     type Result = ();
 
     fn handle(&mut self, _: Pressure, _: &mut Self::Context) {
+        let _handling = crate::observe::Handling::start("BufferPoolManager", "Pressure");
         if self
             .pressure_asked
             .is_some_and(|at| at.elapsed() < PRESSURE_DEBOUNCE)
@@ -171,6 +174,7 @@ impl Handler<WriteCheckpoint> for BufferPoolManager {
     type Result = Result<CheckpointReport, StorageError>;
 
     fn handle(&mut self, request: WriteCheckpoint, _: &mut Self::Context) -> Self::Result {
+        let _handling = crate::observe::Handling::start("BufferPoolManager", "WriteCheckpoint");
         let result = request.storage.write_checkpoint(request.pending, None);
         match &result {
             Ok(report) => {

@@ -18,6 +18,7 @@ use tracing::{error, info};
 use super::format::RecordKind;
 use super::log::Wal;
 use super::WalError;
+use crate::observe::{Envelope, Handling};
 
 /// Unsynced bytes after which an append syncs at once instead of waiting for
 /// the mailbox to drain, so a flood of appends can't grow a batch without bound.
@@ -89,6 +90,25 @@ pub struct WalEntry {
 pub struct Append {
     /// Entries in index order.
     pub entries: Vec<WalEntry>,
+    /// Mailbox accounting, and the span of the traced write these entries
+    /// carry (if any): the append and the sync that makes it durable join
+    /// that write's trace.
+    pub envelope: Envelope,
+}
+
+impl Append {
+    /// Entries appended on behalf of the current span.
+    pub fn new(entries: Vec<WalEntry>) -> Append {
+        Append::with_span(entries, tracing::Span::current())
+    }
+
+    /// Entries appended on behalf of `span`.
+    pub fn with_span(entries: Vec<WalEntry>, span: tracing::Span) -> Append {
+        Append {
+            entries,
+            envelope: Envelope::with_span("WalWriter", "Append", span),
+        }
+    }
 }
 
 impl Message for Append {
@@ -150,6 +170,9 @@ pub struct WalWriter {
     policy: FsyncPolicy,
     waiting: Vec<(u64, oneshot::Sender<Result<u64, WalError>>)>,
     waiting_records: usize,
+    /// The first traced append waiting for the next sync: the sync's span
+    /// goes under it.
+    waiting_span: Option<tracing::Span>,
     flush_scheduled: bool,
     failure: Option<WalError>,
     stats: WalStats,
@@ -165,6 +188,7 @@ impl WalWriter {
             policy,
             waiting: Vec::new(),
             waiting_records: 0,
+            waiting_span: None,
             flush_scheduled: false,
             failure: None,
             stats: WalStats {
@@ -228,7 +252,13 @@ impl WalWriter {
         if self.waiting.is_empty() {
             return;
         }
-        let result = self.sync_now();
+        let span = match self.waiting_span.take() {
+            Some(parent) => {
+                tracing::info_span!(target: "harmonydb_trace", parent: &parent, "WalWriter sync", records = self.waiting_records)
+            }
+            None => tracing::Span::none(),
+        };
+        let result = span.in_scope(|| self.sync_now());
         metrics::histogram!("harmonydb_wal_batch_size_records").record(self.waiting_records as f64);
         self.waiting_records = 0;
         for (last_index, reply) in self.waiting.drain(..) {
@@ -276,7 +306,10 @@ impl Handler<Append> for WalWriter {
     type Result = ResponseFuture<Result<u64, WalError>>;
 
     fn handle(&mut self, msg: Append, ctx: &mut Self::Context) -> Self::Result {
-        let result = self.append_entries(&msg.entries);
+        let Append { entries, envelope } = msg;
+        let handling = envelope.open();
+        let _entered = handling.span().enter();
+        let result = self.append_entries(&entries);
         let last_index = match result {
             Ok(last_index) => last_index,
             Err(error) => return Box::pin(async move { Err(error) }),
@@ -286,7 +319,10 @@ impl Handler<Append> for WalWriter {
         }
         let (reply, answer) = oneshot::channel();
         self.waiting.push((last_index, reply));
-        self.waiting_records += msg.entries.len();
+        self.waiting_records += entries.len();
+        if !handling.span().is_disabled() && self.waiting_span.is_none() {
+            self.waiting_span = Some(handling.span().clone());
+        }
         if self.wal.unsynced_bytes() >= BATCH_SIZE_MAX_BYTES {
             self.flush();
         } else if !self.flush_scheduled {
@@ -301,6 +337,7 @@ impl Handler<Flush> for WalWriter {
     type Result = ();
 
     fn handle(&mut self, _: Flush, _: &mut Self::Context) {
+        let _handling = Handling::start("WalWriter", "Flush");
         self.flush();
     }
 }
@@ -309,6 +346,7 @@ impl Handler<Sync> for WalWriter {
     type Result = Result<u64, WalError>;
 
     fn handle(&mut self, _: Sync, _: &mut Self::Context) -> Self::Result {
+        let _handling = Handling::start("WalWriter", "Sync");
         self.flush();
         self.sync_now()?;
         Ok(self.wal.last_index())
@@ -319,6 +357,7 @@ impl Handler<DeleteBelow> for WalWriter {
     type Result = Result<usize, WalError>;
 
     fn handle(&mut self, msg: DeleteBelow, _: &mut Self::Context) -> Self::Result {
+        let _handling = Handling::start("WalWriter", "DeleteBelow");
         if let Some(failure) = &self.failure {
             return Err(failure.clone());
         }
@@ -335,6 +374,7 @@ impl Handler<GetStats> for WalWriter {
     type Result = MessageResult<GetStats>;
 
     fn handle(&mut self, _: GetStats, _: &mut Self::Context) -> Self::Result {
+        let _handling = Handling::start("WalWriter", "GetStats");
         MessageResult(self.stats)
     }
 }
@@ -387,9 +427,7 @@ mod tests {
         // 64 appends sent before any is awaited all land in one mailbox drain.
         let pending: Vec<_> = (1..=64)
             .map(|i| {
-                writer.send(Append {
-                    entries: vec![entry(i)],
-                })
+                writer.send(Append::new(vec![entry(i)]))
             })
             .collect();
         for (i, answer) in pending.into_iter().enumerate() {
@@ -430,9 +468,7 @@ mod tests {
             let (wal, _) = Wal::open(dir.path(), WalOptions::default()).expect("open");
             let writer = WalWriter::new(wal, policy).start();
             let last = writer
-                .send(Append {
-                    entries: vec![entry(1), entry(2)],
-                })
+                .send(Append::new(vec![entry(1), entry(2)]))
                 .await;
             assert_eq!(last.expect("mailbox").expect("append"), 2);
             assert_eq!(writer.send(GetStats).await.expect("stats").syncs, 0);

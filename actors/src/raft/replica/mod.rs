@@ -69,6 +69,7 @@ use crate::storage::checkpoint::Storage;
 use crate::storage::manager::{
     BufferPoolManager, CheckpointDue, CheckpointReason, RegisterReplica,
 };
+use crate::observe::{Envelope, Handling};
 use crate::wal::{Append, DeleteBelow, WalError, WalWriter};
 
 /// How long applying waits before trying again after the pool had no frame.
@@ -82,6 +83,24 @@ const HEARTBEAT_ROUNDS_TRACKED: usize = 16;
 pub struct Outbox {
     /// The messages, each addressed to its `to`.
     pub messages: Vec<RaftMessage>,
+    /// Mailbox accounting, and the span of the traced write (if any) whose
+    /// entries these messages carry, so its trace reaches the followers.
+    pub envelope: Envelope,
+}
+
+impl Outbox {
+    /// Messages sent on behalf of the current span.
+    pub fn new(messages: Vec<RaftMessage>) -> Outbox {
+        Outbox::with_span(messages, tracing::Span::current())
+    }
+
+    /// Messages sent on behalf of `span`.
+    pub fn with_span(messages: Vec<RaftMessage>, span: tracing::Span) -> Outbox {
+        Outbox {
+            messages,
+            envelope: Envelope::with_span("Transport", "Outbox", span),
+        }
+    }
 }
 
 impl actix::Message for Outbox {
@@ -90,7 +109,28 @@ impl actix::Message for Outbox {
 
 /// A message from a peer.
 #[derive(Debug)]
-pub struct Step(pub RaftMessage);
+pub struct Step {
+    /// The message.
+    pub message: RaftMessage,
+    /// Mailbox accounting, and the span of the peer's traced write (if the
+    /// frame carried a trace context).
+    pub envelope: Envelope,
+}
+
+impl Step {
+    /// A peer's message, handled on behalf of the current span.
+    pub fn new(message: RaftMessage) -> Step {
+        Step::with_span(message, tracing::Span::current())
+    }
+
+    /// A peer's message, handled on behalf of `span`.
+    pub fn with_span(message: RaftMessage, span: tracing::Span) -> Step {
+        Step {
+            message,
+            envelope: Envelope::with_span("RaftReplica", "Step", span),
+        }
+    }
+}
 
 impl actix::Message for Step {
     type Result = ();
@@ -138,6 +178,17 @@ impl actix::Message for Persisted {
 }
 
 type Reply = oneshot::Sender<Result<KvAnswer, KvError>>;
+
+/// A write this member proposed, waiting for its entry to commit and apply.
+struct PendingWrite {
+    /// The term it was proposed in: an entry of another term at its index
+    /// means it was replaced.
+    term: u64,
+    reply: Reply,
+    proposed: Instant,
+    /// The request's span (disabled when not traced): its apply joins it.
+    span: tracing::Span,
+}
 
 /// A read the replica serves from the state machine.
 enum ReadOp {
@@ -204,7 +255,10 @@ pub struct RaftReplica {
     deferred_since: Option<Instant>,
     /// A drive is scheduled for when the mailbox is drained.
     drive_scheduled: bool,
-    writes: HashMap<u64, (u64, Reply)>,
+    writes: HashMap<u64, PendingWrite>,
+    /// The span of a traced request whose entries go out with the next
+    /// ready: its WAL append and the messages to followers join its trace.
+    batch_span: Option<tracing::Span>,
     next_read_id: u64,
     reads_pending: HashMap<u64, (ReadOp, Reply)>,
     reads_ready: Vec<WaitingRead>,
@@ -260,6 +314,7 @@ impl RaftReplica {
             deferred_since: None,
             drive_scheduled: false,
             writes: HashMap::new(),
+            batch_span: None,
             next_read_id: 1,
             reads_pending: HashMap::new(),
             reads_ready: Vec::new(),
@@ -349,12 +404,13 @@ impl RaftReplica {
             self.finish(ready, true, ctx);
             return;
         }
+        let span = self.batch_span.take().unwrap_or_else(tracing::Span::none);
         let messages_sent = leads && !ready.messages.is_empty();
         if messages_sent {
             let messages = std::mem::take(&mut ready.messages);
-            self.send(messages);
+            self.send_in(messages, span.clone());
         }
-        self.persist(records, Some((ready, !messages_sent)), ctx);
+        self.persist_in(records, Some((ready, !messages_sent)), span, ctx);
     }
 
     /// The hard state to write with this ready, if any: always when term or
@@ -398,15 +454,35 @@ impl RaftReplica {
         ready: Option<(Ready, bool)>,
         ctx: &mut Context<Self>,
     ) {
+        self.persist_in(records, ready, tracing::Span::none(), ctx);
+    }
+
+    /// Hands records to the WAL writer on behalf of `span` (a traced write
+    /// whose entries they carry, or none).
+    fn persist_in(
+        &mut self,
+        records: Vec<crate::wal::WalEntry>,
+        ready: Option<(Ready, bool)>,
+        span: tracing::Span,
+        ctx: &mut Context<Self>,
+    ) {
         self.persisting = true;
-        let append = self.wal.send(Append { entries: records });
+        let started = Instant::now();
+        let append = self.wal.send(Append::with_span(records, span));
         ctx.spawn(append.into_actor(self).map(move |answer, _, ctx| {
+            metrics::histogram!("harmonydb_raft_append_duration_seconds")
+                .record(started.elapsed().as_secs_f64());
             let result = answer.unwrap_or(Err(WalError::Stopped)).map(|_| ());
             ctx.notify(Persisted { ready, result });
         }));
     }
 
     fn send(&mut self, messages: Vec<RaftMessage>) {
+        self.send_in(messages, tracing::Span::none());
+    }
+
+    /// Sends messages to peers on behalf of `span`.
+    fn send_in(&mut self, messages: Vec<RaftMessage>, span: tracing::Span) {
         let now = Instant::now();
         for message in &messages {
             if let MessageBody::Heartbeat { seq, .. } = message.body {
@@ -419,8 +495,8 @@ impl RaftReplica {
             }
         }
         // Over the outbox's bound the messages are dropped: Raft retries.
-        if let Err(error) = self.outbox.try_send(Outbox { messages }) {
-            let Outbox { messages } = match error {
+        if let Err(error) = self.outbox.try_send(Outbox::with_span(messages, span)) {
+            let Outbox { messages, .. } = match error {
                 SendError::Full(outbox) | SendError::Closed(outbox) => outbox,
             };
             for message in &messages {
@@ -451,11 +527,17 @@ impl RaftReplica {
         if let Some(last) = ready.committed_entries.last() {
             self.apply_target = self.apply_target.max(last.index);
         }
+        for entry in &ready.committed_entries {
+            if let Some(write) = self.writes.get(&entry.index) {
+                metrics::histogram!("harmonydb_raft_commit_duration_seconds")
+                    .record(write.proposed.elapsed().as_secs_f64());
+            }
+        }
         ready.committed_entries.clear();
         for dropped in &ready.dropped_proposals {
-            if let Some((_, reply)) = self.writes.remove(&dropped.index) {
+            if let Some(write) = self.writes.remove(&dropped.index) {
                 metrics::counter!("harmonydb_raft_proposals_failed_total").increment(1);
-                let _ = reply.send(Err(kv_error(dropped.reason.clone())));
+                let _ = write.reply.send(Err(kv_error(dropped.reason.clone())));
             }
         }
         for read in &ready.read_states {
@@ -506,7 +588,17 @@ impl RaftReplica {
                     self.state.skip_to(index);
                     continue;
                 }
-                Some(Ok(command)) => self.state.apply(index, command),
+                Some(Ok(command)) => {
+                    // A traced write's apply (and its answer) join its trace.
+                    let span = match self.writes.get(&index) {
+                        Some(write) if !write.span.is_disabled() => {
+                            tracing::info_span!(target: "harmonydb_trace", parent: &write.span, "RaftReplica apply", index)
+                        }
+                        _ => tracing::Span::none(),
+                    };
+                    let _entered = span.enter();
+                    self.state.apply(index, command)
+                }
                 Some(Err(reason)) => {
                     error!(index, %reason, "committed entry is not a KV command");
                     self.state.skip_to(index);
@@ -538,7 +630,12 @@ impl RaftReplica {
 
     /// Answers the write proposed at `index`, if this member is waiting for it.
     fn answer_write(&mut self, index: u64, term: u64, outcome: Result<WriteOutcome, KvError>) {
-        let Some((proposed_term, reply)) = self.writes.remove(&index) else {
+        let Some(PendingWrite {
+            term: proposed_term,
+            reply,
+            ..
+        }) = self.writes.remove(&index)
+        else {
             return;
         };
         let answer = if proposed_term == term {
@@ -645,7 +742,19 @@ impl RaftReplica {
         match self.raft.propose(command.encode()) {
             Ok(index) => {
                 let term = self.raft.term();
-                self.writes.insert(index, (term, reply));
+                let span = tracing::Span::current();
+                if !span.is_disabled() && self.batch_span.is_none() {
+                    self.batch_span = Some(span.clone());
+                }
+                self.writes.insert(
+                    index,
+                    PendingWrite {
+                        term,
+                        reply,
+                        proposed: Instant::now(),
+                        span,
+                    },
+                );
             }
             Err(error) => {
                 let _ = reply.send(Err(kv_error(error)));
@@ -656,8 +765,8 @@ impl RaftReplica {
     fn fail(&mut self, reason: String) {
         error!(%reason, "Raft replica stopped accepting requests");
         // Whether these writes reached a quorum is unknown.
-        for (_, (_, reply)) in self.writes.drain() {
-            let _ = reply.send(Err(KvError::Storage(reason.clone())));
+        for (_, write) in self.writes.drain() {
+            let _ = write.reply.send(Err(KvError::Storage(reason.clone())));
         }
         for (_, (_, reply)) in self.reads_pending.drain() {
             let _ = reply.send(Err(KvError::Storage(reason.clone())));
@@ -696,6 +805,9 @@ impl RaftReplica {
         metrics::gauge!("harmonydb_raft_commit_index").set(hard_state.commit as f64);
         metrics::gauge!("harmonydb_raft_applied_index").set(self.state.applied_index() as f64);
         metrics::gauge!("harmonydb_raft_proposals_pending").set(self.writes.len() as f64);
+        let elections = self.raft.elections();
+        metrics::counter!("harmonydb_raft_elections_started_total").absolute(elections.started);
+        metrics::counter!("harmonydb_raft_elections_won_total").absolute(elections.won);
         metrics::gauge!("harmonydb_kv_keys").set(self.state.len() as f64);
         let tree = self.state.tree().stats();
         metrics::gauge!("harmonydb_storage_btree_height").set(tree.height as f64);
@@ -786,7 +898,16 @@ impl Actor for RaftReplica {
 impl Handler<Step> for RaftReplica {
     type Result = ();
 
-    fn handle(&mut self, Step(message): Step, ctx: &mut Self::Context) {
+    fn handle(&mut self, step: Step, ctx: &mut Self::Context) {
+        let Step { message, envelope } = step;
+        let handling = envelope.open();
+        // A leader's traced entries: this member's WAL append joins the trace.
+        if matches!(&message.body, MessageBody::AppendEntries { entries, .. } if !entries.is_empty())
+            && !handling.span().is_disabled()
+            && self.batch_span.is_none()
+        {
+            self.batch_span = Some(handling.span().clone());
+        }
         self.note_incoming(&message);
         self.raft.step(message);
         self.schedule_drive(ctx);
@@ -801,7 +922,10 @@ impl Handler<KvRequest> for RaftReplica {
             op,
             consistency,
             reply,
+            envelope,
         } = request;
+        let handling = envelope.open();
+        let _entered = handling.span().enter();
         if let Err(error) = self.serving() {
             let _ = reply.send(Err(error));
             return;
@@ -846,6 +970,7 @@ impl Handler<DriveNow> for RaftReplica {
     type Result = ();
 
     fn handle(&mut self, _: DriveNow, ctx: &mut Self::Context) {
+        let _handling = Handling::start("RaftReplica", "DriveNow");
         self.drive_scheduled = false;
         self.drive(ctx);
     }
@@ -855,6 +980,7 @@ impl Handler<Persisted> for RaftReplica {
     type Result = ();
 
     fn handle(&mut self, persisted: Persisted, ctx: &mut Self::Context) {
+        let _handling = Handling::start("RaftReplica", "Persisted");
         self.persisting = false;
         match persisted.result {
             Ok(()) => match persisted.ready {
@@ -876,6 +1002,7 @@ impl Handler<GetStatus> for RaftReplica {
     type Result = MessageResult<GetStatus>;
 
     fn handle(&mut self, _: GetStatus, _: &mut Self::Context) -> Self::Result {
+        let _handling = Handling::start("RaftReplica", "GetStatus");
         let raft = self.raft.status();
         let leader_contact = if raft.role == Role::Leader {
             None
@@ -896,6 +1023,7 @@ impl Handler<BeginShutdown> for RaftReplica {
     type Result = ResponseFuture<()>;
 
     fn handle(&mut self, _: BeginShutdown, _: &mut Self::Context) -> Self::Result {
+        let _handling = Handling::start("RaftReplica", "BeginShutdown");
         info!(
             pending_writes = self.writes.len(),
             "replica stops taking requests"

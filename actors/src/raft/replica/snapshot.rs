@@ -147,6 +147,7 @@ impl Handler<PrepareSnapshot> for RaftReplica {
     type Result = ResponseActFuture<Self, Result<SnapshotDump, String>>;
 
     fn handle(&mut self, request: PrepareSnapshot, ctx: &mut Self::Context) -> Self::Result {
+        let _handling = crate::observe::Handling::start("RaftReplica", "PrepareSnapshot");
         let job = match self.dump_job(request.min_index, ctx) {
             Ok(DumpJob::Ready(dump)) => return Box::pin(fut::ready(Ok(dump))),
             Ok(DumpJob::Write { pager, shard, path }) => (pager, shard, path),

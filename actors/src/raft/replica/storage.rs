@@ -303,6 +303,7 @@ impl Handler<CheckpointDue> for RaftReplica {
     type Result = ();
 
     fn handle(&mut self, due: CheckpointDue, ctx: &mut Self::Context) {
+        let _handling = crate::observe::Handling::start("RaftReplica", "CheckpointDue");
         self.maybe_checkpoint(Some(due.reason), ctx);
         self.drive(ctx);
     }

@@ -1,0 +1,199 @@
+//! What travels with every actor message besides its content: its place in
+//! the mailbox-depth gauge, the time it waited, and the tracing span of the
+//! request it serves, so a trace follows a write from actor to actor.
+//!
+//! A sender wraps the span that is current when it sends (`Envelope::new`);
+//! the handler opens the envelope (`Envelope::open`), which counts the
+//! message out of the mailbox and, when the request is traced, enters a span
+//! for the handling under the sender's. The envelope counts itself out when
+//! dropped unopened too (an actor that stopped), so the gauge never drifts.
+//!
+//! Every span here has the target `harmonydb_trace`, which only the node's
+//! OpenTelemetry layer takes: without an OTLP endpoint they are disabled
+//! and cost nothing.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use tracing::Span;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+/// A message's accounting while it waits in an actor's mailbox.
+#[derive(Debug)]
+pub struct Envelope {
+    actor: &'static str,
+    message: &'static str,
+    queued_at: Instant,
+    span: Span,
+    counted: bool,
+}
+
+impl Envelope {
+    /// A message for `actor` of kind `message`, sent now, on behalf of the
+    /// current span.
+    pub fn new(actor: &'static str, message: &'static str) -> Envelope {
+        Envelope::with_span(actor, message, Span::current())
+    }
+
+    /// The same, on behalf of `span` (a batch sent for one traced request).
+    pub fn with_span(actor: &'static str, message: &'static str, span: Span) -> Envelope {
+        metrics::gauge!("harmonydb_actor_mailbox_depth", "actor" => actor, "message" => message)
+            .increment(1.0);
+        Envelope {
+            actor,
+            message,
+            queued_at: Instant::now(),
+            span,
+            counted: true,
+        }
+    }
+
+    /// The span of the request this message serves (disabled if none).
+    pub fn span(&self) -> &Span {
+        &self.span
+    }
+
+    /// Takes the message out of the mailbox count and starts timing its
+    /// handling; the returned guard records the time when dropped.
+    pub fn open(mut self) -> Handling {
+        self.uncount();
+        let queued = self.queued_at.elapsed();
+        metrics::histogram!("harmonydb_actor_queue_duration_seconds", "actor" => self.actor, "message" => self.message)
+            .record(queued.as_secs_f64());
+        let span = std::mem::replace(&mut self.span, Span::none());
+        Handling::start_in(self.actor, self.message, &span)
+    }
+
+    fn uncount(&mut self) {
+        if self.counted {
+            self.counted = false;
+            metrics::gauge!("harmonydb_actor_mailbox_depth", "actor" => self.actor, "message" => self.message)
+                .decrement(1.0);
+        }
+    }
+}
+
+impl Drop for Envelope {
+    fn drop(&mut self) {
+        self.uncount();
+    }
+}
+
+/// A message being handled: records the handling time when dropped, and
+/// keeps the handling span (a child of the request's) entered meanwhile.
+pub struct Handling {
+    actor: &'static str,
+    message: &'static str,
+    started: Instant,
+    span: Span,
+}
+
+impl Handling {
+    /// Times the handling of a message that carries no envelope (internal
+    /// notifications, status queries).
+    pub fn start(actor: &'static str, message: &'static str) -> Handling {
+        Handling::start_in(actor, message, &Span::none())
+    }
+
+    /// Times the handling and, if `parent` is a traced request, opens a
+    /// span for it under `parent`.
+    pub fn start_in(actor: &'static str, message: &'static str, parent: &Span) -> Handling {
+        // Untraced messages (heartbeats, most of the traffic) create no span.
+        let span = if parent.is_disabled() {
+            Span::none()
+        } else {
+            tracing::info_span!(target: "harmonydb_trace", parent: parent, "handle", otel.name = %format_args!("{actor} {message}"), actor, message)
+        };
+        Handling {
+            actor,
+            message,
+            started: Instant::now(),
+            span,
+        }
+    }
+
+    /// The handling span (disabled when the message is not traced), for
+    /// work the handler starts and that outlives it.
+    pub fn span(&self) -> &Span {
+        &self.span
+    }
+
+    /// Runs `work` inside the handling span.
+    pub fn in_span<T>(&self, work: impl FnOnce() -> T) -> T {
+        self.span.in_scope(work)
+    }
+}
+
+impl Drop for Handling {
+    fn drop(&mut self) {
+        metrics::histogram!("harmonydb_actor_handling_duration_seconds", "actor" => self.actor, "message" => self.message)
+            .record(self.started.elapsed().as_secs_f64());
+    }
+}
+
+/// The W3C `traceparent` of `span`, to send with a frame, when the span is
+/// traced (the OpenTelemetry layer is on and the span is enabled).
+pub fn traceparent(span: &Span) -> Option<String> {
+    if span.is_disabled() {
+        return None;
+    }
+    let context = span.context();
+    let mut carrier: HashMap<String, String> = HashMap::new();
+    opentelemetry::global::get_text_map_propagator(|propagator| {
+        propagator.inject_context(&context, &mut carrier)
+    });
+    carrier.remove("traceparent")
+}
+
+/// The span of a client request arriving at a front door, named `name`
+/// (e.g. `PUT /kv/{key}`): a new trace, or a child of the caller's when it
+/// sent a valid `traceparent`.
+pub fn request_span(name: &str, traceparent: Option<&str>) -> Span {
+    let span = tracing::info_span!(target: "harmonydb_trace", "request", otel.name = %name, otel.kind = "server");
+    if span.is_disabled() {
+        return span;
+    }
+    if let Some(context) = traceparent.and_then(remote_context) {
+        let _ = span.set_parent(context);
+    }
+    span
+}
+
+/// The remote span context a `traceparent` header names, if it is valid.
+fn remote_context(traceparent: &str) -> Option<opentelemetry::Context> {
+    let carrier: HashMap<String, String> =
+        HashMap::from([("traceparent".to_string(), traceparent.to_string())]);
+    let context =
+        opentelemetry::global::get_text_map_propagator(|propagator| propagator.extract(&carrier));
+    opentelemetry::trace::TraceContextExt::span(&context)
+        .span_context()
+        .is_valid()
+        .then_some(context)
+}
+
+/// A span named `name` under the remote parent a frame's `traceparent`
+/// names. A missing or malformed header gives a disabled span, so frames
+/// from untraced callers cost no span.
+pub fn span_from_traceparent(name: &'static str, traceparent: Option<&str>) -> Span {
+    let Some(context) = traceparent.and_then(remote_context) else {
+        return Span::none();
+    };
+    let span = tracing::info_span!(target: "harmonydb_trace", "remote", otel.name = name);
+    // Fails only when no OpenTelemetry layer is installed: then the span
+    // stays a local one, which is harmless.
+    let _ = span.set_parent(context);
+    span
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_untraced_message_opens_no_span() {
+        let envelope = Envelope::new("Test", "Ping");
+        assert!(envelope.span().is_disabled());
+        let handling = envelope.open();
+        assert!(handling.span().is_disabled());
+    }
+}
