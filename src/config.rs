@@ -140,7 +140,12 @@ pub struct ServeArgs {
     #[arg(long, env = "HARMONYDB_ENABLE_DEBUG")]
     pub enable_debug: bool,
     /// Require `Authorization: Bearer <TOKEN>` on /admin/* and /debug/* routes.
-    #[arg(long, env = "HARMONYDB_ADMIN_TOKEN", value_name = "TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "HARMONYDB_ADMIN_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
     pub admin_token: Option<String>,
 }
 
@@ -449,7 +454,11 @@ impl Config {
                 });
             }
         }
-        if self.admin_token.as_deref().is_some_and(|t| t.trim().is_empty()) {
+        if self
+            .admin_token
+            .as_deref()
+            .is_some_and(|t| t.trim().is_empty())
+        {
             return Err(ConfigError::Invalid {
                 name: "admin_token",
                 message: "empty; leave it unset or give a token".into(),

@@ -92,10 +92,7 @@ impl Drop for Receiver {
     }
 }
 
-async fn receive(
-    kept: web::Data<Arc<Mutex<Vec<ReceivedSpan>>>>,
-    body: web::Bytes,
-) -> HttpResponse {
+async fn receive(kept: web::Data<Arc<Mutex<Vec<ReceivedSpan>>>>, body: web::Bytes) -> HttpResponse {
     let Ok(request) = ExportTraceServiceRequest::decode(body.as_ref()) else {
         return HttpResponse::BadRequest().body("not an ExportTraceServiceRequest");
     };
@@ -212,10 +209,7 @@ fn untraced_nodes_export_nothing_and_cost_no_spans() {
     // answers, requests still succeed (export is off the request path).
     let dir = tempfile::tempdir().expect("tempdir");
     let dead = common::free_port();
-    let node = Node::start(
-        dir.path(),
-        &["--otlp-endpoint", &format!("http://{dead}")],
-    );
+    let node = Node::start(dir.path(), &["--otlp-endpoint", &format!("http://{dead}")]);
     let agent = http_agent();
     for i in 0..20 {
         let request = agent
@@ -271,7 +265,13 @@ fn a_two_second_cpu_profile_decodes_as_pprof() {
     let dir = tempfile::tempdir().expect("tempdir");
     let node = Node::start(
         dir.path(),
-        &["--enable-debug", "--admin-token", "letmein", "--fsync", "never"],
+        &[
+            "--enable-debug",
+            "--admin-token",
+            "letmein",
+            "--fsync",
+            "never",
+        ],
     );
     let agent = http_agent();
     let profile_url = node.url("/debug/pprof/profile?seconds=2");
@@ -281,9 +281,7 @@ fn a_two_second_cpu_profile_decodes_as_pprof() {
     assert_eq!(status, 401, "{body}");
     assert!(body.contains("unauthorized"), "{body}");
     let (status, body) = http(
-        agent
-            .get(&profile_url)
-            .set("Authorization", "Bearer wrong"),
+        agent.get(&profile_url).set("Authorization", "Bearer wrong"),
         None,
     );
     assert_eq!(status, 401, "{body}");
@@ -440,7 +438,11 @@ fn process_actor_raft_and_byte_metrics_are_exported() {
         .lines()
         .filter(|l| l.starts_with("harmonydb_actor_mailbox_depth{") && l.contains("KvRequest"))
     {
-        let depth: f64 = line.rsplit(' ').next().and_then(|v| v.parse().ok()).expect("value");
+        let depth: f64 = line
+            .rsplit(' ')
+            .next()
+            .and_then(|v| v.parse().ok())
+            .expect("value");
         assert_eq!(depth, 0.0, "{line}");
     }
 }

@@ -134,12 +134,22 @@ pub async fn cpu_profile(
         .frequency(PROFILE_FREQUENCY_HZ)
         .blocklist(&["libc", "libgcc", "pthread", "vdso"])
         .build()
-        .map_err(|e| ApiError::new(ErrorCode::Internal, format!("cannot start the CPU profiler: {e}")))?;
+        .map_err(|e| {
+            ApiError::new(
+                ErrorCode::Internal,
+                format!("cannot start the CPU profiler: {e}"),
+            )
+        })?;
     tokio::time::sleep(Duration::from_secs(seconds)).await;
     // Symbolizing takes a while and blocks: off the async workers.
     let rendered = web::block(move || render_profile(guard, flamegraph))
         .await
-        .map_err(|e| ApiError::new(ErrorCode::Internal, format!("profile rendering stopped: {e}")))??;
+        .map_err(|e| {
+            ApiError::new(
+                ErrorCode::Internal,
+                format!("profile rendering stopped: {e}"),
+            )
+        })??;
     Ok(if flamegraph {
         HttpResponse::Ok()
             .content_type("image/svg+xml")
@@ -161,7 +171,10 @@ fn render_profile(
     flamegraph: bool,
 ) -> Result<Vec<u8>, ApiError> {
     let failed = |e: pprof::Error| {
-        ApiError::new(ErrorCode::Internal, format!("cannot build the CPU profile: {e}"))
+        ApiError::new(
+            ErrorCode::Internal,
+            format!("cannot build the CPU profile: {e}"),
+        )
     };
     let report = guard.report().build().map_err(failed)?;
     drop(guard);
@@ -212,11 +225,17 @@ mod heap {
         let mut control = control.lock().await;
         if !control.activated() {
             control.activate().map_err(|e| {
-                ApiError::new(ErrorCode::Internal, format!("cannot start heap sampling: {e}"))
+                ApiError::new(
+                    ErrorCode::Internal,
+                    format!("cannot start heap sampling: {e}"),
+                )
             })?;
         }
         control.dump_pprof().map_err(|e| {
-            ApiError::new(ErrorCode::Internal, format!("cannot dump the heap profile: {e}"))
+            ApiError::new(
+                ErrorCode::Internal,
+                format!("cannot dump the heap profile: {e}"),
+            )
         })
     }
 }

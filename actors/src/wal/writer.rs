@@ -426,9 +426,7 @@ mod tests {
         });
         // 64 appends sent before any is awaited all land in one mailbox drain.
         let pending: Vec<_> = (1..=64)
-            .map(|i| {
-                writer.send(Append::new(vec![entry(i)]))
-            })
+            .map(|i| writer.send(Append::new(vec![entry(i)])))
             .collect();
         for (i, answer) in pending.into_iter().enumerate() {
             let last = answer.await.expect("mailbox").expect("append");
@@ -467,9 +465,7 @@ mod tests {
             let dir = tempfile::tempdir().expect("tempdir");
             let (wal, _) = Wal::open(dir.path(), WalOptions::default()).expect("open");
             let writer = WalWriter::new(wal, policy).start();
-            let last = writer
-                .send(Append::new(vec![entry(1), entry(2)]))
-                .await;
+            let last = writer.send(Append::new(vec![entry(1), entry(2)])).await;
             assert_eq!(last.expect("mailbox").expect("append"), 2);
             assert_eq!(writer.send(GetStats).await.expect("stats").syncs, 0);
             assert_eq!(writer.send(Sync).await.expect("mailbox").expect("sync"), 2);

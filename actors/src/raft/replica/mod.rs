@@ -64,12 +64,12 @@ use crate::kv::{
     BeginShutdown, KvAnswer, KvCommand, KvError, KvOp, KvReply, KvRequest, KvState, ScanRange,
     WriteOutcome,
 };
+use crate::observe::{Envelope, Handling};
 use crate::storage::buffer::{BufferPool, PoolConfig};
 use crate::storage::checkpoint::Storage;
 use crate::storage::manager::{
     BufferPoolManager, CheckpointDue, CheckpointReason, RegisterReplica,
 };
-use crate::observe::{Envelope, Handling};
 use crate::wal::{Append, DeleteBelow, WalError, WalWriter};
 
 /// How long applying waits before trying again after the pool had no frame.
