@@ -446,3 +446,43 @@ fn process_actor_raft_and_byte_metrics_are_exported() {
         assert_eq!(depth, 0.0, "{line}");
     }
 }
+
+/// Only in a build with jemalloc's sampling:
+/// `cargo test --features heap-profiling --test observability heap`.
+#[cfg(feature = "heap-profiling")]
+#[test]
+fn a_heap_profile_is_gzipped_pprof_of_memory_in_use() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = Node::start(dir.path(), &["--enable-debug"]);
+    let agent = http_agent();
+    for i in 0..50 {
+        let request = agent
+            .put(&node.url(&format!("/kv/h{i}")))
+            .set("Content-Type", "application/json");
+        assert_eq!(http(request, Some(r#"{"value": "heap"}"#)).0, 200);
+    }
+    let response = agent
+        .get(&node.url("/debug/pprof/heap"))
+        .call()
+        .expect("heap profile answered");
+    assert_eq!(response.status(), 200);
+    let mut gzipped = Vec::new();
+    std::io::Read::read_to_end(&mut response.into_reader(), &mut gzipped).expect("body");
+    // gzip magic, then a pprof Profile whose sample type is in-use space.
+    assert_eq!(&gzipped[..2], &[0x1f, 0x8b], "the heap profile is gzipped");
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(
+        &mut flate2::read::GzDecoder::new(gzipped.as_slice()),
+        &mut bytes,
+    )
+    .expect("gunzip");
+    let profile = {
+        use pprof::protos::Message;
+        pprof::protos::Profile::decode(bytes.as_slice()).expect("the heap profile decodes as pprof")
+    };
+    assert!(
+        profile.string_table.iter().any(|s| s == "inuse_space"),
+        "sample types: {:?}",
+        profile.sample_type
+    );
+}
