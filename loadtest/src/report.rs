@@ -88,8 +88,9 @@ pub struct Report {
     pub elapsed_seconds: f64,
     /// Completed operations per second over `elapsed_seconds`.
     pub throughput_ops_per_second: f64,
-    /// Open loop: the operations that started later than scheduled (the
-    /// target, or this tool, could not keep up); 0 in closed loop.
+    /// Open loop: the operations that started over 1 ms later than
+    /// scheduled (the target, or this tool, could not keep up); 0 in
+    /// closed loop.
     pub operations_started_late: u64,
     /// All operations together.
     pub total: Figures,

@@ -34,6 +34,10 @@ use crate::workload::{Distribution, Params, Phase, Stop};
 /// Highest latency the histograms hold (1 hour, in µs); longer ones saturate.
 const LATENCY_MAX_US: u64 = 3_600_000_000;
 
+/// Open loop: how far past its scheduled time an operation may start
+/// before it counts as late (tokio's timers wake in whole milliseconds).
+const LATE_TOLERANCE: Duration = Duration::from_millis(1);
+
 /// How often the progress bar is redrawn.
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(250);
 
@@ -116,7 +120,7 @@ struct Shared {
     claimed: AtomicU64,
     /// Operations finished, for the progress bar.
     finished: AtomicU64,
-    /// Open loop: operations started after their scheduled time.
+    /// Open loop: operations started over `LATE_TOLERANCE` after their scheduled time.
     late: AtomicU64,
     inserts: InsertCounter,
     /// Cumulative shares of read, update, insert, scan (the rest is read-modify-write).
@@ -308,10 +312,11 @@ async fn client_loop<S: Store>(
                         break;
                     }
                 }
-                if Instant::now() > at {
-                    shared.late.fetch_add(1, Ordering::Relaxed);
-                } else {
+                let now = Instant::now();
+                if now < at {
                     tokio::time::sleep_until(at).await;
+                } else if now > at + LATE_TOLERANCE {
+                    shared.late.fetch_add(1, Ordering::Relaxed);
                 }
                 Some(at)
             }
