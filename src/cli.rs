@@ -110,6 +110,13 @@ pub enum ClusterCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Hands leadership to a voter (the most caught-up one without --to),
+    /// e.g. before maintenance on the leader's machine.
+    TransferLeader {
+        /// The voter to lead next.
+        #[arg(long, value_name = "ID")]
+        to: Option<u64>,
+    },
 }
 
 /// `harmonydb kv` options.
@@ -233,7 +240,24 @@ async fn connect(target: &Target) -> Result<Client, ClientError> {
 
 async fn cluster(args: ClusterArgs) -> Result<(), ClientError> {
     let client = connect(&args.target).await?;
-    let ClusterCommand::Status { json } = args.command;
+    let json = match args.command {
+        ClusterCommand::Status { json } => json,
+        ClusterCommand::TransferLeader { to } => {
+            return match client
+                .request(Request::TransferLeader { target: to })
+                .await?
+            {
+                Response::LeaderTransferred { leader, term } => {
+                    let _ = writeln!(
+                        std::io::stdout().lock(),
+                        "node {leader} leads in term {term}"
+                    );
+                    Ok(())
+                }
+                other => Err(unexpected(other)),
+            };
+        }
+    };
     let status = client.cluster_status().await?;
     let mut out = std::io::stdout().lock();
     if json {
@@ -271,6 +295,22 @@ pub fn format_status(status: &ClusterStatus) -> String {
             known(member.match_index),
             known(member.lag)
         ));
+    }
+    let ids = |ids: &[u64]| {
+        ids.iter()
+            .map(u64::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    text.push_str(&format!("\nvoters: {}\n", ids(&status.voters)));
+    if !status.voters_outgoing.is_empty() {
+        text.push_str(&format!(
+            "joint change in progress; outgoing voters: {}\n",
+            ids(&status.voters_outgoing)
+        ));
+    }
+    if !status.learners.is_empty() {
+        text.push_str(&format!("learners: {}\n", ids(&status.learners)));
     }
     if status.role != "leader" {
         text.push_str("(match index and lag are known to the leader; ask it for them)\n");

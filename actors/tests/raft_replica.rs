@@ -162,7 +162,14 @@ async fn leader_among(
             if Some(*id) == exclude {
                 continue;
             }
-            if replica.send(GetStatus).await.expect("status").raft.role == Role::Leader {
+            if replica
+                .send(GetStatus::new())
+                .await
+                .expect("status")
+                .raft
+                .role
+                == Role::Leader
+            {
                 return *id;
             }
         }
@@ -270,12 +277,12 @@ async fn three_replicas_replicate_and_survive_losing_their_leader() {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let status = replicas[&leader]
-            .send(GetStatus)
+            .send(GetStatus::new())
             .await
             .expect("status")
             .raft;
         let leader_status = replicas[&new_leader]
-            .send(GetStatus)
+            .send(GetStatus::new())
             .await
             .expect("status")
             .raft;

@@ -121,6 +121,17 @@ pub struct ClusterStatus {
     pub snapshot_index: u64,
     /// Every member, itself included.
     pub members: Vec<MemberStatus>,
+    /// Voting members of the configuration in force (the incoming ones
+    /// during a joint change).
+    #[serde(default)]
+    pub voters: Vec<u64>,
+    /// During a joint change, the outgoing voters (decisions need a
+    /// majority of both sets); empty otherwise.
+    #[serde(default)]
+    pub voters_outgoing: Vec<u64>,
+    /// Members that receive the log but do not vote.
+    #[serde(default)]
+    pub learners: Vec<u64>,
 }
 
 /// An answer, matched to its request by `id`.
@@ -188,6 +199,14 @@ pub enum Request {
     Health,
     /// This node's view of the cluster: members, leader, term, indexes.
     ClusterStatus,
+    /// Moves leadership to `target`, or to the most caught-up other voter
+    /// when absent; answered with `leader_transferred` once a new leader
+    /// leads (run by the leader: other nodes forward it).
+    TransferLeader {
+        /// The voter to lead next.
+        #[serde(default)]
+        target: Option<u64>,
+    },
     /// Node to node: prepare a dump of this node's state at an applied
     /// index of at least `min_index`, for a follower too far behind the
     /// leader's log (answered with `snapshot_ready`).
@@ -227,6 +246,7 @@ impl Request {
             Request::Scan { .. } => "scan",
             Request::Health => "health",
             Request::ClusterStatus => "cluster_status",
+            Request::TransferLeader { .. } => "transfer_leader",
             Request::SnapshotPrepare { .. } => "snapshot_prepare",
             Request::SnapshotChunk { .. } => "snapshot_chunk",
             Request::Raft { .. } => "raft",
@@ -236,7 +256,7 @@ impl Request {
     /// Whether only the leader can do this (writes, and reads that aren't stale).
     pub fn needs_leader(&self) -> bool {
         match self {
-            Request::Put { .. } | Request::Delete { .. } => true,
+            Request::Put { .. } | Request::Delete { .. } | Request::TransferLeader { .. } => true,
             Request::Get { consistency, .. } | Request::Scan { consistency, .. } => {
                 consistency.unwrap_or_default() != Consistency::Stale
             }
@@ -326,6 +346,13 @@ pub enum Response {
     },
     /// Answer to `cluster_status`.
     ClusterStatus(ClusterStatus),
+    /// Answer to `transfer_leader`: who leads now, and in which term.
+    LeaderTransferred {
+        /// The new leader.
+        leader: u64,
+        /// Its term.
+        term: u64,
+    },
     /// Answer to `snapshot_prepare`: a dump is ready.
     SnapshotReady {
         /// The applied index it is the state at.
@@ -538,6 +565,8 @@ mod tests {
             consistency: Some(Consistency::Stale),
         });
         round_trip(Request::ClusterStatus);
+        round_trip(Request::TransferLeader { target: Some(2) });
+        round_trip(Request::TransferLeader { target: None });
         round_trip(Request::Raft {
             from: 1,
             to: 2,

@@ -92,6 +92,11 @@ pub fn app(
                 .default_service(web::to(method_not_allowed)),
         )
         .service(
+            web::resource("/cluster/leader")
+                .route(web::post().to(transfer_leader))
+                .default_service(web::to(method_not_allowed)),
+        )
+        .service(
             web::resource("/admin/fault")
                 .route(web::get().to(admin_faults))
                 .route(web::post().to(admin_fault))
@@ -384,6 +389,38 @@ async fn cluster(state: web::Data<HttpState>) -> Result<HttpResponse, ApiError> 
     call(&state, Request::ClusterStatus, None).await
 }
 
+/// Body of `POST /cluster/leader`: the voter to lead next; empty or `{}`
+/// lets the leader choose the most caught-up voter.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TransferBody {
+    #[serde(default)]
+    target: Option<u64>,
+}
+
+async fn transfer_leader(
+    state: web::Data<HttpState>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let body: TransferBody = if body.iter().all(u8::is_ascii_whitespace) {
+        TransferBody::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiError::bad_request(format!(
+                "malformed JSON body: {e}; expected {{\"target\": <node id>}} or nothing"
+            ))
+        })?
+    };
+    call(
+        &state,
+        Request::TransferLeader {
+            target: body.target,
+        },
+        None,
+    )
+    .await
+}
+
 async fn admin_fault(
     state: web::Data<HttpState>,
     request: HttpRequest,
@@ -467,6 +504,10 @@ async fn call(
             "applied_index": applied_index,
         }),
         Response::ClusterStatus(status) => serde_json::json!(status),
+        Response::LeaderTransferred { leader, term } => serde_json::json!({
+            "leader": leader,
+            "term": term,
+        }),
         // Node-to-node answers: HTTP never asks for them.
         Response::SnapshotReady { .. } | Response::SnapshotChunk { .. } => {
             return Err(ApiError::new(

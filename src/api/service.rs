@@ -13,7 +13,8 @@ use actix::Addr;
 use harmonydb_actors::cluster::fault::{Delivery, Fault, FaultFilter};
 use harmonydb_actors::kv::{KvAnswer, KvError, KvHandle, KvOp, KvReply, ScanRange, WriteOutcome};
 use harmonydb_actors::raft::replica::{
-    dump_path, GetStatus, PrepareSnapshot, RaftReplica, SNAPSHOT_CHUNK_BYTES,
+    dump_path, GetStatus, PrepareSnapshot, RaftReplica, TransferError, TransferLeadership,
+    SNAPSHOT_CHUNK_BYTES,
 };
 use harmonydb_actors::raft::Role;
 use harmonydb_protocol::{
@@ -23,6 +24,9 @@ use harmonydb_protocol::{
 use tracing::{debug, info};
 
 use super::error::ApiError;
+
+/// How often a leadership transfer looks for the new leader.
+const TRANSFER_POLL_INTERVAL: Duration = Duration::from_millis(10);
 
 /// Items a scan returns when the request gives no limit.
 pub const SCAN_LIMIT_DEFAULT: usize = 1000;
@@ -134,6 +138,9 @@ impl Service {
                 return Err(self.not_leader(leader));
             }
             return self.forward(leader, request).await;
+        }
+        if let Request::TransferLeader { target } = request {
+            return self.transfer_leader(target).await;
         }
         self.local(request).await
     }
@@ -251,7 +258,7 @@ impl Service {
     async fn prepare_snapshot(&self, min_index: u64) -> Result<Response, ApiError> {
         let dump = self
             .replica
-            .send(PrepareSnapshot { min_index })
+            .send(PrepareSnapshot::new(min_index))
             .await
             .map_err(|_| ApiError::from_kv(KvError::ShuttingDown, None))?
             .map_err(|reason| ApiError::new(ErrorCode::Unavailable, reason))?;
@@ -294,11 +301,74 @@ impl Service {
         })
     }
 
+    /// Hands leadership from this node (the leader) to `target` or the most
+    /// caught-up other voter, and answers once the new leader leads.
+    async fn transfer_leader(&self, target: Option<u64>) -> Result<Response, ApiError> {
+        let shutting_down = |_| ApiError::from_kv(KvError::ShuttingDown, None);
+        let chosen = self
+            .replica
+            .send(TransferLeadership::new(target))
+            .await
+            .map_err(shutting_down)?
+            .map_err(|error| match error {
+                TransferError::NotLeader { leader: 0 } => {
+                    ApiError::from_kv(KvError::NoLeader, None)
+                }
+                TransferError::NotLeader { leader } => self.not_leader(leader),
+                TransferError::NotAVoter { .. } | TransferError::NoOtherVoter => {
+                    ApiError::bad_request(error.to_string())
+                }
+                TransferError::Unavailable(reason) => {
+                    ApiError::from_kv(KvError::Storage(reason), None)
+                }
+            })?;
+        // The core tells the target to campaign once it has caught up, and
+        // gives up after an election timeout: wait for the outcome.
+        let timeout = self.kv.limits().request_timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let status = self
+                .replica
+                .send(GetStatus::new())
+                .await
+                .map_err(shutting_down)?
+                .raft;
+            let moved =
+                status.leader != 0 && (status.leader != self.node_id || chosen == self.node_id);
+            if moved && status.leader == chosen {
+                return Ok(Response::LeaderTransferred {
+                    leader: chosen,
+                    term: status.term,
+                });
+            }
+            if moved {
+                return Err(ApiError::new(
+                    ErrorCode::Unavailable,
+                    format!(
+                        "node {} won the election instead of node {chosen}; ask again to move it",
+                        status.leader
+                    ),
+                ));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ApiError::new(
+                    ErrorCode::Timeout,
+                    format!(
+                        "leadership did not move to node {chosen} within {} ms (node {} leads; a transfer is abandoned after an election timeout)",
+                        timeout.as_millis(),
+                        status.leader
+                    ),
+                ));
+            }
+            tokio::time::sleep(TRANSFER_POLL_INTERVAL).await;
+        }
+    }
+
     /// This node's view of the cluster.
     pub async fn cluster_status(&self) -> Result<ClusterStatus, ApiError> {
         let status = self
             .replica
-            .send(GetStatus)
+            .send(GetStatus::new())
             .await
             .map_err(|_| ApiError::from_kv(KvError::ShuttingDown, None))?;
         let raft = status.raft;
@@ -339,6 +409,9 @@ impl Service {
             last_index: raft.last_index,
             snapshot_index: status.snapshot_index,
             members,
+            voters: raft.config.voters.iter().copied().collect(),
+            voters_outgoing: raft.config.voters_outgoing.iter().copied().collect(),
+            learners: raft.config.learners.iter().copied().collect(),
         })
     }
 
@@ -434,6 +507,7 @@ fn to_op(request: Request) -> Result<(KvOp, Consistency), ApiError> {
         ),
         Request::Health => (KvOp::Health, Consistency::default()),
         Request::ClusterStatus
+        | Request::TransferLeader { .. }
         | Request::Raft { .. }
         | Request::SnapshotPrepare { .. }
         | Request::SnapshotChunk { .. } => {

@@ -137,7 +137,74 @@ impl actix::Message for Step {
 }
 
 /// Asks for the replica's status.
-pub struct GetStatus;
+pub struct GetStatus {
+    /// Mailbox accounting and the asking request's span.
+    pub envelope: Envelope,
+}
+
+impl GetStatus {
+    /// A status request on behalf of the current span.
+    pub fn new() -> GetStatus {
+        GetStatus {
+            envelope: Envelope::new("RaftReplica", "GetStatus"),
+        }
+    }
+}
+
+/// Asks the leader to hand leadership to `target`, or to the most
+/// caught-up other voter; answers with the chosen voter once the hand-over
+/// has begun (the caller watches the status for the new leader).
+pub struct TransferLeadership {
+    /// The voter to lead next, if the caller chose one.
+    pub target: Option<NodeId>,
+    /// Mailbox accounting and the asking request's span.
+    pub envelope: Envelope,
+}
+
+impl TransferLeadership {
+    /// A transfer request on behalf of the current span.
+    pub fn new(target: Option<NodeId>) -> TransferLeadership {
+        TransferLeadership {
+            target,
+            envelope: Envelope::new("RaftReplica", "TransferLeadership"),
+        }
+    }
+}
+
+impl actix::Message for TransferLeadership {
+    type Result = Result<NodeId, TransferError>;
+}
+
+/// Why leadership can't be handed over.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TransferError {
+    /// This member doesn't lead (0: no leader known).
+    #[error("this node does not lead")]
+    NotLeader {
+        /// The leader it knows of, if any.
+        leader: NodeId,
+    },
+    /// The target is not a voter of the configuration in force.
+    #[error("node {target} is not a voter (voters: {voters:?})")]
+    NotAVoter {
+        /// The requested target.
+        target: NodeId,
+        /// The voters there are.
+        voters: Vec<NodeId>,
+    },
+    /// The leader is the only voter.
+    #[error("no other voter to hand leadership to")]
+    NoOtherVoter,
+    /// The replica stopped serving (a storage failure).
+    #[error("the replica is not serving: {0}")]
+    Unavailable(String),
+}
+
+impl Default for GetStatus {
+    fn default() -> Self {
+        GetStatus::new()
+    }
+}
 
 impl actix::Message for GetStatus {
     type Result = ReplicaStatus;
@@ -1001,8 +1068,8 @@ impl Handler<Persisted> for RaftReplica {
 impl Handler<GetStatus> for RaftReplica {
     type Result = MessageResult<GetStatus>;
 
-    fn handle(&mut self, _: GetStatus, _: &mut Self::Context) -> Self::Result {
-        let _handling = Handling::start("RaftReplica", "GetStatus");
+    fn handle(&mut self, request: GetStatus, _: &mut Self::Context) -> Self::Result {
+        let _handling = request.envelope.open();
         let raft = self.raft.status();
         let leader_contact = if raft.role == Role::Leader {
             None
@@ -1016,6 +1083,54 @@ impl Handler<GetStatus> for RaftReplica {
             snapshot_index: self.raft.snapshot_index(),
             applied_index: self.state.applied_index(),
         })
+    }
+}
+
+impl Handler<TransferLeadership> for RaftReplica {
+    type Result = Result<NodeId, TransferError>;
+
+    fn handle(&mut self, request: TransferLeadership, ctx: &mut Self::Context) -> Self::Result {
+        let handling = request.envelope.open();
+        let _entered = handling.span().enter();
+        if let Some(reason) = &self.failed {
+            return Err(TransferError::Unavailable(reason.clone()));
+        }
+        self.catch_up_ticks();
+        let status = self.raft.status();
+        if status.role != Role::Leader {
+            return Err(TransferError::NotLeader {
+                leader: status.leader,
+            });
+        }
+        let voters: Vec<NodeId> = status.config.voters.iter().copied().collect();
+        let target = match request.target {
+            Some(target) if !status.config.is_voter(target) => {
+                return Err(TransferError::NotAVoter { target, voters });
+            }
+            Some(target) => target,
+            // The voter furthest along the log takes over soonest (the
+            // core waits for it to catch up before telling it to campaign).
+            None => voters
+                .iter()
+                .copied()
+                .filter(|id| *id != status.id)
+                .max_by_key(|id| {
+                    (
+                        status.match_index.get(id).copied().unwrap_or(0),
+                        u64::MAX - id,
+                    )
+                })
+                .ok_or(TransferError::NoOtherVoter)?,
+        };
+        match self.raft.transfer_leadership(target) {
+            Ok(()) => {
+                info!(target, term = status.term, "handing leadership over");
+                self.schedule_drive(ctx);
+                Ok(target)
+            }
+            Err(RaftError::NotLeader { leader }) => Err(TransferError::NotLeader { leader }),
+            Err(_) => Err(TransferError::NotAVoter { target, voters }),
+        }
     }
 }
 

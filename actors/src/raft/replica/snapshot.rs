@@ -91,6 +91,18 @@ struct Built {
 pub struct PrepareSnapshot {
     /// The snapshot index the asking follower was sent.
     pub min_index: u64,
+    /// Mailbox accounting and the asking request's span.
+    pub envelope: crate::observe::Envelope,
+}
+
+impl PrepareSnapshot {
+    /// A dump request on behalf of the current span.
+    pub fn new(min_index: u64) -> PrepareSnapshot {
+        PrepareSnapshot {
+            min_index,
+            envelope: crate::observe::Envelope::new("RaftReplica", "PrepareSnapshot"),
+        }
+    }
 }
 
 impl Message for PrepareSnapshot {
@@ -147,8 +159,12 @@ impl Handler<PrepareSnapshot> for RaftReplica {
     type Result = ResponseActFuture<Self, Result<SnapshotDump, String>>;
 
     fn handle(&mut self, request: PrepareSnapshot, ctx: &mut Self::Context) -> Self::Result {
-        let _handling = crate::observe::Handling::start("RaftReplica", "PrepareSnapshot");
-        let job = match self.dump_job(request.min_index, ctx) {
+        let PrepareSnapshot {
+            min_index,
+            envelope,
+        } = request;
+        let _handling = envelope.open();
+        let job = match self.dump_job(min_index, ctx) {
             Ok(DumpJob::Ready(dump)) => return Box::pin(fut::ready(Ok(dump))),
             Ok(DumpJob::Write { pager, shard, path }) => (pager, shard, path),
             Err(reason) => return Box::pin(fut::ready(Err(reason))),
