@@ -356,6 +356,10 @@ fn describe_metrics() {
     );
     describe_gauge!("harmonydb_tcp_connections", "Open client TCP connections.");
     describe_counter!(
+        "harmonydb_tcp_connections_refused_total",
+        "TCP connections closed at once because the node had its maximum open."
+    );
+    describe_counter!(
         "harmonydb_tcp_protocol_errors_total",
         "TCP connections closed for a bad frame, by error code."
     );

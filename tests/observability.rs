@@ -433,6 +433,19 @@ fn process_actor_raft_and_byte_metrics_are_exported() {
     ] {
         assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
     }
+    // Every metric has a help text.
+    let declared = |prefix: &str| -> std::collections::BTreeSet<String> {
+        text.lines()
+            .filter_map(|l| l.strip_prefix(prefix))
+            .filter_map(|l| l.split_whitespace().next())
+            .map(String::from)
+            .collect()
+    };
+    let without_help: Vec<String> = declared("# TYPE ")
+        .difference(&declared("# HELP "))
+        .cloned()
+        .collect();
+    assert!(without_help.is_empty(), "no help text: {without_help:?}");
     // Every request has been handled: nothing is left counted in a mailbox.
     for line in text
         .lines()
