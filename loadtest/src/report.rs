@@ -42,7 +42,7 @@ impl Latency {
         }
         Latency {
             count: histogram.len(),
-            mean_us: histogram.mean(),
+            mean_us: round_to(histogram.mean(), 3),
             p50_us: histogram.value_at_quantile(0.5),
             p90_us: histogram.value_at_quantile(0.9),
             p99_us: histogram.value_at_quantile(0.99),
@@ -215,6 +215,13 @@ impl Report {
         }
         out
     }
+}
+
+/// `value` rounded to `decimals` places: few enough digits that the JSON
+/// text reads back as the same number.
+pub fn round_to(value: f64, decimals: i32) -> f64 {
+    let scale = 10f64.powi(decimals);
+    (value * scale).round() / scale
 }
 
 fn ms(us: u64) -> f64 {

@@ -27,7 +27,7 @@ use crate::generator::{
     record_key, record_value, InsertCounter, KeyChooser, Rng, ScrambledZipfian, Zipfian,
     ZIPFIAN_THETA,
 };
-use crate::report::{Figures, Latency, Report, SCHEMA_VERSION};
+use crate::report::{round_to, Figures, Latency, Report, SCHEMA_VERSION};
 use crate::store::{OpError, Store, TargetKind};
 use crate::workload::{Distribution, Params, Phase, Stop};
 
@@ -204,7 +204,7 @@ async fn run_phase_recorded<S: Store>(
     }
     let histogram = total.histogram.clone();
     let total = total.figures();
-    let elapsed_seconds = elapsed.as_secs_f64();
+    let elapsed_seconds = round_to(elapsed.as_secs_f64(), 6);
     let report = Report {
         schema_version: SCHEMA_VERSION,
         tool: format!("harmonydb-loadtest {}", env!("CARGO_PKG_VERSION")),
@@ -214,7 +214,7 @@ async fn run_phase_recorded<S: Store>(
         started_at_unix_ms,
         elapsed_seconds,
         throughput_ops_per_second: if elapsed_seconds > 0.0 {
-            total.operations as f64 / elapsed_seconds
+            round_to(total.operations as f64 / elapsed_seconds, 3)
         } else {
             0.0
         },
