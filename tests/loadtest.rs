@@ -19,16 +19,7 @@ const RECORDS: u64 = 1_000;
 const RUN_SECONDS: f64 = 1.0;
 
 fn params(phase: Phase, workload: Workload, clients: usize) -> Params {
-    let mix = match phase {
-        Phase::Load => Mix {
-            read: 0.0,
-            update: 0.0,
-            insert: 1.0,
-            scan: 0.0,
-            read_modify_write: 0.0,
-        },
-        Phase::Run => workload.mix(),
-    };
+    let mix = Mix::for_phase(phase, workload);
     Params {
         phase,
         workload,

@@ -148,11 +148,14 @@ pub fn traceparent(span: &Span) -> Option<String> {
 /// The span of a client request arriving at a front door, named `name`
 /// (e.g. `PUT /kv/{key}`): a new trace, or a child of the caller's when it
 /// sent a valid `traceparent`.
-pub fn request_span(name: &str, traceparent: Option<&str>) -> Span {
-    let span = tracing::info_span!(target: "harmonydb_trace", "request", otel.name = %name, otel.kind = "server");
+pub fn request_span(name: impl FnOnce() -> String, traceparent: Option<&str>) -> Span {
+    let span = tracing::info_span!(target: "harmonydb_trace", "request", otel.name = tracing::field::Empty, otel.kind = "server");
+    // The name is built only for a traced request: untraced ones (no OTLP
+    // endpoint) pay for no formatting.
     if span.is_disabled() {
         return span;
     }
+    span.record("otel.name", name());
     if let Some(context) = traceparent.and_then(remote_context) {
         let _ = span.set_parent(context);
     }

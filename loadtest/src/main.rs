@@ -117,16 +117,7 @@ fn parse<T: std::str::FromStr<Err = LoadError>>(text: &str) -> Result<T, String>
 
 impl Options {
     fn params(&self, phase: Phase) -> Params {
-        let mut mix = match phase {
-            Phase::Load => Mix {
-                read: 0.0,
-                update: 0.0,
-                insert: 1.0,
-                scan: 0.0,
-                read_modify_write: 0.0,
-            },
-            Phase::Run => self.workload.mix(),
-        };
+        let mut mix = Mix::for_phase(phase, self.workload);
         if phase == Phase::Run {
             let overrides = [
                 (self.read_proportion, &mut mix.read),

@@ -152,6 +152,21 @@ pub struct Mix {
 }
 
 impl Mix {
+    /// What a phase runs: the load phase only inserts; the run phase runs
+    /// `workload`'s mix.
+    pub fn for_phase(phase: Phase, workload: Workload) -> Mix {
+        match phase {
+            Phase::Load => Mix {
+                read: 0.0,
+                update: 0.0,
+                insert: 1.0,
+                scan: 0.0,
+                read_modify_write: 0.0,
+            },
+            Phase::Run => workload.mix(),
+        }
+    }
+
     /// Checks each share is in [0, 1] and that they sum to 1.
     pub fn validate(&self) -> Result<(), LoadError> {
         let shares = [

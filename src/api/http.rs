@@ -606,10 +606,12 @@ async fn record_metrics(
         .unwrap_or(0);
     metrics::counter!("harmonydb_http_received_bytes_total").increment(received);
     let span = observe::request_span(
-        &format!(
-            "{method} {}",
-            request.match_pattern().as_deref().unwrap_or("unmatched")
-        ),
+        || {
+            format!(
+                "{method} {}",
+                request.match_pattern().as_deref().unwrap_or("unmatched")
+            )
+        },
         request
             .headers()
             .get("traceparent")

@@ -280,7 +280,7 @@ async fn reject(
 async fn handle(service: &Service, frame: RequestFrame) -> ResponseFrame {
     let started = Instant::now();
     let op_name = frame.body.op_name();
-    let span = observe::request_span(&format!("TCP {op_name}"), frame.trace.as_deref());
+    let span = observe::request_span(|| format!("TCP {op_name}"), frame.trace.as_deref());
     metrics::gauge!("harmonydb_tcp_requests_in_flight").increment(1.0);
     let body = service
         .handle(frame.body, frame.no_forward)
