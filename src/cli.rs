@@ -117,6 +117,26 @@ pub enum ClusterCommand {
         #[arg(long, value_name = "ID")]
         to: Option<u64>,
     },
+    /// Adds a node as a learner (it gets the log but doesn't vote); start
+    /// it with `harmonydb serve --join` to have it promote itself, or
+    /// promote it with `cluster promote` once it has caught up.
+    Add {
+        /// The new node's id (one no member has).
+        id: u64,
+        /// Its TCP address as the members reach it (host:port).
+        address: String,
+    },
+    /// Makes a caught-up learner a voter (through a joint configuration).
+    Promote {
+        /// The learner's id.
+        id: u64,
+    },
+    /// Removes a voter or learner, the leader included (leadership is
+    /// handed over first). The removed node stops taking part.
+    Remove {
+        /// The member's id.
+        id: u64,
+    },
 }
 
 /// `harmonydb kv` options.
@@ -257,6 +277,15 @@ async fn cluster(args: ClusterArgs) -> Result<(), ClientError> {
                 other => Err(unexpected(other)),
             };
         }
+        ClusterCommand::Add { id, address } => {
+            return change_membership(&client, Request::AddMember { id, address }).await
+        }
+        ClusterCommand::Promote { id } => {
+            return change_membership(&client, Request::PromoteMember { id }).await
+        }
+        ClusterCommand::Remove { id } => {
+            return change_membership(&client, Request::RemoveMember { id }).await
+        }
     };
     let status = client.cluster_status().await?;
     let mut out = std::io::stdout().lock();
@@ -268,6 +297,27 @@ async fn cluster(args: ClusterArgs) -> Result<(), ClientError> {
         let _ = write!(out, "{}", format_status(&status));
     }
     Ok(())
+}
+
+/// Sends a membership change and prints the configuration it led to.
+async fn change_membership(client: &Client, request: Request) -> Result<(), ClientError> {
+    match client.request(request).await? {
+        Response::Membership(membership) => {
+            let list = |ids: &[u64]| ids.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
+            let _ = writeln!(
+                std::io::stdout().lock(),
+                "voters: {}\nlearners: {}",
+                list(&membership.voters),
+                if membership.learners.is_empty() {
+                    "none".to_string()
+                } else {
+                    list(&membership.learners)
+                }
+            );
+            Ok(())
+        }
+        other => Err(unexpected(other)),
+    }
 }
 
 /// The status as an operator reads it.

@@ -99,6 +99,18 @@ pub struct ServeArgs {
     /// cluster of one.
     #[arg(long, env = "HARMONYDB_PEERS", value_name = "ID=HOST:PORT,...")]
     pub peers: Option<String>,
+    /// Join a running cluster through any member's TCP address: the node
+    /// starts with no configuration, asks to be added as a learner, catches
+    /// up, and asks to be promoted to voter. Needs --node-id (an id no
+    /// member has); not with --peers. A node that joined passes the same
+    /// flag again at restart.
+    #[arg(long, env = "HARMONYDB_JOIN", value_name = "HOST:PORT")]
+    pub join: Option<String>,
+    /// The TCP address other members reach this node at, if not
+    /// --tcp-addr (behind NAT, in a container, or when listening on
+    /// 0.0.0.0) [default: the TCP listen address].
+    #[arg(long, env = "HARMONYDB_ADVERTISE_ADDR", value_name = "HOST:PORT")]
+    pub advertise_addr: Option<String>,
     /// Raft's clock tick in milliseconds; heartbeats go every tick and
     /// elections start after 10 to 20 ticks without a leader [default: 100].
     #[arg(long, env = "HARMONYDB_RAFT_TICK_MS", value_name = "MS")]
@@ -165,6 +177,8 @@ struct FileConfig {
     wal_truncate_corrupt_tail: Option<bool>,
     node_id: Option<u64>,
     peers: Option<String>,
+    join: Option<String>,
+    advertise_addr: Option<String>,
     raft_tick_ms: Option<u64>,
     request_timeout_ms: Option<u64>,
     enable_fault_injection: Option<bool>,
@@ -204,8 +218,13 @@ pub struct Config {
     pub wal_truncate_corrupt_tail: bool,
     /// This node's id.
     pub node_id: u64,
-    /// Every member's TCP address by id, this node included.
+    /// Every member's TCP address by id, this node included (with `join`,
+    /// only this node).
     pub members: BTreeMap<u64, String>,
+    /// A member's TCP address to join the cluster through, if joining.
+    pub join: Option<String>,
+    /// The TCP address other members reach this node at, if not `tcp_addr`.
+    pub advertise_addr: Option<String>,
     /// Raft's tick.
     pub raft_tick: Duration,
     /// How long a request waits for its outcome.
@@ -314,6 +333,8 @@ impl Config {
                 || file.wal_truncate_corrupt_tail.unwrap_or(false),
             node_id: 0,
             members: BTreeMap::new(),
+            join: None,
+            advertise_addr: None,
             raft_tick: Duration::from_millis(pick(&args.raft_tick_ms, file.raft_tick_ms, || {
                 RAFT_TICK_DEFAULT_MS
             })),
@@ -349,6 +370,7 @@ impl Config {
             admin_token: args.admin_token.clone().or(file.admin_token),
         };
         let mut config = config;
+        let node_id_given = args.node_id.or(file.node_id).is_some();
         config.node_id = pick(&args.node_id, file.node_id, || 1);
         if config.node_id == 0 {
             return Err(ConfigError::Invalid {
@@ -356,7 +378,44 @@ impl Config {
                 message: "0 is reserved; node ids start at 1".into(),
             });
         }
-        config.members = match pick(&args.peers, file.peers, String::new) {
+        config.advertise_addr = args
+            .advertise_addr
+            .clone()
+            .or(file.advertise_addr)
+            .filter(|a| !a.trim().is_empty());
+        if let Some(addr) = &config.advertise_addr {
+            check_host_port(addr).map_err(|message| ConfigError::Invalid {
+                name: "advertise_addr",
+                message,
+            })?;
+        }
+        config.join = args
+            .join
+            .clone()
+            .or(file.join)
+            .filter(|a| !a.trim().is_empty());
+        let peers = pick(&args.peers, file.peers, String::new);
+        if let Some(join) = &config.join {
+            check_host_port(join).map_err(|message| ConfigError::Invalid {
+                name: "join",
+                message,
+            })?;
+            if !peers.trim().is_empty() {
+                return Err(ConfigError::Invalid {
+                    name: "join",
+                    message: "give --join or --peers, not both: --peers starts a new cluster, --join enters a running one".into(),
+                });
+            }
+            if !node_id_given {
+                return Err(ConfigError::Invalid {
+                    name: "join",
+                    message:
+                        "--join needs --node-id: the id the new member takes, one no member has"
+                            .into(),
+                });
+            }
+        }
+        config.members = match peers {
             text if text.trim().is_empty() => {
                 BTreeMap::from([(config.node_id, config.tcp_addr.to_string())])
             }
@@ -471,6 +530,16 @@ impl Config {
             }
         })?;
         Ok(())
+    }
+}
+
+/// Checks a `host:port` address (the host may be a name).
+fn check_host_port(addr: &str) -> Result<(), String> {
+    match addr.trim().rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => {
+            Ok(())
+        }
+        _ => Err(format!("{addr:?} is not host:port")),
     }
 }
 
@@ -615,6 +684,56 @@ mod tests {
         };
         let message = Config::resolve(&zero).expect_err("id 0").to_string();
         assert!(message.contains("node_id"), "{message}");
+    }
+
+    #[test]
+    fn join_needs_a_node_id_and_excludes_peers() {
+        let joining = ServeArgs {
+            node_id: Some(4),
+            join: Some("10.0.0.1:7070".into()),
+            advertise_addr: Some("node-4:7070".into()),
+            ..ServeArgs::default()
+        };
+        let config = Config::resolve(&joining).expect("valid");
+        assert_eq!(config.join.as_deref(), Some("10.0.0.1:7070"));
+        assert_eq!(config.advertise_addr.as_deref(), Some("node-4:7070"));
+        assert_eq!(config.members.keys().copied().collect::<Vec<_>>(), [4]);
+        for (args, complaint) in [
+            (
+                ServeArgs {
+                    join: Some("a:1".into()),
+                    ..ServeArgs::default()
+                },
+                "needs --node-id",
+            ),
+            (
+                ServeArgs {
+                    node_id: Some(4),
+                    join: Some("a:1".into()),
+                    peers: Some("4=b:2".into()),
+                    ..ServeArgs::default()
+                },
+                "not both",
+            ),
+            (
+                ServeArgs {
+                    node_id: Some(4),
+                    join: Some("no-port".into()),
+                    ..ServeArgs::default()
+                },
+                "not host:port",
+            ),
+            (
+                ServeArgs {
+                    advertise_addr: Some("a:0".into()),
+                    ..ServeArgs::default()
+                },
+                "not host:port",
+            ),
+        ] {
+            let message = Config::resolve(&args).expect_err(complaint).to_string();
+            assert!(message.contains(complaint), "{message}");
+        }
     }
 
     #[test]

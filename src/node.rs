@@ -4,7 +4,6 @@
 //! both front doors, then waits for SIGINT/SIGTERM and shuts down in the
 //! order that keeps every acknowledged write durable.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -14,10 +13,11 @@ use std::time::Duration;
 
 use actix::{Actor, Addr, Arbiter};
 use harmonydb_actors::cluster::fault::FaultFilter;
+use harmonydb_actors::cluster::members::MemberBook;
 use harmonydb_actors::cluster::transport::{PeerInbox, Transport};
 use harmonydb_actors::kv::{BeginShutdown, KvHandle, KvLimits};
 use harmonydb_actors::raft::replica::{
-    settle_install, CheckpointPolicy, RaftReplica, ReplicaStorage,
+    read_removed_marker, settle_install, CheckpointPolicy, RaftReplica, ReplicaStorage,
 };
 use harmonydb_actors::raft::wal_log::{load, WalLogError};
 use harmonydb_actors::raft::{PersistedState, Raft, RaftConfig};
@@ -165,16 +165,18 @@ impl DataDirLock {
 }
 
 /// Checks (or, on first start, writes) `<data-dir>/IDENTITY`: the node id
-/// and the member ids this directory was created with. A directory started
-/// under another id would hand that node's votes to this one.
-fn check_identity(
-    dir: &Path,
-    node_id: u64,
-    members: &BTreeMap<u64, String>,
-) -> Result<(), NodeError> {
+/// and how the directory's cluster began: the member ids of `--peers`, or
+/// joining a running cluster. A directory started under another id would
+/// hand that node's votes to this one. Members added or removed since are
+/// in the replicated configuration, not here.
+fn check_identity(dir: &Path, node_id: u64, config: &Config) -> Result<(), NodeError> {
     let path = dir.join("IDENTITY");
-    let ids: Vec<String> = members.keys().map(u64::to_string).collect();
-    let expected = format!("node {node_id} of members {}", ids.join(","));
+    let expected = if config.join.is_some() {
+        format!("node {node_id} joined a running cluster")
+    } else {
+        let ids: Vec<String> = config.members.keys().map(u64::to_string).collect();
+        format!("node {node_id} of members {}", ids.join(","))
+    };
     match std::fs::read_to_string(&path) {
         Ok(found) if found.trim() == expected => Ok(()),
         Ok(found) => Err(NodeError::IdentityMismatch {
@@ -232,14 +234,17 @@ pub struct ReplicaParts {
     pub kv: KvHandle,
     /// The leader it knows of.
     pub leader: Arc<AtomicU64>,
+    /// Where members are, kept current by the replica.
+    pub members: MemberBook,
 }
 
 /// What a replica is started with besides its core and WAL.
 pub struct ReplicaSettings {
     /// This node.
     pub node_id: u64,
-    /// Every member's TCP address.
-    pub members: BTreeMap<u64, String>,
+    /// Where members are: seeded from `--peers` (or the node itself when
+    /// joining), kept current by the replica from the configuration.
+    pub members: MemberBook,
     /// Raft's tick.
     pub tick: Duration,
     /// Limits front doors enforce.
@@ -345,14 +350,8 @@ pub fn start_replica(
         warn!(page, "repaired a torn page from the double-write file");
     }
     let snapshot_dir = storage.snapshot_dir.clone();
-    let peers: BTreeMap<u64, String> = settings
-        .members
-        .iter()
-        .filter(|(id, _)| **id != node_id)
-        .map(|(id, addr)| (*id, addr.clone()))
-        .collect();
-    let transport =
-        Transport::new(node_id, peers).with_frame_budget(settings.frame_size_max_bytes / 2);
+    let transport = Transport::new(node_id, settings.members.clone())
+        .with_frame_budget(settings.frame_size_max_bytes / 2);
     let faults = transport.faults();
     let transport = transport.start();
     let replica = RaftReplica::new(
@@ -372,6 +371,7 @@ pub fn start_replica(
         leader,
         snapshot_dir,
         manager_arbiter,
+        members: settings.members.clone(),
     })
 }
 
@@ -383,7 +383,7 @@ pub fn run(config: Config) -> Result<(), NodeError> {
         source,
     })?;
     let _lock = DataDirLock::acquire(&config.data_dir)?;
-    check_identity(&config.data_dir, config.node_id, &config.members)?;
+    check_identity(&config.data_dir, config.node_id, &config)?;
     let metrics = crate::telemetry::install_metrics().map_err(NodeError::Telemetry)?;
 
     let wal_dir = config.data_dir.join("wal");
@@ -393,10 +393,14 @@ pub fn run(config: Config) -> Result<(), NodeError> {
     };
     // A cut tail is logged by the WAL itself, with segment, offset and bytes.
     let (wal, report) = Wal::open(&wal_dir, options)?;
-    let persisted = load(
-        &wal,
-        PersistedState::bootstrap(config.members.keys().copied()),
-    )?;
+    // A joining node starts with no configuration: it learns the
+    // cluster's from the log the leader sends it.
+    let initial_voters: Vec<u64> = if config.join.is_some() {
+        Vec::new()
+    } else {
+        config.members.keys().copied().collect()
+    };
+    let persisted = load(&wal, PersistedState::bootstrap(initial_voters))?;
     info!(
         segments = report.segments,
         last_index = report.last_index,
@@ -456,6 +460,24 @@ async fn serve(
     // so at high concurrency all writers make the next group commit.
     let wal_arbiter = Arbiter::new();
     let wal_writer = WalWriter::new(wal, config.fsync).start_on(&wal_arbiter.handle());
+    let advertised = config
+        .advertise_addr
+        .clone()
+        .unwrap_or_else(|| tcp_addr.to_string());
+    if config.join.is_some() {
+        config.members.insert(config.node_id, advertised.clone());
+    }
+    let members = MemberBook::new(config.members.clone());
+    let removed = read_removed_marker(&config.data_dir).map_err(|source| NodeError::Io {
+        action: "read",
+        path: config
+            .data_dir
+            .join(harmonydb_actors::raft::replica::REMOVED_MARKER),
+        source,
+    })?;
+    if let Some(index) = removed {
+        members.mark_removed(index);
+    }
     let limits = KvLimits {
         value_size_max_bytes: config.value_size_max_bytes,
         request_timeout: config.request_timeout,
@@ -463,7 +485,7 @@ async fn serve(
     };
     let settings = ReplicaSettings {
         node_id: config.node_id,
-        members: config.members.clone(),
+        members: members.clone(),
         tick: config.raft_tick,
         limits,
         frame_size_max_bytes: config.frame_size_max_bytes,
@@ -479,7 +501,7 @@ async fn serve(
     let service = Service::new(ServiceParts {
         kv: parts.kv.clone(),
         node_id: config.node_id,
-        members: config.members.clone(),
+        members: members.clone(),
         leader: parts.leader.clone(),
         replica: parts.replica.clone(),
         faults: parts.faults.clone(),
@@ -487,8 +509,11 @@ async fn serve(
         fault_injection: config.enable_fault_injection,
         frame_size_max_bytes: config.frame_size_max_bytes,
     });
-    let members: BTreeSet<u64> = config.members.keys().copied().collect();
-    let peer_inbox = PeerInbox::new(config.node_id, members, parts.replica.clone().recipient());
+    let peer_inbox = PeerInbox::new(
+        config.node_id,
+        members.clone(),
+        parts.replica.clone().recipient(),
+    );
 
     let http_state = http::HttpState {
         service: service.clone(),
@@ -540,6 +565,16 @@ async fn serve(
         fsync = %config.fsync,
         "listening"
     );
+
+    if let (Some(through), None) = (config.join.clone(), removed) {
+        actix_rt::spawn(crate::join::join_cluster(crate::join::Joining {
+            through,
+            node_id: config.node_id,
+            address: advertised,
+            members: members.clone(),
+            frame_size_max_bytes: config.frame_size_max_bytes,
+        }));
+    }
 
     signals.wait().await;
     info!("shutting down: no new requests; finishing accepted writes");

@@ -3,16 +3,22 @@
 //! one direction, and the listener refuses frames from non-members, forged
 //! senders and garbage while it keeps serving real peers.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use harmonydb_actors::cluster::fault::Fault;
+use harmonydb_actors::cluster::members::MemberBook;
 use harmonydb_actors::cluster::transport::{listen, GetDropped, PeerFrame, PeerInbox, Transport};
 use harmonydb_actors::raft::replica::{Outbox, Step};
 use harmonydb_actors::raft::{Message as RaftMessage, MessageBody, NodeId};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
+
+/// A member book naming `ids` (the inbox only checks who is known).
+fn book_of(ids: &[NodeId]) -> MemberBook {
+    MemberBook::new(ids.iter().map(|id| (*id, format!("node-{id}:1"))).collect())
+}
 
 /// Collects the messages a node receives.
 #[derive(Default)]
@@ -70,7 +76,7 @@ async fn node_2_listening(inbox: &Addr<Inbox>) -> std::net::SocketAddr {
     let addr = listener.local_addr().expect("addr");
     actix::spawn(listen(
         listener,
-        PeerInbox::new(2, BTreeSet::from([1, 2, 3]), inbox.clone().recipient()),
+        PeerInbox::new(2, book_of(&[1, 2, 3]), inbox.clone().recipient()),
     ));
     addr
 }
@@ -79,7 +85,8 @@ async fn node_2_listening(inbox: &Addr<Inbox>) -> std::net::SocketAddr {
 async fn messages_reach_the_peer_in_order() {
     let inbox = Inbox::default().start();
     let addr = node_2_listening(&inbox).await;
-    let transport = Transport::new(1, BTreeMap::from([(2, addr.to_string())])).start();
+    let transport =
+        Transport::new(1, MemberBook::new(BTreeMap::from([(2, addr.to_string())]))).start();
     for seq in 0..100 {
         transport.do_send(Outbox::new(vec![heartbeat(1, 2, seq)]));
     }
@@ -100,7 +107,8 @@ async fn a_peer_that_comes_up_late_gets_what_was_queued() {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("port");
-    let transport = Transport::new(1, BTreeMap::from([(2, port.to_string())])).start();
+    let transport =
+        Transport::new(1, MemberBook::new(BTreeMap::from([(2, port.to_string())]))).start();
     transport.do_send(Outbox::new(vec![heartbeat(1, 2, 7)]));
     actix_rt::time::sleep(Duration::from_millis(100)).await;
     let inbox = Inbox::default().start();
@@ -109,7 +117,7 @@ async fn a_peer_that_comes_up_late_gets_what_was_queued() {
         .expect("bind the reserved port");
     actix::spawn(listen(
         listener,
-        PeerInbox::new(2, BTreeSet::from([1, 2]), inbox.clone().recipient()),
+        PeerInbox::new(2, book_of(&[1, 2]), inbox.clone().recipient()),
     ));
     let received = wait_for(&inbox, 1).await;
     assert_eq!(received, vec![heartbeat(1, 2, 7)]);
@@ -119,7 +127,7 @@ async fn a_peer_that_comes_up_late_gets_what_was_queued() {
 async fn the_fault_filter_drops_one_direction_and_counts() {
     let inbox = Inbox::default().start();
     let addr = node_2_listening(&inbox).await;
-    let transport = Transport::new(1, BTreeMap::from([(2, addr.to_string())]));
+    let transport = Transport::new(1, MemberBook::new(BTreeMap::from([(2, addr.to_string())])));
     let faults = transport.faults();
     let transport = transport.start();
     faults.set(
@@ -144,7 +152,7 @@ async fn the_fault_filter_drops_one_direction_and_counts() {
 async fn the_fault_filter_delays_a_link() {
     let inbox = Inbox::default().start();
     let addr = node_2_listening(&inbox).await;
-    let transport = Transport::new(1, BTreeMap::from([(2, addr.to_string())]));
+    let transport = Transport::new(1, MemberBook::new(BTreeMap::from([(2, addr.to_string())])));
     let faults = transport.faults();
     let transport = transport.start();
     let delay = Duration::from_millis(300);
@@ -169,7 +177,7 @@ async fn the_fault_filter_delays_a_link() {
 async fn the_fault_filter_duplicates_and_loses() {
     let inbox = Inbox::default().start();
     let addr = node_2_listening(&inbox).await;
-    let transport = Transport::new(1, BTreeMap::from([(2, addr.to_string())]));
+    let transport = Transport::new(1, MemberBook::new(BTreeMap::from([(2, addr.to_string())])));
     let faults = transport.faults();
     let transport = transport.start();
     faults.set(
@@ -259,7 +267,8 @@ async fn bad_peer_frames_are_refused_and_real_peers_still_served() {
     actix_rt::time::sleep(Duration::from_millis(100)).await;
     assert!(inbox.send(Received).await.expect("inbox").is_empty());
 
-    let transport = Transport::new(1, BTreeMap::from([(2, addr.to_string())])).start();
+    let transport =
+        Transport::new(1, MemberBook::new(BTreeMap::from([(2, addr.to_string())]))).start();
     transport.do_send(Outbox::new(vec![heartbeat(1, 2, 5)]));
     assert_eq!(wait_for(&inbox, 1).await, vec![heartbeat(1, 2, 5)]);
 }

@@ -3,6 +3,8 @@
 //! (`op` for requests, `type` for responses) so other languages can build
 //! and read them as plain maps.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 /// A request with its correlation id and optional W3C trace context.
@@ -134,6 +136,17 @@ pub struct ClusterStatus {
     pub learners: Vec<u64>,
 }
 
+/// A cluster's configuration after a membership change.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Membership {
+    /// Voting members.
+    pub voters: Vec<u64>,
+    /// Members that receive the log but do not vote.
+    pub learners: Vec<u64>,
+    /// Every member's TCP address, by id.
+    pub addresses: BTreeMap<u64, String>,
+}
+
 /// An answer, matched to its request by `id`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ResponseFrame {
@@ -207,6 +220,29 @@ pub enum Request {
         #[serde(default)]
         target: Option<u64>,
     },
+    /// Adds node `id`, reachable at `address`, as a learner: it gets the
+    /// log but does not vote until promoted. Asking again for a member at
+    /// the same address answers with the configuration as it is. Answered
+    /// with `membership` once the change commits (run by the leader).
+    AddMember {
+        /// The new node's id (not 0, not a member's).
+        id: u64,
+        /// Its TCP address, `host:port`, as the other members reach it.
+        address: String,
+    },
+    /// Makes learner `id` a voter, through a joint configuration. Refused
+    /// while the learner's log is far behind the leader's.
+    PromoteMember {
+        /// The learner.
+        id: u64,
+    },
+    /// Removes member `id` (voter or learner, the leader included), through
+    /// a joint configuration for a voter. The removed node stops taking
+    /// part once it learns of it.
+    RemoveMember {
+        /// The member.
+        id: u64,
+    },
     /// Node to node: prepare a dump of this node's state at an applied
     /// index of at least `min_index`, for a follower too far behind the
     /// leader's log (answered with `snapshot_ready`).
@@ -247,6 +283,9 @@ impl Request {
             Request::Health => "health",
             Request::ClusterStatus => "cluster_status",
             Request::TransferLeader { .. } => "transfer_leader",
+            Request::AddMember { .. } => "add_member",
+            Request::PromoteMember { .. } => "promote_member",
+            Request::RemoveMember { .. } => "remove_member",
             Request::SnapshotPrepare { .. } => "snapshot_prepare",
             Request::SnapshotChunk { .. } => "snapshot_chunk",
             Request::Raft { .. } => "raft",
@@ -256,7 +295,12 @@ impl Request {
     /// Whether only the leader can do this (writes, and reads that aren't stale).
     pub fn needs_leader(&self) -> bool {
         match self {
-            Request::Put { .. } | Request::Delete { .. } | Request::TransferLeader { .. } => true,
+            Request::Put { .. }
+            | Request::Delete { .. }
+            | Request::TransferLeader { .. }
+            | Request::AddMember { .. }
+            | Request::PromoteMember { .. }
+            | Request::RemoveMember { .. } => true,
             Request::Get { consistency, .. } | Request::Scan { consistency, .. } => {
                 consistency.unwrap_or_default() != Consistency::Stale
             }
@@ -353,6 +397,9 @@ pub enum Response {
         /// Its term.
         term: u64,
     },
+    /// Answer to `add_member`, `promote_member` and `remove_member`: the
+    /// configuration once the change has committed.
+    Membership(Membership),
     /// Answer to `snapshot_prepare`: a dump is ready.
     SnapshotReady {
         /// The applied index it is the state at.
@@ -441,6 +488,13 @@ pub enum ErrorCode {
     Unauthorized,
     /// The node is shutting down.
     ShuttingDown,
+    /// The request conflicts with the cluster's state now (a membership
+    /// change already in progress, a learner not caught up, an id taken);
+    /// it may succeed later.
+    Conflict,
+    /// This node was removed from the cluster and takes no further part;
+    /// ask another node.
+    Removed,
     /// The node's storage failed; the write's outcome is unknown.
     StorageUnavailable,
     /// A bug in the node.
@@ -469,6 +523,8 @@ impl ErrorCode {
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::ShuttingDown => "shutting_down",
+            ErrorCode::Conflict => "conflict",
+            ErrorCode::Removed => "removed",
             ErrorCode::StorageUnavailable => "storage_unavailable",
             ErrorCode::Internal => "internal",
         }
@@ -567,6 +623,12 @@ mod tests {
         round_trip(Request::ClusterStatus);
         round_trip(Request::TransferLeader { target: Some(2) });
         round_trip(Request::TransferLeader { target: None });
+        round_trip(Request::AddMember {
+            id: 4,
+            address: "10.0.0.4:7070".into(),
+        });
+        round_trip(Request::PromoteMember { id: 4 });
+        round_trip(Request::RemoveMember { id: 1 });
         round_trip(Request::Raft {
             from: 1,
             to: 2,
@@ -627,6 +689,17 @@ mod tests {
                     id: 3,
                     addr: "127.0.0.1:7072".into(),
                 }),
+                current_version: None,
+            },
+            Response::Membership(Membership {
+                voters: vec![1, 2, 3],
+                learners: vec![4],
+                addresses: BTreeMap::from([(1, "a:1".into()), (4, "d:4".into())]),
+            }),
+            Response::Error {
+                code: ErrorCode::Removed,
+                message: "gone".into(),
+                leader: None,
                 current_version: None,
             },
         ] {

@@ -4,6 +4,7 @@
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 use harmonydb_actors::kv::KvError;
+use harmonydb_actors::raft::replica::MembershipError;
 use harmonydb_protocol::{ErrorCode, LeaderHint, Response};
 use serde::Serialize;
 
@@ -83,6 +84,7 @@ impl ApiError {
             KvError::Unavailable(_) => ErrorCode::Unavailable,
             KvError::OutcomeUnknown(_) => ErrorCode::Timeout,
             KvError::ShuttingDown => ErrorCode::ShuttingDown,
+            KvError::Removed { .. } => ErrorCode::Removed,
             KvError::Storage(_) => ErrorCode::StorageUnavailable,
             KvError::CorruptEntry { .. } => ErrorCode::Internal,
         };
@@ -99,6 +101,25 @@ impl ApiError {
         ApiError::new(code, message).with_current_version(current_version)
     }
 
+    /// A refused or unsettled membership change; `not_leader` is left to
+    /// the caller, which knows where the leader is.
+    pub fn from_membership(error: MembershipError) -> Self {
+        let code = match &error {
+            MembershipError::NotLeader { leader: 0 } => ErrorCode::NoLeader,
+            MembershipError::NotLeader { .. } => ErrorCode::NotLeader,
+            MembershipError::InProgress
+            | MembershipError::AlreadyMember { .. }
+            | MembershipError::NotCaughtUp { .. } => ErrorCode::Conflict,
+            MembershipError::UnknownNode { .. } => ErrorCode::NotFound,
+            MembershipError::AlreadyVoter { .. }
+            | MembershipError::LastVoter { .. }
+            | MembershipError::Invalid(_) => ErrorCode::BadRequest,
+            MembershipError::OutcomeUnknown => ErrorCode::Timeout,
+            MembershipError::Unavailable(kv) => return ApiError::from_kv(kv.clone(), None),
+        };
+        ApiError::new(code, error.to_string())
+    }
+
     /// The HTTP status for this error's code.
     pub fn status(&self) -> StatusCode {
         match self.code {
@@ -108,7 +129,8 @@ impl ApiError {
             | ErrorCode::UnknownOperation => StatusCode::BAD_REQUEST,
             ErrorCode::NotFound => StatusCode::NOT_FOUND,
             ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ErrorCode::VersionMismatch => StatusCode::CONFLICT,
+            ErrorCode::VersionMismatch | ErrorCode::Conflict => StatusCode::CONFLICT,
+            ErrorCode::Removed => StatusCode::GONE,
             ErrorCode::ValueTooLarge | ErrorCode::FrameTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ErrorCode::Overloaded

@@ -97,6 +97,21 @@ pub fn app(
                 .default_service(web::to(method_not_allowed)),
         )
         .service(
+            web::resource("/cluster/members")
+                .route(web::post().to(add_member))
+                .default_service(web::to(method_not_allowed)),
+        )
+        .service(
+            web::resource("/cluster/members/{id}")
+                .route(web::delete().to(remove_member))
+                .default_service(web::to(method_not_allowed)),
+        )
+        .service(
+            web::resource("/cluster/members/{id}/promote")
+                .route(web::post().to(promote_member))
+                .default_service(web::to(method_not_allowed)),
+        )
+        .service(
             web::resource("/admin/fault")
                 .route(web::get().to(admin_faults))
                 .route(web::post().to(admin_fault))
@@ -421,6 +436,48 @@ async fn transfer_leader(
     .await
 }
 
+/// Body of `POST /cluster/members`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AddMemberBody {
+    id: u64,
+    address: String,
+}
+
+async fn add_member(
+    state: web::Data<HttpState>,
+    body: web::Json<AddMemberBody>,
+) -> Result<HttpResponse, ApiError> {
+    let AddMemberBody { id, address } = body.into_inner();
+    call(&state, Request::AddMember { id, address }, None).await
+}
+
+/// The member id in a `/cluster/members/{id}` path.
+fn member_id(path: &str) -> Result<u64, ApiError> {
+    match path.parse::<u64>() {
+        Ok(id) if id > 0 => Ok(id),
+        _ => Err(ApiError::bad_request(format!(
+            "member id {path:?} is not a node id (a whole number from 1)"
+        ))),
+    }
+}
+
+async fn promote_member(
+    state: web::Data<HttpState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = member_id(&path)?;
+    call(&state, Request::PromoteMember { id }, None).await
+}
+
+async fn remove_member(
+    state: web::Data<HttpState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = member_id(&path)?;
+    call(&state, Request::RemoveMember { id }, None).await
+}
+
 async fn admin_fault(
     state: web::Data<HttpState>,
     request: HttpRequest,
@@ -508,6 +565,7 @@ async fn call(
             "leader": leader,
             "term": term,
         }),
+        Response::Membership(membership) => serde_json::json!(membership),
         // Node-to-node answers: HTTP never asks for them.
         Response::SnapshotReady { .. } | Response::SnapshotChunk { .. } => {
             return Err(ApiError::new(
@@ -652,6 +710,7 @@ mod tests {
     use actix_web::test as web_test;
     use std::collections::BTreeMap;
 
+    use harmonydb_actors::cluster::members::MemberBook;
     use harmonydb_actors::kv::KvLimits;
     use harmonydb_actors::raft::replica::RaftReplica;
     use harmonydb_actors::raft::wal_log::load;
@@ -697,7 +756,7 @@ mod tests {
         let writer = WalWriter::new(wal, FsyncPolicy::Never).start();
         let settings = ReplicaSettings {
             node_id: 1,
-            members: BTreeMap::from([(1, "127.0.0.1:1".to_string())]),
+            members: MemberBook::new(BTreeMap::from([(1, "127.0.0.1:1".to_string())])),
             tick: Duration::from_millis(10),
             limits: KvLimits {
                 value_size_max_bytes: 16,
@@ -722,6 +781,112 @@ mod tests {
             frame_size_max_bytes: FRAME_SIZE_DEFAULT_MAX_BYTES,
         });
         (service, parts.replica)
+    }
+
+    #[actix_web::test]
+    async fn membership_changes_are_checked_and_answered_with_the_configuration() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (app, _replica) = one_member_app!(dir.path(), false);
+        // The one member elects itself; wait for it to lead.
+        let mut added = None;
+        for _ in 0..200 {
+            let response = web_test::call_service(
+                &app,
+                web_test::TestRequest::post()
+                    .uri("/cluster/members")
+                    .set_json(serde_json::json!({"id": 2, "address": "127.0.0.1:9"}))
+                    .to_request(),
+            )
+            .await;
+            if response.status().is_success() {
+                added = Some(web_test::read_body_json::<Value, _>(response).await);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let added = added.expect("node 2 added as a learner");
+        assert_eq!(added["voters"], serde_json::json!([1]));
+        assert_eq!(added["learners"], serde_json::json!([2]));
+        assert_eq!(added["addresses"]["2"], "127.0.0.1:9");
+        let call = |method: actix_web::http::Method, uri: &str, body: Option<Value>| {
+            let mut request = web_test::TestRequest::default().method(method).uri(uri);
+            if let Some(body) = body {
+                request = request.set_json(body);
+            }
+            web_test::call_service(&app, request.to_request())
+        };
+        use actix_web::http::Method;
+        let cases = [
+            // Node 2 never answered: it can't vote yet.
+            (
+                Method::POST,
+                "/cluster/members/2/promote",
+                None,
+                409,
+                "not caught up",
+            ),
+            (
+                Method::POST,
+                "/cluster/members/1/promote",
+                None,
+                400,
+                "already a voter",
+            ),
+            (
+                Method::DELETE,
+                "/cluster/members/1",
+                None,
+                400,
+                "last voter",
+            ),
+            (
+                Method::DELETE,
+                "/cluster/members/9",
+                None,
+                404,
+                "not a member",
+            ),
+            (
+                Method::DELETE,
+                "/cluster/members/x",
+                None,
+                400,
+                "not a node id",
+            ),
+            (
+                Method::POST,
+                "/cluster/members",
+                Some(serde_json::json!({"id": 2, "address": "127.0.0.1:10"})),
+                409,
+                "already a member",
+            ),
+            (
+                Method::POST,
+                "/cluster/members",
+                Some(serde_json::json!({"id": 3, "address": "no-port"})),
+                400,
+                "not host:port",
+            ),
+        ];
+        for (method, uri, body, status, complaint) in cases {
+            let response = call(method.clone(), uri, body).await;
+            assert_eq!(response.status().as_u16(), status, "{method} {uri}");
+            let body: Value = web_test::read_body_json(response).await;
+            let message = body["error"]["message"].as_str().unwrap_or_default();
+            assert!(message.contains(complaint), "{method} {uri}: {message}");
+        }
+        // Asking again for the same node at the same address is not an error.
+        let again = call(
+            Method::POST,
+            "/cluster/members",
+            Some(serde_json::json!({"id": 2, "address": "127.0.0.1:9"})),
+        )
+        .await;
+        assert_eq!(again.status().as_u16(), 200);
+        let removed = call(Method::DELETE, "/cluster/members/2", None).await;
+        assert_eq!(removed.status().as_u16(), 200);
+        let removed: Value = web_test::read_body_json(removed).await;
+        assert_eq!(removed["learners"], serde_json::json!([]));
     }
 
     #[actix_web::test]

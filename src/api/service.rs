@@ -11,15 +11,16 @@ use std::time::Duration;
 
 use actix::Addr;
 use harmonydb_actors::cluster::fault::{Delivery, Fault, FaultFilter};
+use harmonydb_actors::cluster::members::MemberBook;
 use harmonydb_actors::kv::{KvAnswer, KvError, KvHandle, KvOp, KvReply, ScanRange, WriteOutcome};
 use harmonydb_actors::raft::replica::{
-    dump_path, GetStatus, PrepareSnapshot, RaftReplica, TransferError, TransferLeadership,
-    SNAPSHOT_CHUNK_BYTES,
+    dump_path, ChangeMembership, GetStatus, MemberChange, MembershipError, PrepareSnapshot,
+    RaftReplica, TransferError, TransferLeadership, SNAPSHOT_CHUNK_BYTES,
 };
 use harmonydb_actors::raft::Role;
 use harmonydb_protocol::{
     Client, ClientError, ClusterStatus, Consistency, ErrorCode, Item, LeaderHint, MemberStatus,
-    Request, Response,
+    Membership, Request, Response,
 };
 use tracing::{debug, info};
 
@@ -37,7 +38,7 @@ pub const SCAN_LIMIT_DEFAULT: usize = 1000;
 pub struct Service {
     kv: KvHandle,
     node_id: u64,
-    members: Arc<BTreeMap<u64, String>>,
+    members: MemberBook,
     leader: Arc<AtomicU64>,
     replica: Addr<RaftReplica>,
     faults: FaultFilter,
@@ -54,8 +55,8 @@ pub struct ServiceParts {
     pub kv: KvHandle,
     /// This node.
     pub node_id: u64,
-    /// Every member's TCP address.
-    pub members: BTreeMap<u64, String>,
+    /// Where members are (kept current by the replica).
+    pub members: MemberBook,
     /// The replica's leader hint.
     pub leader: Arc<AtomicU64>,
     /// The replica.
@@ -79,7 +80,7 @@ impl Service {
         Service {
             kv: parts.kv,
             node_id: parts.node_id,
-            members: Arc::new(parts.members),
+            members: parts.members,
             leader: parts.leader,
             replica: parts.replica,
             faults: parts.faults,
@@ -97,10 +98,9 @@ impl Service {
     }
 
     fn leader_hint(&self, leader: u64) -> Option<LeaderHint> {
-        self.members.get(&leader).map(|addr| LeaderHint {
-            id: leader,
-            addr: addr.clone(),
-        })
+        self.members
+            .address(leader)
+            .map(|addr| LeaderHint { id: leader, addr })
     }
 
     /// Runs a client request (not `raft`) and returns the answer to send.
@@ -139,10 +139,23 @@ impl Service {
             }
             return self.forward(leader, request).await;
         }
-        if let Request::TransferLeader { target } = request {
-            return self.transfer_leader(target).await;
+        match request {
+            Request::TransferLeader { target } => self.transfer_leader(target).await,
+            Request::AddMember { id, address } => {
+                self.change_membership(MemberChange::AddLearner { id, address })
+                    .await
+            }
+            Request::PromoteMember { id } => {
+                self.change_membership(MemberChange::Promote { id }).await
+            }
+            Request::RemoveMember { id } if id == self.node_id && leader == id && !no_forward => {
+                self.remove_self().await
+            }
+            Request::RemoveMember { id } => {
+                self.change_membership(MemberChange::Remove { id }).await
+            }
+            request => self.local(request).await,
         }
-        self.local(request).await
     }
 
     fn not_leader(&self, leader: u64) -> ApiError {
@@ -175,7 +188,7 @@ impl Service {
 
     /// Sends the request to the leader and returns its answer.
     async fn forward(&self, leader: u64, request: Request) -> Result<Response, ApiError> {
-        let Some(addr) = self.members.get(&leader).cloned() else {
+        let Some(addr) = self.members.address(leader) else {
             return Err(ApiError::new(
                 ErrorCode::Internal,
                 format!("leader {leader} is not a configured member"),
@@ -364,6 +377,62 @@ impl Service {
         }
     }
 
+    /// Has the leader (this node) make a membership change, and answers
+    /// with the configuration once it has committed.
+    async fn change_membership(&self, change: MemberChange) -> Result<Response, ApiError> {
+        let timeout = self.kv.limits().request_timeout;
+        let answer = tokio::time::timeout(timeout, self.replica.send(ChangeMembership::new(change)))
+            .await
+            .map_err(|_| {
+                ApiError::new(
+                    ErrorCode::Timeout,
+                    format!(
+                        "the membership change did not complete within {} ms; it may still take effect (read /cluster)",
+                        timeout.as_millis()
+                    ),
+                )
+            })?
+            .map_err(|_| ApiError::from_kv(KvError::ShuttingDown, None))?;
+        match answer {
+            Ok(config) => Ok(Response::Membership(Membership {
+                voters: config.voters.iter().copied().collect(),
+                learners: config.learners.iter().copied().collect(),
+                addresses: config.addresses.clone(),
+            })),
+            Err(MembershipError::NotLeader { leader }) if leader != 0 => {
+                Err(self.not_leader(leader))
+            }
+            Err(error) => Err(ApiError::from_membership(error)),
+        }
+    }
+
+    /// Removes this node, the leader: leadership goes to the most
+    /// caught-up other voter first (writes pause for a transfer, not an
+    /// election), and the new leader makes the change.
+    async fn remove_self(&self) -> Result<Response, ApiError> {
+        let status = self
+            .replica
+            .send(GetStatus::new())
+            .await
+            .map_err(|_| ApiError::from_kv(KvError::ShuttingDown, None))?;
+        if status.raft.config.voters.len() == 1 {
+            // No one to hand over to: the core refuses removing the last voter.
+            return self
+                .change_membership(MemberChange::Remove { id: self.node_id })
+                .await;
+        }
+        let new_leader = match self.transfer_leader(None).await? {
+            Response::LeaderTransferred { leader, .. } => leader,
+            other => return Ok(other),
+        };
+        info!(
+            new_leader,
+            "leadership handed over; asking the new leader to remove this node"
+        );
+        self.forward(new_leader, Request::RemoveMember { id: self.node_id })
+            .await
+    }
+
     /// This node's view of the cluster.
     pub async fn cluster_status(&self) -> Result<ClusterStatus, ApiError> {
         let status = self
@@ -375,18 +444,19 @@ impl Service {
         let leads = raft.role == Role::Leader;
         let members = self
             .members
-            .iter()
+            .members()
+            .into_iter()
             .map(|(id, addr)| {
                 let match_index = if !leads {
                     None
-                } else if *id == raft.id {
+                } else if id == raft.id {
                     Some(raft.last_index)
                 } else {
-                    raft.match_index.get(id).copied()
+                    raft.match_index.get(&id).copied()
                 };
                 MemberStatus {
-                    id: *id,
-                    addr: addr.clone(),
+                    id,
+                    addr,
                     match_index,
                     lag: match_index.map(|m| raft.last_index.saturating_sub(m)),
                 }
@@ -403,7 +473,7 @@ impl Service {
             role: role.to_string(),
             term: raft.term,
             leader: (raft.leader != 0).then_some(raft.leader),
-            leader_addr: self.members.get(&raft.leader).cloned(),
+            leader_addr: self.members.address(raft.leader),
             commit_index: raft.commit,
             applied_index: status.applied_index,
             last_index: raft.last_index,
@@ -419,7 +489,7 @@ impl Service {
     pub fn set_fault(&self, peers: &[u64], fault: Fault) -> Result<(), ApiError> {
         self.fault_injection_enabled()?;
         for peer in peers {
-            if *peer == self.node_id || !self.members.contains_key(peer) {
+            if *peer == self.node_id || !self.members.knows(*peer) {
                 return Err(ApiError::bad_request(format!(
                     "node {peer} is not a peer of node {}",
                     self.node_id
@@ -508,6 +578,9 @@ fn to_op(request: Request) -> Result<(KvOp, Consistency), ApiError> {
         Request::Health => (KvOp::Health, Consistency::default()),
         Request::ClusterStatus
         | Request::TransferLeader { .. }
+        | Request::AddMember { .. }
+        | Request::PromoteMember { .. }
+        | Request::RemoveMember { .. }
         | Request::Raft { .. }
         | Request::SnapshotPrepare { .. }
         | Request::SnapshotChunk { .. } => {

@@ -5,13 +5,15 @@
 //! other's client TCP port; the node's TCP server hands `raft` frames to a
 //! [`PeerInbox`], which checks them and delivers the messages as `Step`s.
 //!
-//! Each peer has a bounded queue; over the bound a batch is dropped and
+//! Links are opened when a peer is first sent to, at the address the
+//! [`MemberBook`] gives (members added later are reached the same way), and
+//! reopened if the book moves the peer. Each peer has a bounded queue; over the bound a batch is dropped and
 //! counted (Raft resends what matters). A writer task per peer connects with
 //! exponential backoff, drains everything queued into one frame, and
 //! reconnects after a failure. The node's [`FaultFilter`] is asked about
 //! every batch, so tests can cut, thin out, duplicate or slow links one way.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -27,6 +29,7 @@ use tokio_util::codec::{FramedRead, FramedWrite};
 use tracing::{debug, warn};
 
 use super::fault::{Delivery, FaultFilter};
+use super::members::MemberBook;
 use crate::observe;
 use crate::raft::replica::{Outbox, Step};
 use crate::raft::{Message as RaftMessage, NodeId};
@@ -79,7 +82,7 @@ impl PeerFrame {
 /// Why a peer frame was refused.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum PeerError {
-    /// The sender is not a member of this node's group.
+    /// The sender is not a node this one knows (a member, or one that was).
     #[error("node {from} is not a member of this cluster")]
     NotAMember {
         /// The claimed sender.
@@ -112,13 +115,13 @@ pub enum PeerError {
 #[derive(Clone)]
 pub struct PeerInbox {
     node_id: NodeId,
-    members: BTreeSet<NodeId>,
+    members: MemberBook,
     replica: Recipient<Step>,
 }
 
 impl PeerInbox {
-    /// An inbox for `node_id` in a group of `members`.
-    pub fn new(node_id: NodeId, members: BTreeSet<NodeId>, replica: Recipient<Step>) -> Self {
+    /// An inbox for `node_id` that accepts frames from the nodes in `members`.
+    pub fn new(node_id: NodeId, members: MemberBook, replica: Recipient<Step>) -> Self {
         PeerInbox {
             node_id,
             members,
@@ -136,7 +139,7 @@ impl PeerInbox {
         payload: &[u8],
         trace: Option<&str>,
     ) -> Result<usize, PeerError> {
-        if from == self.node_id || !self.members.contains(&from) {
+        if from == self.node_id || !self.members.knows(from) {
             return Err(PeerError::NotAMember { from });
         }
         if to != self.node_id {
@@ -180,39 +183,57 @@ impl actix::Message for GetDropped {
 type Batch = (Vec<RaftMessage>, Option<String>);
 
 struct Link {
+    /// The address the link's writer connects to.
+    addr: String,
     queue: mpsc::Sender<Batch>,
-    dropped: u64,
 }
 
-/// Outgoing links to every peer of one node.
+/// Outgoing links to the peers of one node.
 pub struct Transport {
     node_id: NodeId,
     frame_budget: usize,
     faults: FaultFilter,
     links: BTreeMap<NodeId, Link>,
-    peers: BTreeMap<NodeId, String>,
-    receivers: BTreeMap<NodeId, mpsc::Receiver<Batch>>,
+    dropped: BTreeMap<NodeId, u64>,
+    members: MemberBook,
 }
 
 impl Transport {
-    /// A transport for `node_id` with its peers' addresses (`host:port`,
-    /// resolved at every connect so a peer may move).
-    pub fn new(node_id: NodeId, peers: BTreeMap<NodeId, String>) -> Self {
-        let mut links = BTreeMap::new();
-        let mut receivers = BTreeMap::new();
-        for peer in peers.keys() {
-            let (queue, receiver) = mpsc::channel(PEER_QUEUE_CAPACITY);
-            links.insert(*peer, Link { queue, dropped: 0 });
-            receivers.insert(*peer, receiver);
-        }
+    /// A transport for `node_id` that finds its peers in `members`
+    /// (`host:port`, resolved at every connect so a peer may move).
+    pub fn new(node_id: NodeId, members: MemberBook) -> Self {
         Transport {
             node_id,
             frame_budget: FRAME_BUDGET_DEFAULT_BYTES,
             faults: FaultFilter::default(),
-            links,
-            peers,
-            receivers,
+            links: BTreeMap::new(),
+            dropped: BTreeMap::new(),
+            members,
         }
+    }
+
+    /// The queue to `peer`, opening (or, if the peer moved, reopening) its
+    /// link; None if the book has no address for it.
+    fn link(&mut self, peer: NodeId) -> Option<&mpsc::Sender<Batch>> {
+        let addr = self.members.address(peer)?;
+        let current = self
+            .links
+            .get(&peer)
+            .is_some_and(|link| link.addr == addr && !link.queue.is_closed());
+        if !current {
+            // Dropping an old link's queue ends its writer.
+            let (queue, receiver) = mpsc::channel(PEER_QUEUE_CAPACITY);
+            actix::spawn(write_to_peer(
+                self.node_id,
+                peer,
+                addr.clone(),
+                receiver,
+                self.faults.clone(),
+                self.frame_budget,
+            ));
+            self.links.insert(peer, Link { addr, queue });
+        }
+        self.links.get(&peer).map(|link| &link.queue)
     }
 }
 
@@ -233,21 +254,6 @@ impl Transport {
 
 impl Actor for Transport {
     type Context = Context<Self>;
-
-    fn started(&mut self, _: &mut Self::Context) {
-        for (peer, receiver) in std::mem::take(&mut self.receivers) {
-            let addr = self.peers[&peer].clone();
-            let node_id = self.node_id;
-            actix::spawn(write_to_peer(
-                node_id,
-                peer,
-                addr,
-                receiver,
-                self.faults.clone(),
-                self.frame_budget,
-            ));
-        }
-    }
 }
 
 impl Handler<Outbox> for Transport {
@@ -262,22 +268,23 @@ impl Handler<Outbox> for Transport {
             batches.entry(message.to).or_default().push(message);
         }
         for (peer, batch) in batches {
-            let Some(link) = self.links.get_mut(&peer) else {
-                debug!(peer, "no link to this node; message dropped");
+            let decision = self.faults.decide(peer);
+            let Some(queue) = self.link(peer) else {
+                debug!(peer, "no address for this node; message dropped");
                 continue;
             };
             let count = batch.len() as u64;
             let batch = (batch, trace.clone());
-            let queued = match self.faults.decide(peer) {
+            let queued = match decision {
                 Delivery::Drop => false,
-                Delivery::Send { copies: 1 } => link.queue.try_send(batch).is_ok(),
+                Delivery::Send { copies: 1 } => queue.try_send(batch).is_ok(),
                 // Raft must tolerate a peer's messages arriving twice.
                 Delivery::Send { .. } => {
-                    link.queue.try_send(batch.clone()).is_ok() && link.queue.try_send(batch).is_ok()
+                    queue.try_send(batch.clone()).is_ok() && queue.try_send(batch).is_ok()
                 }
             };
             if !queued {
-                link.dropped += 1;
+                *self.dropped.entry(peer).or_default() += 1;
                 metrics::counter!("harmonydb_transport_messages_dropped_total", "peer" => peer.to_string()).increment(count);
             }
         }
@@ -291,8 +298,8 @@ impl Handler<GetDropped> for Transport {
         let _handling = crate::observe::Handling::start("Transport", "GetDropped");
         MessageResult(
             self.links
-                .iter()
-                .map(|(peer, link)| (*peer, link.dropped))
+                .keys()
+                .map(|peer| (*peer, self.dropped.get(peer).copied().unwrap_or(0)))
                 .collect(),
         )
     }

@@ -80,6 +80,12 @@ pub enum KvError {
     /// The node is shutting down.
     #[error("the node is shutting down")]
     ShuttingDown,
+    /// This node was removed from the cluster and takes no further part.
+    #[error("this node was removed from the cluster (by the configuration at index {index}); ask another node")]
+    Removed {
+        /// The index of the configuration that removed it.
+        index: u64,
+    },
     /// The WAL failed. Whether this write was stored is unknown; the node must restart.
     #[error("storage unavailable, write outcome unknown: {0}")]
     Storage(String),

@@ -265,6 +265,7 @@ impl Raft {
         self.election_elapsed = 0;
         let last_index = self.log.last_index();
         self.progress.clear();
+        self.departing.clear();
         for id in self.membership.members() {
             if id != self.id {
                 self.progress.insert(id, Progress::new(last_index));
@@ -278,6 +279,7 @@ impl Raft {
 
     pub(crate) fn tick_leader(&mut self) {
         self.heartbeat_elapsed += 1;
+        self.expire_departing();
         if self.election_elapsed >= self.config.election_timeout_ticks {
             self.election_elapsed = 0;
             if self.config.check_quorum && !self.quorum_recently_active() {

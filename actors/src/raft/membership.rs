@@ -3,13 +3,25 @@
 //! leader appends C_new. Learners are added and removed directly; they get
 //! the log but never vote. A leader that is not in C_new steps down once
 //! C_new commits.
+//!
+//! Members a change leaves out keep getting heartbeats (and the log) until
+//! an election timeout after the change commits, so that they learn the
+//! commit and see for themselves that they were removed.
+
+use std::collections::BTreeMap;
 
 use super::node::{Raft, Role};
-use super::types::{ConfChange, Configuration, EntryPayload, RaftError};
+use super::types::{ConfChange, Configuration, EntryPayload, NodeId, RaftError};
 
 impl Raft {
     /// Proposes a membership change; returns the index of its config entry.
-    pub fn propose_conf_change(&mut self, change: ConfChange) -> Result<u64, RaftError> {
+    /// `addresses` is how the caller reaches members; the entry carries the
+    /// part of it that names members of the new configuration.
+    pub fn propose_conf_change(
+        &mut self,
+        change: ConfChange,
+        addresses: &BTreeMap<NodeId, String>,
+    ) -> Result<u64, RaftError> {
         if self.role != Role::Leader {
             return Err(RaftError::NotLeader {
                 leader: self.leader,
@@ -20,15 +32,24 @@ impl Raft {
         }
         let current = self.membership.clone();
         let target = apply_change(&current, &change)?;
-        let entry = if target.voters == current.voters {
+        let mut entry = if target.voters == current.voters {
             target
         } else {
             Configuration {
                 voters: target.voters,
                 voters_outgoing: current.voters,
                 learners: target.learners,
+                addresses: BTreeMap::new(),
             }
         };
+        let members = entry.members();
+        entry.addresses = current
+            .addresses
+            .iter()
+            .chain(addresses)
+            .filter(|(id, _)| members.contains(id))
+            .map(|(id, address)| (*id, address.clone()))
+            .collect();
         self.propose_payload(EntryPayload::Config(entry))
     }
 
@@ -38,17 +59,47 @@ impl Raft {
         if self.membership_index > self.log.committed {
             return;
         }
+        let now = self.now;
+        let linger = self.config.election_timeout_ticks;
+        for deadline in self.departing.values_mut() {
+            deadline.get_or_insert(now + linger);
+        }
         if self.membership.is_joint() {
-            let final_config = Configuration {
+            let mut final_config = Configuration {
                 voters: self.membership.voters.clone(),
                 voters_outgoing: Default::default(),
                 learners: self.membership.learners.clone(),
+                addresses: BTreeMap::new(),
             };
+            let members = final_config.members();
+            final_config.addresses = self
+                .membership
+                .addresses
+                .iter()
+                .filter(|(id, _)| members.contains(id))
+                .map(|(id, address)| (*id, address.clone()))
+                .collect();
             self.append_entry(EntryPayload::Config(final_config));
             self.broadcast_append();
         } else if !self.membership.voters.contains(&self.id) {
             // Removed: hand over by stopping; the remaining voters elect a leader.
             self.become_follower(self.term, 0);
+        }
+    }
+
+    /// Leader: stops replicating to members left out of the configuration
+    /// once they have had an election timeout to learn the commit.
+    pub(crate) fn expire_departing(&mut self) {
+        let now = self.now;
+        let expired: Vec<NodeId> = self
+            .departing
+            .iter()
+            .filter(|(_, deadline)| deadline.is_some_and(|d| d <= now))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
+            self.departing.remove(&id);
+            self.progress.remove(&id);
         }
     }
 }

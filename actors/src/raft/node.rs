@@ -184,8 +184,12 @@ pub struct Raft {
     pub(crate) randomized_timeout: u64,
     rng: u64,
     pub(crate) votes: BTreeMap<NodeId, bool>,
-    /// Leader only: every other member's replication state.
+    /// Leader only: every other member's replication state (and that of
+    /// members a change left out, while they are `departing`).
     pub(crate) progress: BTreeMap<NodeId, Progress>,
+    /// Leader only: nodes the configuration no longer has that still get
+    /// the log, until the tick given (None: until the change commits).
+    pub(crate) departing: BTreeMap<NodeId, Option<u64>>,
     /// Leader only: transfer target and the tick the transfer started.
     pub(crate) transfer: Option<(NodeId, u64)>,
     /// Leader only: tick of the last TimeoutNow sent. Its target may win
@@ -260,6 +264,7 @@ impl Raft {
             randomized_timeout: 0,
             votes: BTreeMap::new(),
             progress: BTreeMap::new(),
+            departing: BTreeMap::new(),
             transfer: None,
             timeout_now_sent_tick: None,
             read_seq: 0,
@@ -344,6 +349,17 @@ impl Raft {
                 .map(|(id, p)| (*id, p.match_index))
                 .collect(),
         }
+    }
+
+    /// The configuration in force (the last in the log, committed or not)
+    /// and the index of the entry or snapshot it came from.
+    pub fn membership(&self) -> (&Configuration, u64) {
+        (&self.membership, self.membership_index)
+    }
+
+    /// The commit index this member knows.
+    pub fn commit_index(&self) -> u64 {
+        self.log.committed
     }
 
     /// Term, vote and commit index as they are now (persisted or not).
@@ -595,7 +611,15 @@ impl Raft {
         if self.role == Role::Leader {
             let last_index = self.log.last_index();
             let members: BTreeSet<NodeId> = self.membership.members();
-            self.progress.retain(|id, _| members.contains(id));
+            for id in self.progress.keys() {
+                if !members.contains(id) {
+                    self.departing.entry(*id).or_insert(None);
+                }
+            }
+            self.departing.retain(|id, _| !members.contains(id));
+            let departing = &self.departing;
+            self.progress
+                .retain(|id, _| members.contains(id) || departing.contains_key(id));
             for id in members {
                 if id != self.id {
                     self.progress
@@ -666,6 +690,7 @@ impl Raft {
     /// Leader-only state is dropped; reads it accepted can't be confirmed now.
     fn step_down_leader(&mut self) {
         self.progress.clear();
+        self.departing.clear();
         self.transfer = None;
         self.timeout_now_sent_tick = None;
         self.seq_sent_tick.clear();

@@ -2,7 +2,7 @@
 //! entries, hard state, messages, snapshots, read states. All are plain data
 //! (serde-serializable) so the caller can put them on disk and on the wire.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -39,7 +39,10 @@ impl Entry {
             + match &self.payload {
                 EntryPayload::Noop => 0,
                 EntryPayload::Command(data) => data.len(),
-                EntryPayload::Config(config) => 8 * config.member_count(),
+                EntryPayload::Config(config) => {
+                    8 * config.member_count()
+                        + config.addresses.values().map(String::len).sum::<usize>()
+                }
             }
     }
 }
@@ -65,6 +68,11 @@ pub struct Configuration {
     pub voters_outgoing: BTreeSet<NodeId>,
     /// Members that receive the log but do not vote.
     pub learners: BTreeSet<NodeId>,
+    /// How members reach each other, as the proposer knew it. Opaque to the
+    /// core, which only carries it: a member that learns the configuration
+    /// (from the log or a snapshot) learns where its peers are with it.
+    #[serde(default)]
+    pub addresses: BTreeMap<NodeId, String>,
 }
 
 impl Configuration {

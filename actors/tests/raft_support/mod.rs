@@ -573,7 +573,8 @@ impl Sim {
 
     pub fn conf_change(&mut self, change: ConfChange) -> Result<u64, RaftError> {
         let leader = self.leader().ok_or(RaftError::NotLeader { leader: 0 })?;
-        self.raft_mut(leader).propose_conf_change(change)
+        self.raft_mut(leader)
+            .propose_conf_change(change, &Default::default())
     }
 
     /// Crash: the member's memory is gone; only its disk remains.

@@ -36,15 +36,20 @@
 //! Peers' messages come in as `Step`; outgoing ones go to an `Outbox`
 //! recipient (the `Transport` in a node).
 
+mod members;
 mod snapshot;
 mod storage;
 
+pub use members::{
+    read_removed_marker, ChangeMembership, MemberChange, MembershipError, LEARNER_CATCH_UP_ENTRIES,
+    REMOVED_MARKER,
+};
 pub use snapshot::{
     dump_path, settle_install, PrepareSnapshot, SnapshotDump, SNAPSHOT_CHUNK_BYTES,
 };
 pub use storage::CheckpointPolicy;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -60,6 +65,7 @@ use super::{
     EntryPayload, HardState, Message as RaftMessage, MessageBody, NodeId, Raft, RaftError, Ready,
     Role, Status,
 };
+use crate::cluster::members::MemberBook;
 use crate::kv::{
     BeginShutdown, KvAnswer, KvCommand, KvError, KvOp, KvReply, KvRequest, KvState, ScanRange,
     WriteOutcome,
@@ -285,8 +291,9 @@ pub struct ReplicaStorage {
     pub snapshot_dir: PathBuf,
     /// The pool's size and policy, for a storage opened after an install.
     pub pool: PoolConfig,
-    /// Every member's TCP address, to fetch a snapshot from the leader.
-    pub members: BTreeMap<NodeId, String>,
+    /// Where members are (to fetch a snapshot from the leader); the
+    /// replica keeps it current from the configuration in force.
+    pub members: MemberBook,
     /// When checkpoints are due and how much log they leave.
     pub policy: CheckpointPolicy,
 }
@@ -304,7 +311,8 @@ pub struct RaftReplica {
     storage_dir: PathBuf,
     snapshot_dir: PathBuf,
     pool_config: PoolConfig,
-    members: BTreeMap<NodeId, String>,
+    book: MemberBook,
+    membership: members::Membership,
     /// Checkpoints and compaction (see `storage`).
     checkpoints: storage::Checkpoints,
     /// The highest committed index the core has handed out; the state
@@ -372,7 +380,8 @@ impl RaftReplica {
             storage_dir: storage.storage_dir,
             snapshot_dir: storage.snapshot_dir,
             pool_config: storage.pool,
-            members: storage.members,
+            book: storage.members,
+            membership: members::Membership::new(),
             apply_target: 0,
             snapshots: snapshot::Snapshots::default(),
             tick_interval,
@@ -580,6 +589,7 @@ impl RaftReplica {
             self.send(messages);
         }
         self.raft.advance(&ready);
+        self.check_membership();
         self.apply_committed(ctx);
         self.report_metrics();
         self.maybe_finish_shutdown();
@@ -723,6 +733,9 @@ impl RaftReplica {
 
     /// Whether requests are taken: not after a storage failure or once closing.
     fn serving(&self) -> Result<(), KvError> {
+        if let Some(index) = self.book.removed_at() {
+            return Err(KvError::Removed { index });
+        }
         if let Some(reason) = &self.failed {
             return Err(KvError::Storage(reason.clone()));
         }
@@ -936,6 +949,14 @@ impl Actor for RaftReplica {
             );
             self.need_state(self.raft.snapshot_index(), ctx);
         }
+        self.check_membership();
+        if let Some(index) = self.book.removed_at() {
+            warn!(
+                index,
+                "this node was removed from the cluster (committed configuration at index {index}); it takes no part and refuses requests"
+            );
+            return;
+        }
         // A group of one has nobody to wait for: it leads at once.
         let status = self.raft.status();
         if status.config.voters.len() == 1 && status.config.voters.contains(&status.id) {
@@ -968,6 +989,10 @@ impl Handler<Step> for RaftReplica {
     fn handle(&mut self, step: Step, ctx: &mut Self::Context) {
         let Step { message, envelope } = step;
         let handling = envelope.open();
+        // A removed node takes no further part.
+        if self.book.removed_at().is_some() {
+            return;
+        }
         // A leader's traced entries: this member's WAL append joins the trace.
         if matches!(&message.body, MessageBody::AppendEntries { entries, .. } if !entries.is_empty())
             && !handling.span().is_disabled()

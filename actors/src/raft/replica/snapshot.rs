@@ -310,10 +310,9 @@ impl RaftReplica {
         }
         let leader = self.raft.leader();
         let Some(addr) = self
-            .members
-            .get(&leader)
+            .book
+            .address(leader)
             .filter(|_| leader != self.raft.id())
-            .cloned()
         else {
             // No leader known yet (or this node leads with its state behind,
             // which a restart can't cause): try again soon.

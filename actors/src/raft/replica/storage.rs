@@ -17,14 +17,13 @@
 use actix::prelude::*;
 use tracing::{debug, warn};
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
 use super::super::wal_log::records_for_snapshot;
-use super::super::NodeId;
 use super::snapshot::clear_dumps;
 use super::{settle_install, DeleteBelow, RaftReplica, ReplicaStorage};
+use crate::cluster::members::MemberBook;
 use crate::kv::KvState;
 use crate::storage::buffer::PoolConfig;
 use crate::storage::checkpoint::{CheckpointReport, Recovery, Storage};
@@ -43,7 +42,7 @@ impl ReplicaStorage {
         pool: PoolConfig,
         checkpoint_interval: Duration,
         policy: CheckpointPolicy,
-        members: BTreeMap<NodeId, String>,
+        members: MemberBook,
         arbiter: &actix::dev::ArbiterHandle,
     ) -> Result<(ReplicaStorage, Recovery), StorageError> {
         let storage_dir = data_dir.join("storage");

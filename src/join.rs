@@ -1,0 +1,121 @@
+//! `--join`: a new node enters a running cluster. It asks any member (who
+//! forwards to the leader) to add it as a learner, learns the members'
+//! addresses from the answer, and once its log has caught up asks to be
+//! promoted to voter. Every step is retried until it succeeds: a node
+//! started to join keeps trying while the cluster elects, is busy with
+//! another change, or sends it a snapshot. Asking again after a restart is
+//! harmless (adding a member at the same address answers as if it were new).
+
+use std::time::Duration;
+
+use harmonydb_actors::cluster::members::MemberBook;
+use harmonydb_protocol::{Client, ClientError, ErrorCode, Membership, Request, Response};
+use tracing::{error, info, warn};
+
+/// First wait between attempts.
+const RETRY_MIN: Duration = Duration::from_millis(100);
+
+/// Longest wait between attempts.
+const RETRY_MAX: Duration = Duration::from_secs(2);
+
+/// How long one request may take (a change waits for its commit).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a joining node needs to know.
+pub struct Joining {
+    /// A member's TCP address to ask through.
+    pub through: String,
+    /// This node's id.
+    pub node_id: u64,
+    /// This node's TCP address as members reach it.
+    pub address: String,
+    /// The node's member book (taught the members' addresses).
+    pub members: MemberBook,
+    /// Largest frame to send.
+    pub frame_size_max_bytes: usize,
+}
+
+/// What one attempt came to.
+enum Attempt {
+    Done(Membership),
+    /// Worth asking again (no leader, a change in progress, not caught up).
+    Retry(String),
+    /// Asking again won't help (the id is taken at another address).
+    GiveUp(String),
+}
+
+async fn ask(joining: &Joining, request: Request) -> Attempt {
+    let client = match Client::connect(joining.through.as_str()).await {
+        Ok(client) => client
+            .with_timeout(REQUEST_TIMEOUT)
+            .with_frame_limit(joining.frame_size_max_bytes),
+        Err(error) => {
+            return Attempt::Retry(format!("{} is unreachable: {error}", joining.through))
+        }
+    };
+    match client.request(request).await {
+        Ok(Response::Membership(membership)) => Attempt::Done(membership),
+        Err(ClientError::Server { code, message, .. }) => match code {
+            ErrorCode::BadRequest | ErrorCode::Forbidden | ErrorCode::Unauthorized => {
+                Attempt::GiveUp(message)
+            }
+            ErrorCode::Conflict if message.contains("already a member") => Attempt::GiveUp(message),
+            _ => Attempt::Retry(message),
+        },
+        Ok(other) => Attempt::GiveUp(format!("unexpected answer {other:?}")),
+        Err(error) => Attempt::Retry(error.to_string()),
+    }
+}
+
+/// Repeats `request` until it is done; None if it can't succeed or the
+/// node was removed meanwhile.
+async fn until_done(joining: &Joining, request: Request, what: &str) -> Option<Membership> {
+    let mut wait = RETRY_MIN;
+    loop {
+        if joining.members.removed_at().is_some() {
+            return None;
+        }
+        match ask(joining, request.clone()).await {
+            Attempt::Done(membership) => return Some(membership),
+            Attempt::GiveUp(reason) => {
+                error!(through = %joining.through, %reason, "cannot {what}; giving up");
+                return None;
+            }
+            Attempt::Retry(reason) => {
+                info!(through = %joining.through, %reason, "cannot {what} yet; asking again");
+            }
+        }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(RETRY_MAX);
+    }
+}
+
+/// Joins the cluster: added as a learner, then promoted once caught up.
+pub async fn join_cluster(joining: Joining) {
+    let id = joining.node_id;
+    let add = Request::AddMember {
+        id,
+        address: joining.address.clone(),
+    };
+    let Some(membership) = until_done(&joining, add, "join as a learner").await else {
+        return;
+    };
+    joining.members.learn(&membership.addresses);
+    if membership.voters.contains(&id) {
+        info!(voters = ?membership.voters, "already a voter of the cluster");
+        return;
+    }
+    info!(
+        voters = ?membership.voters,
+        learners = ?membership.learners,
+        "joined the cluster as a learner; catching up"
+    );
+    let promote = Request::PromoteMember { id };
+    match until_done(&joining, promote, "become a voter").await {
+        Some(membership) => {
+            joining.members.learn(&membership.addresses);
+            info!(voters = ?membership.voters, "promoted to voter");
+        }
+        None => warn!("not promoted; a learner until an operator promotes it"),
+    }
+}
