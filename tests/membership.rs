@@ -1,7 +1,10 @@
 //! Cluster operations on a running cluster under continuous writes:
 //! leadership moved to each node in turn (`POST /cluster/leader`, and the
-//! CLI's `cluster transfer-leader`), with no acknowledged write lost and
-//! the longest gap without a successful write printed for each move.
+//! CLI's `cluster transfer-leader`); the cluster grown from 3 to 5 voters
+//! by nodes started with `--join` (the first catching up by snapshot),
+//! shrunk back to 3, a node replaced, and the leader removed; with no
+//! acknowledged write lost and the longest gap without a successful write
+//! printed for each operation.
 
 mod common;
 
@@ -35,6 +38,7 @@ struct Attempt {
 struct Writer {
     stop: Arc<AtomicBool>,
     attempts: Arc<Mutex<Vec<Attempt>>>,
+    urls: Arc<Mutex<Vec<String>>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -42,17 +46,22 @@ impl Writer {
     fn start(urls: Vec<String>) -> Writer {
         let stop = Arc::new(AtomicBool::new(false));
         let attempts = Arc::new(Mutex::new(Vec::new()));
-        let (stopping, recorded) = (stop.clone(), attempts.clone());
+        let urls = Arc::new(Mutex::new(urls));
+        let (stopping, recorded, targets) = (stop.clone(), attempts.clone(), urls.clone());
         let thread = std::thread::spawn(move || {
             let agent = http_agent();
             let started = Instant::now();
             let mut i = 0u64;
             // Bounded in time whatever the test does.
-            while !stopping.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(120)
+            while !stopping.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(240)
             {
                 let key = format!("w{}", i % KEYS);
                 let value = format!("v{i}");
-                let url = format!("{}/kv/{key}", urls[(i as usize) % urls.len()]);
+                let base = {
+                    let urls = targets.lock().expect("urls");
+                    urls[(i as usize) % urls.len()].clone()
+                };
+                let url = format!("{base}/kv/{key}");
                 let request = agent.put(&url).set("Content-Type", "application/json");
                 let body = serde_json::json!({ "value": value }).to_string();
                 let (status, answer) = http(request, Some(&body));
@@ -68,7 +77,7 @@ impl Writer {
                         .flatten(),
                     refused: matches!(
                         code,
-                        "not_leader" | "no_leader" | "unavailable" | "overloaded"
+                        "not_leader" | "no_leader" | "unavailable" | "overloaded" | "removed"
                     ),
                 };
                 recorded.lock().expect("attempts").push(attempt);
@@ -78,7 +87,26 @@ impl Writer {
         Writer {
             stop,
             attempts,
+            urls,
             thread: Some(thread),
+        }
+    }
+
+    /// Writes go through these nodes from now on.
+    fn set_urls(&self, urls: Vec<String>) {
+        *self.urls.lock().expect("urls") = urls;
+    }
+
+    /// Waits until `count` writes succeed after now.
+    fn wait_acked(&self, count: usize, what: &str) {
+        let settled = Instant::now();
+        let deadline = settled + Duration::from_secs(15);
+        while self.acked_since(settled) < count {
+            assert!(
+                Instant::now() < deadline,
+                "writes did not resume after {what}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
@@ -237,12 +265,17 @@ fn leadership_moves_to_each_node_in_turn_under_writes_without_losing_any() {
         );
     }
 
-    // No acknowledged write is lost: each key holds its last acknowledged
-    // value, or the value of a later write whose outcome was unknown.
+    check_none_lost(&attempts, &cluster.node(after).url(""));
+}
+
+/// No acknowledged write is lost: each key holds its last acknowledged
+/// value, or the value of a later write whose outcome was unknown (read
+/// linearizably through the node at `base`).
+fn check_none_lost(attempts: &[Attempt], base: &str) {
     let acked = attempts.iter().filter(|a| a.version.is_some()).count();
     assert!(acked > 100, "only {acked} writes succeeded");
     let mut by_key: HashMap<&str, Vec<&Attempt>> = HashMap::new();
-    for attempt in &attempts {
+    for attempt in attempts {
         by_key.entry(&attempt.key).or_default().push(attempt);
     }
     let agent = http_agent();
@@ -261,10 +294,7 @@ fn leadership_moves_to_each_node_in_turn_under_writes_without_losing_any() {
             .filter(|(i, a)| *i == 0 || (a.version.is_none() && !a.refused))
             .map(|(_, a)| a.value.as_str())
             .collect();
-        let (code, answer) = http(
-            agent.get(&cluster.node(after).url(&format!("/kv/{key}"))),
-            None,
-        );
+        let (code, answer) = http(agent.get(&format!("{base}/kv/{key}")), None);
         assert_eq!(code, 200, "{answer}");
         let answer: serde_json::Value = serde_json::from_str(&answer).expect("JSON");
         let value = answer["value"].as_str().unwrap_or_default();
@@ -278,4 +308,278 @@ fn leadership_moves_to_each_node_in_turn_under_writes_without_losing_any() {
         "{acked} writes acknowledged of {} attempted; none lost",
         attempts.len()
     );
+}
+
+/// Sends a membership change over HTTP through node `via`.
+fn change(
+    cluster: &Cluster,
+    via: u64,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let request = http_agent()
+        .request(method, &cluster.node(via).url(path))
+        .set("Content-Type", "application/json")
+        .timeout(Duration::from_secs(15));
+    let body = body.map(|b| b.to_string());
+    let (status, answer) = http(request, body.as_deref());
+    (
+        status,
+        serde_json::from_str(&answer).unwrap_or(serde_json::Value::String(answer)),
+    )
+}
+
+/// The ids in a status field.
+fn ids(value: &serde_json::Value) -> Vec<u64> {
+    value
+        .as_array()
+        .map(|a| a.iter().filter_map(|v| v.as_u64()).collect())
+        .unwrap_or_default()
+}
+
+/// Waits until the leader's configuration has exactly `voters` (no joint
+/// change) and returns the leader.
+fn wait_voters(cluster: &Cluster, among: &[u64], voters: &[u64], timeout: Duration) -> u64 {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let leader = cluster.wait_leader(among, timeout);
+        let status = cluster.status(leader);
+        if ids(&status["voters"]) == voters && ids(&status["voters_outgoing"]).is_empty() {
+            return leader;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "voters did not become {voters:?} within {timeout:?}: {status}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A removed node says so on /health (410 `removed`) and in its log, and
+/// stops campaigning: the cluster's term does not move while it runs.
+fn check_removed(cluster: &Cluster, removed: u64, among: &[u64]) {
+    let node = cluster.node(removed);
+    assert!(
+        node.wait_log("removed from the cluster", Duration::from_secs(10)),
+        "node {removed} did not log its removal"
+    );
+    let (code, answer) = http(http_agent().get(&node.url("/health")), None);
+    assert_eq!(code, 410, "{answer}");
+    assert!(answer.contains("\"removed\""), "{answer}");
+    let leader = cluster.wait_leader(among, Duration::from_secs(10));
+    let term = cluster.status(leader)["term"].as_u64();
+    std::thread::sleep(Duration::from_millis(1500));
+    let now = cluster.wait_leader(among, Duration::from_secs(10));
+    assert_eq!(
+        (now, cluster.status(now)["term"].as_u64()),
+        (leader, term),
+        "the cluster's leadership moved while removed node {removed} ran"
+    );
+}
+
+#[test]
+fn the_cluster_grows_shrinks_replaces_a_node_and_loses_its_leader_under_writes() {
+    // Frequent checkpoints with a short log: a node that joins after a
+    // thousand writes must catch up by snapshot.
+    let mut cluster = Cluster::start(
+        3,
+        &[
+            "--raft-tick-ms",
+            "50",
+            "--checkpoint-entries",
+            "200",
+            "--log-retain-entries",
+            "50",
+        ],
+    );
+    let first_leader = cluster.wait_leader(&[1, 2, 3], Duration::from_secs(30));
+    let url = |cluster: &Cluster, id: u64| format!("http://{}", cluster.node(id).http);
+    let writer = Writer::start((1..=3).map(|id| url(&cluster, id)).collect());
+    writer.wait_acked(1000, "start");
+    let mut operations: Vec<(String, Instant, Instant)> = Vec::new();
+
+    // Grow 3 -> 5: each new node joins as a learner, catches up, and is
+    // promoted by itself.
+    for (id, via) in [(4, 2), (5, 3)] {
+        let started = Instant::now();
+        cluster.join_node(id, via);
+        let voters: Vec<u64> = (1..=id).collect();
+        wait_voters(&cluster, &[1, 2, 3], &voters, Duration::from_secs(60));
+        writer.wait_acked(20, &format!("adding node {id}"));
+        operations.push((format!("add node {id} (--join)"), started, Instant::now()));
+    }
+    assert!(
+        cluster
+            .node(4)
+            .wait_log("snapshot installed", Duration::from_secs(5)),
+        "node 4 joined after the log was compacted: it should have caught up by snapshot"
+    );
+    let all: Vec<u64> = (1..=5).collect();
+    let leader = cluster.wait_leader(&all, Duration::from_secs(10));
+    for id in &all {
+        // Every member learned every address (the configuration carries them).
+        let members = cluster.status(*id)["members"].clone();
+        assert_eq!(
+            members.as_array().map(Vec::len),
+            Some(5),
+            "node {id}: {members}"
+        );
+    }
+    assert_eq!(ids(&cluster.status(leader)["learners"]), Vec::<u64>::new());
+    writer.set_urls(all.iter().map(|id| url(&cluster, *id)).collect());
+
+    // Shrink 5 -> 3: one over HTTP, one with the CLI.
+    let started = Instant::now();
+    let (code, answer) = change(&cluster, 1, "DELETE", "/cluster/members/5", None);
+    assert_eq!(code, 200, "{answer}");
+    assert_eq!(ids(&answer["voters"]), [1, 2, 3, 4], "{answer}");
+    writer.set_urls((1..=4).map(|id| url(&cluster, id)).collect());
+    writer.wait_acked(20, "removing node 5");
+    operations.push(("remove node 5 (HTTP)".into(), started, Instant::now()));
+    check_removed(&cluster, 5, &[1, 2, 3, 4]);
+    let started = Instant::now();
+    let output = Command::new(binary())
+        .args([
+            "cluster",
+            "remove",
+            "4",
+            "--addr",
+            &cluster.tcp[&2].to_string(),
+        ])
+        .output()
+        .expect("run the CLI");
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{printed}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(printed.contains("voters: 1,2,3"), "{printed}");
+    writer.set_urls((1..=3).map(|id| url(&cluster, id)).collect());
+    writer.wait_acked(20, "removing node 4");
+    operations.push(("remove node 4 (CLI)".into(), started, Instant::now()));
+    check_removed(&cluster, 4, &[1, 2, 3]);
+    for id in [4, 5] {
+        cluster.kill9(id);
+    }
+
+    // Replace a follower: add node 6, then remove the old one.
+    let leader = cluster.wait_leader(&[1, 2, 3], Duration::from_secs(10));
+    let old = [1, 2, 3]
+        .into_iter()
+        .find(|id| *id != leader)
+        .expect("follower");
+    let started = Instant::now();
+    cluster.join_node(6, leader);
+    let mut voters = vec![1, 2, 3, 6];
+    wait_voters(&cluster, &[1, 2, 3], &voters, Duration::from_secs(60));
+    let (code, answer) = change(
+        &cluster,
+        6,
+        "DELETE",
+        &format!("/cluster/members/{old}"),
+        None,
+    );
+    assert_eq!(code, 200, "{answer}");
+    voters.retain(|id| *id != old);
+    assert_eq!(ids(&answer["voters"]), voters, "{answer}");
+    writer.set_urls(voters.iter().map(|id| url(&cluster, *id)).collect());
+    writer.wait_acked(20, &format!("replacing node {old} by node 6"));
+    operations.push((
+        format!("replace node {old} by node 6"),
+        started,
+        Instant::now(),
+    ));
+    check_removed(&cluster, old, &voters);
+    cluster.kill9(old);
+
+    // Remove the leader itself: it hands leadership over first.
+    let leader = cluster.wait_leader(&voters, Duration::from_secs(10));
+    let started = Instant::now();
+    let (code, answer) = change(
+        &cluster,
+        leader,
+        "DELETE",
+        &format!("/cluster/members/{leader}"),
+        None,
+    );
+    assert_eq!(code, 200, "{answer}");
+    voters.retain(|id| *id != leader);
+    assert_eq!(ids(&answer["voters"]), voters, "{answer}");
+    writer.set_urls(voters.iter().map(|id| url(&cluster, *id)).collect());
+    let new_leader = cluster.wait_leader(&voters, Duration::from_secs(10));
+    assert_ne!(new_leader, leader);
+    writer.wait_acked(20, &format!("removing the leader, node {leader}"));
+    operations.push((
+        format!("remove the leader, node {leader}"),
+        started,
+        Instant::now(),
+    ));
+    check_removed(&cluster, leader, &voters);
+
+    std::thread::sleep(Duration::from_millis(300));
+    let attempts = writer.finish();
+    println!("first leader: node {first_leader}");
+    for (what, from, to) in &operations {
+        println!(
+            "{what}: took {} ms; longest gap without a successful write {} ms",
+            to.duration_since(*from).as_millis(),
+            longest_gap(&attempts, *from, *to).as_millis()
+        );
+    }
+    let leader = cluster.wait_leader(&voters, Duration::from_secs(10));
+    check_none_lost(&attempts, &cluster.node(leader).url(""));
+}
+
+#[test]
+fn a_second_change_while_one_is_in_progress_is_refused() {
+    let cluster = Cluster::start(3, &["--raft-tick-ms", "50", "--enable-fault-injection"]);
+    let leader = cluster.wait_leader(&[1, 2, 3], Duration::from_secs(30));
+    let followers: Vec<u64> = [1, 2, 3].into_iter().filter(|id| *id != leader).collect();
+    // Cut the leader off: its change can't commit, so it stays in progress.
+    cluster.fault(leader, &followers, true);
+    let stuck = {
+        let url = cluster.node(leader).url("/cluster/members");
+        std::thread::spawn(move || {
+            let request = http_agent()
+                .post(&url)
+                .set("Content-Type", "application/json")
+                .timeout(Duration::from_secs(15));
+            http(
+                request,
+                Some(&serde_json::json!({"id": 9, "address": "127.0.0.1:9"}).to_string()),
+            )
+        })
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    let (code, answer) = change(
+        &cluster,
+        leader,
+        "POST",
+        "/cluster/members",
+        Some(serde_json::json!({"id": 10, "address": "127.0.0.1:10"})),
+    );
+    assert_eq!(code, 409, "{answer}");
+    assert_eq!(answer["error"]["code"], "conflict", "{answer}");
+    assert!(
+        answer.to_string().contains("already in progress"),
+        "{answer}"
+    );
+    // The cut-off leader steps down; the stuck change's outcome is unknown.
+    let (code, answer) = stuck.join().expect("stuck request");
+    assert!(
+        code == 504 || code == 503,
+        "the stuck change answered {code}: {answer}"
+    );
+    cluster.fault(leader, &followers, false);
+    let leader = cluster.wait_leader(&[1, 2, 3], Duration::from_secs(10));
+    // An unknown node and the removal of a learner that never answered.
+    let (code, answer) = change(&cluster, leader, "DELETE", "/cluster/members/7", None);
+    assert_eq!(code, 404, "{answer}");
+    let learners = ids(&cluster.status(leader)["learners"]);
+    if learners.contains(&9) {
+        let (code, answer) = change(&cluster, leader, "DELETE", "/cluster/members/9", None);
+        assert_eq!(code, 200, "{answer}");
+    }
 }

@@ -337,6 +337,28 @@ impl Cluster {
         self.nodes.insert(id, Some(node));
     }
 
+    /// Starts a new node `id` (fresh data directory and port) that joins
+    /// the cluster through node `via` with `--join`.
+    pub fn join_node(&mut self, id: u64, via: u64) {
+        let tcp = free_port();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let node_id = id.to_string();
+        let (tcp_text, via_text) = (tcp.to_string(), self.tcp[&via].to_string());
+        let mut args = vec![
+            "--node-id",
+            &node_id,
+            "--join",
+            &via_text,
+            "--tcp-addr",
+            &tcp_text,
+        ];
+        args.extend(self.extra_args.iter().map(String::as_str));
+        let node = Node::start(dir.path(), &args);
+        self.tcp.insert(id, tcp);
+        self.dirs.insert(id, dir);
+        self.nodes.insert(id, Some(node));
+    }
+
     /// The running node `id`.
     pub fn node(&self, id: u64) -> &Node {
         self.nodes[&id].as_ref().expect("node is running")
