@@ -415,6 +415,11 @@ pub fn run(config: Config) -> Result<(), NodeError> {
     )
     .map_err(NodeError::Raft)?;
     let next_index = wal.last_index() + 1;
+    // A node that joined and votes already has nothing to ask at restart.
+    let mut config = config;
+    if raft.membership().0.voters.contains(&config.node_id) {
+        config.join = None;
+    }
 
     let system = actix::System::new();
     system.block_on(serve(config, wal, raft, next_index, metrics))

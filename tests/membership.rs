@@ -415,6 +415,16 @@ fn the_cluster_grows_shrinks_replaces_a_node_and_loses_its_leader_under_writes()
             .wait_log("snapshot installed", Duration::from_secs(5)),
         "node 4 joined after the log was compacted: it should have caught up by snapshot"
     );
+    // A joined node restarts like any other (same flags): it is a voter
+    // already, so it asks nothing, and it keeps up.
+    let started = Instant::now();
+    cluster.kill9(4);
+    cluster.start_node(4);
+    let leader = cluster.wait_leader(&[1, 2, 3, 4, 5], Duration::from_secs(20));
+    let commit = cluster.status(leader)["commit_index"].as_u64().unwrap_or(0);
+    cluster.wait_applied(4, commit, Duration::from_secs(20));
+    writer.wait_acked(20, "restarting node 4");
+    operations.push(("kill -9 and restart node 4".into(), started, Instant::now()));
     let all: Vec<u64> = (1..=5).collect();
     let leader = cluster.wait_leader(&all, Duration::from_secs(10));
     for id in &all {
@@ -438,6 +448,17 @@ fn the_cluster_grows_shrinks_replaces_a_node_and_loses_its_leader_under_writes()
     writer.wait_acked(20, "removing node 5");
     operations.push(("remove node 5 (HTTP)".into(), started, Instant::now()));
     check_removed(&cluster, 5, &[1, 2, 3, 4]);
+    // Removal survives a restart: the node comes back removed.
+    cluster.kill9(5);
+    cluster.start_node(5);
+    let (code, answer) = http(http_agent().get(&cluster.node(5).url("/health")), None);
+    assert_eq!(code, 410, "{answer}");
+    assert!(
+        cluster
+            .node(5)
+            .wait_log("removed from the cluster", Duration::from_secs(5)),
+        "node 5 did not say it was removed after restarting"
+    );
     let started = Instant::now();
     let output = Command::new(binary())
         .args([

@@ -286,6 +286,8 @@ pub struct Cluster {
     dirs: std::collections::BTreeMap<u64, tempfile::TempDir>,
     peers: String,
     extra_args: Vec<String>,
+    /// Nodes started with `--join`, and the node they joined through.
+    joined: std::collections::BTreeMap<u64, u64>,
 }
 
 /// A TCP port nothing listens on right now (bound, then released).
@@ -313,6 +315,7 @@ impl Cluster {
             tcp,
             peers,
             extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
+            joined: Default::default(),
         };
         for id in 1..=size {
             cluster.start_node(id);
@@ -324,14 +327,11 @@ impl Cluster {
     pub fn start_node(&mut self, id: u64) {
         let tcp = self.tcp[&id].to_string();
         let node_id = id.to_string();
-        let mut args = vec![
-            "--node-id",
-            &node_id,
-            "--peers",
-            &self.peers,
-            "--tcp-addr",
-            &tcp,
-        ];
+        let (how, whom) = match self.joined.get(&id) {
+            Some(via) => ("--join", self.tcp[via].to_string()),
+            None => ("--peers", self.peers.clone()),
+        };
+        let mut args = vec!["--node-id", &node_id, how, &whom, "--tcp-addr", &tcp];
         args.extend(self.extra_args.iter().map(String::as_str));
         let node = Node::start(self.dirs[&id].path(), &args);
         self.nodes.insert(id, Some(node));
@@ -340,23 +340,10 @@ impl Cluster {
     /// Starts a new node `id` (fresh data directory and port) that joins
     /// the cluster through node `via` with `--join`.
     pub fn join_node(&mut self, id: u64, via: u64) {
-        let tcp = free_port();
-        let dir = tempfile::tempdir().expect("tempdir");
-        let node_id = id.to_string();
-        let (tcp_text, via_text) = (tcp.to_string(), self.tcp[&via].to_string());
-        let mut args = vec![
-            "--node-id",
-            &node_id,
-            "--join",
-            &via_text,
-            "--tcp-addr",
-            &tcp_text,
-        ];
-        args.extend(self.extra_args.iter().map(String::as_str));
-        let node = Node::start(dir.path(), &args);
-        self.tcp.insert(id, tcp);
-        self.dirs.insert(id, dir);
-        self.nodes.insert(id, Some(node));
+        self.tcp.insert(id, free_port());
+        self.dirs.insert(id, tempfile::tempdir().expect("tempdir"));
+        self.joined.insert(id, via);
+        self.start_node(id);
     }
 
     /// The running node `id`.

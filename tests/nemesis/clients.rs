@@ -95,18 +95,24 @@ fn parse_value(bytes: &[u8]) -> u64 {
         .unwrap_or(u64::MAX)
 }
 
-/// One client's loop: operations on random keys through node `node` until
-/// `until`, each recorded.
+/// The nodes clients connect to, by id; the nemesis updates it as
+/// membership changes.
+pub type Targets = std::sync::Arc<std::sync::Mutex<Vec<(u64, SocketAddr)>>>;
+
+/// One client's loop: operations on random keys until `until`, each
+/// recorded with the node it went through. Each connection goes to the
+/// member at the client's index (its id modulo the number of targets) when
+/// it is made.
 pub async fn run_client(
     client_id: u64,
-    node: u64,
-    addr: SocketAddr,
+    targets: Targets,
     workload: Workload,
     start: Instant,
     until: Instant,
     seed: u64,
 ) -> Vec<Record> {
     let mut rng = Rng::new(seed);
+    let mut node = 0;
     let mut connection: Option<Client> = None;
     let mut records = Vec::new();
     let mut writes = 0u64;
@@ -143,7 +149,19 @@ pub async fn run_client(
         };
         let client = match &connection {
             Some(client) if !client.is_closed() => client.clone(),
-            _ => match connect(addr, workload.op_timeout).await {
+            _ => match connect(
+                {
+                    // Each (re)connection goes to the client's share of the
+                    // current members (membership changes replace nodes).
+                    let targets = targets.lock().unwrap_or_else(|e| e.into_inner());
+                    let (id, addr) = targets[(client_id % targets.len() as u64) as usize];
+                    node = id;
+                    addr
+                },
+                workload.op_timeout,
+            )
+            .await
+            {
                 Ok(client) => {
                     connection = Some(client.clone());
                     client
@@ -189,8 +207,9 @@ pub async fn run_client(
                 Output::Mismatch { current: None } => {}
             }
         }
-        if matches!(outcome, Outcome::Unknown) {
-            // A stalled connection would make every next operation unknown too.
+        if matches!(outcome, Outcome::Unknown) || error.as_deref() == Some("removed") {
+            // A stalled connection would make every next operation unknown
+            // too; a removed node refuses everything from now on.
             connection = None;
         }
         records.push(Record {
@@ -278,6 +297,7 @@ fn classify(
                 ErrorCode::NotLeader
                 | ErrorCode::NoLeader
                 | ErrorCode::Unavailable
+                | ErrorCode::Removed
                 | ErrorCode::Overloaded => (Outcome::Failed { at }, name, false),
                 // A read that timed out constrains nothing; a write may have happened.
                 ErrorCode::Timeout if !is_write => (Outcome::Failed { at }, name, false),

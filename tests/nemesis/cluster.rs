@@ -62,8 +62,10 @@ pub struct NemesisCluster {
     paused: BTreeSet<u64>,
     /// Link faults in force, by (from, to).
     links: BTreeMap<(u64, u64), LinkFault>,
-    /// Log lines of earlier runs of each node.
+    /// Log lines of earlier runs of each node (and of retired nodes).
     old_logs: BTreeMap<u64, Vec<String>>,
+    /// Nodes that entered with `--join` (through the node given).
+    joined: BTreeMap<u64, u64>,
     netns: Option<Netns>,
     agent: ureq::Agent,
 }
@@ -105,6 +107,7 @@ impl NemesisCluster {
             paused: BTreeSet::new(),
             links: BTreeMap::new(),
             old_logs: BTreeMap::new(),
+            joined: BTreeMap::new(),
             netns,
             agent: ureq::AgentBuilder::new().timeout(ADMIN_TIMEOUT).build(),
         };
@@ -128,11 +131,15 @@ impl NemesisCluster {
             Some(net) => SocketAddr::from((net.ip(id), NETNS_HTTP_PORT)).to_string(),
             None => "127.0.0.1:0".to_string(),
         };
+        let (how, whom) = match self.joined.get(&id) {
+            Some(via) => ("--join", self.tcp[via].to_string()),
+            None => ("--peers", self.peers.clone()),
+        };
         let mut args = vec![
             "--node-id",
             &node_id,
-            "--peers",
-            &self.peers,
+            how,
+            &whom,
             "--tcp-addr",
             &tcp,
             "--http-addr",
@@ -159,6 +166,51 @@ impl NemesisCluster {
                 self.set_filter(id, &[to], Some(fault));
             }
         }
+    }
+
+    /// Starts a new node `id` (loopback only) that joins through node `via`.
+    pub fn join_node(&mut self, id: u64, via: u64) {
+        assert!(self.netns.is_none(), "joining nodes run on loopback only");
+        self.tcp.insert(id, crate::common::free_port());
+        self.dirs.insert(id, tempfile::tempdir().expect("tempdir"));
+        self.joined.insert(id, via);
+        self.start_node(id);
+    }
+
+    /// Kills node `id` for good (it was removed): it leaves `ids()`, its
+    /// log is kept.
+    pub fn retire(&mut self, id: u64) {
+        self.kill9(id);
+        self.nodes.remove(&id);
+        self.links.retain(|(from, to), _| *from != id && *to != id);
+    }
+
+    /// Node `id`'s view of the cluster, if it answers.
+    pub fn status(&self, id: u64) -> Option<serde_json::Value> {
+        let Some(Some(node)) = self.nodes.get(&id) else {
+            return None;
+        };
+        if self.paused.contains(&id) {
+            return None;
+        }
+        self.agent
+            .get(&node.url("/cluster"))
+            .call()
+            .ok()?
+            .into_json()
+            .ok()
+    }
+
+    /// Asks node `via` over HTTP to remove member `id`; the status and answer.
+    pub fn remove_member(&self, via: u64, id: u64) -> Option<(u16, String)> {
+        let Some(Some(node)) = self.nodes.get(&via) else {
+            return None;
+        };
+        let request = ureq::AgentBuilder::new()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .delete(&node.url(&format!("/cluster/members/{id}")));
+        Some(http(request, None))
     }
 
     /// Whether node `id` runs (it may be paused).

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use harmonydb_checker::Nanos;
 
-use crate::clients::nanos_since;
+use crate::clients::{nanos_since, Targets};
 use crate::cluster::{LinkFault, NemesisCluster};
 
 /// Share of traffic a flaky link loses.
@@ -34,6 +34,13 @@ pub enum Scenario {
     Flaky,
     /// Each round one of the above at random.
     Mixed,
+    /// A new node joins (`--join`) and, once it votes, an old one (the
+    /// leader half the time) is removed and killed; half the time another
+    /// node is killed while this happens. Only as part of `MembershipMixed`.
+    Replace,
+    /// Each round a replacement, a partition, an isolated leader or a
+    /// kill -9, at random.
+    MembershipMixed,
 }
 
 impl Scenario {
@@ -48,6 +55,8 @@ impl Scenario {
             Scenario::Pause => "SIGSTOP/SIGCONT pause",
             Scenario::Flaky => "lossy, duplicating links",
             Scenario::Mixed => "all of them mixed",
+            Scenario::Replace => "replace a member",
+            Scenario::MembershipMixed => "membership changes mixed with faults",
         }
     }
 
@@ -60,7 +69,20 @@ impl Scenario {
         Scenario::Pause,
         Scenario::Flaky,
     ];
+
+    const WITH_MEMBERSHIP: [Scenario; 4] = [
+        Scenario::Replace,
+        Scenario::PartitionMajorityMinority,
+        Scenario::IsolateLeader,
+        Scenario::Kill,
+    ];
 }
+
+/// How long a joining node gets to become a voter.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// How long the nemesis keeps asking for a removal.
+const REMOVE_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// One fault as it was in force.
 #[derive(Clone, Debug)]
@@ -90,6 +112,7 @@ pub struct Schedule {
 /// Runs faults of `scenario` until `until`, then restores the cluster.
 pub fn run(
     cluster: &mut NemesisCluster,
+    targets: &Targets,
     scenario: Scenario,
     schedule: Schedule,
     start: Instant,
@@ -101,10 +124,23 @@ pub fn run(
         std::thread::sleep(schedule.quiet);
         let kind = match scenario {
             Scenario::Mixed => Scenario::SINGLE[rng.below(Scenario::SINGLE.len() as u64) as usize],
+            Scenario::MembershipMixed => {
+                Scenario::WITH_MEMBERSHIP
+                    [rng.below(Scenario::WITH_MEMBERSHIP.len() as u64) as usize]
+            }
             single => single,
         };
-        let (description, minority, undo) = inject(cluster, kind, rng);
-        let fault_start = nanos_since(start);
+        let before = nanos_since(start);
+        let (description, minority, undo) = match kind {
+            Scenario::Replace => replace(cluster, targets, rng),
+            kind => inject(cluster, kind, rng),
+        };
+        // A replacement is under way from its first step.
+        let fault_start = if kind == Scenario::Replace {
+            before
+        } else {
+            nanos_since(start)
+        };
         std::thread::sleep(schedule.hold);
         let fault_end = nanos_since(start);
         undo.apply(cluster);
@@ -285,6 +321,104 @@ fn inject(
                 Undo::Heal,
             )
         }
-        Scenario::Mixed => unreachable!("mixed picks a single kind per round"),
+        Scenario::Mixed | Scenario::MembershipMixed | Scenario::Replace => {
+            unreachable!("mixed scenarios pick a single kind per round; replace has its own")
+        }
     }
+}
+
+/// Waits up to `timeout` for `done`, checking every 100 ms.
+fn wait_for(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if done() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A new node joins; once it votes, an old one is removed and retired.
+fn replace(
+    cluster: &mut NemesisCluster,
+    targets: &Targets,
+    rng: &mut Rng,
+) -> (String, BTreeSet<u64>, Undo) {
+    let ids = cluster.ids();
+    let victim = if rng.below(2) == 0 {
+        leader_or_random(cluster, rng)
+    } else {
+        ids[rng.below(ids.len() as u64) as usize]
+    };
+    let others: Vec<u64> = ids.iter().copied().filter(|id| *id != victim).collect();
+    let crashed = (rng.below(2) == 0).then(|| others[rng.below(others.len() as u64) as usize]);
+    if let Some(crashed) = crashed {
+        cluster.kill9(crashed);
+    }
+    let live: Vec<u64> = others
+        .iter()
+        .copied()
+        .filter(|id| Some(*id) != crashed)
+        .collect();
+    let new_id = cluster.tcp.keys().max().copied().unwrap_or(0) + 1;
+    cluster.join_node(new_id, live[rng.below(live.len() as u64) as usize]);
+    let is_voter = |cluster: &NemesisCluster, id: u64| {
+        cluster
+            .leader()
+            .and_then(|leader| cluster.status(leader))
+            .is_some_and(|status| {
+                status["voters"]
+                    .as_array()
+                    .is_some_and(|v| v.iter().any(|x| x.as_u64() == Some(id)))
+                    && status["voters_outgoing"]
+                        .as_array()
+                        .is_some_and(|v| v.is_empty())
+            })
+    };
+    let joined = wait_for(JOIN_TIMEOUT, || is_voter(cluster, new_id));
+    targets
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push((new_id, cluster.tcp[&new_id]));
+    let mut attempt = 0usize;
+    let removed = wait_for(REMOVE_TIMEOUT, || {
+        attempt += 1;
+        let via = live[attempt % live.len()];
+        // 404: an earlier attempt that timed out took effect after all.
+        matches!(
+            cluster.remove_member(via, victim),
+            Some((200, _)) | Some((404, _))
+        )
+    });
+    if removed {
+        targets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(id, _)| *id != victim);
+        cluster.retire(victim);
+    }
+    let crash = crashed.map_or(String::new(), |c| format!(" while node {c} is down"));
+    (
+        format!(
+            "replace node {victim} by node {new_id}{crash}: {}, {}",
+            if joined {
+                "joined as a voter"
+            } else {
+                "not a voter in time"
+            },
+            if removed {
+                "removed"
+            } else {
+                "removal not confirmed in time"
+            }
+        ),
+        BTreeSet::new(),
+        match crashed {
+            Some(crashed) => Undo::Restart(vec![crashed]),
+            None => Undo::Heal,
+        },
+    )
 }
