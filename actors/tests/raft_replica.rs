@@ -90,7 +90,7 @@ fn start_replica(
         pool,
         Duration::from_millis(200),
         Default::default(),
-        BTreeMap::new(),
+        harmonydb_actors::cluster::members::MemberBook::default(),
         &Arbiter::current(),
     )
     .expect("open storage");
