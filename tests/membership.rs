@@ -554,7 +554,7 @@ fn the_cluster_grows_shrinks_replaces_a_node_and_loses_its_leader_under_writes()
 }
 
 #[test]
-fn a_second_change_while_one_is_in_progress_is_refused() {
+fn refusals_the_cli_and_a_node_removed_while_cut_off() {
     let cluster = Cluster::start(3, &["--raft-tick-ms", "50", "--enable-fault-injection"]);
     let leader = cluster.wait_leader(&[1, 2, 3], Duration::from_secs(30));
     let followers: Vec<u64> = [1, 2, 3].into_iter().filter(|id| *id != leader).collect();
@@ -603,4 +603,65 @@ fn a_second_change_while_one_is_in_progress_is_refused() {
         let (code, answer) = change(&cluster, leader, "DELETE", "/cluster/members/9", None);
         assert_eq!(code, 200, "{answer}");
     }
+
+    // The CLI: a learner added by hand can't be promoted before it has
+    // answered (nothing listens at its address), and can be removed.
+    let cli = |args: &[&str]| {
+        let addr = cluster.tcp[&leader].to_string();
+        let output = Command::new(binary())
+            .args(["cluster"])
+            .args(args)
+            .args(["--addr", &addr])
+            .output()
+            .expect("run the CLI");
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).to_string(),
+            String::from_utf8_lossy(&output.stderr).to_string(),
+        )
+    };
+    let (code, out, err) = cli(&["add", "11", "127.0.0.1:11"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("learners: 11"), "{out}");
+    let (code, out, err) = cli(&["promote", "11"]);
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(err.contains("not caught up"), "{err}");
+    let (code, out, err) = cli(&["remove", "11"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("learners: none"), "{out}");
+
+    // A follower cut off while it is removed never hears of it then; once
+    // the cut heals its campaigning reaches the leader, which replicates
+    // to it until it learns, and it stops.
+    let leader = cluster.wait_leader(&[1, 2, 3], Duration::from_secs(10));
+    let cut_off = [1, 2, 3]
+        .into_iter()
+        .find(|id| *id != leader)
+        .expect("follower");
+    let rest: Vec<u64> = [1, 2, 3].into_iter().filter(|id| *id != cut_off).collect();
+    cluster.fault(cut_off, &rest, true);
+    for id in &rest {
+        cluster.fault(*id, &[cut_off], true);
+    }
+    let (code, answer) = change(
+        &cluster,
+        leader,
+        "DELETE",
+        &format!("/cluster/members/{cut_off}"),
+        None,
+    );
+    assert_eq!(code, 200, "{answer}");
+    assert_eq!(ids(&answer["voters"]), rest, "{answer}");
+    // Longer than the leader keeps replicating to a leaving member.
+    std::thread::sleep(Duration::from_secs(2));
+    let (code, answer) = http(
+        http_agent().get(&cluster.node(cut_off).url("/health")),
+        None,
+    );
+    assert_eq!(code, 200, "node {cut_off} can't know yet: {answer}");
+    cluster.fault(cut_off, &rest, false);
+    for id in &rest {
+        cluster.fault(*id, &[cut_off], false);
+    }
+    check_removed(&cluster, cut_off, &rest);
 }

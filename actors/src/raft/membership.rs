@@ -11,6 +11,7 @@
 use std::collections::BTreeMap;
 
 use super::node::{Raft, Role};
+use super::progress::Progress;
 use super::types::{ConfChange, Configuration, EntryPayload, NodeId, RaftError};
 
 impl Raft {
@@ -85,6 +86,28 @@ impl Raft {
             // Removed: hand over by stopping; the remaining voters elect a leader.
             self.become_follower(self.term, 0);
         }
+    }
+
+    /// Leader: node `id`, which the configuration does not have, is still
+    /// sending (it missed its removal, say cut off when the change
+    /// committed): replicate to it for an election timeout so it learns
+    /// the configuration that left it out. Nothing if it is a member or
+    /// already being told.
+    pub fn remind_removed(&mut self, id: NodeId) {
+        let member = self.membership.is_voter(id) || self.membership.learners.contains(&id);
+        if self.role != Role::Leader
+            || id == self.id
+            || member
+            || self.progress.contains_key(&id)
+            || self.membership_index > self.log.committed
+        {
+            return;
+        }
+        self.progress
+            .insert(id, Progress::new(self.log.last_index()));
+        self.departing
+            .insert(id, Some(self.now + self.config.election_timeout_ticks));
+        self.send_append(id);
     }
 
     /// Leader: stops replicating to members left out of the configuration

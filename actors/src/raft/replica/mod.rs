@@ -1001,6 +1001,14 @@ impl Handler<Step> for RaftReplica {
             self.batch_span = Some(handling.span().clone());
         }
         self.note_incoming(&message);
+        if self.raft.role() == Role::Leader {
+            let (config, _) = self.raft.membership();
+            let from = message.from;
+            if !config.is_voter(from) && !config.learners.contains(&from) && self.book.knows(from) {
+                // A removed node that never learned it: tell it.
+                self.raft.remind_removed(from);
+            }
+        }
         self.raft.step(message);
         self.schedule_drive(ctx);
     }
