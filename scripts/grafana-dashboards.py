@@ -278,6 +278,16 @@ cluster_health = dashboard(
                         target(f"sum by (instance) ({rate('harmonydb_raft_elections_won_total')})", "{{instance}} won")],
                        unit="ops", w=24),
         ]),
+        row("Membership", [
+            timeseries("Voters and learners by node", "Members of the configuration each node has in force. Nodes disagree for a moment during a change; a learner that stays a learner has not caught up (or nobody promoted it).",
+                       [target(sel("harmonydb_raft_voters"), "{{instance}} voters"),
+                        target(sel("harmonydb_raft_learners"), "{{instance}} learners")], w=8),
+            timeseries("Joint configuration", "1 while a change of voters is half done (old and new voters both decide). It should last a round trip or two; stuck at 1 means the new voters can't form a majority.",
+                       [target(sel("harmonydb_raft_joint_configuration"), "{{instance}}")], w=8),
+            timeseries("Membership changes and removed nodes", "Changes completed by the leader (per second), and nodes that know they were removed (1): stop those and delete their data.",
+                       [target(f"sum by (instance) ({rate('harmonydb_raft_membership_changes_total')})", "{{instance}} changes/s"),
+                        target(sel("harmonydb_raft_removed"), "{{instance}} removed")], w=8),
+        ]),
         row("Replication", [
             timeseries("Commit index and applied index", "The highest index each node knows committed, and the highest it has applied to its state.",
                        [target(sel("harmonydb_raft_commit_index"), "{{instance}} commit"),

@@ -256,6 +256,7 @@ const UNLABELLED_COUNTERS: &[&str] = &[
     "harmonydb_wal_failures_total",
     "harmonydb_kv_overloaded_total",
     "harmonydb_raft_leader_changes_total",
+    "harmonydb_raft_membership_changes_total",
     "harmonydb_raft_elections_started_total",
     "harmonydb_raft_elections_won_total",
     "harmonydb_raft_proposals_committed_total",
@@ -397,6 +398,26 @@ fn describe_metrics() {
     );
     describe_gauge!("harmonydb_raft_is_leader", "1 if this node leads, else 0.");
     describe_gauge!("harmonydb_raft_term", "This node's current Raft term.");
+    describe_gauge!(
+        "harmonydb_raft_voters",
+        "Voters in the configuration in force on this node (the incoming set during a joint change)."
+    );
+    describe_gauge!(
+        "harmonydb_raft_learners",
+        "Learners in the configuration in force on this node."
+    );
+    describe_gauge!(
+        "harmonydb_raft_joint_configuration",
+        "1 while a joint configuration (a change of voters) is in force on this node, else 0."
+    );
+    describe_gauge!(
+        "harmonydb_raft_removed",
+        "1 once this node was removed from the cluster, else 0."
+    );
+    describe_counter!(
+        "harmonydb_raft_membership_changes_total",
+        "Membership changes this node completed as leader."
+    );
     describe_counter!(
         "harmonydb_raft_leader_changes_total",
         "Times this node saw a new leader (itself included)."

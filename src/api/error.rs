@@ -108,6 +108,7 @@ impl ApiError {
             MembershipError::NotLeader { leader: 0 } => ErrorCode::NoLeader,
             MembershipError::NotLeader { .. } => ErrorCode::NotLeader,
             MembershipError::InProgress
+            | MembershipError::TransferInProgress
             | MembershipError::AlreadyMember { .. }
             | MembershipError::NotCaughtUp { .. } => ErrorCode::Conflict,
             MembershipError::UnknownNode { .. } => ErrorCode::NotFound,

@@ -84,9 +84,12 @@ pub enum MembershipError {
         /// The leader it knows of.
         leader: NodeId,
     },
-    /// Another change (or a leadership transfer) is under way.
+    /// Another change is under way.
     #[error("a membership change is already in progress; wait for it to finish and ask again")]
     InProgress,
+    /// Leadership is being handed over; the next leader takes changes.
+    #[error("a leadership transfer is in progress; ask again once the new leader leads")]
+    TransferInProgress,
     /// The node named is not a member.
     #[error("node {id} is not a member (members: {members:?})")]
     UnknownNode {
@@ -198,6 +201,12 @@ impl RaftReplica {
             if !members.is_empty() {
                 self.book.set_members(members.iter().copied());
             }
+            metrics::gauge!("harmonydb_raft_voters").set(config.voters.len() as f64);
+            metrics::gauge!("harmonydb_raft_learners").set(config.learners.len() as f64);
+            metrics::gauge!("harmonydb_raft_joint_configuration")
+                .set(f64::from(u8::from(config.is_joint())));
+            metrics::gauge!("harmonydb_raft_removed")
+                .set(f64::from(u8::from(self.book.removed_at().is_some())));
         }
         if members.contains(&id) {
             self.membership.has_been_member = true;
@@ -215,6 +224,9 @@ impl RaftReplica {
         } else {
             return;
         };
+        if outcome.is_ok() {
+            metrics::counter!("harmonydb_raft_membership_changes_total").increment(1);
+        }
         if let Some(pending) = self.membership.pending.take() {
             let _ = pending.reply.send(outcome);
         }
@@ -227,6 +239,7 @@ impl RaftReplica {
             "this node was removed from the cluster (committed configuration at index {index}); it takes no further part"
         );
         self.book.mark_removed(index);
+        metrics::gauge!("harmonydb_raft_removed").set(1.0);
         let marker = self.storage_dir.with_file_name(REMOVED_MARKER);
         if let Err(error) = write_marker(&marker, index) {
             warn!(%error, path = %marker.display(), "cannot record the removal on disk");
@@ -350,9 +363,8 @@ impl RaftReplica {
             Err(error) => {
                 let error = match error {
                     RaftError::NotLeader { leader } => MembershipError::NotLeader { leader },
-                    RaftError::ConfChangeInProgress | RaftError::TransferInProgress => {
-                        MembershipError::InProgress
-                    }
+                    RaftError::ConfChangeInProgress => MembershipError::InProgress,
+                    RaftError::TransferInProgress => MembershipError::TransferInProgress,
                     RaftError::InvalidConfChange(reason) => MembershipError::Invalid(reason),
                     other => MembershipError::Unavailable(KvError::Unavailable(other.to_string())),
                 };
