@@ -1008,6 +1008,71 @@ fn joint_consensus_removes_a_voter() {
     commit(&mut sim, "without-it");
 }
 
+/// Whether `id` knows a committed configuration that leaves it out.
+fn knows_it_was_removed(sim: &Sim, id: NodeId) -> bool {
+    let raft = sim.raft(id);
+    let (config, index) = raft.membership();
+    !config.members().contains(&id) && index <= raft.commit_index()
+}
+
+#[test]
+fn a_removed_voter_learns_the_committed_configuration_that_left_it_out() {
+    let mut sim = cluster(5);
+    let leader = sim.elect();
+    let removed = follower_of(&sim, leader);
+    sim.conf_change(ConfChange::Remove(removed))
+        .expect("propose");
+    settle_config(&mut sim);
+    // The leader keeps replicating to it until it has learned the commit.
+    let learned = sim.run_until(100, |s| knows_it_was_removed(s, removed));
+    assert!(learned, "node {removed} never learned it was removed");
+    let term = sim.raft(removed).term();
+    sim.run(200);
+    let leader = sim.leader().expect("leader");
+    assert_eq!(
+        sim.raft(removed).role(),
+        Role::Follower,
+        "it must not campaign"
+    );
+    assert_eq!(sim.raft(removed).term(), term);
+    assert!(
+        !sim.raft(leader).status().match_index.contains_key(&removed),
+        "the leader stops replicating to it after a while"
+    );
+}
+
+#[test]
+fn a_voter_cut_off_while_removed_learns_it_when_the_leader_is_reminded() {
+    let mut sim = cluster(5);
+    let leader = sim.elect();
+    let removed = follower_of(&sim, leader);
+    sim.isolate(removed);
+    sim.conf_change(ConfChange::Remove(removed))
+        .expect("propose");
+    settle_config(&mut sim);
+    sim.run(100);
+    sim.heal();
+    sim.run(50);
+    assert!(
+        !knows_it_was_removed(&sim, removed),
+        "nothing told node {removed} yet"
+    );
+    let leader = sim.leader().expect("leader");
+    sim.raft_mut(leader).remind_removed(removed);
+    let learned = sim.run_until(100, |s| knows_it_was_removed(s, removed));
+    assert!(learned, "node {removed} never learned it was removed");
+    // A member is never "reminded".
+    let member = voters_of(&sim, leader)
+        .into_iter()
+        .find(|id| *id != leader)
+        .expect("another voter");
+    let before = sim.raft(leader).status().config;
+    sim.raft_mut(leader).remind_removed(member);
+    sim.run(20);
+    assert_eq!(sim.raft(leader).status().config, before);
+    assert!(sim.raft(member).status().config.members().contains(&member));
+}
+
 #[test]
 fn joint_consensus_replaces_a_voter() {
     let mut sim = cluster_with(3, &[4], |_| {});
