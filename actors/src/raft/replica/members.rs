@@ -244,8 +244,11 @@ impl RaftReplica {
         if let Err(error) = write_marker(&marker, index) {
             warn!(%error, path = %marker.display(), "cannot record the removal on disk");
         }
+        // A write not applied yet may still commit through the others.
         for (_, write) in self.writes.drain() {
-            let _ = write.reply.send(Err(KvError::Removed { index }));
+            let _ = write.reply.send(Err(KvError::OutcomeUnknown(format!(
+                "this node was removed from the cluster (configuration at index {index}) before the write's outcome was known"
+            ))));
         }
         for (_, (_, reply)) in self.reads_pending.drain() {
             let _ = reply.send(Err(KvError::Removed { index }));
@@ -354,6 +357,11 @@ impl RaftReplica {
                     term = status.term,
                     "membership change proposed"
                 );
+                if let MemberChange::AddLearner { id, address } = &change {
+                    // The first appends to it go out before this entry is
+                    // persisted and published.
+                    self.book.learn(&BTreeMap::from([(*id, address.clone())]));
+                }
                 self.membership.pending = Some(PendingChange {
                     index,
                     term: status.term,

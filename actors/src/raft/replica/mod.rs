@@ -589,8 +589,10 @@ impl RaftReplica {
             self.send(messages);
         }
         self.raft.advance(&ready);
-        self.check_membership();
+        // Applied first: writes committed before a configuration that
+        // removes this node get their real answers.
         self.apply_committed(ctx);
+        self.check_membership();
         self.report_metrics();
         self.maybe_finish_shutdown();
         self.drive(ctx);
