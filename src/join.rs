@@ -42,6 +42,8 @@ enum Attempt {
     Retry(String),
     /// Asking again won't help (the id is taken at another address).
     GiveUp(String),
+    /// The cluster does not list this node.
+    NotMember,
 }
 
 async fn ask(joining: &Joining, request: Request) -> Attempt {
@@ -60,6 +62,7 @@ async fn ask(joining: &Joining, request: Request) -> Attempt {
                 Attempt::GiveUp(message)
             }
             ErrorCode::Conflict if message.contains("already a member") => Attempt::GiveUp(message),
+            ErrorCode::NotFound => Attempt::NotMember,
             _ => Attempt::Retry(message),
         },
         Ok(other) => Attempt::GiveUp(format!("unexpected answer {other:?}")),
@@ -67,43 +70,52 @@ async fn ask(joining: &Joining, request: Request) -> Attempt {
     }
 }
 
-/// Repeats `request` until it is done; None if it can't succeed or the
-/// node was removed meanwhile.
-async fn until_done(joining: &Joining, request: Request, what: &str) -> Option<Membership> {
+/// Repeats `request` until it is done, can't succeed, or the node was
+/// removed meanwhile (`GiveUp`).
+async fn until_done(joining: &Joining, request: Request, what: &str) -> Attempt {
     let mut wait = RETRY_MIN;
     loop {
         if joining.members.removed_at().is_some() {
-            return None;
+            return Attempt::GiveUp("this node was removed".into());
         }
         match ask(joining, request.clone()).await {
-            Attempt::Done(membership) => return Some(membership),
-            Attempt::GiveUp(reason) => {
-                error!(through = %joining.through, %reason, "cannot {what}; giving up");
-                return None;
-            }
             Attempt::Retry(reason) => {
                 info!(through = %joining.through, %reason, "cannot {what} yet; asking again");
             }
+            Attempt::GiveUp(reason) => {
+                error!(through = %joining.through, %reason, "cannot {what}; giving up");
+                return Attempt::GiveUp(reason);
+            }
+            done => return done,
         }
         tokio::time::sleep(wait).await;
         wait = (wait * 2).min(RETRY_MAX);
     }
 }
 
-/// Joins the cluster: added as a learner, then promoted once caught up.
-pub async fn join_cluster(joining: Joining) {
+/// How one pass of joining ended.
+enum Joined {
+    /// A voter, or given up for a reason asking again won't change.
+    Done,
+    /// Promotion found this node is not a member: ask to be added again.
+    Lost,
+}
+
+/// Added as a learner, then promoted once caught up.
+async fn join_once(joining: &Joining) -> Joined {
     let id = joining.node_id;
     let add = Request::AddMember {
         id,
         address: joining.address.clone(),
     };
-    let Some(membership) = until_done(&joining, add, "join as a learner").await else {
-        return;
+    let membership = match until_done(joining, add, "join as a learner").await {
+        Attempt::Done(membership) => membership,
+        Attempt::NotMember | Attempt::Retry(_) | Attempt::GiveUp(_) => return Joined::Done,
     };
     joining.members.learn(&membership.addresses);
     if membership.voters.contains(&id) {
         info!(voters = ?membership.voters, "already a voter of the cluster");
-        return;
+        return Joined::Done;
     }
     info!(
         voters = ?membership.voters,
@@ -111,11 +123,30 @@ pub async fn join_cluster(joining: Joining) {
         "joined the cluster as a learner; catching up"
     );
     let promote = Request::PromoteMember { id };
-    match until_done(&joining, promote, "become a voter").await {
-        Some(membership) => {
+    match until_done(joining, promote, "become a voter").await {
+        Attempt::Done(membership) => {
             joining.members.learn(&membership.addresses);
             info!(voters = ?membership.voters, "promoted to voter");
+            Joined::Done
         }
-        None => warn!("not promoted; a learner until an operator promotes it"),
+        Attempt::NotMember => Joined::Lost,
+        Attempt::Retry(_) | Attempt::GiveUp(_) => {
+            warn!("not promoted; a learner until an operator promotes it");
+            Joined::Done
+        }
+    }
+}
+
+/// Joins the cluster, starting over if the addition turns out lost (the
+/// leader that took it lost its term before it committed).
+pub async fn join_cluster(joining: Joining) {
+    loop {
+        match join_once(&joining).await {
+            Joined::Done => return,
+            Joined::Lost => {
+                warn!("the cluster does not list this node (its addition was lost); asking again");
+                tokio::time::sleep(RETRY_MAX).await;
+            }
+        }
     }
 }

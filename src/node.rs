@@ -469,10 +469,17 @@ async fn serve(
         .advertise_addr
         .clone()
         .unwrap_or_else(|| tcp_addr.to_string());
-    if config.join.is_some() {
+    // Alone or joining, this node names its own address: the one others
+    // should use, which every configuration entry then carries.
+    let alone = config.members.len() == 1 && config.members.contains_key(&config.node_id);
+    if config.join.is_some() || (alone && config.advertise_addr.is_some()) {
         config.members.insert(config.node_id, advertised.clone());
     }
-    let members = MemberBook::new(config.members.clone());
+    let members = if config.join.is_some() {
+        MemberBook::joining(config.node_id, advertised.clone())
+    } else {
+        MemberBook::new(config.members.clone())
+    };
     let removed = read_removed_marker(&config.data_dir).map_err(|source| NodeError::Io {
         action: "read",
         path: config

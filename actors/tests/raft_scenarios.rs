@@ -1039,6 +1039,18 @@ fn a_removed_voter_learns_the_committed_configuration_that_left_it_out() {
         !sim.raft(leader).status().match_index.contains_key(&removed),
         "the leader stops replicating to it after a while"
     );
+    // Its id is never used again.
+    for change in [
+        ConfChange::AddLearner(removed),
+        ConfChange::AddVoter(removed),
+    ] {
+        match sim.conf_change(change) {
+            Err(RaftError::InvalidConfChange(reason)) => {
+                assert!(reason.contains("not used again"), "{reason}")
+            }
+            other => panic!("re-adding {removed}: {other:?}"),
+        }
+    }
 }
 
 #[test]

@@ -112,9 +112,9 @@ impl ApiError {
             | MembershipError::AlreadyMember { .. }
             | MembershipError::NotCaughtUp { .. } => ErrorCode::Conflict,
             MembershipError::UnknownNode { .. } => ErrorCode::NotFound,
-            MembershipError::AlreadyVoter { .. }
-            | MembershipError::LastVoter { .. }
-            | MembershipError::Invalid(_) => ErrorCode::BadRequest,
+            MembershipError::LastVoter { .. } | MembershipError::Invalid(_) => {
+                ErrorCode::BadRequest
+            }
             MembershipError::OutcomeUnknown => ErrorCode::Timeout,
             MembershipError::Unavailable(kv) => return ApiError::from_kv(kv.clone(), None),
         };

@@ -126,6 +126,10 @@ impl Service {
             } => return self.snapshot_chunk(index, offset, max_bytes).await,
             _ => {}
         }
+        // A removed node takes no part, not even as a forwarder.
+        if let Some(index) = self.members.removed_at() {
+            return Err(ApiError::from_kv(KvError::Removed { index }, None));
+        }
         let leader = self.leader.load(Ordering::Relaxed);
         #[cfg(feature = "mutation-follower-local-reads")]
         if leader != self.node_id {
@@ -210,7 +214,16 @@ impl Service {
         }
         metrics::counter!("harmonydb_api_forwarded_total", "leader" => leader.to_string())
             .increment(1);
-        let is_write = matches!(request, Request::Put { .. } | Request::Delete { .. });
+        // Anything that changes state has an unknown outcome once sent.
+        let is_write = matches!(
+            request,
+            Request::Put { .. }
+                | Request::Delete { .. }
+                | Request::TransferLeader { .. }
+                | Request::AddMember { .. }
+                | Request::PromoteMember { .. }
+                | Request::RemoveMember { .. }
+        );
         let client = self.forward_client(leader, &addr).await?;
         let traceparent = harmonydb_actors::observe::traceparent(&tracing::Span::current());
         match client.exchange_traced(request, true, traceparent).await {
@@ -415,6 +428,10 @@ impl Service {
             .send(GetStatus::new())
             .await
             .map_err(|_| ApiError::from_kv(KvError::ShuttingDown, None))?;
+        if status.raft.config.is_joint() {
+            // Handing over now would only have the next leader refuse it.
+            return Err(ApiError::from_membership(MembershipError::InProgress));
+        }
         if status.raft.config.voters.len() == 1 {
             // No one to hand over to: the core refuses removing the last voter.
             return self

@@ -22,6 +22,8 @@ struct Book {
     version: u64,
     /// The index of the committed configuration that removed this node.
     removed_at: Option<u64>,
+    /// False while a joining node has no configuration yet.
+    configured: bool,
 }
 
 /// Shared, cheaply cloned view of the cluster's members.
@@ -41,8 +43,24 @@ impl MemberBook {
                 members,
                 version: 1,
                 removed_at: None,
+                configured: true,
             })),
         }
+    }
+
+    /// The book of a node joining a running cluster: until it gets a
+    /// configuration it knows only itself, and accepts the leader's frames
+    /// (whoever that is) so catching up starts at once.
+    pub fn joining(id: NodeId, address: String) -> Self {
+        let book = MemberBook::new(BTreeMap::from([(id, address)]));
+        book.write(|b| b.configured = false);
+        book
+    }
+
+    /// Whether frames from `id` are taken: a node this one knows, or any
+    /// node while this one is joining and has no configuration.
+    pub fn accepts(&self, id: NodeId) -> bool {
+        self.read(|b| !b.configured || b.addresses.contains_key(&id))
     }
 
     fn read<T>(&self, f: impl FnOnce(&Book) -> T) -> T {
@@ -108,6 +126,7 @@ impl MemberBook {
     pub fn set_members(&self, members: impl IntoIterator<Item = NodeId>) {
         let members: Vec<NodeId> = members.into_iter().collect();
         self.write(|b| {
+            b.configured = true;
             if b.members != members {
                 b.members = members;
                 b.version += 1;
@@ -146,6 +165,13 @@ mod tests {
         assert!(book.knows(2), "a node that left is still known");
         assert_eq!(book.address(3).as_deref(), Some("c:3"));
         assert_eq!(book.removed_at(), None);
+        let joining = MemberBook::joining(4, "d:4".into());
+        assert!(
+            joining.accepts(1),
+            "a joining node takes the leader's frames"
+        );
+        joining.set_members([1, 4]);
+        assert!(!joining.accepts(7), "once configured, only known nodes");
         book.mark_removed(9);
         book.mark_removed(12);
         assert_eq!(book.removed_at(), Some(9), "the first removal counts");

@@ -139,7 +139,7 @@ impl PeerInbox {
         payload: &[u8],
         trace: Option<&str>,
     ) -> Result<usize, PeerError> {
-        if from == self.node_id || !self.members.knows(from) {
+        if from == self.node_id || !self.members.accepts(from) {
             return Err(PeerError::NotAMember { from });
         }
         if to != self.node_id {
@@ -196,6 +196,8 @@ pub struct Transport {
     links: BTreeMap<NodeId, Link>,
     dropped: BTreeMap<NodeId, u64>,
     members: MemberBook,
+    /// The book's version when links were last pruned.
+    pruned_at: u64,
 }
 
 impl Transport {
@@ -209,7 +211,21 @@ impl Transport {
             links: BTreeMap::new(),
             dropped: BTreeMap::new(),
             members,
+            pruned_at: 0,
         }
+    }
+
+    /// Closes links to nodes that are no longer members once the book
+    /// changes (a node still sent to, such as a departing one, gets a new
+    /// link on its next message).
+    fn prune(&mut self) {
+        let version = self.members.version();
+        if version == self.pruned_at {
+            return;
+        }
+        self.pruned_at = version;
+        let members = self.members.members();
+        self.links.retain(|id, _| members.contains_key(id));
     }
 
     /// The queue to `peer`, opening (or, if the peer moved, reopening) its
@@ -263,6 +279,7 @@ impl Handler<Outbox> for Transport {
         let Outbox { messages, envelope } = outbox;
         let handling = envelope.open();
         let trace = observe::traceparent(handling.span());
+        self.prune();
         let mut batches: BTreeMap<NodeId, Vec<RaftMessage>> = BTreeMap::new();
         for message in messages {
             batches.entry(message.to).or_default().push(message);
@@ -354,6 +371,10 @@ async fn write_to_peer(
     let mut frame_id = 0u64;
     let peer_label = peer.to_string();
     'connect: loop {
+        if queue.is_closed() && queue.is_empty() {
+            // The link was replaced or pruned.
+            return;
+        }
         let stream = match TcpStream::connect(addr.as_str()).await {
             Ok(stream) => stream,
             Err(error) => {

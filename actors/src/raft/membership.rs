@@ -41,6 +41,7 @@ impl Raft {
                 voters_outgoing: current.voters,
                 learners: target.learners,
                 addresses: BTreeMap::new(),
+                removed: target.removed,
             }
         };
         let members = entry.members();
@@ -65,12 +66,14 @@ impl Raft {
         for deadline in self.departing.values_mut() {
             deadline.get_or_insert(now + linger);
         }
+        self.departing_config_index = self.membership_index;
         if self.membership.is_joint() {
             let mut final_config = Configuration {
                 voters: self.membership.voters.clone(),
                 voters_outgoing: Default::default(),
                 learners: self.membership.learners.clone(),
                 addresses: BTreeMap::new(),
+                removed: self.membership.removed.clone(),
             };
             let members = final_config.members();
             final_config.addresses = self
@@ -90,9 +93,9 @@ impl Raft {
 
     /// Leader: node `id`, which the configuration does not have, is still
     /// sending (it missed its removal, say cut off when the change
-    /// committed): replicate to it for an election timeout so it learns
-    /// the configuration that left it out. Nothing if it is a member or
-    /// already being told.
+    /// committed): replicate to it again, as to a departing member, so it
+    /// learns the configuration that left it out. Nothing if it is a member
+    /// or already being told.
     pub fn remind_removed(&mut self, id: NodeId) {
         let member = self.membership.is_voter(id) || self.membership.learners.contains(&id);
         if self.role != Role::Leader
@@ -107,17 +110,29 @@ impl Raft {
             .insert(id, Progress::new(self.log.last_index()));
         self.departing
             .insert(id, Some(self.now + self.config.election_timeout_ticks));
+        self.departing_config_index = self.membership_index;
         self.send_append(id);
     }
 
     /// Leader: stops replicating to members left out of the configuration
     /// once they have had an election timeout to learn the commit.
+    /// A departing node goes once it has the configuration that left it out
+    /// (and so learns the commit from the next heartbeat) and its time is
+    /// up, or after ten times that if it never catches up (it is down).
     pub(crate) fn expire_departing(&mut self) {
         let now = self.now;
+        let cap = 10 * self.config.election_timeout_ticks;
+        let needed = self.departing_config_index;
+        let progress = &self.progress;
         let expired: Vec<NodeId> = self
             .departing
             .iter()
-            .filter(|(_, deadline)| deadline.is_some_and(|d| d <= now))
+            .filter(|(id, deadline)| {
+                deadline.is_some_and(|d| {
+                    let has_it = progress.get(id).is_some_and(|p| p.match_index >= needed);
+                    (d <= now && has_it) || d + cap <= now
+                })
+            })
             .map(|(id, _)| *id)
             .collect();
         for id in expired {
@@ -131,6 +146,11 @@ impl Raft {
 fn apply_change(current: &Configuration, change: &ConfChange) -> Result<Configuration, RaftError> {
     let mut next = current.clone();
     match *change {
+        ConfChange::AddVoter(id) | ConfChange::AddLearner(id) if current.removed.contains(&id) => {
+            return Err(RaftError::InvalidConfChange(format!(
+                "{id} was removed from the cluster; a removed node's id is not used again"
+            )));
+        }
         ConfChange::AddVoter(id) => {
             if id == 0 || current.voters.contains(&id) {
                 return Err(RaftError::InvalidConfChange(format!(
@@ -156,6 +176,7 @@ fn apply_change(current: &Configuration, change: &ConfChange) -> Result<Configur
             }
             next.voters.remove(&id);
             next.learners.remove(&id);
+            next.removed.insert(id);
             if next.voters.is_empty() {
                 return Err(RaftError::InvalidConfChange(
                     "cannot remove the last voter".into(),

@@ -190,6 +190,8 @@ pub struct Raft {
     /// Leader only: nodes the configuration no longer has that still get
     /// the log, until the tick given (None: until the change commits).
     pub(crate) departing: BTreeMap<NodeId, Option<u64>>,
+    /// Leader only: the configuration departing nodes must reach.
+    pub(crate) departing_config_index: u64,
     /// Leader only: transfer target and the tick the transfer started.
     pub(crate) transfer: Option<(NodeId, u64)>,
     /// Leader only: tick of the last TimeoutNow sent. Its target may win
@@ -265,6 +267,7 @@ impl Raft {
             votes: BTreeMap::new(),
             progress: BTreeMap::new(),
             departing: BTreeMap::new(),
+            departing_config_index: 0,
             transfer: None,
             timeout_now_sent_tick: None,
             read_seq: 0,
@@ -385,6 +388,18 @@ impl Raft {
             self.tick_leader();
         } else if self.election_elapsed >= self.randomized_timeout && self.promotable() {
             self.start_election(false);
+        } else if self.election_elapsed >= 2 * self.config.election_timeout_ticks
+            && self.membership.learners.contains(&self.id)
+        {
+            // A learner never campaigns, so one cut off when it was removed
+            // would never be heard from again: it calls on the voters it
+            // knows, and whichever leads tells it (`remind_removed`), or,
+            // if it is still a learner, catches it up.
+            self.election_elapsed = 0;
+            let voters: Vec<NodeId> = self.membership.voters.iter().copied().collect();
+            for voter in voters {
+                self.send(voter, MessageBody::HeartbeatResponse { seq: 0 });
+            }
         }
     }
 
@@ -616,11 +631,15 @@ impl Raft {
                     self.departing.entry(*id).or_insert(None);
                 }
             }
-            self.departing.retain(|id, _| !members.contains(id));
             let departing = &self.departing;
             self.progress
                 .retain(|id, _| members.contains(id) || departing.contains_key(id));
             for id in members {
+                // One that was departing comes back (a change was undone by
+                // a truncation): what it had is unknown, so probe afresh.
+                if id != self.id && self.departing.remove(&id).is_some() {
+                    self.progress.insert(id, Progress::new(last_index));
+                }
                 if id != self.id {
                     self.progress
                         .entry(id)

@@ -73,6 +73,11 @@ pub struct Configuration {
     /// (from the log or a snapshot) learns where its peers are with it.
     #[serde(default)]
     pub addresses: BTreeMap<NodeId, String>,
+    /// Ids removed by earlier changes. They are never added again: a node
+    /// that was removed (and may still run on its old state) must not be
+    /// mistaken for a new one under its id.
+    #[serde(default)]
+    pub removed: BTreeSet<NodeId>,
 }
 
 impl Configuration {

@@ -26,6 +26,9 @@ use crate::raft::{ConfChange, Configuration, NodeId, RaftError, Role};
 /// index and still count as caught up for promotion.
 pub const LEARNER_CATCH_UP_ENTRIES: u64 = 1000;
 
+/// Longest member address accepted.
+const ADDRESS_LEN_MAX: usize = 255;
+
 /// The name of the marker a removed node leaves in its data directory.
 pub const REMOVED_MARKER: &str = "REMOVED";
 
@@ -106,12 +109,6 @@ pub enum MembershipError {
         /// Where that member is.
         address: String,
     },
-    /// Only a learner can be promoted.
-    #[error("node {id} is already a voter")]
-    AlreadyVoter {
-        /// The id.
-        id: NodeId,
-    },
     /// The learner's log is too far behind to vote yet.
     #[error("learner {id} is not caught up: it has the log to index {match_index}, the leader has committed {commit} (it must have the entry that added it and trail by at most {LEARNER_CATCH_UP_ENTRIES}); ask again once it has caught up")]
     NotCaughtUp {
@@ -171,14 +168,17 @@ impl Membership {
 
 /// Checks an address an operator gave for a new member: `host:port`.
 fn check_address(address: &str) -> Result<(), MembershipError> {
-    let valid = address
-        .rsplit_once(':')
-        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
+    let valid = address.len() <= ADDRESS_LEN_MAX
+        && address.rsplit_once(':').is_some_and(|(host, port)| {
+            !host.is_empty()
+                && !matches!(host, "0.0.0.0" | "[::]" | "::")
+                && port.parse::<u16>().is_ok_and(|p| p > 0)
+        });
     if valid {
         Ok(())
     } else {
         Err(MembershipError::Invalid(format!(
-            "address {address:?} is not host:port"
+            "address {address:?} is not host:port (a host the other members can reach, not 0.0.0.0, at most {ADDRESS_LEN_MAX} bytes)"
         )))
     }
 }
@@ -210,7 +210,13 @@ impl RaftReplica {
         }
         if members.contains(&id) {
             self.membership.has_been_member = true;
-        } else if committed && self.membership.has_been_member && self.book.removed_at().is_none() {
+        } else if committed
+            && self.membership.has_been_member
+            && self.book.removed_at().is_none()
+            && self.state.applied_index() >= index
+        {
+            // Only once applied: writes committed before the change are
+            // answered first (applying goes on after the removal).
             self.on_removed(index);
         }
         let Some(pending) = &self.membership.pending else {
@@ -242,7 +248,12 @@ impl RaftReplica {
         metrics::gauge!("harmonydb_raft_removed").set(1.0);
         let marker = self.storage_dir.with_file_name(REMOVED_MARKER);
         if let Err(error) = write_marker(&marker, index) {
-            warn!(%error, path = %marker.display(), "cannot record the removal on disk");
+            // Without the marker a restart would not know: stop serving
+            // now, and say why.
+            self.fail(format!(
+                "this node was removed, and recording it in {} failed: {error}",
+                marker.display()
+            ));
         }
         // A write not applied yet may still commit through the others.
         for (_, write) in self.writes.drain() {
@@ -292,9 +303,13 @@ impl RaftReplica {
                 }
                 if config.members().contains(id) {
                     let known = self.book.address(*id).unwrap_or_default();
-                    // Asking again (a joining node that restarted) is not an error.
-                    let answer = if known == *address {
+                    let (_, config_index) = self.raft.membership();
+                    // Asking again (a joining node that restarted) is not an
+                    // error, once the first ask has committed.
+                    let answer = if known == *address && config_index <= status.commit {
                         Ok(config.clone())
+                    } else if known == *address {
+                        Err(MembershipError::InProgress)
                     } else {
                         Err(MembershipError::AlreadyMember {
                             id: *id,
@@ -308,8 +323,15 @@ impl RaftReplica {
                 ConfChange::AddLearner(*id)
             }
             MemberChange::Promote { id } => {
+                let (_, config_index) = self.raft.membership();
+                if config.voters.contains(id) && !config.is_joint() && config_index <= status.commit
+                {
+                    // Already done (a retry whose first answer was lost).
+                    let _ = reply.send(Ok(config.clone()));
+                    return;
+                }
                 if config.is_voter(*id) {
-                    let _ = reply.send(Err(MembershipError::AlreadyVoter { id: *id }));
+                    let _ = reply.send(Err(MembershipError::InProgress));
                     return;
                 }
                 if !config.learners.contains(id) {

@@ -980,6 +980,9 @@ impl Actor for RaftReplica {
             }
             replica.drive(ctx);
             replica.report_metrics();
+            // A removal is acted on once applied, which may come later
+            // than the ready that committed it.
+            replica.check_membership();
         });
         self.drive(ctx);
     }
