@@ -1086,6 +1086,37 @@ fn a_voter_cut_off_while_removed_learns_it_when_the_leader_is_reminded() {
 }
 
 #[test]
+fn a_learner_cut_off_while_removed_calls_on_the_voters_and_learns_it() {
+    let mut sim = cluster_with(3, &[4], |_| {});
+    sim.elect();
+    sim.conf_change(ConfChange::AddLearner(4)).expect("learner");
+    settle_config(&mut sim);
+    commit_everywhere(&mut sim, "for-the-learner");
+    sim.isolate(4);
+    sim.conf_change(ConfChange::Remove(4)).expect("remove");
+    settle_config(&mut sim);
+    sim.run(300);
+    sim.heal();
+    // A learner never campaigns; hearing from no leader, it calls on the
+    // voters instead, and that reaches the leader.
+    sim.record_sent = true;
+    let called = sim.run_until(100, |s| {
+        s.sent.iter().any(|m| {
+            m.from == 4
+                && Some(m.to) == s.leader()
+                && matches!(m.body, MessageBody::HeartbeatResponse { .. })
+        })
+    });
+    assert!(called, "the cut-off learner never called on the leader");
+    assert!(!knows_it_was_removed(&sim, 4));
+    // What the replica does when the leader hears from a removed node.
+    let leader = sim.leader().expect("leader");
+    sim.raft_mut(leader).remind_removed(4);
+    let learned = sim.run_until(100, |s| knows_it_was_removed(s, 4));
+    assert!(learned, "the removed learner never learned it");
+}
+
+#[test]
 fn joint_consensus_replaces_a_voter() {
     let mut sim = cluster_with(3, &[4], |_| {});
     let leader = sim.elect();
