@@ -100,7 +100,15 @@ fn apply(path: &Path, damage: &Damage) {
 
 /// Which records recovery must return when the last segment (holding records
 /// `first..`) is damaged: `None` means recovery must refuse (header damage).
-fn expected_survivors(payloads: &[Vec<u8>], first: u64, damage: &Damage) -> Option<usize> {
+/// `original` is the segment's bytes before the damage: the part of a record
+/// a truncation removes reads back as zeros, so a record whose removed bytes
+/// were all zeros is still intact.
+fn expected_survivors(
+    payloads: &[Vec<u8>],
+    first: u64,
+    damage: &Damage,
+    original: &[u8],
+) -> Option<usize> {
     let ends = record_ends(payloads, first, payloads.len() as u64 + 1);
     let before = first as usize - 1;
     let at = match *damage {
@@ -111,8 +119,18 @@ fn expected_survivors(payloads: &[Vec<u8>], first: u64, damage: &Damage) -> Opti
         return None;
     }
     let intact = match damage {
-        // A record survives a cut if all of its bytes are before the cut.
-        Damage::Cut(at) => ends.iter().filter(|end| **end <= *at).count(),
+        // A record survives a cut if all of its bytes are before the cut,
+        // or those after it were zeros anyway (records are a prefix: the
+        // first one that doesn't survive ends the count).
+        Damage::Cut(at) => ends
+            .iter()
+            .take_while(|end| {
+                let (from, to) = ((*at as usize).min(**end as usize), **end as usize);
+                original
+                    .get(from..to)
+                    .is_some_and(|bytes| bytes.iter().all(|b| *b == 0))
+            })
+            .count(),
         // A record survives a flip if the flipped byte is after its end.
         Damage::Flip(at, _) => ends.iter().filter(|end| **end <= *at).count(),
     };
@@ -149,12 +167,14 @@ proptest! {
         let cut_expected = match damage {
             Damage::Flip(..) => true,
             Damage::Cut(at) => {
+                // The end of the last record that survives (see expected_survivors).
                 let ends = record_ends(&payloads, 1, payloads.len() as u64 + 1);
-                let intact_end = ends.iter().copied().filter(|end| *end <= at).max().unwrap_or(SEGMENT_HEADER_BYTES);
+                let survivors = expected_survivors(&payloads, 1, &damage, &original).unwrap_or(0);
+                let intact_end = survivors.checked_sub(1).map_or(SEGMENT_HEADER_BYTES, |last| ends[last]);
                 original[intact_end.min(at) as usize..at as usize].iter().any(|b| *b != 0)
             }
         };
-        check_recovery(dir.path(), segment_size, &payloads, 1, &damage, cut_expected)?;
+        check_recovery(dir.path(), segment_size, &payloads, 1, &damage, cut_expected, &original)?;
     }
 
     /// Several segments: damage in the last one is a torn tail and is cut;
@@ -176,9 +196,10 @@ proptest! {
         let written_end = ends.last().copied().unwrap_or(SEGMENT_HEADER_BYTES);
         let at = (position * written_end as f64) as u64;
         let damage = Damage::Flip(at, mask);
+        let original = fs::read(path).expect("read segment");
         apply(path, &damage);
         if pick + 1 == files.len() {
-            check_recovery(dir.path(), segment_size, &payloads, *first, &damage, true)?;
+            check_recovery(dir.path(), segment_size, &payloads, *first, &damage, true, &original)?;
         } else {
             let opened = Wal::open(dir.path(), options(segment_size));
             prop_assert!(
@@ -200,8 +221,9 @@ fn check_recovery(
     last_segment_first: u64,
     damage: &Damage,
     cut_expected: bool,
+    original: &[u8],
 ) -> Result<(), TestCaseError> {
-    let expected = expected_survivors(payloads, last_segment_first, damage);
+    let expected = expected_survivors(payloads, last_segment_first, damage, original);
     let opened = Wal::open(dir, options(segment_size));
     let Some(survivors) = expected else {
         prop_assert!(
