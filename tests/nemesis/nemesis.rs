@@ -39,7 +39,7 @@ pub enum Scenario {
     /// node is killed while this happens. Only as part of `MembershipMixed`.
     Replace,
     /// Each round a replacement, a partition, an isolated leader or a
-    /// kill -9, at random.
+    /// kill -9, at random; the first round is always a replacement.
     MembershipMixed,
 }
 
@@ -124,6 +124,8 @@ pub fn run(
         std::thread::sleep(schedule.quiet);
         let kind = match scenario {
             Scenario::Mixed => Scenario::SINGLE[rng.below(Scenario::SINGLE.len() as u64) as usize],
+            // The first round replaces a member, so even a short run has one.
+            Scenario::MembershipMixed if events.is_empty() => Scenario::Replace,
             Scenario::MembershipMixed => {
                 Scenario::WITH_MEMBERSHIP
                     [rng.below(Scenario::WITH_MEMBERSHIP.len() as u64) as usize]
