@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
+use harmonydb_actors::cluster::members::check_address;
 use harmonydb_actors::kv::VALUE_SIZE_DEFAULT_MAX_BYTES;
 use harmonydb_actors::storage::buffer::Policy;
 use harmonydb_actors::wal::{
@@ -384,7 +385,7 @@ impl Config {
             .or(file.advertise_addr)
             .filter(|a| !a.trim().is_empty());
         if let Some(addr) = &config.advertise_addr {
-            check_host_port(addr).map_err(|message| ConfigError::Invalid {
+            check_address(addr).map_err(|message| ConfigError::Invalid {
                 name: "advertise_addr",
                 message,
             })?;
@@ -396,7 +397,7 @@ impl Config {
             .filter(|a| !a.trim().is_empty());
         let peers = pick(&args.peers, file.peers, String::new);
         if let Some(join) = &config.join {
-            check_host_port(join).map_err(|message| ConfigError::Invalid {
+            check_address(join).map_err(|message| ConfigError::Invalid {
                 name: "join",
                 message,
             })?;
@@ -533,16 +534,6 @@ impl Config {
     }
 }
 
-/// Checks a `host:port` address (the host may be a name).
-fn check_host_port(addr: &str) -> Result<(), String> {
-    match addr.trim().rsplit_once(':') {
-        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => {
-            Ok(())
-        }
-        _ => Err(format!("{addr:?} is not host:port")),
-    }
-}
-
 /// Parses `1=host:port,2=host:port`: ids from 1, each once, every address
 /// with a port, and `node_id` among them.
 fn parse_peers(text: &str, node_id: u64) -> Result<BTreeMap<u64, String>, String> {
@@ -559,12 +550,11 @@ fn parse_peers(text: &str, node_id: u64) -> Result<BTreeMap<u64, String>, String
             return Err(format!("{item:?}: node id 0 is reserved"));
         }
         let addr = addr.trim();
-        let port_ok = addr
-            .rsplit_once(':')
-            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
-        if !port_ok {
-            return Err(format!("{item:?}: {addr:?} is not HOST:PORT"));
-        }
+        check_address(addr).map_err(|_| {
+            format!(
+                "{item:?}: {addr:?} is not HOST:PORT (a host the others can reach, a port from 1)"
+            )
+        })?;
         if members.insert(id, addr.to_string()).is_some() {
             return Err(format!("node id {id} is listed twice"));
         }

@@ -26,6 +26,29 @@ struct Book {
     configured: bool,
 }
 
+/// Longest member address accepted.
+const ADDRESS_LEN_MAX: usize = 255;
+
+/// Checks a member's TCP address (`--peers`, `--join`, `--advertise-addr`,
+/// an added member): `host:port` with a port from 1, a host the other
+/// members can dial (not a wildcard such as 0.0.0.0), at most 255 bytes.
+/// The reason, if not.
+pub fn check_address(address: &str) -> Result<(), String> {
+    let valid = address.len() <= ADDRESS_LEN_MAX
+        && address.rsplit_once(':').is_some_and(|(host, port)| {
+            !host.is_empty()
+                && !matches!(host, "0.0.0.0" | "[::]" | "::")
+                && port.parse::<u16>().is_ok_and(|p| p > 0)
+        });
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "address {address:?} is not host:port (a host the other members can reach, not 0.0.0.0, at most {ADDRESS_LEN_MAX} bytes)"
+        ))
+    }
+}
+
 /// Shared, cheaply cloned view of the cluster's members.
 #[derive(Clone, Debug, Default)]
 pub struct MemberBook {

@@ -215,9 +215,10 @@ impl Transport {
         }
     }
 
-    /// Closes links to nodes that are no longer members once the book
-    /// changes (a node still sent to, such as a departing one, gets a new
-    /// link on its next message).
+    /// Once the book changes, closes links to nodes that are no longer
+    /// members or have moved (a node still sent to, such as a departing
+    /// one, gets a new link on its next message). Between changes every
+    /// link is current, so sending needs no lookup.
     fn prune(&mut self) {
         let version = self.members.version();
         if version == self.pruned_at {
@@ -225,18 +226,19 @@ impl Transport {
         }
         self.pruned_at = version;
         let members = self.members.members();
-        self.links.retain(|id, _| members.contains_key(id));
+        self.links
+            .retain(|id, link| members.get(id).is_some_and(|addr| *addr == link.addr));
     }
 
-    /// The queue to `peer`, opening (or, if the peer moved, reopening) its
-    /// link; None if the book has no address for it.
+    /// The queue to `peer`, opening its link if there is none (or its
+    /// writer ended); None if the book has no address for it.
     fn link(&mut self, peer: NodeId) -> Option<&mpsc::Sender<Batch>> {
-        let addr = self.members.address(peer)?;
         let current = self
             .links
             .get(&peer)
-            .is_some_and(|link| link.addr == addr && !link.queue.is_closed());
+            .is_some_and(|link| !link.queue.is_closed());
         if !current {
+            let addr = self.members.address(peer)?;
             // Dropping an old link's queue ends its writer.
             let (queue, receiver) = mpsc::channel(PEER_QUEUE_CAPACITY);
             actix::spawn(write_to_peer(

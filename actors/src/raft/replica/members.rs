@@ -18,6 +18,7 @@ use tokio::sync::oneshot;
 use tracing::{info, warn};
 
 use super::RaftReplica;
+use crate::cluster::members::check_address;
 use crate::kv::KvError;
 use crate::observe::Envelope;
 use crate::raft::{ConfChange, Configuration, NodeId, RaftError, Role};
@@ -25,9 +26,6 @@ use crate::raft::{ConfChange, Configuration, NodeId, RaftError, Role};
 /// How far (in entries) a learner's log may trail the leader's commit
 /// index and still count as caught up for promotion.
 pub const LEARNER_CATCH_UP_ENTRIES: u64 = 1000;
-
-/// Longest member address accepted.
-const ADDRESS_LEN_MAX: usize = 255;
 
 /// The name of the marker a removed node leaves in its data directory.
 pub const REMOVED_MARKER: &str = "REMOVED";
@@ -166,49 +164,34 @@ impl Membership {
     }
 }
 
-/// Checks an address an operator gave for a new member: `host:port`.
-fn check_address(address: &str) -> Result<(), MembershipError> {
-    let valid = address.len() <= ADDRESS_LEN_MAX
-        && address.rsplit_once(':').is_some_and(|(host, port)| {
-            !host.is_empty()
-                && !matches!(host, "0.0.0.0" | "[::]" | "::")
-                && port.parse::<u16>().is_ok_and(|p| p > 0)
-        });
-    if valid {
-        Ok(())
-    } else {
-        Err(MembershipError::Invalid(format!(
-            "address {address:?} is not host:port (a host the other members can reach, not 0.0.0.0, at most {ADDRESS_LEN_MAX} bytes)"
-        )))
-    }
-}
-
 impl RaftReplica {
     /// Publishes the configuration in force to the member book, notices
     /// this node's removal, and answers a pending change that completed
     /// (or whose leader lost its term). Called after every ready.
     pub(super) fn check_membership(&mut self) {
-        let (config, index) = self.raft.membership();
-        let config = config.clone();
-        let committed = index <= self.raft.commit_index();
+        // Runs after every ready: the usual case (nothing new, nothing
+        // pending) must not copy the configuration.
         let id = self.raft.id();
-        let members = config.members();
+        let (config, index) = self.raft.membership();
+        let committed = index <= self.raft.commit_index();
+        let is_member = config.is_voter(id) || config.learners.contains(&id);
+        let joint = config.is_joint();
         if self.membership.published_index != Some(index) {
             self.membership.published_index = Some(index);
             self.book.learn(&config.addresses);
+            let members = config.members();
             // A joining node has no configuration yet: it keeps the book it
             // was seeded with until it gets one.
             if !members.is_empty() {
-                self.book.set_members(members.iter().copied());
+                self.book.set_members(members);
             }
             metrics::gauge!("harmonydb_raft_voters").set(config.voters.len() as f64);
             metrics::gauge!("harmonydb_raft_learners").set(config.learners.len() as f64);
-            metrics::gauge!("harmonydb_raft_joint_configuration")
-                .set(f64::from(u8::from(config.is_joint())));
+            metrics::gauge!("harmonydb_raft_joint_configuration").set(f64::from(u8::from(joint)));
             metrics::gauge!("harmonydb_raft_removed")
                 .set(f64::from(u8::from(self.book.removed_at().is_some())));
         }
-        if members.contains(&id) {
+        if is_member {
             self.membership.has_been_member = true;
         } else if committed
             && self.membership.has_been_member
@@ -222,17 +205,14 @@ impl RaftReplica {
         let Some(pending) = &self.membership.pending else {
             return;
         };
-        let complete = committed && !config.is_joint() && index >= pending.index;
-        let outcome = if complete {
-            Ok(config)
+        let outcome = if committed && !joint && index >= pending.index {
+            metrics::counter!("harmonydb_raft_membership_changes_total").increment(1);
+            Ok(self.raft.membership().0.clone())
         } else if self.raft.role() != Role::Leader || self.raft.term() != pending.term {
             Err(MembershipError::OutcomeUnknown)
         } else {
             return;
         };
-        if outcome.is_ok() {
-            metrics::counter!("harmonydb_raft_membership_changes_total").increment(1);
-        }
         if let Some(pending) = self.membership.pending.take() {
             let _ = pending.reply.send(outcome);
         }
@@ -297,8 +277,8 @@ impl RaftReplica {
                     )));
                     return;
                 }
-                if let Err(error) = check_address(address) {
-                    let _ = reply.send(Err(error));
+                if let Err(reason) = check_address(address) {
+                    let _ = reply.send(Err(MembershipError::Invalid(reason)));
                     return;
                 }
                 if config.members().contains(id) {
