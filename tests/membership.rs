@@ -233,21 +233,8 @@ fn leadership_moves_to_each_node_in_turn_under_writes_without_losing_any() {
 
     // The CLI does the same, choosing the voter itself.
     let before = cluster.wait_leader(&[1, 2, 3], Duration::from_secs(5));
-    let output = Command::new(binary())
-        .args([
-            "cluster",
-            "transfer-leader",
-            "--addr",
-            &cluster.tcp[&before].to_string(),
-        ])
-        .output()
-        .expect("run the CLI");
-    let printed = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{printed}{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let (code, printed, err) = cli(&cluster, before, &["transfer-leader"]);
+    assert_eq!(code, Some(0), "{printed}{err}");
     let after = cluster.wait_leader(&[1, 2, 3], Duration::from_secs(10));
     assert_ne!(after, before, "{printed}");
     assert!(
@@ -308,6 +295,22 @@ fn check_none_lost(attempts: &[Attempt], base: &str) {
         "{acked} writes acknowledged of {} attempted; none lost",
         attempts.len()
     );
+}
+
+/// Runs `harmonydb cluster <args> --addr <node via's TCP address>`: its
+/// exit code, stdout and stderr.
+fn cli(cluster: &Cluster, via: u64, args: &[&str]) -> (Option<i32>, String, String) {
+    let output = Command::new(binary())
+        .arg("cluster")
+        .args(args)
+        .args(["--addr", &cluster.tcp[&via].to_string()])
+        .output()
+        .expect("run the CLI");
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).to_string(),
+        String::from_utf8_lossy(&output.stderr).to_string(),
+    )
 }
 
 /// Sends a membership change over HTTP through node `via`.
@@ -460,22 +463,8 @@ fn the_cluster_grows_shrinks_replaces_a_node_and_loses_its_leader_under_writes()
         "node 5 did not say it was removed after restarting"
     );
     let started = Instant::now();
-    let output = Command::new(binary())
-        .args([
-            "cluster",
-            "remove",
-            "4",
-            "--addr",
-            &cluster.tcp[&2].to_string(),
-        ])
-        .output()
-        .expect("run the CLI");
-    let printed = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{printed}{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let (code, printed, err) = cli(&cluster, 2, &["remove", "4"]);
+    assert_eq!(code, Some(0), "{printed}{err}");
     assert!(printed.contains("voters: 1,2,3"), "{printed}");
     writer.set_urls((1..=3).map(|id| url(&cluster, id)).collect());
     writer.wait_acked(20, "removing node 4");
@@ -606,27 +595,13 @@ fn refusals_the_cli_and_a_node_removed_while_cut_off() {
 
     // The CLI: a learner added by hand can't be promoted before it has
     // answered (nothing listens at its address), and can be removed.
-    let cli = |args: &[&str]| {
-        let addr = cluster.tcp[&leader].to_string();
-        let output = Command::new(binary())
-            .args(["cluster"])
-            .args(args)
-            .args(["--addr", &addr])
-            .output()
-            .expect("run the CLI");
-        (
-            output.status.code(),
-            String::from_utf8_lossy(&output.stdout).to_string(),
-            String::from_utf8_lossy(&output.stderr).to_string(),
-        )
-    };
-    let (code, out, err) = cli(&["add", "11", "127.0.0.1:11"]);
+    let (code, out, err) = cli(&cluster, leader, &["add", "11", "127.0.0.1:11"]);
     assert_eq!(code, Some(0), "{out}{err}");
     assert!(out.contains("learners: 11"), "{out}");
-    let (code, out, err) = cli(&["promote", "11"]);
+    let (code, out, err) = cli(&cluster, leader, &["promote", "11"]);
     assert_eq!(code, Some(1), "{out}{err}");
     assert!(err.contains("not caught up"), "{err}");
-    let (code, out, err) = cli(&["remove", "11"]);
+    let (code, out, err) = cli(&cluster, leader, &["remove", "11"]);
     assert_eq!(code, Some(0), "{out}{err}");
     assert!(out.contains("learners: none"), "{out}");
 

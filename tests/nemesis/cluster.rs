@@ -47,6 +47,9 @@ impl Backend {
 const NETNS_TCP_PORT: u16 = 7070;
 const NETNS_HTTP_PORT: u16 = 8080;
 
+/// How long a fault waits for its sender to learn of a newly joined peer.
+const UNKNOWN_PEER_WAIT: Duration = Duration::from_secs(10);
+
 /// How long a harness HTTP call to a node may take (a paused node never answers).
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -299,12 +302,24 @@ impl NemesisCluster {
                 "duplicate": true,
             }),
         };
-        let request = self
-            .agent
-            .post(&node.url("/admin/fault"))
-            .set("Content-Type", "application/json");
-        let (status, answer) = http(request, Some(&body.to_string()));
-        assert_eq!(status, 200, "fault on node {from}: {answer}");
+        // A node refuses faults for peers it doesn't know; one that joined
+        // a moment ago may not have reached `from` yet. Until it has, `from`
+        // has no address for it and sends it nothing, so asking again
+        // shortly is enough.
+        let deadline = Instant::now() + UNKNOWN_PEER_WAIT;
+        loop {
+            let request = self
+                .agent
+                .post(&node.url("/admin/fault"))
+                .set("Content-Type", "application/json");
+            let (status, answer) = http(request, Some(&body.to_string()));
+            if status == 400 && answer.contains("is not a peer") && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+            assert_eq!(status, 200, "fault on node {from}: {answer}");
+            return;
+        }
     }
 
     /// The leader most running, unpaused nodes name, if any.
