@@ -1,5 +1,5 @@
 //! The command line: `harmonydb serve` runs a node; `harmonydb kv ...` and
-//! `harmonydb cluster status` talk to one over the TCP protocol;
+//! `harmonydb cluster ...` talk to one over the TCP protocol;
 //! `harmonydb storage check` checks a stopped node's page file.
 //!
 //! Exit codes of `kv` and `cluster` commands: 0 success, 1 the node answered
@@ -15,9 +15,13 @@ use harmonydb_protocol::{Client, ClientError, ClusterStatus, Consistency, Reques
 
 use crate::config::ServeArgs;
 
-/// HarmonyDB: a distributed, strongly consistent, transactional database.
+/// HarmonyDB: a distributed, strongly consistent key-value database,
+/// replicated with Raft.
+///
+/// `serve` runs a node; `kv` reads and writes keys; `cluster` shows and
+/// changes a running cluster; `storage check` checks a stopped node's files.
 #[derive(Debug, Parser)]
-#[command(name = "harmonydb", version, about)]
+#[command(name = "harmonydb", version)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
@@ -31,7 +35,8 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// Read and write keys on a running node.
     Kv(KvArgs),
-    /// Look at a running cluster.
+    /// Look at and change a running cluster: status, readiness, leadership,
+    /// members.
     Cluster(ClusterArgs),
     /// Look at a stopped node's storage.
     Storage(StorageArgs),
@@ -104,12 +109,17 @@ pub struct ClusterArgs {
 #[derive(Debug, Subcommand)]
 pub enum ClusterCommand {
     /// Members, leader, term, commit and applied index, and each member's
-    /// match index and lag (known when asking the leader).
+    /// match index, lag and when it was last heard from (known when asking
+    /// the leader); members not heard from lately are marked unreachable.
     Status {
         /// Print the status as JSON.
         #[arg(long)]
         json: bool,
     },
+    /// Whether the node is ready to serve: it knows a live leader and has
+    /// applied nearly all that leader committed. Exit code 0 if ready, 1
+    /// (with the reason) if not; for health checks.
+    Ready,
     /// Hands leadership to a voter (the most caught-up one without --to),
     /// e.g. before maintenance on the leader's machine.
     TransferLeader {
@@ -145,10 +155,6 @@ pub struct KvArgs {
     /// Where to connect.
     #[command(flatten)]
     pub target: Target,
-    /// How fresh reads must be: linearizable, lease, or stale (served by the
-    /// node asked, which may be behind; it says how far).
-    #[arg(long, global = true, default_value = "linearizable", value_parser = parse_consistency)]
-    pub consistency: Consistency,
     /// Don't forward to the leader: a node that doesn't lead answers
     /// not_leader with the leader's address instead.
     #[arg(long, global = true)]
@@ -168,6 +174,9 @@ pub enum KvCommand {
         /// Also print the version, as `version<TAB>value`.
         #[arg(long)]
         with_version: bool,
+        /// How fresh the read must be.
+        #[command(flatten)]
+        read: ReadArgs,
     },
     /// Set a key's value.
     Put {
@@ -207,7 +216,19 @@ pub enum KvCommand {
         /// At most this many keys (1..=10000).
         #[arg(long, default_value_t = 1000)]
         limit: u32,
+        /// How fresh the read must be.
+        #[command(flatten)]
+        read: ReadArgs,
     },
+}
+
+/// What reads take.
+#[derive(Debug, clap::Args)]
+pub struct ReadArgs {
+    /// How fresh the read must be: linearizable, lease, or stale (served by
+    /// the node asked, which may be behind; it says how far).
+    #[arg(long, default_value = "linearizable", value_parser = parse_consistency)]
+    pub consistency: Consistency,
 }
 
 fn parse_consistency(text: &str) -> Result<Consistency, String> {
@@ -262,6 +283,23 @@ async fn cluster(args: ClusterArgs) -> Result<(), ClientError> {
     let client = connect(&args.target).await?;
     let json = match args.command {
         ClusterCommand::Status { json } => json,
+        ClusterCommand::Ready => {
+            return match client.request(Request::Ready).await? {
+                Response::Ready(ready) => {
+                    let _ = writeln!(
+                        std::io::stdout().lock(),
+                        "node {} is ready: leader {} heard from {} ms ago; applied index {}, leader's commit index {}",
+                        ready.node_id,
+                        ready.leader,
+                        ready.leader_contact_ms,
+                        ready.applied_index,
+                        ready.leader_commit_index
+                    );
+                    Ok(())
+                }
+                other => Err(unexpected(other)),
+            };
+        }
         ClusterCommand::TransferLeader { to } => {
             return match client
                 .request(Request::TransferLeader { target: to })
@@ -328,7 +366,7 @@ pub fn format_status(status: &ClusterStatus) -> String {
         _ => "none".to_string(),
     };
     let mut text = format!(
-        "node {} is {} in term {}\nleader: {leader}\ncommit index: {}\napplied index: {}\nlast index: {}\n\nID\tADDRESS\tMATCH\tLAG\n",
+        "node {} is {} in term {}\nleader: {leader}\ncommit index: {}\napplied index: {}\nlast index: {}\n\nID\tADDRESS\tMATCH\tLAG\tLAST HEARD\tSTATE\n",
         status.node_id,
         status.role,
         status.term,
@@ -338,8 +376,18 @@ pub fn format_status(status: &ClusterStatus) -> String {
     );
     let known = |n: Option<u64>| n.map_or("-".to_string(), |n| n.to_string());
     for member in &status.members {
+        let heard = match (member.id == status.node_id, member.last_heard_ms) {
+            (true, _) => "(this node)".to_string(),
+            (false, Some(ms)) => format!("{ms} ms ago"),
+            (false, None) => "never".to_string(),
+        };
+        let state = if member.unreachable {
+            "unreachable"
+        } else {
+            "ok"
+        };
         text.push_str(&format!(
-            "{}\t{}\t{}\t{}\n",
+            "{}\t{}\t{}\t{}\t{heard}\t{state}\n",
             member.id,
             member.addr,
             known(member.match_index),
@@ -363,7 +411,7 @@ pub fn format_status(status: &ClusterStatus) -> String {
         text.push_str(&format!("learners: {}\n", ids(&status.learners)));
     }
     if status.role != "leader" {
-        text.push_str("(match index and lag are known to the leader; ask it for them)\n");
+        text.push_str("(match index and lag are known to the leader, which hears from every member; ask it for them)\n");
     }
     text
 }
@@ -407,14 +455,17 @@ fn report_staleness(staleness: Option<harmonydb_protocol::Staleness>) {
 async fn kv(args: KvArgs) -> Result<(), ClientError> {
     let client = connect(&args.target).await?;
     let no_forward = args.no_forward;
-    let consistency = Some(args.consistency);
     let mut out = std::io::stdout().lock();
     // A closed stdout (`| head`) is not an error of the database's.
     let _ = match args.command {
-        KvCommand::Get { key, with_version } => {
+        KvCommand::Get {
+            key,
+            with_version,
+            read,
+        } => {
             let request = Request::Get {
                 key: key.clone().into_bytes(),
-                consistency,
+                consistency: Some(read.consistency),
             };
             let (value, version, staleness) = match client.request_with(request, no_forward).await?
             {
@@ -470,13 +521,14 @@ async fn kv(args: KvArgs) -> Result<(), ClientError> {
             start,
             end,
             limit,
+            read,
         } => {
             let request = Request::Scan {
                 prefix: prefix.into_bytes(),
                 start: start.map(String::into_bytes),
                 end: end.map(String::into_bytes),
                 limit: Some(limit),
-                consistency,
+                consistency: Some(read.consistency),
             };
             let (items, more, staleness) = match client.request_with(request, no_forward).await? {
                 Response::Items {

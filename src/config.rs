@@ -40,6 +40,10 @@ const CHECKPOINT_ENTRIES_DEFAULT: u64 = 50_000;
 /// Entries kept in the log below the last checkpoint by default.
 const LOG_RETAIN_ENTRIES_DEFAULT: u64 = 10_000;
 
+/// Entries a node's applied index may trail the leader's commit index by
+/// and still be ready, by default.
+const READY_MAX_LAG_ENTRIES_DEFAULT: u64 = 1000;
+
 /// Bytes a frame needs beyond its value: key, field names, framing.
 const FRAME_OVERHEAD_MAX_BYTES: usize = 64 * 1024;
 
@@ -141,6 +145,10 @@ pub struct ServeArgs {
     /// little behind catches up from the log, not a snapshot [default: 10000].
     #[arg(long, env = "HARMONYDB_LOG_RETAIN_ENTRIES", value_name = "ENTRIES")]
     pub log_retain_entries: Option<u64>,
+    /// `/ready` answers 200 only while this node's applied index trails the
+    /// leader's commit index by at most this many entries [default: 1000].
+    #[arg(long, env = "HARMONYDB_READY_MAX_LAG_ENTRIES", value_name = "ENTRIES")]
+    pub ready_max_lag_entries: Option<u64>,
     /// Export trace spans over OTLP/HTTP (protobuf) to this collector, e.g.
     /// http://jaeger:4318 (the path /v1/traces is added) [default: off].
     #[arg(long, env = "HARMONYDB_OTLP_ENDPOINT", value_name = "URL")]
@@ -188,6 +196,7 @@ struct FileConfig {
     checkpoint_interval_ms: Option<u64>,
     checkpoint_entries: Option<u64>,
     log_retain_entries: Option<u64>,
+    ready_max_lag_entries: Option<u64>,
     otlp_endpoint: Option<String>,
     trace_sample_ratio: Option<f64>,
     enable_debug: Option<bool>,
@@ -242,6 +251,8 @@ pub struct Config {
     pub checkpoint_entries: u64,
     /// Entries kept in the log below the last checkpoint.
     pub log_retain_entries: u64,
+    /// Most entries the applied index may trail the leader's commit by for `/ready`.
+    pub ready_max_lag_entries: u64,
     /// Where trace spans go (OTLP/HTTP base URL), if anywhere.
     pub otlp_endpoint: Option<String>,
     /// Share of new traces recorded.
@@ -361,6 +372,11 @@ impl Config {
             log_retain_entries: pick(&args.log_retain_entries, file.log_retain_entries, || {
                 LOG_RETAIN_ENTRIES_DEFAULT
             }),
+            ready_max_lag_entries: pick(
+                &args.ready_max_lag_entries,
+                file.ready_max_lag_entries,
+                || READY_MAX_LAG_ENTRIES_DEFAULT,
+            ),
             otlp_endpoint: args
                 .otlp_endpoint
                 .clone()
@@ -534,6 +550,69 @@ impl Config {
     }
 }
 
+impl Config {
+    /// At a data directory's first start, checks that this node's own
+    /// `--peers` entry is where it can be reached: the others will dial
+    /// that address, and nothing would tell them it is wrong. The entry's
+    /// port must be the one this node listens on (or `--advertise-addr`'s,
+    /// which the entry must then be); and when `--tcp-addr` names one
+    /// address rather than a wildcard, the entry's host must resolve to it.
+    /// A host that does not resolve here (a name only other machines know)
+    /// is let through.
+    pub fn check_own_peer_address(&self) -> Result<(), ConfigError> {
+        let Some(listed) = self.members.get(&self.node_id) else {
+            return Ok(());
+        };
+        let invalid = |message: String| ConfigError::Invalid {
+            name: "peers",
+            message,
+        };
+        if self.join.is_some() || *listed == self.tcp_addr.to_string() {
+            return Ok(());
+        }
+        if let Some(advertised) = &self.advertise_addr {
+            if listed != advertised {
+                return Err(invalid(format!(
+                    "this node's entry {}={listed} is not its --advertise-addr {advertised}, where the others are to reach it",
+                    self.node_id
+                )));
+            }
+            return Ok(());
+        }
+        let (host, port) = listed.rsplit_once(':').unwrap_or((listed.as_str(), ""));
+        let listening = self.tcp_addr;
+        if port.parse::<u16>().ok() != Some(listening.port()) {
+            return Err(invalid(format!(
+                "this node's entry {}={listed} has port {port}, but it listens on {listening} (--tcp-addr); expected {}:{}, or give --advertise-addr if the others reach it through another port",
+                self.node_id,
+                host,
+                listening.port()
+            )));
+        }
+        if listening.ip().is_unspecified() {
+            return Ok(());
+        }
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let resolved: Vec<std::net::IpAddr> =
+            match std::net::ToSocketAddrs::to_socket_addrs(&(host, listening.port())) {
+                Ok(addrs) => addrs.map(|a| a.ip()).collect(),
+                Err(_) => return Ok(()),
+            };
+        if resolved.is_empty() || resolved.contains(&listening.ip()) {
+            return Ok(());
+        }
+        Err(invalid(format!(
+            "this node's entry {}={listed} is not where it listens: {host} is {}, but --tcp-addr is {listening}; expected {listening}, or listen on 0.0.0.0, or give --advertise-addr",
+            self.node_id,
+            resolved
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        )))
+    }
+}
+
 /// Parses `1=host:port,2=host:port`: ids from 1, each once, every address
 /// with a port, and `node_id` among them.
 fn parse_peers(text: &str, node_id: u64) -> Result<BTreeMap<u64, String>, String> {
@@ -674,6 +753,64 @@ mod tests {
         };
         let message = Config::resolve(&zero).expect_err("id 0").to_string();
         assert!(message.contains("node_id"), "{message}");
+    }
+
+    #[test]
+    fn this_nodes_own_peer_entry_must_be_where_it_listens() {
+        let resolve = |tcp: &str, peers: &str, advertise: Option<&str>| {
+            Config::resolve(&ServeArgs {
+                node_id: Some(1),
+                tcp_addr: Some(tcp.parse().expect("addr")),
+                peers: Some(peers.into()),
+                advertise_addr: advertise.map(String::from),
+                ..ServeArgs::default()
+            })
+            .expect("valid flags")
+            .check_own_peer_address()
+            .map_err(|e| e.to_string())
+        };
+        let others = ",2=127.0.0.1:9001,3=127.0.0.1:9002";
+        // Another port: the others would never reach it.
+        let wrong_port = resolve("127.0.0.1:9998", &format!("1=127.0.0.1:9000{others}"), None)
+            .expect_err("another port");
+        assert!(
+            wrong_port.contains("port 9000") && wrong_port.contains("127.0.0.1:9998"),
+            "{wrong_port}"
+        );
+        // Another host than the one address it listens on.
+        let wrong_host = resolve("127.0.0.1:9000", &format!("1=127.0.0.2:9000{others}"), None)
+            .expect_err("another host");
+        assert!(
+            wrong_host.contains("expected 127.0.0.1:9000"),
+            "{wrong_host}"
+        );
+        // The same address, a name for it, or a wildcard listener: fine.
+        resolve("127.0.0.1:9000", &format!("1=127.0.0.1:9000{others}"), None).expect("same");
+        resolve("127.0.0.1:9000", &format!("1=localhost:9000{others}"), None).expect("a name");
+        // The compose file's form: listen on all addresses, named by service.
+        resolve(
+            "0.0.0.0:7070",
+            "1=harmonydb1:7070,2=harmonydb2:7070,3=harmonydb3:7070",
+            None,
+        )
+        .expect("compose");
+        // Behind NAT the advertised address is the one to list.
+        resolve(
+            "0.0.0.0:7070",
+            &format!("1=10.0.0.1:17070{others}"),
+            Some("10.0.0.1:17070"),
+        )
+        .expect("advertised");
+        let not_advertised = resolve(
+            "0.0.0.0:7070",
+            &format!("1=10.0.0.1:7070{others}"),
+            Some("10.0.0.1:17070"),
+        )
+        .expect_err("not the advertised address");
+        assert!(
+            not_advertised.contains("--advertise-addr"),
+            "{not_advertised}"
+        );
     }
 
     #[test]

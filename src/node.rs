@@ -40,11 +40,21 @@ const ELECTION_TIMEOUT_TICKS: u64 = 10;
 /// Ticks of clock drift a leader's lease allows for.
 const LEASE_DRIFT_TICKS: u64 = 2;
 
+/// How long a start waits for the data directory's lock to be let go (a
+/// process killed a moment ago still holds it while it exits).
+const LOCK_WAIT: Duration = Duration::from_secs(10);
+
+/// How often a start waiting for the lock tries again.
+const LOCK_RETRY_INTERVAL: Duration = Duration::from_millis(50);
+
 /// How long shutdown waits for accepted writes to commit.
 const WRITE_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long the HTTP server waits for in-flight requests at shutdown.
-const HTTP_SHUTDOWN_TIMEOUT_SECONDS: u64 = 10;
+const HTTP_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// HTTP worker threads.
+const HTTP_WORKERS: usize = 2;
 
 /// How long shutdown waits for TCP connections to write their last answers.
 const CONNECTION_DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -62,6 +72,19 @@ pub enum NodeError {
         dir: PathBuf,
         /// The holder's pid, as written in the lock file.
         pid: Option<String>,
+    },
+    /// The data directory path names something that is not a directory.
+    #[error("data directory {} is not a directory; give --data-dir a directory (it is created if missing)", .0.display())]
+    NotADirectory(PathBuf),
+    /// The data directory can't be read or written by this process.
+    #[error("data directory {} is not usable: {action}: {source}; the user running harmonydb needs to read, write and enter it", dir.display())]
+    DataDirInaccessible {
+        /// The directory.
+        dir: PathBuf,
+        /// What failed.
+        action: &'static str,
+        /// Why.
+        source: std::io::Error,
     },
     /// A file operation on the data directory failed.
     #[error("{action} {}: {source}", path.display())]
@@ -102,6 +125,9 @@ pub enum NodeError {
         /// Why.
         source: std::io::Error,
     },
+    /// A setting that can't work for this node.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
     /// Telemetry could not be set up.
     #[error("{0}")]
     Telemetry(String),
@@ -118,8 +144,11 @@ pub struct DataDirLock {
 }
 
 impl DataDirLock {
-    /// Takes the lock or says who holds it.
-    pub fn acquire(dir: &Path) -> Result<DataDirLock, NodeError> {
+    /// Takes the lock, waiting up to `wait` for a holder to let go: a
+    /// process killed a moment ago holds it until the kernel has finished
+    /// tearing it down, and a supervisor restarting it at once must not
+    /// fail for that. A live node keeps it, and is named in the error.
+    pub fn acquire(dir: &Path, wait: Duration) -> Result<DataDirLock, NodeError> {
         let path = dir.join("LOCK");
         let mut file = OpenOptions::new()
             .read(true)
@@ -127,28 +156,41 @@ impl DataDirLock {
             .create(true)
             .truncate(false)
             .open(&path)
-            .map_err(|source| NodeError::Io {
-                action: "open lock file",
-                path: path.clone(),
-                source,
-            })?;
-        match file.try_lock() {
-            Ok(()) => {}
-            Err(TryLockError::WouldBlock) => {
-                let mut pid = String::new();
-                let _ = file.read_to_string(&mut pid);
-                let pid = pid.trim().to_string();
-                return Err(NodeError::DataDirLocked {
-                    dir: dir.to_path_buf(),
-                    pid: (!pid.is_empty()).then_some(pid),
-                });
-            }
-            Err(TryLockError::Error(source)) => {
-                return Err(NodeError::Io {
-                    action: "lock",
-                    path,
-                    source,
-                })
+            .map_err(|source| inaccessible(dir, "create its LOCK file", source))?;
+        let deadline = std::time::Instant::now() + wait;
+        let mut waiting_logged = false;
+        loop {
+            match file.try_lock() {
+                Ok(()) => break,
+                Err(TryLockError::WouldBlock) => {
+                    let mut pid = String::new();
+                    let _ = file.seek(SeekFrom::Start(0));
+                    let _ = file.read_to_string(&mut pid);
+                    let pid = pid.trim().to_string();
+                    if std::time::Instant::now() >= deadline {
+                        return Err(NodeError::DataDirLocked {
+                            dir: dir.to_path_buf(),
+                            pid: (!pid.is_empty()).then_some(pid),
+                        });
+                    }
+                    if !waiting_logged {
+                        waiting_logged = true;
+                        info!(
+                            data_dir = %dir.display(),
+                            holder_pid = %pid,
+                            wait_ms = wait.as_millis() as u64,
+                            "the data directory is locked by another process; waiting for it to exit"
+                        );
+                    }
+                    std::thread::sleep(LOCK_RETRY_INTERVAL);
+                }
+                Err(TryLockError::Error(source)) => {
+                    return Err(NodeError::Io {
+                        action: "lock",
+                        path,
+                        source,
+                    })
+                }
             }
         }
         let write_pid = file
@@ -162,6 +204,39 @@ impl DataDirLock {
         })?;
         Ok(DataDirLock { _file: file })
     }
+}
+
+fn inaccessible(dir: &Path, action: &'static str, source: std::io::Error) -> NodeError {
+    NodeError::DataDirInaccessible {
+        dir: dir.to_path_buf(),
+        action,
+        source,
+    }
+}
+
+/// Creates the data directory if it is missing and checks that this
+/// process can list and write it, so a wrong path or permission fails here,
+/// naming the directory, rather than deep inside the WAL or the storage.
+pub fn prepare_data_dir(dir: &Path) -> Result<(), NodeError> {
+    match std::fs::metadata(dir) {
+        Ok(meta) if !meta.is_dir() => return Err(NodeError::NotADirectory(dir.to_path_buf())),
+        Ok(_) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(dir).map_err(|source| match source.kind() {
+                // A path through a file: `a-file/data`.
+                std::io::ErrorKind::NotADirectory | std::io::ErrorKind::AlreadyExists => {
+                    NodeError::NotADirectory(dir.to_path_buf())
+                }
+                _ => inaccessible(dir, "create it", source),
+            })?;
+        }
+        Err(source) if source.kind() == std::io::ErrorKind::NotADirectory => {
+            return Err(NodeError::NotADirectory(dir.to_path_buf()))
+        }
+        Err(source) => return Err(inaccessible(dir, "look it up", source)),
+    }
+    std::fs::read_dir(dir).map_err(|source| inaccessible(dir, "list it", source))?;
+    Ok(())
 }
 
 /// Checks (or, on first start, writes) `<data-dir>/IDENTITY`: the node id
@@ -264,7 +339,9 @@ pub struct ReplicaSettings {
 /// Opens a stopped node's storage (recovering it as a start would) and
 /// checks every tree in it; the summary, or what is wrong.
 pub fn check_storage(data_dir: &Path) -> Result<String, NodeError> {
-    let _lock = DataDirLock::acquire(data_dir)?;
+    prepare_data_dir(data_dir)?;
+    // An offline check never waits: a node using the directory is running.
+    let _lock = DataDirLock::acquire(data_dir, Duration::ZERO)?;
     let storage_dir = data_dir.join("storage");
     settle_install(&storage_dir).map_err(|source| NodeError::Io {
         action: "finish an interrupted snapshot install in",
@@ -377,13 +454,17 @@ pub fn start_replica(
 
 /// Runs a node until it is told to stop.
 pub fn run(config: Config) -> Result<(), NodeError> {
-    std::fs::create_dir_all(&config.data_dir).map_err(|source| NodeError::Io {
-        action: "create data directory",
-        path: config.data_dir.clone(),
-        source,
-    })?;
-    let _lock = DataDirLock::acquire(&config.data_dir)?;
+    prepare_data_dir(&config.data_dir)?;
+    let _lock = DataDirLock::acquire(&config.data_dir, LOCK_WAIT)?;
+    // `--peers` is read only when the directory is new: check this node's
+    // own entry then, before the others are told to reach it there.
+    if !config.data_dir.join("IDENTITY").exists() {
+        config.check_own_peer_address()?;
+    }
     check_identity(&config.data_dir, config.node_id, &config)?;
+    // Both ports before anything starts: a port in use is an error that
+    // names it, not a half-started node.
+    let listeners = Listeners::bind(&config)?;
     let metrics = crate::telemetry::install_metrics().map_err(NodeError::Telemetry)?;
 
     let wal_dir = config.data_dir.join("wal");
@@ -422,11 +503,33 @@ pub fn run(config: Config) -> Result<(), NodeError> {
     }
 
     let system = actix::System::new();
-    system.block_on(serve(config, wal, raft, next_index, metrics))
+    system.block_on(serve(config, listeners, wal, raft, next_index, metrics))
+}
+
+/// The node's two listening sockets, bound before anything else starts.
+struct Listeners {
+    tcp: std::net::TcpListener,
+    http: std::net::TcpListener,
+}
+
+impl Listeners {
+    fn bind(config: &Config) -> Result<Listeners, NodeError> {
+        let bind = |api: &'static str, addr: std::net::SocketAddr| {
+            let listener = std::net::TcpListener::bind(addr)
+                .and_then(|listener| listener.set_nonblocking(true).map(|()| listener))
+                .map_err(|source| NodeError::Bind { api, addr, source })?;
+            Ok::<_, NodeError>(listener)
+        };
+        Ok(Listeners {
+            tcp: bind("TCP", config.tcp_addr)?,
+            http: bind("HTTP", config.http_addr)?,
+        })
+    }
 }
 
 async fn serve(
     config: Config,
+    listeners: Listeners,
     wal: Wal,
     raft: Raft,
     next_index: u64,
@@ -443,14 +546,11 @@ async fn serve(
             upkeep_handle.run_upkeep();
         }
     });
-    let tcp_listener =
-        TcpListener::bind(config.tcp_addr)
-            .await
-            .map_err(|source| NodeError::Bind {
-                api: "TCP",
-                addr: config.tcp_addr,
-                source,
-            })?;
+    let tcp_listener = TcpListener::from_std(listeners.tcp).map_err(|source| NodeError::Bind {
+        api: "TCP",
+        addr: config.tcp_addr,
+        source,
+    })?;
     let tcp_addr = tcp_listener.local_addr().unwrap_or(config.tcp_addr);
     let mut config = config;
     // A node of one names itself by the address it got (port 0 = any).
@@ -520,6 +620,7 @@ async fn serve(
         snapshot_dir: parts.snapshot_dir.clone(),
         fault_injection: config.enable_fault_injection,
         frame_size_max_bytes: config.frame_size_max_bytes,
+        ready_lag_max_entries: config.ready_max_lag_entries,
     });
     let peer_inbox = PeerInbox::new(
         config.node_id,
@@ -535,22 +636,19 @@ async fn serve(
             token: config.admin_token.clone(),
         },
     };
-    let http_server = actix_web::HttpServer::new(move || http::app(http_state.clone()))
-        .workers(2)
-        .disable_signals()
-        .shutdown_timeout(HTTP_SHUTDOWN_TIMEOUT_SECONDS)
-        .bind(config.http_addr)
-        .map_err(|source| NodeError::Bind {
-            api: "HTTP",
-            addr: config.http_addr,
-            source,
-        })?;
-    let http_addr = http_server
-        .addrs()
-        .first()
-        .copied()
-        .unwrap_or(config.http_addr);
-    let http_server = http_server.run();
+    let (http_server, http_addr) = crate::api::http_server::serve(
+        listeners.http,
+        http_state,
+        crate::api::http_server::HttpSettings {
+            workers: HTTP_WORKERS,
+            shutdown_timeout: HTTP_SHUTDOWN_TIMEOUT,
+        },
+    )
+    .map_err(|source| NodeError::Bind {
+        api: "HTTP",
+        addr: config.http_addr,
+        source,
+    })?;
     let http_handle = http_server.handle();
     let http_task = actix_rt::spawn(http_server);
     let (stop_clients, clients_stopped) = watch::channel(false);

@@ -215,10 +215,56 @@ pub fn init_logging(
 static PROCESS_METRICS: LazyLock<metrics_process::Collector> =
     LazyLock::new(|| metrics_process::Collector::new("harmonydb_"));
 
+/// Metrics labelled by another node: `peer` (the transport, heartbeat
+/// round trips) or `leader` (forwarding).
+const PEER_LABELLED: &[(&str, &str)] = &[
+    ("harmonydb_transport_messages_sent_total", "peer"),
+    ("harmonydb_transport_messages_dropped_total", "peer"),
+    ("harmonydb_transport_messages_received_total", "peer"),
+    ("harmonydb_api_forwarded_total", "leader"),
+];
+
+/// Histograms labelled by another node.
+const PEER_LABELLED_HISTOGRAMS: &[(&str, &str)] =
+    &[("harmonydb_raft_peer_round_trip_seconds", "peer")];
+
 /// The Prometheus text of every metric, process figures read just now.
-pub fn render_metrics(handle: &PrometheusHandle) -> String {
+/// Series labelled by another node exist for every member but this one
+/// (at 0 until something happens), and only for members: a node that was
+/// removed leaves the scrape, so its series end rather than linger.
+pub fn render_metrics(handle: &PrometheusHandle, this_node: u64, members: &[u64]) -> String {
     PROCESS_METRICS.collect();
-    handle.render()
+    for peer in members.iter().filter(|id| **id != this_node) {
+        let peer = peer.to_string();
+        for (name, label) in PEER_LABELLED {
+            metrics::counter!(*name, *label => peer.clone()).increment(0);
+        }
+        for (name, label) in PEER_LABELLED_HISTOGRAMS {
+            // Creating the handle registers the series; nothing is recorded.
+            let _ = metrics::histogram!(*name, *label => peer.clone());
+        }
+    }
+    let text = handle.render();
+    let mut kept = String::with_capacity(text.len());
+    for line in text.lines() {
+        if !line.starts_with('#') && names_a_former_member(line, members) {
+            continue;
+        }
+        kept.push_str(line);
+        kept.push('\n');
+    }
+    kept
+}
+
+/// Whether a sample line is labelled (`peer` or `leader`) with a node that
+/// is not a member.
+fn names_a_former_member(line: &str, members: &[u64]) -> bool {
+    ["peer=\"", "leader=\""].iter().any(|label| {
+        line.split_once(label)
+            .and_then(|(_, rest)| rest.split_once('"'))
+            .and_then(|(id, _)| id.parse::<u64>().ok())
+            .is_some_and(|id| !members.contains(&id))
+    })
 }
 
 /// Installs the Prometheus recorder and describes every metric.
@@ -237,12 +283,80 @@ pub fn install_metrics() -> Result<PrometheusHandle, String> {
     for name in UNLABELLED_COUNTERS {
         metrics::counter!(*name).absolute(0);
     }
-    metrics::gauge!("harmonydb_tcp_requests_in_flight").set(0.0);
-    metrics::gauge!("harmonydb_http_requests_in_flight").set(0.0);
+    register_series();
+    harmonydb_actors::observe::register_metrics();
     PROCESS_METRICS.describe();
     PROCESS_METRICS.collect();
     Ok(handle)
 }
+
+/// Creates, at 0, every series a dashboard may name that no event has
+/// made yet, so panels of a fresh node show 0 rather than no data: the
+/// gauges and histograms without labels, requests by TCP operation and
+/// HTTP route, and protocol errors by code. (Series by peer come with
+/// every scrape, from the members then: [`render_metrics`].)
+fn register_series() {
+    for name in UNLABELLED_GAUGES {
+        metrics::gauge!(*name).increment(0.0);
+    }
+    for name in UNLABELLED_HISTOGRAMS {
+        // Creating the handle registers the series; nothing is recorded.
+        let _ = metrics::histogram!(*name);
+    }
+    for operation in harmonydb_protocol::OPERATIONS
+        .iter()
+        .filter(|op| op.is_client_operation())
+    {
+        let labels = [("op", operation.name), ("status", "ok")];
+        metrics::counter!("harmonydb_tcp_requests_total", &labels).increment(0);
+        // Creating the handle registers the series; nothing is recorded.
+        let _ = metrics::histogram!("harmonydb_tcp_request_duration_seconds", &labels);
+    }
+    for (route, method) in crate::api::http::HTTP_ROUTES {
+        let labels = [("route", *route), ("method", *method), ("status", "200")];
+        metrics::counter!("harmonydb_http_requests_total", &labels).increment(0);
+        // Creating the handle registers the series; nothing is recorded.
+        let _ = metrics::histogram!("harmonydb_http_request_duration_seconds", &labels);
+    }
+    for code in crate::api::tcp::CONNECTION_ERROR_CODES {
+        metrics::counter!("harmonydb_tcp_protocol_errors_total", "code" => code.as_str())
+            .increment(0);
+    }
+}
+
+/// Gauges without labels, created at 0 when the node starts (the
+/// subsystems set them as soon as they know better).
+const UNLABELLED_GAUGES: &[&str] = &[
+    "harmonydb_tcp_requests_in_flight",
+    "harmonydb_http_requests_in_flight",
+    "harmonydb_tcp_connections",
+    "harmonydb_wal_segments",
+    "harmonydb_kv_keys",
+    "harmonydb_raft_has_leader",
+    "harmonydb_raft_is_leader",
+    "harmonydb_raft_term",
+    "harmonydb_raft_voters",
+    "harmonydb_raft_learners",
+    "harmonydb_raft_joint_configuration",
+    "harmonydb_raft_removed",
+    "harmonydb_raft_commit_index",
+    "harmonydb_raft_applied_index",
+    "harmonydb_raft_snapshot_index",
+    "harmonydb_raft_proposals_pending",
+    "harmonydb_storage_buffer_pool_frames",
+    "harmonydb_storage_buffer_pool_dirty_frames",
+    "harmonydb_storage_buffer_pool_pinned_frames",
+    "harmonydb_storage_btree_height",
+];
+
+/// Histograms without labels, created empty when the node starts.
+const UNLABELLED_HISTOGRAMS: &[&str] = &[
+    "harmonydb_raft_append_duration_seconds",
+    "harmonydb_raft_commit_duration_seconds",
+    "harmonydb_wal_fsync_duration_seconds",
+    "harmonydb_wal_batch_size_records",
+    "harmonydb_storage_checkpoint_duration_seconds",
+];
 
 /// Counters without labels, registered at 0 when the node starts.
 const UNLABELLED_COUNTERS: &[&str] = &[

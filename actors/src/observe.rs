@@ -18,6 +18,56 @@ use std::time::Instant;
 use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
+/// Every actor and message kind whose handling is measured, and whether it
+/// comes in an [`Envelope`] (which counts it in the mailbox-depth gauge).
+/// Listed so their series exist from the start at 0 ([`register_metrics`]);
+/// a kind missing here fails a debug assertion when first used.
+pub const ACTOR_MESSAGES: &[(&str, &str, bool)] = &[
+    ("RaftReplica", "KvRequest", true),
+    ("RaftReplica", "Step", true),
+    ("RaftReplica", "GetStatus", true),
+    ("RaftReplica", "TransferLeadership", true),
+    ("RaftReplica", "ChangeMembership", true),
+    ("RaftReplica", "PrepareSnapshot", true),
+    ("RaftReplica", "DriveNow", false),
+    ("RaftReplica", "Persisted", false),
+    ("RaftReplica", "BeginShutdown", false),
+    ("RaftReplica", "CheckpointDue", false),
+    ("WalWriter", "Append", true),
+    ("WalWriter", "Flush", false),
+    ("WalWriter", "Sync", false),
+    ("WalWriter", "DeleteBelow", false),
+    ("WalWriter", "GetStats", false),
+    ("Transport", "Outbox", true),
+    ("Transport", "GetDropped", false),
+    ("BufferPoolManager", "SwitchStorage", false),
+    ("BufferPoolManager", "RegisterReplica", false),
+    ("BufferPoolManager", "Pressure", false),
+    ("BufferPoolManager", "WriteCheckpoint", false),
+];
+
+/// Creates every actor metric series at 0: a mailbox-depth gauge per
+/// enveloped message kind, and the queue and handling histograms, so
+/// dashboards show 0 rather than no data before the first message.
+pub fn register_metrics() {
+    for (actor, message, enveloped) in ACTOR_MESSAGES {
+        if *enveloped {
+            metrics::gauge!("harmonydb_actor_mailbox_depth", "actor" => *actor, "message" => *message)
+                .increment(0.0);
+            // Creating the handle registers the series; nothing is recorded.
+            let _ = metrics::histogram!("harmonydb_actor_queue_duration_seconds", "actor" => *actor, "message" => *message);
+        }
+        // Creating the handle registers the series; nothing is recorded.
+        let _ = metrics::histogram!("harmonydb_actor_handling_duration_seconds", "actor" => *actor, "message" => *message);
+    }
+}
+
+fn listed(actor: &str, message: &str) -> bool {
+    ACTOR_MESSAGES
+        .iter()
+        .any(|(a, m, _)| *a == actor && *m == message)
+}
+
 /// A message's accounting while it waits in an actor's mailbox.
 #[derive(Debug)]
 pub struct Envelope {
@@ -37,6 +87,10 @@ impl Envelope {
 
     /// The same, on behalf of `span` (a batch sent for one traced request).
     pub fn with_span(actor: &'static str, message: &'static str, span: Span) -> Envelope {
+        debug_assert!(
+            listed(actor, message),
+            "{actor} {message} is missing from observe::ACTOR_MESSAGES"
+        );
         metrics::gauge!("harmonydb_actor_mailbox_depth", "actor" => actor, "message" => message)
             .increment(1.0);
         Envelope {
@@ -98,6 +152,10 @@ impl Handling {
     /// Times the handling and, if `parent` is a traced request, opens a
     /// span for it under `parent`.
     pub fn start_in(actor: &'static str, message: &'static str, parent: &Span) -> Handling {
+        debug_assert!(
+            listed(actor, message),
+            "{actor} {message} is missing from observe::ACTOR_MESSAGES"
+        );
         // Untraced messages (heartbeats, most of the traffic) create no span.
         let span = if parent.is_disabled() {
             Span::none()
@@ -194,7 +252,7 @@ mod tests {
 
     #[test]
     fn an_untraced_message_opens_no_span() {
-        let envelope = Envelope::new("Test", "Ping");
+        let envelope = Envelope::new("RaftReplica", "GetStatus");
         assert!(envelope.span().is_disabled());
         let handling = envelope.open();
         assert!(handling.span().is_disabled());

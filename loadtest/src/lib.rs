@@ -1,5 +1,6 @@
 //! `harmonydb-loadtest`: YCSB core workloads (A to F, and write-only)
-//! against HarmonyDB over TCP or HTTP and against etcd over gRPC, in closed
+//! against HarmonyDB over TCP or HTTP and against etcd over gRPC (with the
+//! `etcd` feature), in closed
 //! or open loop, with HdrHistogram latencies measured the same way for
 //! every target. The binary (`main.rs`) is a thin CLI over `run`.
 //!
@@ -47,10 +48,15 @@ pub async fn run(
             let store = store::http::HttpStore::connect(endpoints, params.clients, timeout).await?;
             runner::run_phase(Arc::new(store), params, target, endpoints, progress).await
         }
+        #[cfg(feature = "etcd")]
         TargetKind::Etcd => {
             let store =
                 store::etcd::EtcdStore::connect(endpoints, params.connections, timeout).await?;
             runner::run_phase(Arc::new(store), params, target, endpoints, progress).await
         }
+        #[cfg(not(feature = "etcd"))]
+        TargetKind::Etcd => Err(LoadError::Parameter(
+            "this build has no etcd client; build with `--features etcd` (needs protoc and libprotobuf-dev)".into(),
+        )),
     }
 }

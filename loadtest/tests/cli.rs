@@ -41,12 +41,20 @@ fn bad_parameters_exit_2_with_a_message() {
     assert_refused(&["run", "--rate", "0"], 2, "positive");
     assert_refused(&["run", "--operations", "0"], 2, "at least 1");
     assert_refused(&[], 2, "nothing to do");
+    if !cfg!(feature = "etcd") {
+        assert_refused(&["run", "--target", "etcd"], 2, "--features etcd");
+    }
 }
 
 #[test]
 fn unreachable_targets_exit_3() {
     let port = closed_port();
-    for target in ["harmonydb-tcp", "harmonydb-http", "etcd"] {
+    let targets: &[&str] = if cfg!(feature = "etcd") {
+        &["harmonydb-tcp", "harmonydb-http", "etcd"]
+    } else {
+        &["harmonydb-tcp", "harmonydb-http"]
+    };
+    for target in targets {
         assert_refused(
             &[
                 "run",

@@ -11,6 +11,7 @@ pub mod message;
 pub use client::{Client, ClientError};
 pub use frame::FRAME_SIZE_DEFAULT_MAX_BYTES;
 pub use message::{
-    ClusterStatus, Consistency, ErrorCode, Item, LeaderHint, MemberStatus, Membership, Request,
-    RequestFrame, Response, ResponseFrame, Staleness,
+    ClusterStatus, Consistency, ErrorCode, Item, LeaderHint, MemberStatus, Membership, Operation,
+    OperationKind, Readiness, Request, RequestFrame, Response, ResponseFrame, Staleness,
+    OPERATIONS,
 };

@@ -96,6 +96,32 @@ pub struct MemberStatus {
     pub match_index: Option<u64>,
     /// Known to the leader only: entries the member is behind the leader's last index.
     pub lag: Option<u64>,
+    /// Milliseconds since the answering node last heard from this member
+    /// (absent for itself, or if it never has). A leader hears from every
+    /// member; a follower from the leader.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_heard_ms: Option<u64>,
+    /// The answering node expected to hear from this member (it leads, or
+    /// this member does) and has not for an election timeout: the member
+    /// is down or cut off.
+    #[serde(default)]
+    pub unreachable: bool,
+}
+
+/// Why a node is ready to serve: it knows a live leader and has applied
+/// nearly all of what it committed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Readiness {
+    /// The node answering.
+    pub node_id: u64,
+    /// The leader it follows (itself if it leads).
+    pub leader: u64,
+    /// Milliseconds since it last heard from that leader (0 on the leader).
+    pub leader_contact_ms: u64,
+    /// Its applied index.
+    pub applied_index: u64,
+    /// The leader's commit index as far as it knows.
+    pub leader_commit_index: u64,
 }
 
 /// One node's view of the cluster.
@@ -212,6 +238,10 @@ pub enum Request {
     Health,
     /// This node's view of the cluster: members, leader, term, indexes.
     ClusterStatus,
+    /// Is this node ready to serve: does it know a live leader, and has it
+    /// applied nearly all the leader committed? Answered `ready`, or an
+    /// error saying why not.
+    Ready,
     /// Moves leadership to `target`, or to the most caught-up other voter
     /// when absent; answered with `leader_transferred` once a new leader
     /// leads (run by the leader: other nodes forward it).
@@ -272,59 +302,121 @@ pub enum Request {
     },
 }
 
+/// What an operation does, which decides where it may run and what a
+/// lost answer means.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OperationKind {
+    /// Reads state; served by the leader unless the read is stale.
+    Read,
+    /// Changes the replicated state (keys, leadership, membership): run by
+    /// the leader, and once sent its outcome is unknown until answered.
+    Write,
+    /// Answered by whichever node gets it, from its own state.
+    Local,
+    /// Node to node only (snapshots, Raft).
+    Peer,
+}
+
+/// One operation of the protocol: its wire name (`op`) and what it does.
+/// [`OPERATIONS`] lists them all; every layer asks it instead of keeping
+/// a list of its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Operation {
+    /// The name on the wire.
+    pub name: &'static str,
+    /// What it does.
+    pub kind: OperationKind,
+}
+
+impl Operation {
+    /// Whether it changes replicated state (its outcome is unknown once
+    /// sent and unanswered).
+    pub fn is_write(&self) -> bool {
+        self.kind == OperationKind::Write
+    }
+
+    /// Whether a client may send it (peers' operations excluded).
+    pub fn is_client_operation(&self) -> bool {
+        self.kind != OperationKind::Peer
+    }
+}
+
+const fn operation(name: &'static str, kind: OperationKind) -> Operation {
+    Operation { name, kind }
+}
+
+/// Every request operation, in the order of [`Request`]'s variants.
+pub const OPERATIONS: [Operation; 14] = [
+    operation("get", OperationKind::Read),
+    operation("put", OperationKind::Write),
+    operation("delete", OperationKind::Write),
+    operation("scan", OperationKind::Read),
+    operation("health", OperationKind::Local),
+    operation("cluster_status", OperationKind::Local),
+    operation("ready", OperationKind::Local),
+    operation("transfer_leader", OperationKind::Write),
+    operation("add_member", OperationKind::Write),
+    operation("promote_member", OperationKind::Write),
+    operation("remove_member", OperationKind::Write),
+    operation("snapshot_prepare", OperationKind::Peer),
+    operation("snapshot_chunk", OperationKind::Peer),
+    operation("raft", OperationKind::Peer),
+];
+
 impl Request {
+    /// The operation this request is, from [`OPERATIONS`].
+    pub fn operation(&self) -> &'static Operation {
+        let at = match self {
+            Request::Get { .. } => 0,
+            Request::Put { .. } => 1,
+            Request::Delete { .. } => 2,
+            Request::Scan { .. } => 3,
+            Request::Health => 4,
+            Request::ClusterStatus => 5,
+            Request::Ready => 6,
+            Request::TransferLeader { .. } => 7,
+            Request::AddMember { .. } => 8,
+            Request::PromoteMember { .. } => 9,
+            Request::RemoveMember { .. } => 10,
+            Request::SnapshotPrepare { .. } => 11,
+            Request::SnapshotChunk { .. } => 12,
+            Request::Raft { .. } => 13,
+        };
+        &OPERATIONS[at]
+    }
+
     /// The operation's name as it appears on the wire (`op`).
     pub fn op_name(&self) -> &'static str {
-        match self {
-            Request::Get { .. } => "get",
-            Request::Put { .. } => "put",
-            Request::Delete { .. } => "delete",
-            Request::Scan { .. } => "scan",
-            Request::Health => "health",
-            Request::ClusterStatus => "cluster_status",
-            Request::TransferLeader { .. } => "transfer_leader",
-            Request::AddMember { .. } => "add_member",
-            Request::PromoteMember { .. } => "promote_member",
-            Request::RemoveMember { .. } => "remove_member",
-            Request::SnapshotPrepare { .. } => "snapshot_prepare",
-            Request::SnapshotChunk { .. } => "snapshot_chunk",
-            Request::Raft { .. } => "raft",
-        }
+        self.operation().name
+    }
+
+    /// Whether it changes replicated state.
+    pub fn is_write(&self) -> bool {
+        self.operation().is_write()
     }
 
     /// Whether only the leader can do this (writes, and reads that aren't stale).
     pub fn needs_leader(&self) -> bool {
+        match self.operation().kind {
+            OperationKind::Write => true,
+            OperationKind::Read => self.consistency().unwrap_or_default() != Consistency::Stale,
+            OperationKind::Local | OperationKind::Peer => false,
+        }
+    }
+
+    /// The consistency a read asks for (None for other operations, or the default).
+    pub fn consistency(&self) -> Option<Consistency> {
         match self {
-            Request::Put { .. }
-            | Request::Delete { .. }
-            | Request::TransferLeader { .. }
-            | Request::AddMember { .. }
-            | Request::PromoteMember { .. }
-            | Request::RemoveMember { .. } => true,
-            Request::Get { consistency, .. } | Request::Scan { consistency, .. } => {
-                consistency.unwrap_or_default() != Consistency::Stale
-            }
-            Request::Health
-            | Request::ClusterStatus
-            | Request::SnapshotPrepare { .. }
-            | Request::SnapshotChunk { .. }
-            | Request::Raft { .. } => false,
+            Request::Get { consistency, .. } | Request::Scan { consistency, .. } => *consistency,
+            _ => None,
         }
     }
 }
 
-/// Names of every request `op`, to tell an unknown operation from a malformed one.
-pub const REQUEST_OPS: [&str; 9] = [
-    "get",
-    "put",
-    "delete",
-    "scan",
-    "health",
-    "cluster_status",
-    "snapshot_prepare",
-    "snapshot_chunk",
-    "raft",
-];
+/// The operation named `name`, if there is one.
+pub fn operation_named(name: &str) -> Option<&'static Operation> {
+    OPERATIONS.iter().find(|op| op.name == name)
+}
 
 /// One key of a scan.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -390,6 +482,8 @@ pub enum Response {
     },
     /// Answer to `cluster_status`.
     ClusterStatus(ClusterStatus),
+    /// Answer to `ready` when the node is ready.
+    Ready(Readiness),
     /// Answer to `transfer_leader`: who leads now, and in which term.
     LeaderTransferred {
         /// The new leader.
@@ -460,6 +554,13 @@ pub enum ErrorCode {
     UnsupportedMediaType,
     /// The route exists but not for this HTTP method.
     MethodNotAllowed,
+    /// An HTTP request line longer than the node reads (a key is at most
+    /// 1 KiB, so a key-value request never needs one this long).
+    UriTooLong,
+    /// An HTTP request's headers are too many or too large.
+    HeadersTooLarge,
+    /// An HTTP request did not arrive in full within the node's deadline.
+    RequestTimeout,
     /// A TCP frame longer than the node's limit.
     FrameTooLarge,
     /// A TCP frame that is not a valid request.
@@ -512,6 +613,9 @@ impl ErrorCode {
             ErrorCode::ValueTooLarge => "value_too_large",
             ErrorCode::UnsupportedMediaType => "unsupported_media_type",
             ErrorCode::MethodNotAllowed => "method_not_allowed",
+            ErrorCode::UriTooLong => "uri_too_long",
+            ErrorCode::HeadersTooLarge => "headers_too_large",
+            ErrorCode::RequestTimeout => "request_timeout",
             ErrorCode::FrameTooLarge => "frame_too_large",
             ErrorCode::MalformedFrame => "malformed_frame",
             ErrorCode::UnknownOperation => "unknown_operation",
@@ -580,12 +684,12 @@ pub fn decode_request(bytes: &[u8]) -> Result<RequestFrame, DecodeFailure> {
     let id = probe.as_ref().and_then(|p| p.id).unwrap_or(0);
     let op = probe.and_then(|p| p.body).and_then(|b| b.op);
     match op {
-        Some(op) if !REQUEST_OPS.contains(&op.as_str()) => Err(DecodeFailure {
+        Some(op) if operation_named(&op).is_none() => Err(DecodeFailure {
             id,
             code: ErrorCode::UnknownOperation,
             message: format!(
                 "unknown operation {op:?}; known: {}",
-                REQUEST_OPS.join(", ")
+                OPERATIONS.map(|op| op.name).join(", ")
             ),
         }),
         _ => Err(DecodeFailure {
@@ -763,6 +867,163 @@ mod tests {
             (failure.id, failure.code),
             (77, ErrorCode::UnknownOperation)
         );
+    }
+
+    /// One request of every operation.
+    fn one_of_each() -> Vec<Request> {
+        vec![
+            Request::Get {
+                key: b"k".to_vec(),
+                consistency: None,
+            },
+            Request::Put {
+                key: b"k".to_vec(),
+                value: b"v".to_vec(),
+                expected_version: None,
+            },
+            Request::Delete {
+                key: b"k".to_vec(),
+                expected_version: None,
+            },
+            Request::Scan {
+                prefix: Vec::new(),
+                start: None,
+                end: None,
+                limit: None,
+                consistency: None,
+            },
+            Request::Health,
+            Request::ClusterStatus,
+            Request::Ready,
+            Request::TransferLeader { target: None },
+            Request::AddMember {
+                id: 4,
+                address: "a:1".into(),
+            },
+            Request::PromoteMember { id: 4 },
+            Request::RemoveMember { id: 4 },
+            Request::SnapshotPrepare { min_index: 1 },
+            Request::SnapshotChunk {
+                index: 1,
+                offset: 0,
+                max_bytes: 1,
+            },
+            Request::Raft {
+                from: 1,
+                to: 2,
+                messages: Vec::new(),
+            },
+        ]
+    }
+
+    #[test]
+    fn the_operations_table_names_every_request_as_the_wire_does() {
+        #[derive(Deserialize)]
+        struct Probe {
+            op: String,
+        }
+        let requests = one_of_each();
+        assert_eq!(requests.len(), OPERATIONS.len());
+        for (request, operation) in requests.iter().zip(OPERATIONS.iter()) {
+            let probe: Probe = rmp_serde::from_slice(&encode(request)).expect("op");
+            assert_eq!(probe.op, operation.name);
+            assert_eq!(request.operation(), operation);
+            assert_eq!(operation_named(operation.name), Some(operation));
+        }
+        let writes: Vec<&str> = OPERATIONS
+            .iter()
+            .filter(|op| op.is_write())
+            .map(|op| op.name)
+            .collect();
+        assert_eq!(
+            writes,
+            [
+                "put",
+                "delete",
+                "transfer_leader",
+                "add_member",
+                "promote_member",
+                "remove_member"
+            ]
+        );
+        let stale = Request::Get {
+            key: b"k".to_vec(),
+            consistency: Some(Consistency::Stale),
+        };
+        assert!(!stale.needs_leader());
+        assert!(requests[0].needs_leader());
+        assert!(!Request::Health.needs_leader());
+    }
+
+    #[test]
+    fn a_known_operation_with_bad_fields_is_malformed_not_unknown() {
+        #[derive(Serialize)]
+        struct Frame {
+            id: u64,
+            body: BTreeMap<&'static str, rmpv_like::Value>,
+        }
+        mod rmpv_like {
+            #[derive(serde::Serialize)]
+            #[serde(untagged)]
+            pub enum Value {
+                Text(&'static str),
+                Map(std::collections::BTreeMap<&'static str, u8>),
+            }
+        }
+        for operation in OPERATIONS {
+            // Every field any request has, each of the wrong type.
+            let mut body = BTreeMap::new();
+            body.insert("op", rmpv_like::Value::Text(operation.name));
+            for field in [
+                "key",
+                "value",
+                "id",
+                "address",
+                "target",
+                "min_index",
+                "index",
+                "offset",
+                "max_bytes",
+                "from",
+                "to",
+                "messages",
+                "limit",
+            ] {
+                body.insert(field, rmpv_like::Value::Map(BTreeMap::from([("x", 1)])));
+            }
+            let bytes = encode(&Frame { id: 5, body });
+            match decode_request(&bytes) {
+                // Health, readiness and cluster status have no fields to get wrong.
+                Ok(frame) => assert!(
+                    matches!(
+                        frame.body,
+                        Request::Health | Request::ClusterStatus | Request::Ready
+                    ),
+                    "{}: {frame:?}",
+                    operation.name
+                ),
+                Err(failure) => assert_eq!(
+                    (failure.id, failure.code),
+                    (5, ErrorCode::MalformedFrame),
+                    "{}: {}",
+                    operation.name,
+                    failure.message
+                ),
+            }
+        }
+        let failure = decode_request(&encode(&Frame {
+            id: 6,
+            body: BTreeMap::from([("op", rmpv_like::Value::Text("explode"))]),
+        }))
+        .expect_err("unknown");
+        assert_eq!(failure.code, ErrorCode::UnknownOperation);
+        for operation in OPERATIONS {
+            assert!(
+                failure.message.contains(operation.name),
+                "{}",
+                failure.message
+            );
+        }
     }
 
     #[test]

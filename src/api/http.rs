@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
-use actix_web::error::{JsonPayloadError, QueryPayloadError};
-use actix_web::middleware::Next;
+use actix_web::error::{JsonPayloadError, PathError, QueryPayloadError};
+use actix_web::middleware::{ErrorHandlerResponse, ErrorHandlers, Next};
 use actix_web::{web, App, HttpRequest, HttpResponse};
 use base64::Engine;
 use harmonydb_actors::cluster::fault::Fault;
@@ -28,12 +28,34 @@ use tracing::Instrument;
 
 use super::debug::{cpu_profile, heap_profile, AdminAccess};
 use super::error::ApiError;
+use super::http_server::{HeadRejection, REJECTED_ROUTE};
 use super::service::{Service, SCAN_LIMIT_DEFAULT};
 
 /// JSON escapes can take six bytes per value byte (`\u0000`), so the body
 /// limit leaves room for that beyond the value limit, plus the other fields.
 const JSON_OVERHEAD_FACTOR: usize = 6;
 const JSON_OVERHEAD_BYTES: usize = 64 * 1024;
+
+/// Every route pattern and method the app serves (the `route` and `method`
+/// labels of the request metrics), so their series exist from the start.
+pub const HTTP_ROUTES: &[(&str, &str)] = &[
+    ("/kv", "GET"),
+    ("/kv/{key:.*}", "GET"),
+    ("/kv/{key:.*}", "PUT"),
+    ("/kv/{key:.*}", "DELETE"),
+    ("/health", "GET"),
+    ("/ready", "GET"),
+    ("/cluster", "GET"),
+    ("/cluster/leader", "POST"),
+    ("/cluster/members", "POST"),
+    ("/cluster/members/{id}", "DELETE"),
+    ("/cluster/members/{id}/promote", "POST"),
+    ("/admin/fault", "GET"),
+    ("/admin/fault", "POST"),
+    ("/debug/pprof/profile", "GET"),
+    ("/debug/pprof/heap", "GET"),
+    ("/metrics", "GET"),
+];
 
 /// What every handler needs.
 #[derive(Clone)]
@@ -68,6 +90,11 @@ pub fn app(
                 .error_handler(json_error),
         )
         .app_data(web::QueryConfig::default().error_handler(query_error))
+        .app_data(web::PathConfig::default().error_handler(path_error))
+        .app_data(web::PayloadConfig::default().limit(json_limit_bytes))
+        // Any error answer not already in the JSON error format (actix's
+        // own, from an extractor or a limit) is rewritten into it.
+        .wrap(ErrorHandlers::new().default_handler(json_error_body))
         .wrap(actix_web::middleware::from_fn(record_metrics))
         .service(
             web::resource("/kv")
@@ -87,10 +114,16 @@ pub fn app(
                 .default_service(web::to(method_not_allowed)),
         )
         .service(
+            web::resource("/ready")
+                .route(web::get().to(ready))
+                .default_service(web::to(method_not_allowed)),
+        )
+        .service(
             web::resource("/cluster")
                 .route(web::get().to(cluster))
                 .default_service(web::to(method_not_allowed)),
         )
+        .service(web::resource(REJECTED_ROUTE).to(rejected))
         .service(
             web::resource("/cluster/leader")
                 .route(web::post().to(transfer_leader))
@@ -400,6 +433,16 @@ async fn health(state: web::Data<HttpState>) -> Result<HttpResponse, ApiError> {
     call(&state, Request::Health, None).await
 }
 
+async fn ready(state: web::Data<HttpState>) -> Result<HttpResponse, ApiError> {
+    call(&state, Request::Ready, None).await
+}
+
+/// A request whose head was refused before actix read it (see
+/// [`super::http_server`]): its query says why.
+async fn rejected(request: HttpRequest) -> Result<HttpResponse, ApiError> {
+    Err(HeadRejection::error_for_query(request.query_string()))
+}
+
 async fn cluster(state: web::Data<HttpState>) -> Result<HttpResponse, ApiError> {
     call(&state, Request::ClusterStatus, None).await
 }
@@ -415,16 +458,14 @@ struct TransferBody {
 
 async fn transfer_leader(
     state: web::Data<HttpState>,
+    request: HttpRequest,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
+    // The body is optional here: an empty one means "the leader chooses".
     let body: TransferBody = if body.iter().all(u8::is_ascii_whitespace) {
         TransferBody::default()
     } else {
-        serde_json::from_slice(&body).map_err(|e| {
-            ApiError::bad_request(format!(
-                "malformed JSON body: {e}; expected {{\"target\": <node id>}} or nothing"
-            ))
-        })?
+        json_body(&request, &body, "{\"target\": <node id>} or nothing")?
     };
     call(
         &state,
@@ -434,6 +475,35 @@ async fn transfer_leader(
         None,
     )
     .await
+}
+
+/// A JSON body read by hand (where it is optional), under the same rule
+/// as the `Json` extractor's: `Content-Type: application/json` (or a
+/// `+json` type), else 415; JSON of the expected shape, else 400.
+fn json_body<T: serde::de::DeserializeOwned>(
+    request: &HttpRequest,
+    body: &[u8],
+    expected: &str,
+) -> Result<T, ApiError> {
+    let is_json = actix_web::HttpMessage::mime_type(request)
+        .ok()
+        .flatten()
+        .is_some_and(|mime| {
+            mime.subtype() == actix_web::mime::JSON || mime.suffix() == Some(actix_web::mime::JSON)
+        });
+    if !is_json {
+        return Err(unsupported_media_type());
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError::bad_request(format!("malformed JSON body: {e}; expected {expected}"))
+    })
+}
+
+fn unsupported_media_type() -> ApiError {
+    ApiError::new(
+        ErrorCode::UnsupportedMediaType,
+        "the body must be JSON: send Content-Type: application/json",
+    )
 }
 
 /// Body of `POST /cluster/members`.
@@ -509,9 +579,14 @@ async fn admin_faults(
 }
 
 async fn metrics(state: web::Data<HttpState>) -> HttpResponse {
+    let members = state.service.member_ids();
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
-        .body(crate::telemetry::render_metrics(&state.metrics))
+        .body(crate::telemetry::render_metrics(
+            &state.metrics,
+            state.service.node_id(),
+            &members,
+        ))
 }
 
 /// Adds a stale read's `staleness` to its JSON answer.
@@ -561,6 +636,13 @@ async fn call(
             "applied_index": applied_index,
         }),
         Response::ClusterStatus(status) => serde_json::json!(status),
+        Response::Ready(readiness) => {
+            let mut json = serde_json::json!(readiness);
+            if let Value::Object(object) = &mut json {
+                object.insert("status".into(), Value::from("ready"));
+            }
+            json
+        }
         Response::LeaderTransferred { leader, term } => serde_json::json!({
             "leader": leader,
             "term": term,
@@ -606,10 +688,7 @@ async fn no_route(request: HttpRequest) -> HttpResponse {
 
 fn json_error(error: JsonPayloadError, _: &HttpRequest) -> actix_web::Error {
     let api = match &error {
-        JsonPayloadError::ContentType => ApiError::new(
-            ErrorCode::UnsupportedMediaType,
-            "the body must be JSON: send Content-Type: application/json",
-        ),
+        JsonPayloadError::ContentType => unsupported_media_type(),
         JsonPayloadError::OverflowKnownLength { length, limit } => ApiError::new(
             ErrorCode::ValueTooLarge,
             format!("body of {length} bytes exceeds the limit of {limit} bytes"),
@@ -628,6 +707,64 @@ fn json_error(error: JsonPayloadError, _: &HttpRequest) -> actix_web::Error {
 
 fn query_error(error: QueryPayloadError, _: &HttpRequest) -> actix_web::Error {
     ApiError::bad_request(format!("invalid query string: {error}")).into()
+}
+
+fn path_error(error: PathError, request: &HttpRequest) -> actix_web::Error {
+    ApiError::bad_request(format!("invalid path {}: {error}", request.path())).into()
+}
+
+/// The code an error status gets when something other than our handlers
+/// answered with it.
+fn code_for_status(status: actix_web::http::StatusCode) -> ErrorCode {
+    match status.as_u16() {
+        401 => ErrorCode::Unauthorized,
+        403 => ErrorCode::Forbidden,
+        404 => ErrorCode::NotFound,
+        405 => ErrorCode::MethodNotAllowed,
+        408 => ErrorCode::RequestTimeout,
+        413 => ErrorCode::ValueTooLarge,
+        414 => ErrorCode::UriTooLong,
+        415 => ErrorCode::UnsupportedMediaType,
+        431 => ErrorCode::HeadersTooLarge,
+        503 => ErrorCode::Unavailable,
+        500..=599 => ErrorCode::Internal,
+        _ => ErrorCode::BadRequest,
+    }
+}
+
+/// Rewrites an error answer that is not in the JSON error format (actix's
+/// plain-text ones) into it, keeping its status and its text as the message.
+fn json_error_body<B: MessageBody + 'static>(
+    response: ServiceResponse<B>,
+) -> actix_web::Result<ErrorHandlerResponse<B>> {
+    let is_json = response
+        .headers()
+        .get(actix_web::http::header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.starts_with("application/json"));
+    if is_json || !(response.status().is_client_error() || response.status().is_server_error()) {
+        return Ok(ErrorHandlerResponse::Response(
+            response.map_into_left_body(),
+        ));
+    }
+    let status = response.status();
+    let (request, answer) = response.into_parts();
+    let text = answer
+        .error()
+        .map(ToString::to_string)
+        .filter(|text| !text.is_empty())
+        .unwrap_or_else(|| {
+            status
+                .canonical_reason()
+                .unwrap_or("request refused")
+                .to_lowercase()
+        });
+    let mut json =
+        actix_web::ResponseError::error_response(&ApiError::new(code_for_status(status), text));
+    *json.status_mut() = status;
+    Ok(ErrorHandlerResponse::Response(
+        ServiceResponse::new(request, json).map_into_right_body(),
+    ))
 }
 
 /// Counts a request in flight until dropped, also when the request's future
@@ -779,6 +916,7 @@ mod tests {
             snapshot_dir: parts.snapshot_dir,
             fault_injection,
             frame_size_max_bytes: FRAME_SIZE_DEFAULT_MAX_BYTES,
+            ready_lag_max_entries: 1000,
         });
         (service, parts.replica)
     }

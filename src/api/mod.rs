@@ -4,5 +4,6 @@
 pub mod debug;
 pub mod error;
 pub mod http;
+pub mod http_server;
 pub mod service;
 pub mod tcp;

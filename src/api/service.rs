@@ -15,12 +15,12 @@ use harmonydb_actors::cluster::members::MemberBook;
 use harmonydb_actors::kv::{KvAnswer, KvError, KvHandle, KvOp, KvReply, ScanRange, WriteOutcome};
 use harmonydb_actors::raft::replica::{
     dump_path, ChangeMembership, GetStatus, MemberChange, MembershipError, PrepareSnapshot,
-    RaftReplica, TransferError, TransferLeadership, SNAPSHOT_CHUNK_BYTES,
+    RaftReplica, ReplicaStatus, TransferError, TransferLeadership, SNAPSHOT_CHUNK_BYTES,
 };
 use harmonydb_actors::raft::Role;
 use harmonydb_protocol::{
     Client, ClientError, ClusterStatus, Consistency, ErrorCode, Item, LeaderHint, MemberStatus,
-    Membership, Request, Response,
+    Membership, Readiness, Request, Response,
 };
 use tracing::{debug, info};
 
@@ -46,6 +46,7 @@ pub struct Service {
     snapshot_dir: Arc<std::path::PathBuf>,
     forward_timeout: Duration,
     frame_size_max_bytes: usize,
+    ready_lag_max_entries: u64,
     forward_clients: Arc<Mutex<HashMap<u64, Client>>>,
 }
 
@@ -69,6 +70,9 @@ pub struct ServiceParts {
     pub fault_injection: bool,
     /// Largest frame sent to the leader (members share the frame limit).
     pub frame_size_max_bytes: usize,
+    /// Most entries the applied index may trail the leader's commit by
+    /// while the node says it is ready.
+    pub ready_lag_max_entries: u64,
 }
 
 impl Service {
@@ -88,8 +92,19 @@ impl Service {
             fault_injection: parts.fault_injection,
             forward_timeout,
             frame_size_max_bytes: parts.frame_size_max_bytes,
+            ready_lag_max_entries: parts.ready_lag_max_entries,
             forward_clients: Arc::new(Mutex::new(HashMap::new())),
         }
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> u64 {
+        self.node_id
+    }
+
+    /// The ids of the members in force, this node included.
+    pub fn member_ids(&self) -> Vec<u64> {
+        self.members.members().into_keys().collect()
     }
 
     /// The handle's limits (value size for HTTP body limits).
@@ -116,6 +131,7 @@ impl Service {
             Request::ClusterStatus => {
                 return Ok(Response::ClusterStatus(self.cluster_status().await?));
             }
+            Request::Ready => return Ok(Response::Ready(self.readiness().await?)),
             Request::SnapshotPrepare { min_index } => {
                 return self.prepare_snapshot(min_index).await
             }
@@ -152,7 +168,9 @@ impl Service {
             Request::PromoteMember { id } => {
                 self.change_membership(MemberChange::Promote { id }).await
             }
-            Request::RemoveMember { id } if id == self.node_id && leader == id && !no_forward => {
+            // Wherever the request entered, the leader hands over first,
+            // so writes pause for a transfer, not an election.
+            Request::RemoveMember { id } if id == self.node_id && leader == id => {
                 self.remove_self().await
             }
             Request::RemoveMember { id } => {
@@ -215,19 +233,11 @@ impl Service {
         metrics::counter!("harmonydb_api_forwarded_total", "leader" => leader.to_string())
             .increment(1);
         // Anything that changes state has an unknown outcome once sent.
-        let is_write = matches!(
-            request,
-            Request::Put { .. }
-                | Request::Delete { .. }
-                | Request::TransferLeader { .. }
-                | Request::AddMember { .. }
-                | Request::PromoteMember { .. }
-                | Request::RemoveMember { .. }
-        );
+        let is_write = request.is_write();
         let client = self.forward_client(leader, &addr).await?;
         let traceparent = harmonydb_actors::observe::traceparent(&tracing::Span::current());
         match client.exchange_traced(request, true, traceparent).await {
-            Ok(response) => Ok(response),
+            Ok(response) => Ok(about_the_leader(response, leader)),
             Err(error) => {
                 self.drop_forward_client(leader);
                 debug!(leader, %addr, %error, "forwarding failed");
@@ -353,12 +363,7 @@ impl Service {
         let timeout = self.kv.limits().request_timeout;
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let status = self
-                .replica
-                .send(GetStatus::new())
-                .await
-                .map_err(shutting_down)?
-                .raft;
+            let status = self.status().await?.raft;
             let moved =
                 status.leader != 0 && (status.leader != self.node_id || chosen == self.node_id);
             if moved && status.leader == chosen {
@@ -423,11 +428,7 @@ impl Service {
     /// caught-up other voter first (writes pause for a transfer, not an
     /// election), and the new leader makes the change.
     async fn remove_self(&self) -> Result<Response, ApiError> {
-        let status = self
-            .replica
-            .send(GetStatus::new())
-            .await
-            .map_err(|_| ApiError::from_kv(KvError::ShuttingDown, None))?;
+        let status = self.status().await?;
         if status.raft.config.is_joint() {
             // Handing over now would only have the next leader refuse it.
             return Err(ApiError::from_membership(MembershipError::InProgress));
@@ -450,13 +451,13 @@ impl Service {
             .await
     }
 
-    /// This node's view of the cluster.
+    /// This node's view of the cluster. A removed node has none: it says so.
     pub async fn cluster_status(&self) -> Result<ClusterStatus, ApiError> {
-        let status = self
-            .replica
-            .send(GetStatus::new())
-            .await
-            .map_err(|_| ApiError::from_kv(KvError::ShuttingDown, None))?;
+        let status = self.status().await?;
+        if let Some(KvError::Removed { index }) = status.refusing {
+            return Err(ApiError::from_kv(KvError::Removed { index }, None));
+        }
+        let election_timeout = status.election_timeout;
         let raft = status.raft;
         let leads = raft.role == Role::Leader;
         let members = self
@@ -471,11 +472,18 @@ impl Service {
                 } else {
                     raft.match_index.get(&id).copied()
                 };
+                let heard = (id != raft.id)
+                    .then(|| status.last_heard.get(&id).copied())
+                    .flatten();
+                // A leader hears from every member, a follower from its leader.
+                let expected = id != raft.id && (leads || id == raft.leader);
                 MemberStatus {
                     id,
                     addr,
                     match_index,
                     lag: match_index.map(|m| raft.last_index.saturating_sub(m)),
+                    last_heard_ms: heard.map(duration_ms),
+                    unreachable: expected && heard.is_none_or(|ago| ago > election_timeout),
                 }
             })
             .collect();
@@ -500,6 +508,67 @@ impl Service {
             voters_outgoing: raft.config.voters_outgoing.iter().copied().collect(),
             learners: raft.config.learners.iter().copied().collect(),
         })
+    }
+
+    /// Whether this node is ready to serve: it heard from a leader within
+    /// an election timeout (or leads), and its applied index trails the
+    /// leader's commit by at most `ready_lag_max_entries`. Why not, if not.
+    pub async fn readiness(&self) -> Result<Readiness, ApiError> {
+        let status = self.status().await?;
+        if let Some(refusing) = status.refusing {
+            return Err(ApiError::from_kv(refusing, None));
+        }
+        let raft = &status.raft;
+        let contact = if raft.role == Role::Leader {
+            Some(Duration::ZERO)
+        } else {
+            status.leader_contact
+        };
+        let contact = match (raft.leader, contact) {
+            (0, _) | (_, None) => {
+                return Err(ApiError::new(
+                    ErrorCode::NoLeader,
+                    format!("node {} knows no leader", self.node_id),
+                ))
+            }
+            (_, Some(ago)) if ago > status.election_timeout => {
+                return Err(ApiError::new(
+                    ErrorCode::NoLeader,
+                    format!(
+                        "node {} last heard from its leader, node {}, {} ms ago (more than an election timeout, {} ms)",
+                        self.node_id,
+                        raft.leader,
+                        duration_ms(ago),
+                        duration_ms(status.election_timeout)
+                    ),
+                ))
+            }
+            (_, Some(ago)) => ago,
+        };
+        let lag = status.leader_commit.saturating_sub(status.applied_index);
+        if lag > self.ready_lag_max_entries {
+            return Err(ApiError::new(
+                ErrorCode::Unavailable,
+                format!(
+                    "node {} has applied up to index {}, {lag} entries behind the leader's commit index {} (more than --ready-max-lag-entries {})",
+                    self.node_id, status.applied_index, status.leader_commit, self.ready_lag_max_entries
+                ),
+            ));
+        }
+        Ok(Readiness {
+            node_id: self.node_id,
+            leader: raft.leader,
+            leader_contact_ms: duration_ms(contact),
+            applied_index: status.applied_index,
+            leader_commit_index: status.leader_commit,
+        })
+    }
+
+    async fn status(&self) -> Result<ReplicaStatus, ApiError> {
+        self.replica
+            .send(GetStatus::new())
+            .await
+            .map_err(|_| ApiError::from_kv(KvError::ShuttingDown, None))
     }
 
     /// Sets the fault on this node's traffic to `peers` (tests only).
@@ -551,6 +620,37 @@ impl Service {
     }
 }
 
+fn duration_ms(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// A forwarded request's answer, as this node passes it on: an error about
+/// the node it was forwarded to (removed, stopping) must not read as this
+/// node's own state, and neither was carried out, so the client may retry.
+fn about_the_leader(response: Response, leader: u64) -> Response {
+    match response {
+        Response::Error {
+            code: code @ (ErrorCode::Removed | ErrorCode::ShuttingDown),
+            message,
+            ..
+        } => {
+            let why = if code == ErrorCode::Removed {
+                "was removed from the cluster"
+            } else {
+                "is shutting down"
+            };
+            ApiError::new(
+                ErrorCode::Unavailable,
+                format!(
+                    "the leader this node forwarded to, node {leader}, {why} ({message}); the request was not carried out: retry once a new leader leads"
+                ),
+            )
+            .into_response()
+        }
+        other => other,
+    }
+}
+
 /// A client request as an operation on the replica.
 fn to_op(request: Request) -> Result<(KvOp, Consistency), ApiError> {
     Ok(match request {
@@ -594,6 +694,7 @@ fn to_op(request: Request) -> Result<(KvOp, Consistency), ApiError> {
         ),
         Request::Health => (KvOp::Health, Consistency::default()),
         Request::ClusterStatus
+        | Request::Ready
         | Request::TransferLeader { .. }
         | Request::AddMember { .. }
         | Request::PromoteMember { .. }

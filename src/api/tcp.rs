@@ -59,6 +59,15 @@ pub const CONNECTION_ANSWER_BUDGET_BYTES: usize = 32 * 1024 * 1024;
 /// Answers queued for one connection's socket.
 const ANSWER_QUEUE_CAPACITY: usize = 1024;
 
+/// The codes a connection can be closed with (counted by code in
+/// `harmonydb_tcp_protocol_errors_total`).
+pub const CONNECTION_ERROR_CODES: [ErrorCode; 4] = [
+    ErrorCode::FrameTooLarge,
+    ErrorCode::MalformedFrame,
+    ErrorCode::UnknownOperation,
+    ErrorCode::Forbidden,
+];
+
 /// Bytes of the length prefix before every frame, counted in the byte metrics.
 const FRAME_LENGTH_PREFIX_BYTES: u64 = 4;
 
@@ -260,6 +269,10 @@ async fn reject(
     message: String,
     peer: SocketAddr,
 ) {
+    debug_assert!(
+        CONNECTION_ERROR_CODES.contains(&code),
+        "{code} is not listed"
+    );
     warn!(%peer, id, code = code.as_str(), %message, "closing TCP connection after a bad frame");
     metrics::counter!("harmonydb_tcp_protocol_errors_total", "code" => code.as_str()).increment(1);
     let frame = ResponseFrame {

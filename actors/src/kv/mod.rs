@@ -194,13 +194,6 @@ pub enum KvOp {
     Health,
 }
 
-impl KvOp {
-    /// Whether this op changes state.
-    pub fn is_write(&self) -> bool {
-        matches!(self, KvOp::Put { .. } | KvOp::Delete { .. })
-    }
-}
-
 /// The store's answer to a [`KvOp`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum KvReply {

@@ -2,6 +2,7 @@
 //! target (HarmonyDB over TCP or HTTP, etcd over gRPC) implements `Store`;
 //! the runner measures them all the same way.
 
+#[cfg(feature = "etcd")]
 pub mod etcd;
 pub mod http;
 pub mod tcp;

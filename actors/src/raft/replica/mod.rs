@@ -49,7 +49,7 @@ pub use snapshot::{
 };
 pub use storage::CheckpointPolicy;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -230,6 +230,19 @@ pub struct ReplicaStatus {
     /// The last index applied to the state machine (it can run ahead of
     /// the core's after a restart, and behind it while a snapshot is fetched).
     pub applied_index: u64,
+    /// The leader's commit index as far as this member knows: its own on
+    /// the leader, else the highest the current term's leader sent it
+    /// (its own commit index can be lower while its log catches up).
+    pub leader_commit: u64,
+    /// How long ago this member last heard anything from each node.
+    pub last_heard: BTreeMap<NodeId, Duration>,
+    /// The core's election timeout in real time: a leader not heard from
+    /// for this long is presumed gone, and so is a member a leader has
+    /// not heard from.
+    pub election_timeout: Duration,
+    /// Why the replica refuses requests now (removed, failed storage,
+    /// shutting down), if it does.
+    pub refusing: Option<KvError>,
 }
 
 /// Internal: take the next ready now that the mailbox is drained.
@@ -341,6 +354,10 @@ pub struct RaftReplica {
     closing: bool,
     shutdown_waiters: Vec<oneshot::Sender<()>>,
     last_leader_contact: Option<Instant>,
+    /// The highest commit index a leader sent, and in which term.
+    leader_commit_heard: (u64, u64),
+    /// When each node was last heard from (any message).
+    last_heard: HashMap<NodeId, Instant>,
     /// Per peer: recent heartbeat rounds sent and when, for round-trip times.
     heartbeat_sent: HashMap<NodeId, VecDeque<(u64, Instant)>>,
     /// Leader as last reported in metrics, to count changes.
@@ -398,6 +415,8 @@ impl RaftReplica {
             closing: false,
             shutdown_waiters: Vec::new(),
             last_leader_contact: None,
+            leader_commit_heard: (0, 0),
+            last_heard: HashMap::new(),
             heartbeat_sent: HashMap::new(),
             reported_leader: 0,
             leader_hint: Arc::new(AtomicU64::new(0)),
@@ -886,6 +905,7 @@ impl RaftReplica {
         metrics::gauge!("harmonydb_raft_term").set(hard_state.term as f64);
         metrics::gauge!("harmonydb_raft_commit_index").set(hard_state.commit as f64);
         metrics::gauge!("harmonydb_raft_applied_index").set(self.state.applied_index() as f64);
+        metrics::gauge!("harmonydb_raft_snapshot_index").set(self.raft.snapshot_index() as f64);
         metrics::gauge!("harmonydb_raft_proposals_pending").set(self.writes.len() as f64);
         let elections = self.raft.elections();
         metrics::counter!("harmonydb_raft_elections_started_total").absolute(elections.started);
@@ -900,6 +920,20 @@ impl RaftReplica {
     }
 
     fn note_incoming(&mut self, message: &RaftMessage) {
+        self.last_heard.insert(message.from, Instant::now());
+        if message.term >= self.raft.term() {
+            if let MessageBody::AppendEntries {
+                leader_commit: commit,
+                ..
+            }
+            | MessageBody::Heartbeat { commit, .. } = message.body
+            {
+                let (term, heard) = self.leader_commit_heard;
+                if message.term > term || commit > heard {
+                    self.leader_commit_heard = (message.term, commit);
+                }
+            }
+        }
         match message.body {
             MessageBody::AppendEntries { .. }
             | MessageBody::Heartbeat { .. }
@@ -1114,12 +1148,27 @@ impl Handler<GetStatus> for RaftReplica {
         } else {
             self.last_leader_contact.map(|at| at.elapsed())
         };
+        let (heard_term, heard_commit) = self.leader_commit_heard;
+        let leader_commit = if raft.role != Role::Leader && heard_term == raft.term {
+            heard_commit.max(raft.commit)
+        } else {
+            raft.commit
+        };
+        let ticks = u32::try_from(self.raft.election_timeout_ticks()).unwrap_or(u32::MAX);
         MessageResult(ReplicaStatus {
             raft,
             leader_contact,
             failed: self.failed.clone(),
             snapshot_index: self.raft.snapshot_index(),
             applied_index: self.state.applied_index(),
+            leader_commit,
+            last_heard: self
+                .last_heard
+                .iter()
+                .map(|(id, at)| (*id, at.elapsed()))
+                .collect(),
+            election_timeout: self.tick_interval * ticks,
+            refusing: self.serving().err(),
         })
     }
 }
