@@ -429,6 +429,7 @@ fn raft_frame(id: u64, from: u64, to: u64, messages: &[serde_json::Value]) -> Ve
             from,
             to,
             messages: payload,
+            traces: Vec::new(),
         },
         no_forward: true,
     })

@@ -189,6 +189,10 @@ impl Drop for Handling {
     }
 }
 
+/// The W3C `traceparent`s of traced writes, by the index of their log
+/// entry, so each travels to the followers with its entry.
+pub type EntryTraces = std::collections::BTreeMap<u64, String>;
+
 /// The W3C `traceparent` of `span`, to send with a frame, when the span is
 /// traced (the OpenTelemetry layer is on and the span is enabled).
 pub fn traceparent(span: &Span) -> Option<String> {
@@ -232,17 +236,31 @@ fn remote_context(traceparent: &str) -> Option<opentelemetry::Context> {
         .then_some(context)
 }
 
-/// A span named `name` under the remote parent a frame's `traceparent`
-/// names. A missing or malformed header gives a disabled span, so frames
-/// from untraced callers cost no span.
-pub fn span_from_traceparent(name: &'static str, traceparent: Option<&str>) -> Span {
-    let Some(context) = traceparent.and_then(remote_context) else {
+/// A span named `name` under the first of `traceparents` that is valid,
+/// linked to the others; and, under each of the others, a span of the
+/// same name linked back to it. A frame that carries several traced
+/// writes' entries is handled once, in the first write's trace, yet every
+/// write's trace shows that this node received its entry. Disabled (no
+/// cost) when none is valid.
+pub fn span_from_traceparents(name: &'static str, traceparents: &[&str]) -> Span {
+    let mut contexts = traceparents.iter().filter_map(|t| remote_context(t));
+    let Some(first) = contexts.next() else {
         return Span::none();
     };
     let span = tracing::info_span!(target: "harmonydb_trace", "remote", otel.name = name);
-    // Fails only when no OpenTelemetry layer is installed: then the span
-    // stays a local one, which is harmless.
-    let _ = span.set_parent(context);
+    let _ = span.set_parent(first);
+    let primary = opentelemetry::trace::TraceContextExt::span(&span.context())
+        .span_context()
+        .clone();
+    for context in contexts {
+        let linked = opentelemetry::trace::TraceContextExt::span(&context)
+            .span_context()
+            .clone();
+        span.add_link(linked);
+        let batched = tracing::info_span!(target: "harmonydb_trace", "remote", otel.name = name, batched = true);
+        let _ = batched.set_parent(context);
+        batched.add_link(primary.clone());
+    }
     span
 }
 

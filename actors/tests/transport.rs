@@ -234,21 +234,21 @@ async fn bad_peer_frames_are_refused_and_real_peers_still_served() {
         to: 2,
         messages: vec![heartbeat(9, 2, 1)],
     };
-    send_raw(addr, &stranger.to_wire(1, None)).await;
+    send_raw(addr, &stranger.to_wire(1, Vec::new())).await;
     // From a member, but for another node.
     let misrouted = PeerFrame {
         from: 1,
         to: 3,
         messages: vec![heartbeat(1, 3, 1)],
     };
-    send_raw(addr, &misrouted.to_wire(1, None)).await;
+    send_raw(addr, &misrouted.to_wire(1, Vec::new())).await;
     // A member claiming to carry another member's message.
     let forged = PeerFrame {
         from: 1,
         to: 2,
         messages: vec![heartbeat(3, 2, 1)],
     };
-    send_raw(addr, &forged.to_wire(1, None)).await;
+    send_raw(addr, &forged.to_wire(1, Vec::new())).await;
     // A far-future term from a non-member is refused like any non-member frame.
     let mut future = heartbeat(8, 2, 1);
     future.term = u64::MAX;
@@ -259,7 +259,7 @@ async fn bad_peer_frames_are_refused_and_real_peers_still_served() {
             to: 2,
             messages: vec![future],
         }
-        .to_wire(1, None),
+        .to_wire(1, Vec::new()),
     )
     .await;
     // Garbage.

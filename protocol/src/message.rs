@@ -299,6 +299,12 @@ pub enum Request {
         /// The messages, MessagePack-encoded by the Raft transport.
         #[serde(with = "serde_bytes")]
         messages: Vec<u8>,
+        /// W3C `traceparent`s of the traced writes whose log entries the
+        /// messages carry besides the frame's own `trace` (several writes'
+        /// entries often travel in one frame), so each write's trace
+        /// reaches the follower.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        traces: Vec<String>,
     },
 }
 
@@ -737,6 +743,13 @@ mod tests {
             from: 1,
             to: 2,
             messages: vec![0x90],
+            traces: Vec::new(),
+        });
+        round_trip(Request::Raft {
+            from: 1,
+            to: 2,
+            messages: vec![0x90],
+            traces: vec!["00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()],
         });
         round_trip(Request::Put {
             key: b"k".to_vec(),
@@ -912,6 +925,7 @@ mod tests {
                 from: 1,
                 to: 2,
                 messages: Vec::new(),
+                traces: Vec::new(),
             },
         ]
     }

@@ -25,7 +25,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use harmonydb_actors::cluster::transport::{PeerError, PeerInbox};
+use harmonydb_actors::cluster::transport::{frame_traces, PeerError, PeerInbox};
 use harmonydb_actors::observe;
 use harmonydb_protocol::frame::{codec, is_frame_too_large, write_queued_frames};
 use harmonydb_protocol::message::{decode_request, encode};
@@ -212,12 +212,15 @@ impl Connection {
                     break;
                 }
             };
-            if let Request::Raft { from, to, messages } = &frame.body {
-                match self
-                    .targets
-                    .peers
-                    .deliver(*from, *to, messages, frame.trace.as_deref())
-                {
+            if let Request::Raft {
+                from,
+                to,
+                messages,
+                traces,
+            } = &frame.body
+            {
+                let traces = frame_traces(&frame.trace, traces);
+                match self.targets.peers.deliver(*from, *to, messages, &traces) {
                     Ok(_) => {
                         is_peer_link = true;
                         continue;

@@ -31,6 +31,7 @@ use tracing::{debug, warn};
 use super::fault::{Delivery, FaultFilter};
 use super::members::MemberBook;
 use crate::observe;
+use crate::observe::EntryTraces;
 use crate::raft::replica::{Outbox, Step};
 use crate::raft::{Message as RaftMessage, NodeId};
 
@@ -63,9 +64,11 @@ pub struct PeerFrame {
 
 impl PeerFrame {
     /// The frame body as it goes on the wire: a `raft` request with id `id`
-    /// and the W3C `traceparent` of the traced write it carries, if any.
-    pub fn to_wire(&self, id: u64, trace: Option<String>) -> Vec<u8> {
+    /// and the W3C `traceparent`s of the traced writes whose entries it
+    /// carries (the first as the frame's trace, the rest in the body).
+    pub fn to_wire(&self, id: u64, mut traces: Vec<String>) -> Vec<u8> {
         let messages = rmp_serde::to_vec(&self.messages).expect("Raft messages always serialize");
+        let trace = (!traces.is_empty()).then(|| traces.remove(0));
         encode(&RequestFrame {
             id,
             trace,
@@ -73,9 +76,23 @@ impl PeerFrame {
                 from: self.from,
                 to: self.to,
                 messages,
+                traces,
             },
             no_forward: true,
         })
+    }
+
+    /// The trace contexts, of `traces` (by entry index), of the entries
+    /// this frame's messages carry.
+    fn traces_of(&self, traces: &EntryTraces) -> Vec<String> {
+        if traces.is_empty() {
+            return Vec::new();
+        }
+        let mut found: Vec<String> = entry_indexes(&self.messages)
+            .filter_map(|index| traces.get(&index).cloned())
+            .collect();
+        found.dedup();
+        found
     }
 }
 
@@ -130,14 +147,14 @@ impl PeerInbox {
     }
 
     /// Checks one frame's sender, receiver and messages; delivers them all
-    /// or none, under the frame's trace context if it has one. Returns how
-    /// many were delivered.
+    /// or none, under the trace contexts it carries (see
+    /// [`observe::span_from_traceparents`]). Returns how many were delivered.
     pub fn deliver(
         &self,
         from: NodeId,
         to: NodeId,
         payload: &[u8],
-        trace: Option<&str>,
+        traces: &[&str],
     ) -> Result<usize, PeerError> {
         if from == self.node_id || !self.members.accepts(from) {
             return Err(PeerError::NotAMember { from });
@@ -163,7 +180,7 @@ impl PeerInbox {
         let count = messages.len();
         metrics::counter!("harmonydb_transport_messages_received_total", "peer" => from.to_string())
             .increment(count as u64);
-        let span = observe::span_from_traceparent("Transport receive", trace);
+        let span = observe::span_from_traceparents("Transport receive", traces);
         for message in messages {
             self.replica.do_send(Step::with_span(message, span.clone()));
         }
@@ -178,9 +195,19 @@ impl actix::Message for GetDropped {
     type Result = BTreeMap<NodeId, u64>;
 }
 
-/// A batch for one peer, with the `traceparent` of the traced write it
-/// carries (if any).
-type Batch = (Vec<RaftMessage>, Option<String>);
+/// A batch for one peer, with the trace contexts of the traced writes
+/// whose entries it carries.
+type Batch = (Vec<RaftMessage>, EntryTraces);
+
+/// The indexes of the log entries `messages` carry.
+fn entry_indexes(messages: &[RaftMessage]) -> impl Iterator<Item = u64> + '_ {
+    messages.iter().flat_map(|message| match &message.body {
+        crate::raft::MessageBody::AppendEntries { entries, .. } => {
+            entries.iter().map(|entry| entry.index).collect::<Vec<_>>()
+        }
+        _ => Vec::new(),
+    })
+}
 
 struct Link {
     /// The address the link's writer connects to.
@@ -278,9 +305,12 @@ impl Handler<Outbox> for Transport {
     type Result = ();
 
     fn handle(&mut self, outbox: Outbox, _: &mut Self::Context) {
-        let Outbox { messages, envelope } = outbox;
-        let handling = envelope.open();
-        let trace = observe::traceparent(handling.span());
+        let Outbox {
+            messages,
+            traces,
+            envelope,
+        } = outbox;
+        let _handling = envelope.open();
         self.prune();
         let mut batches: BTreeMap<NodeId, Vec<RaftMessage>> = BTreeMap::new();
         for message in messages {
@@ -293,7 +323,14 @@ impl Handler<Outbox> for Transport {
                 continue;
             };
             let count = batch.len() as u64;
-            let batch = (batch, trace.clone());
+            let batch_traces = if traces.is_empty() {
+                EntryTraces::new()
+            } else {
+                entry_indexes(&batch)
+                    .filter_map(|index| traces.get(&index).map(|t| (index, t.clone())))
+                    .collect()
+            };
+            let batch = (batch, batch_traces);
             let queued = match decision {
                 Delivery::Drop => false,
                 Delivery::Send { copies: 1 } => queue.try_send(batch).is_ok(),
@@ -389,17 +426,17 @@ async fn write_to_peer(
         backoff = BACKOFF_MIN;
         let _ = stream.set_nodelay(true);
         let mut sink = FramedWrite::new(stream, codec(PEER_FRAME_SIZE_MAX_BYTES));
-        while let Some((mut messages, mut trace)) = queue.recv().await {
-            // Batches queued meanwhile go out with this one (the frame
-            // carries the first trace context among them).
+        while let Some((mut messages, mut traces)) = queue.recv().await {
+            // Batches queued meanwhile go out with this one, their entries'
+            // trace contexts too.
             let mut size = batch_size_bytes(&messages);
             while size < FRAME_BATCH_SIZE_MAX_BYTES {
-                let Ok((more, more_trace)) = queue.try_recv() else {
+                let Ok((more, more_traces)) = queue.try_recv() else {
                     break;
                 };
                 size += batch_size_bytes(&more);
                 messages.extend(more);
-                trace = trace.or(more_trace);
+                traces.extend(more_traces);
             }
             let delay = faults.get(peer).delay;
             if !delay.is_zero() {
@@ -413,7 +450,8 @@ async fn write_to_peer(
                     messages,
                 };
                 frame_id += 1;
-                let bytes = Bytes::from(frame.to_wire(frame_id, trace.clone()));
+                let frame_traces = frame.traces_of(&traces);
+                let bytes = Bytes::from(frame.to_wire(frame_id, frame_traces));
                 // Fed, not flushed, so several frames go out in one write.
                 if let Err(error) = SinkExt::<Bytes>::feed(&mut sink, bytes).await {
                     debug!(peer, %error, "peer link failed; reconnecting");
@@ -444,6 +482,15 @@ async fn write_to_peer(
     }
 }
 
+/// A received frame's trace contexts: its own, then its body's.
+pub fn frame_traces<'a>(trace: &'a Option<String>, more: &'a [String]) -> Vec<&'a str> {
+    trace
+        .iter()
+        .chain(more.iter())
+        .map(String::as_str)
+        .collect()
+}
+
 /// Accepts peers' links on a listener of their own (the node takes them on
 /// its client port instead; see `api::tcp`) and hands their frames to
 /// `inbox`. A frame that is not a valid `raft` request, or that the inbox
@@ -459,10 +506,16 @@ pub async fn listen(listener: TcpListener, inbox: PeerInbox) {
             while let Some(Ok(bytes)) = frames.next().await {
                 let refusal = match decode_request(&bytes) {
                     Ok(RequestFrame {
-                        body: Request::Raft { from, to, messages },
+                        body:
+                            Request::Raft {
+                                from,
+                                to,
+                                messages,
+                                traces,
+                            },
                         trace,
                         ..
-                    }) => match inbox.deliver(from, to, &messages, trace.as_deref()) {
+                    }) => match inbox.deliver(from, to, &messages, &frame_traces(&trace, &traces)) {
                         Ok(_) => continue,
                         Err(error) => error.to_string(),
                     },

@@ -70,7 +70,7 @@ use crate::kv::{
     BeginShutdown, KvAnswer, KvCommand, KvError, KvOp, KvReply, KvRequest, KvState, ScanRange,
     WriteOutcome,
 };
-use crate::observe::{Envelope, Handling};
+use crate::observe::{EntryTraces, Envelope, Handling};
 use crate::storage::buffer::{BufferPool, PoolConfig};
 use crate::storage::checkpoint::Storage;
 use crate::storage::manager::{
@@ -89,8 +89,12 @@ const HEARTBEAT_ROUNDS_TRACKED: usize = 16;
 pub struct Outbox {
     /// The messages, each addressed to its `to`.
     pub messages: Vec<RaftMessage>,
-    /// Mailbox accounting, and the span of the traced write (if any) whose
-    /// entries these messages carry, so its trace reaches the followers.
+    /// The trace contexts of the traced writes whose entries the messages
+    /// carry, by entry index: each travels with its entry, whichever
+    /// ready (and frame) the entry goes out in, so every write's trace
+    /// reaches every follower.
+    pub traces: EntryTraces,
+    /// Mailbox accounting, and the span the messages were sent in.
     pub envelope: Envelope,
 }
 
@@ -104,8 +108,15 @@ impl Outbox {
     pub fn with_span(messages: Vec<RaftMessage>, span: tracing::Span) -> Outbox {
         Outbox {
             messages,
+            traces: EntryTraces::new(),
             envelope: Envelope::with_span("Transport", "Outbox", span),
         }
+    }
+
+    /// The same, carrying the trace contexts of the entries' writes.
+    pub fn with_traces(mut self, traces: EntryTraces) -> Outbox {
+        self.traces = traces;
+        self
     }
 }
 
@@ -589,8 +600,10 @@ impl RaftReplica {
                 sent.push_back((seq, now));
             }
         }
+        let traces = self.entry_traces(&messages);
         // Over the outbox's bound the messages are dropped: Raft retries.
-        if let Err(error) = self.outbox.try_send(Outbox::with_span(messages, span)) {
+        let outbox = Outbox::with_span(messages, span).with_traces(traces);
+        if let Err(error) = self.outbox.try_send(outbox) {
             let Outbox { messages, .. } = match error {
                 SendError::Full(outbox) | SendError::Closed(outbox) => outbox,
             };
@@ -599,6 +612,33 @@ impl RaftReplica {
                     .increment(1);
             }
         }
+    }
+
+    /// The trace contexts of the traced writes this member proposed whose
+    /// entries `messages` carry. Nothing is looked up unless trace spans
+    /// are being recorded at all.
+    fn entry_traces(&self, messages: &[RaftMessage]) -> EntryTraces {
+        let mut traces = EntryTraces::new();
+        if !tracing::enabled!(target: "harmonydb_trace", tracing::Level::INFO) {
+            return traces;
+        }
+        for message in messages {
+            if let MessageBody::AppendEntries { entries, .. } = &message.body {
+                for entry in entries {
+                    if traces.contains_key(&entry.index) {
+                        continue;
+                    }
+                    let traced = self
+                        .writes
+                        .get(&entry.index)
+                        .and_then(|write| crate::observe::traceparent(&write.span));
+                    if let Some(traceparent) = traced {
+                        traces.insert(entry.index, traceparent);
+                    }
+                }
+            }
+        }
+        traces
     }
 
     /// Everything after persistence: send (unless already sent), advance.
