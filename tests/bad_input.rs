@@ -1,6 +1,8 @@
 //! Bad input gets a clear error and never hurts the node: every HTTP error
-//! case with its status and code, every TCP error frame, then random garbage
-//! on the TCP port, after which the node still answers correctly.
+//! case with its status and code, in the JSON error format even where actix
+//! refuses a request before any handler runs; every TCP error frame, for
+//! every operation; then random garbage on the TCP port, after which the
+//! node still answers correctly.
 
 mod common;
 
@@ -189,6 +191,252 @@ fn http_errors_have_the_right_status_and_code() {
     assert_eq!(put("fine", r#"{"value": "ok"}"#).0, 200);
     let (status, body) = http(agent.get(&node.url("/health")), None);
     assert_eq!(status, 200, "{body}");
+}
+
+/// Sends `request` as raw bytes on a new connection and reads the answer
+/// until the node closes it: its status and body.
+fn raw_http(node: &Node, request: &[u8]) -> (u16, String) {
+    let mut stream = TcpStream::connect(node.http).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .expect("timeout");
+    // The node may answer and close before it has read everything.
+    let _ = stream.write_all(request);
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("no HTTP answer: {text:?}"));
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+#[test]
+fn every_http_error_is_the_json_error_even_before_a_handler_runs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = start(dir.path());
+    let get = |target: &str, headers: &str| {
+        raw_http(
+            &node,
+            format!("GET {target} HTTP/1.1\r\nHost: x\r\n{headers}Connection: close\r\n\r\n")
+                .as_bytes(),
+        )
+    };
+    let body = |method: &str, target: &str, content_type: Option<&str>, body: &str| {
+        let content_type = content_type
+            .map(|t| format!("Content-Type: {t}\r\n"))
+            .unwrap_or_default();
+        raw_http(
+            &node,
+            format!(
+                "{method} {target} HTTP/1.1\r\nHost: x\r\n{content_type}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        )
+    };
+    let many_headers: String = (0..100).map(|i| format!("X-H{i}: 1\r\n")).collect();
+    let cases: Vec<(&str, (u16, String), u16, &str)> = vec![
+        // actix refuses these before any handler runs; the node's guard
+        // answers them in the JSON error format instead.
+        (
+            "a 100,000-byte key in the URL",
+            get(&format!("/kv/{}", "k".repeat(100_000)), ""),
+            414,
+            "uri_too_long",
+        ),
+        (
+            "a 200,000-byte URL",
+            get(&format!("/kv/{}", "k".repeat(200_000)), ""),
+            414,
+            "uri_too_long",
+        ),
+        (
+            "a 140,000-byte header",
+            get("/kv/a", &format!("X-Big: {}\r\n", "x".repeat(140_000))),
+            431,
+            "headers_too_large",
+        ),
+        ("100 headers", get("/kv/a", &many_headers), 431, "headers_too_large"),
+        (
+            "a request line that is not HTTP",
+            raw_http(&node, b"GE T / HTTP/1.1\r\nHost: x\r\n\r\n"),
+            400,
+            "bad_request",
+        ),
+        (
+            "HTTP/1.1 without Host",
+            raw_http(&node, b"GET /health HTTP/1.1\r\n\r\n"),
+            400,
+            "bad_request",
+        ),
+        // Errors the app's extractors and routes give.
+        (
+            "bad JSON",
+            body("PUT", "/kv/a", Some("application/json"), "{not json"),
+            400,
+            "bad_request",
+        ),
+        (
+            "a wrong Content-Type",
+            body("PUT", "/kv/a", Some("text/plain"), r#"{"value": "a"}"#),
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            "POST /cluster/members without Content-Type",
+            body("POST", "/cluster/members", None, r#"{"id": 2, "address": "a:1"}"#),
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            "POST /cluster/leader with a body and no Content-Type",
+            body("POST", "/cluster/leader", None, r#"{"target": 2}"#),
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            "a wrong method",
+            body("PATCH", "/kv/a", None, ""),
+            405,
+            "method_not_allowed",
+        ),
+        ("an unknown route", get("/nowhere", ""), 404, "not_found"),
+        (
+            "a member id that is not a number",
+            body("DELETE", "/cluster/members/x", None, ""),
+            400,
+            "bad_request",
+        ),
+        (
+            "a body over the limit",
+            body(
+                "PUT",
+                "/kv/a",
+                Some("application/json"),
+                &format!(r#"{{"value": "{}"}}"#, "x".repeat(VALUE_LIMIT * 7 + 70_000)),
+            ),
+            413,
+            "value_too_large",
+        ),
+    ];
+    for (what, result, status, code) in cases {
+        println!("{what}: {} {}", result.0, result.1);
+        let (actual, text) = result;
+        assert_eq!(actual, status, "{what}: {text}");
+        let json: serde_json::Value = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("{what}: not the JSON error ({e}): {text:?}"));
+        assert_eq!(json["error"]["code"], code, "{what}: {text}");
+        assert!(
+            json["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{what}: {text}"
+        );
+    }
+    // An empty body where one is optional needs no Content-Type: a node of
+    // one has nobody to hand leadership to, which is what it says.
+    let (status, text) = body("POST", "/cluster/leader", None, "");
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("no other voter"), "{text}");
+
+    // A head that never finishes: 408 in the JSON format, within the head
+    // deadline (4 s) and a margin, then the connection is closed.
+    let started = std::time::Instant::now();
+    let (status, text) = raw_http(&node, b"GET /kv/a HTTP/1.1\r\nHost: x\r\nX-Slow: ");
+    assert_eq!(status, 408, "{text}");
+    assert!(text.contains("\"request_timeout\""), "{text}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
+    // Requests before a refused head on the same connection are answered
+    // first, in order.
+    let (status, text) = raw_http(
+        &node,
+        format!(
+            "GET /health HTTP/1.1\r\nHost: x\r\n\r\nGET /kv/{} HTTP/1.1\r\nHost: x\r\n\r\n",
+            "k".repeat(70_000)
+        )
+        .as_bytes(),
+    );
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains("\"uri_too_long\""), "{text}");
+    assert_node_serves(&node);
+}
+
+#[test]
+fn every_tcp_operation_answers_bad_fields_as_malformed_and_unknown_ones_as_unknown() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = start(dir.path());
+    #[derive(serde::Serialize)]
+    #[serde(untagged)]
+    enum Field {
+        Text(&'static str),
+        Map(std::collections::BTreeMap<&'static str, u8>),
+    }
+    for operation in harmonydb_protocol::OPERATIONS {
+        // Every field any request has, each of the wrong type.
+        let mut body = std::collections::BTreeMap::new();
+        body.insert("op", Field::Text(operation.name));
+        for field in [
+            "key", "value", "id", "address", "target", "min_index", "index", "offset", "max_bytes",
+            "from", "to", "messages", "limit", "traces",
+        ] {
+            body.insert(field, Field::Map([("x", 1)].into()));
+        }
+        let mut stream = connect(&node);
+        let bytes = rmp_serde::to_vec_named(&RawFrame { id: 9, body }).expect("encode");
+        stream.write_all(&frame(&bytes)).expect("write");
+        if matches!(operation.name, "health" | "cluster_status" | "ready") {
+            // No fields to get wrong: answered, and the connection stays.
+            let mut length = [0u8; 4];
+            stream.read_exact(&mut length).expect("answer length");
+            let mut answer = vec![0u8; u32::from_be_bytes(length) as usize];
+            stream.read_exact(&mut answer).expect("answer");
+            let answer: ResponseFrame = rmp_serde::from_slice(&answer).expect("answer");
+            assert_eq!(answer.id, 9, "{}", operation.name);
+            continue;
+        }
+        assert_eq!(
+            read_error_then_eof(&mut stream),
+            (9, ErrorCode::MalformedFrame),
+            "{}",
+            operation.name
+        );
+    }
+    // An unknown operation is named as such, with every known one listed.
+    #[derive(serde::Serialize)]
+    struct Op {
+        op: &'static str,
+    }
+    let mut stream = connect(&node);
+    let bytes = rmp_serde::to_vec_named(&RawFrame {
+        id: 10,
+        body: Op { op: "explode" },
+    })
+    .expect("encode");
+    stream.write_all(&frame(&bytes)).expect("write");
+    let mut length = [0u8; 4];
+    stream.read_exact(&mut length).expect("length");
+    let mut answer = vec![0u8; u32::from_be_bytes(length) as usize];
+    stream.read_exact(&mut answer).expect("answer");
+    let answer: ResponseFrame = rmp_serde::from_slice(&answer).expect("answer");
+    let Response::Error { code, message, .. } = answer.body else {
+        panic!("an error: {:?}", answer.body);
+    };
+    assert_eq!(code, ErrorCode::UnknownOperation);
+    for operation in harmonydb_protocol::OPERATIONS {
+        assert!(message.contains(operation.name), "{message}");
+    }
+    assert_node_serves(&node);
 }
 
 fn connect(node: &Node) -> TcpStream {

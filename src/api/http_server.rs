@@ -220,25 +220,33 @@ impl<S> GuardedStream<S> {
         while !self.refused && !self.unchecked && !self.undecoded.is_empty() {
             let before = self.undecoded.len();
             let in_body = self.decoder_in_body();
-            let step = self.decoder.decode(&mut self.undecoded);
-            self.accepted += before - self.undecoded.len();
-            match step {
-                Ok(Some(Message::Item(_))) => self.head_deadline = None,
-                Ok(Some(Message::Chunk(_))) => {}
-                Ok(None) => {
-                    if !in_body && !self.undecoded.is_empty() && self.head_deadline.is_none() {
-                        // A later request's head has begun: it gets the same time.
-                        self.head_deadline = Some(Box::pin(tokio::time::sleep(HEAD_TIMEOUT)));
+            match self.decoder.decode(&mut self.undecoded) {
+                Ok(item) => {
+                    self.accepted += before - self.undecoded.len();
+                    match item {
+                        Some(Message::Item(_)) => self.head_deadline = None,
+                        Some(Message::Chunk(_)) => {}
+                        None => {
+                            if !in_body && !self.undecoded.is_empty() && self.head_deadline.is_none()
+                            {
+                                // A later request's head has begun: it gets the same time.
+                                self.head_deadline =
+                                    Some(Box::pin(tokio::time::sleep(HEAD_TIMEOUT)));
+                            }
+                            break;
+                        }
                     }
-                    break;
                 }
                 Err(_) if in_body => {
                     self.accepted = self.pending.len();
                     self.undecoded.clear();
                     self.unchecked = true;
                 }
+                // The decoder may have consumed the refused head before it
+                // found the fault: the head starts where accepted bytes end.
                 Err(error) => {
-                    let rejection = HeadRejection::from_parse_error(&error, &self.undecoded);
+                    let rejection =
+                        HeadRejection::from_parse_error(&error, &self.pending[self.accepted..]);
                     self.refuse(rejection);
                 }
             }
@@ -429,6 +437,17 @@ mod tests {
         }
         drop(client);
         read
+    }
+
+    #[actix_web::test]
+    async fn a_head_the_decoder_consumed_before_refusing_it_is_still_replaced() {
+        // actix's decoder takes the whole head before it finds Host missing.
+        let read = as_the_dispatcher_reads(b"GET /health HTTP/1.1\r\n\r\n".to_vec()).await;
+        let text = String::from_utf8_lossy(&read);
+        assert!(
+            text.starts_with("GET /_harmonydb/rejected?reason=malformed"),
+            "{text}"
+        );
     }
 
     #[actix_web::test]
