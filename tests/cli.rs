@@ -1,10 +1,14 @@
 //! The command line as a user runs it: `harmonydb kv ...` against a real node
 //! (output and exit codes), and `harmonydb serve` settings from flags,
-//! environment and file, the data-dir lock, and bad configuration.
+//! environment and file, the data-dir lock (waited for after a kill -9,
+//! refused while its holder lives), start-up failures that name what is
+//! wrong, this node's own `--peers` entry, bad configuration, and help
+//! texts that promise only what is there.
 
 mod common;
 
 use std::process::{Command, Output};
+use std::time::Duration;
 
 use common::{binary, http, http_agent, Node};
 
@@ -254,4 +258,167 @@ fn bad_configuration_is_refused_with_a_clear_message() {
         .output()
         .expect("run");
     assert_eq!(output.status.code(), Some(2));
+}
+
+/// Runs `harmonydb serve` with `args` (free ports unless given) on
+/// `data_dir` to completion: a start-up that must fail.
+fn serve_failing(data_dir: &std::path::Path, args: &[&str]) -> Output {
+    let mut command = Command::new(binary());
+    command.arg("serve").arg("--data-dir").arg(data_dir);
+    for (flag, default) in [("--http-addr", "127.0.0.1:0"), ("--tcp-addr", "127.0.0.1:0")] {
+        if !args.contains(&flag) {
+            command.args([flag, default]);
+        }
+    }
+    command.args(args).output().expect("run harmonydb serve")
+}
+
+/// Asserts a start-up failed with exit code 1 and a message containing
+/// `needle`, and no panic.
+fn assert_start_refused(output: &Output, needle: &str) {
+    let message = stderr(output);
+    assert_eq!(output.status.code(), Some(1), "{message}");
+    assert!(message.contains(needle), "expected {needle:?} in: {message}");
+    assert!(!message.contains("panicked"), "{message}");
+    assert!(
+        message.lines().count() < 10,
+        "a start-up error is a few lines, not a backtrace: {message}"
+    );
+}
+
+#[test]
+fn start_up_failures_name_what_is_wrong_and_never_panic() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let taken = taken.local_addr().expect("addr").to_string();
+
+    let output = serve_failing(&dir.path().join("http"), &["--http-addr", &taken]);
+    assert_start_refused(
+        &output,
+        &format!("cannot listen for HTTP on {taken}: Address already in use"),
+    );
+    let output = serve_failing(&dir.path().join("tcp"), &["--tcp-addr", &taken]);
+    assert_start_refused(
+        &output,
+        &format!("cannot listen for TCP on {taken}: Address already in use"),
+    );
+
+    // A data directory that is a file, or lies under one.
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "not a directory").expect("write");
+    assert_start_refused(&serve_failing(&file, &[]), "is not a directory");
+    assert_start_refused(&serve_failing(&file.join("data"), &[]), "is not a directory");
+
+    // A directory the node may not read: as root (which reads anything),
+    // the node runs as nobody through setpriv.
+    let locked = dir.path().join("locked");
+    std::fs::create_dir(&locked).expect("mkdir");
+    set_mode(&locked, 0o000);
+    let is_root = unsafe { libc::geteuid() } == 0;
+    let output = if !is_root {
+        Some(serve_failing(&locked, &[]))
+    } else if let Some(output) = serve_as_nobody(dir.path(), &locked) {
+        Some(output)
+    } else {
+        println!("skipping the unreadable data directory case: root, and no setpriv to drop privileges");
+        None
+    };
+    if let Some(output) = output {
+        assert_start_refused(&output, "is not usable");
+        assert!(stderr(&output).contains("Permission denied"), "{}", stderr(&output));
+    }
+    set_mode(&locked, 0o755);
+}
+
+fn set_mode(path: &std::path::Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+/// Runs `harmonydb serve` on `data_dir` as the user nobody (a copy of the
+/// binary in `scratch`, since the build directory may be root's alone),
+/// if `setpriv` is there to do it.
+fn serve_as_nobody(scratch: &std::path::Path, data_dir: &std::path::Path) -> Option<Output> {
+    let setpriv = ["/usr/bin/setpriv", "/bin/setpriv"]
+        .into_iter()
+        .find(|path| std::path::Path::new(path).exists())?;
+    let copy = scratch.join("harmonydb-copy");
+    std::fs::copy(binary(), &copy).expect("copy the binary");
+    set_mode(&copy, 0o755);
+    set_mode(scratch, 0o755);
+    let output = Command::new(setpriv)
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(&copy)
+        .args(["serve", "--http-addr", "127.0.0.1:0", "--tcp-addr", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .output()
+        .expect("run setpriv");
+    Some(output)
+}
+
+#[test]
+fn a_restart_right_after_kill_9_waits_for_the_lock_and_starts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut node = Node::start(dir.path(), &[]);
+    let agent = http_agent();
+    for round in 0..5 {
+        let key = format!("/kv/round-{round}");
+        let request = agent
+            .put(&node.url(&key))
+            .set("Content-Type", "application/json");
+        let (status, body) = http(request, Some(r#"{"value": "kept"}"#));
+        assert_eq!(status, 200, "{body}");
+        // SIGKILL and restart at once, before the old process is reaped:
+        // what a supervisor with an immediate restart does.
+        node.signal(libc::SIGKILL);
+        let mut old = std::mem::replace(&mut node, Node::start(dir.path(), &[]));
+        assert!(!old.wait_exit(Duration::from_secs(10)).success());
+        let (status, body) = http(agent.get(&node.url(&key)), None);
+        assert_eq!(status, 200, "round {round}: {body}");
+    }
+    let waited = node
+        .log()
+        .iter()
+        .any(|line| line.contains("waiting for it to exit"));
+    println!("the last start waited for the lock: {waited}");
+}
+
+#[test]
+fn this_nodes_own_peers_entry_must_be_where_it_listens() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let listen = common::free_port();
+    let listed = common::free_port();
+    let peers = format!("1={listed},2=127.0.0.1:1,3=127.0.0.1:2");
+    let output = serve_failing(
+        dir.path(),
+        &["--node-id", "1", "--peers", &peers, "--tcp-addr", &listen.to_string()],
+    );
+    assert_start_refused(&output, &format!("expected {listen}"));
+    assert!(stderr(&output).contains(&listed.to_string()), "{}", stderr(&output));
+    // Nothing was written: the same directory starts once the entry is right.
+    assert!(!dir.path().join("IDENTITY").exists());
+}
+
+#[test]
+fn help_says_what_is_there() {
+    let help = |args: &[&str]| {
+        let output = Command::new(binary()).args(args).output().expect("run");
+        assert!(output.status.success(), "{args:?}");
+        stdout(&output)
+    };
+    let top = help(&["--help"]);
+    assert!(!top.to_lowercase().contains("transactional"), "{top}");
+    assert!(top.contains("key-value"), "{top}");
+    let put = help(&["kv", "put", "--help"]);
+    assert!(!put.contains("--consistency"), "{put}");
+    let get = help(&["kv", "get", "--help"]);
+    assert!(get.contains("--consistency"), "{get}");
+    let scan = help(&["kv", "scan", "--help"]);
+    assert!(scan.contains("--consistency"), "{scan}");
+    let cluster = help(&["cluster", "--help"]);
+    assert!(cluster.contains("change"), "{cluster}");
+    for command in ["status", "ready", "transfer-leader", "add", "promote", "remove"] {
+        assert!(cluster.contains(command), "{command}: {cluster}");
+    }
 }
