@@ -30,6 +30,10 @@ const NETWORK: &str = "harmonydb";
 /// Node ids; node `id` is the service `harmonydb{id}`.
 const NODES: [u64; 3] = [1, 2, 3];
 
+/// How long Docker may take to call every node healthy (its healthcheck
+/// runs every 5 s).
+const HEALTHY_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// How long the first election may take, image start included.
 const FIRST_LEADER_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -339,6 +343,19 @@ impl Nodes {
             .map(str::to_string)
     }
 
+    /// Docker's health status of node `id` (from the compose healthcheck,
+    /// `harmonydb cluster ready`).
+    fn health(&self, id: u64) -> String {
+        run(Command::new("docker").args([
+            "inspect",
+            "-f",
+            "{{.State.Health.Status}}",
+            &self.containers[&id],
+        ]))
+        .map(|status| status.trim().to_string())
+        .unwrap_or_else(|error| error)
+    }
+
     /// `http://IP:8080PATH` for node `id`.
     fn url(&self, id: u64, path: &str) -> String {
         let ip = self
@@ -506,6 +523,16 @@ fn compose_cluster_elects_a_new_leader_when_the_leader_is_cut_off_and_takes_it_b
 
     let leader = nodes.wait_leader(&NODES, FIRST_LEADER_TIMEOUT);
     println!("leader: node {leader}");
+    // The healthcheck (`cluster ready`) turns every node healthy once it
+    // follows a live leader.
+    let deadline = Instant::now() + HEALTHY_TIMEOUT;
+    while NODES.iter().any(|id| nodes.health(*id) != "healthy") {
+        if Instant::now() > deadline {
+            let states: Vec<String> = NODES.iter().map(|id| nodes.health(*id)).collect();
+            nodes.fail(&format!("nodes not healthy: {states:?}"));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
     let version = nodes.put(1, "greeting", "hello from node 1");
     assert_eq!(
         nodes.get(3, "greeting", ""),

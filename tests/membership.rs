@@ -31,6 +31,10 @@ struct Attempt {
     version: Option<u64>,
     /// Certainly not applied (a refusal such as `not_leader`).
     refused: bool,
+    /// The node it went through (its base URL).
+    via: String,
+    /// The error code, if it failed with one.
+    code: String,
 }
 
 /// Writes through every node in turn (followers forward to the leader)
@@ -79,6 +83,8 @@ impl Writer {
                         code,
                         "not_leader" | "no_leader" | "unavailable" | "overloaded" | "removed"
                     ),
+                    via: base,
+                    code: code.to_string(),
                 };
                 recorded.lock().expect("attempts").push(attempt);
                 i += 1;
@@ -359,17 +365,36 @@ fn wait_voters(cluster: &Cluster, among: &[u64], voters: &[u64], timeout: Durati
     }
 }
 
-/// A removed node says so on /health (410 `removed`) and in its log, and
-/// stops campaigning: the cluster's term does not move while it runs.
+/// A removed node says so on /health, /ready and /cluster (410 `removed`),
+/// in `cluster status` and in its log, and stops campaigning: the
+/// cluster's term does not move while it runs.
 fn check_removed(cluster: &Cluster, removed: u64, among: &[u64]) {
     let node = cluster.node(removed);
     assert!(
         node.wait_log("removed from the cluster", Duration::from_secs(10)),
-        "node {removed} did not log its removal"
+        "node {removed} did not log its removal; its last lines:\n{}",
+        node.log()
+            .iter()
+            .rev()
+            .take(15)
+            .rev()
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
     );
-    let (code, answer) = http(http_agent().get(&node.url("/health")), None);
-    assert_eq!(code, 410, "{answer}");
-    assert!(answer.contains("\"removed\""), "{answer}");
+    for route in ["/health", "/ready", "/cluster"] {
+        let (code, answer) = http(http_agent().get(&node.url(route)), None);
+        assert_eq!(code, 410, "{route}: {answer}");
+        assert!(answer.contains("\"removed\""), "{route}: {answer}");
+        assert!(
+            answer.contains(&format!("node {removed}")) || answer.contains("this node"),
+            "{route} names the node: {answer}"
+        );
+    }
+    let (code, printed, err) = cli(cluster, removed, &["status"]);
+    assert_eq!(code, Some(1), "{printed}{err}");
+    assert!(err.contains("removed"), "{printed}{err}");
+    assert!(!printed.contains("follower"), "{printed}");
     let leader = cluster.wait_leader(among, Duration::from_secs(10));
     let term = cluster.status(leader)["term"].as_u64();
     std::thread::sleep(Duration::from_millis(1500));
@@ -639,4 +664,92 @@ fn refusals_the_cli_and_a_node_removed_while_cut_off() {
         cluster.fault(*id, &[cut_off], false);
     }
     check_removed(&cluster, cut_off, &rest);
+}
+
+/// The election timeout of the nodes below (10 ticks of 100 ms).
+const ELECTION_TIMEOUT: Duration = Duration::from_millis(1000);
+
+#[test]
+fn removing_the_leader_hands_leadership_over_first_wherever_the_request_enters() {
+    let mut cluster = Cluster::start(5, &[]);
+    let all: Vec<u64> = (1..=5).collect();
+    let first = cluster.wait_leader(&all, Duration::from_secs(30));
+    let url = |cluster: &Cluster, id: u64| format!("http://{}", cluster.node(id).http);
+    let mut voters = all.clone();
+    let writer = Writer::start(voters.iter().map(|id| url(&cluster, *id)).collect());
+    writer.wait_acked(50, "the start");
+
+    // Through the leader itself, then through a follower (HTTP, then the CLI).
+    let mut removals = Vec::new();
+    let mut removed = Vec::new();
+    for how in ["the leader", "a follower over HTTP", "a follower with the CLI"] {
+        let leader = cluster.wait_leader(&voters, Duration::from_secs(10));
+        let via = if how == "the leader" {
+            leader
+        } else {
+            *voters.iter().find(|id| **id != leader).expect("a follower")
+        };
+        let started = Instant::now();
+        if how.ends_with("CLI") {
+            let (code, printed, err) = cli(&cluster, via, &["remove", &leader.to_string()]);
+            assert_eq!(code, Some(0), "{printed}{err}");
+        } else {
+            let (code, answer) = change(
+                &cluster,
+                via,
+                "DELETE",
+                &format!("/cluster/members/{leader}"),
+                None,
+            );
+            assert_eq!(code, 200, "{answer}");
+        }
+        voters.retain(|id| *id != leader);
+        removed.push(leader);
+        let new_leader = cluster.wait_leader(&voters, Duration::from_secs(10));
+        assert_ne!(new_leader, leader);
+        assert!(
+            cluster.node(leader).wait_log(
+                "leadership handed over; asking the new leader to remove this node",
+                Duration::from_secs(5)
+            ),
+            "node {leader}, removed through {how}, did not hand leadership over first"
+        );
+        writer.wait_acked(20, &format!("removing the leader, node {leader}, through {how}"));
+        let done = Instant::now();
+        writer.set_urls(voters.iter().map(|id| url(&cluster, *id)).collect());
+        removals.push((how, leader, via, started, done));
+        check_removed(&cluster, leader, &voters);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let attempts = writer.finish();
+    for (how, leader, via, from, to) in &removals {
+        let gap = longest_gap(&attempts, *from, *to);
+        println!(
+            "remove the leader, node {leader}, through {how} (node {via}): took {} ms; longest gap without a successful write {} ms",
+            to.duration_since(*from).as_millis(),
+            gap.as_millis()
+        );
+        assert!(
+            gap <= ELECTION_TIMEOUT * 2,
+            "writes stopped for {gap:?} removing node {leader} through {how}: a handover, not an election, should take place"
+        );
+    }
+    // Only a removed node may say `removed`: a node that forwarded to one
+    // says it could not carry the write out, not that it was removed.
+    let removed_urls: Vec<String> = removed.iter().map(|id| format!("http://{}", cluster.node(*id).http)).collect();
+    for attempt in &attempts {
+        if attempt.code == "removed" {
+            assert!(
+                removed_urls.contains(&attempt.via),
+                "{} answered `removed` but was not removed",
+                attempt.via
+            );
+        }
+    }
+    println!("first leader: node {first}; removed in turn: {removed:?}");
+    let leader = cluster.wait_leader(&voters, Duration::from_secs(10));
+    check_none_lost(&attempts, &cluster.node(leader).url(""));
+    for id in &removed {
+        cluster.kill9(*id);
+    }
 }

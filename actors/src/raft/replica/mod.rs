@@ -358,6 +358,9 @@ pub struct RaftReplica {
     /// The span of a traced request whose entries go out with the next
     /// ready: its WAL append and the messages to followers join its trace.
     batch_span: Option<tracing::Span>,
+    /// A traced write was proposed here once: from then on, messages
+    /// carry their entries' trace contexts.
+    traced_writes_seen: bool,
     next_read_id: u64,
     reads_pending: HashMap<u64, (ReadOp, Reply)>,
     reads_ready: Vec<WaitingRead>,
@@ -419,6 +422,7 @@ impl RaftReplica {
             drive_scheduled: false,
             writes: HashMap::new(),
             batch_span: None,
+            traced_writes_seen: false,
             next_read_id: 1,
             reads_pending: HashMap::new(),
             reads_ready: Vec::new(),
@@ -615,11 +619,12 @@ impl RaftReplica {
     }
 
     /// The trace contexts of the traced writes this member proposed whose
-    /// entries `messages` carry. Nothing is looked up unless trace spans
-    /// are being recorded at all.
+    /// entries `messages` carry. Nothing is looked up until a traced write
+    /// was seen. (Not `tracing::enabled!`: with per-layer filters that
+    /// query swallows the next log event, tokio-rs/tracing#2519.)
     fn entry_traces(&self, messages: &[RaftMessage]) -> EntryTraces {
         let mut traces = EntryTraces::new();
-        if !tracing::enabled!(target: "harmonydb_trace", tracing::Level::INFO) {
+        if !self.traced_writes_seen {
             return traces;
         }
         for message in messages {
@@ -884,6 +889,7 @@ impl RaftReplica {
             Ok(index) => {
                 let term = self.raft.term();
                 let span = tracing::Span::current();
+                self.traced_writes_seen |= !span.is_disabled();
                 if !span.is_disabled() && self.batch_span.is_none() {
                     self.batch_span = Some(span.clone());
                 }
