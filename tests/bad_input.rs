@@ -263,7 +263,12 @@ fn every_http_error_is_the_json_error_even_before_a_handler_runs() {
             431,
             "headers_too_large",
         ),
-        ("100 headers", get("/kv/a", &many_headers), 431, "headers_too_large"),
+        (
+            "100 headers",
+            get("/kv/a", &many_headers),
+            431,
+            "headers_too_large",
+        ),
         (
             "a request line that is not HTTP",
             raw_http(&node, b"GE T / HTTP/1.1\r\nHost: x\r\n\r\n"),
@@ -291,7 +296,12 @@ fn every_http_error_is_the_json_error_even_before_a_handler_runs() {
         ),
         (
             "POST /cluster/members without Content-Type",
-            body("POST", "/cluster/members", None, r#"{"id": 2, "address": "a:1"}"#),
+            body(
+                "POST",
+                "/cluster/members",
+                None,
+                r#"{"id": 2, "address": "a:1"}"#,
+            ),
             415,
             "unsupported_media_type",
         ),
@@ -387,8 +397,20 @@ fn every_tcp_operation_answers_bad_fields_as_malformed_and_unknown_ones_as_unkno
         let mut body = std::collections::BTreeMap::new();
         body.insert("op", Field::Text(operation.name));
         for field in [
-            "key", "value", "id", "address", "target", "min_index", "index", "offset", "max_bytes",
-            "from", "to", "messages", "limit", "traces",
+            "key",
+            "value",
+            "id",
+            "address",
+            "target",
+            "min_index",
+            "index",
+            "offset",
+            "max_bytes",
+            "from",
+            "to",
+            "messages",
+            "limit",
+            "traces",
         ] {
             body.insert(field, Field::Map([("x", 1)].into()));
         }

@@ -265,7 +265,10 @@ fn bad_configuration_is_refused_with_a_clear_message() {
 fn serve_failing(data_dir: &std::path::Path, args: &[&str]) -> Output {
     let mut command = Command::new(binary());
     command.arg("serve").arg("--data-dir").arg(data_dir);
-    for (flag, default) in [("--http-addr", "127.0.0.1:0"), ("--tcp-addr", "127.0.0.1:0")] {
+    for (flag, default) in [
+        ("--http-addr", "127.0.0.1:0"),
+        ("--tcp-addr", "127.0.0.1:0"),
+    ] {
         if !args.contains(&flag) {
             command.args([flag, default]);
         }
@@ -278,7 +281,10 @@ fn serve_failing(data_dir: &std::path::Path, args: &[&str]) -> Output {
 fn assert_start_refused(output: &Output, needle: &str) {
     let message = stderr(output);
     assert_eq!(output.status.code(), Some(1), "{message}");
-    assert!(message.contains(needle), "expected {needle:?} in: {message}");
+    assert!(
+        message.contains(needle),
+        "expected {needle:?} in: {message}"
+    );
     assert!(!message.contains("panicked"), "{message}");
     assert!(
         message.lines().count() < 10,
@@ -307,7 +313,10 @@ fn start_up_failures_name_what_is_wrong_and_never_panic() {
     let file = dir.path().join("a-file");
     std::fs::write(&file, "not a directory").expect("write");
     assert_start_refused(&serve_failing(&file, &[]), "is not a directory");
-    assert_start_refused(&serve_failing(&file.join("data"), &[]), "is not a directory");
+    assert_start_refused(
+        &serve_failing(&file.join("data"), &[]),
+        "is not a directory",
+    );
 
     // A directory the node may not read: as root (which reads anything),
     // the node runs as nobody through setpriv.
@@ -320,12 +329,18 @@ fn start_up_failures_name_what_is_wrong_and_never_panic() {
     } else if let Some(output) = serve_as_nobody(dir.path(), &locked) {
         Some(output)
     } else {
-        println!("skipping the unreadable data directory case: root, and no setpriv to drop privileges");
+        println!(
+            "skipping the unreadable data directory case: root, and no setpriv to drop privileges"
+        );
         None
     };
     if let Some(output) = output {
         assert_start_refused(&output, "is not usable");
-        assert!(stderr(&output).contains("Permission denied"), "{}", stderr(&output));
+        assert!(
+            stderr(&output).contains("Permission denied"),
+            "{}",
+            stderr(&output)
+        );
     }
     set_mode(&locked, 0o755);
 }
@@ -349,7 +364,13 @@ fn serve_as_nobody(scratch: &std::path::Path, data_dir: &std::path::Path) -> Opt
     let output = Command::new(setpriv)
         .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
         .arg(&copy)
-        .args(["serve", "--http-addr", "127.0.0.1:0", "--tcp-addr", "127.0.0.1:0"])
+        .args([
+            "serve",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--tcp-addr",
+            "127.0.0.1:0",
+        ])
         .arg("--data-dir")
         .arg(data_dir)
         .output()
@@ -392,10 +413,21 @@ fn this_nodes_own_peers_entry_must_be_where_it_listens() {
     let peers = format!("1={listed},2=127.0.0.1:1,3=127.0.0.1:2");
     let output = serve_failing(
         dir.path(),
-        &["--node-id", "1", "--peers", &peers, "--tcp-addr", &listen.to_string()],
+        &[
+            "--node-id",
+            "1",
+            "--peers",
+            &peers,
+            "--tcp-addr",
+            &listen.to_string(),
+        ],
     );
     assert_start_refused(&output, &format!("expected {listen}"));
-    assert!(stderr(&output).contains(&listed.to_string()), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains(&listed.to_string()),
+        "{}",
+        stderr(&output)
+    );
     // Nothing was written: the same directory starts once the entry is right.
     assert!(!dir.path().join("IDENTITY").exists());
 }
@@ -418,7 +450,14 @@ fn help_says_what_is_there() {
     assert!(scan.contains("--consistency"), "{scan}");
     let cluster = help(&["cluster", "--help"]);
     assert!(cluster.contains("change"), "{cluster}");
-    for command in ["status", "ready", "transfer-leader", "add", "promote", "remove"] {
+    for command in [
+        "status",
+        "ready",
+        "transfer-leader",
+        "add",
+        "promote",
+        "remove",
+    ] {
         assert!(cluster.contains(command), "{command}: {cluster}");
     }
 }

@@ -682,7 +682,11 @@ fn removing_the_leader_hands_leadership_over_first_wherever_the_request_enters()
     // Through the leader itself, then through a follower (HTTP, then the CLI).
     let mut removals = Vec::new();
     let mut removed = Vec::new();
-    for how in ["the leader", "a follower over HTTP", "a follower with the CLI"] {
+    for how in [
+        "the leader",
+        "a follower over HTTP",
+        "a follower with the CLI",
+    ] {
         let leader = cluster.wait_leader(&voters, Duration::from_secs(10));
         let via = if how == "the leader" {
             leader
@@ -714,7 +718,10 @@ fn removing_the_leader_hands_leadership_over_first_wherever_the_request_enters()
             ),
             "node {leader}, removed through {how}, did not hand leadership over first"
         );
-        writer.wait_acked(20, &format!("removing the leader, node {leader}, through {how}"));
+        writer.wait_acked(
+            20,
+            &format!("removing the leader, node {leader}, through {how}"),
+        );
         let done = Instant::now();
         writer.set_urls(voters.iter().map(|id| url(&cluster, *id)).collect());
         removals.push((how, leader, via, started, done));
@@ -736,7 +743,10 @@ fn removing_the_leader_hands_leadership_over_first_wherever_the_request_enters()
     }
     // Only a removed node may say `removed`: a node that forwarded to one
     // says it could not carry the write out, not that it was removed.
-    let removed_urls: Vec<String> = removed.iter().map(|id| format!("http://{}", cluster.node(*id).http)).collect();
+    let removed_urls: Vec<String> = removed
+        .iter()
+        .map(|id| format!("http://{}", cluster.node(*id).http))
+        .collect();
     for attempt in &attempts {
         if attempt.code == "removed" {
             assert!(

@@ -110,7 +110,8 @@ async fn entries_batched_into_one_append_keep_their_own_traces() {
     let follower = Follower::default().start();
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let book = |ids: &[u64]| MemberBook::new(ids.iter().map(|id| (*id, format!("n{id}:1"))).collect());
+    let book =
+        |ids: &[u64]| MemberBook::new(ids.iter().map(|id| (*id, format!("n{id}:1"))).collect());
     actix::spawn(listen(
         listener,
         PeerInbox::new(2, book(&[1, 2]), follower.clone().recipient()),

@@ -227,7 +227,9 @@ impl<S> GuardedStream<S> {
                         Some(Message::Item(_)) => self.head_deadline = None,
                         Some(Message::Chunk(_)) => {}
                         None => {
-                            if !in_body && !self.undecoded.is_empty() && self.head_deadline.is_none()
+                            if !in_body
+                                && !self.undecoded.is_empty()
+                                && self.head_deadline.is_none()
                             {
                                 // A later request's head has begun: it gets the same time.
                                 self.head_deadline =

@@ -510,58 +510,9 @@ impl Service {
         })
     }
 
-    /// Whether this node is ready to serve: it heard from a leader within
-    /// an election timeout (or leads), and its applied index trails the
-    /// leader's commit by at most `ready_lag_max_entries`. Why not, if not.
+    /// Whether this node is ready to serve (see [`readiness_of`]).
     pub async fn readiness(&self) -> Result<Readiness, ApiError> {
-        let status = self.status().await?;
-        if let Some(refusing) = status.refusing {
-            return Err(ApiError::from_kv(refusing, None));
-        }
-        let raft = &status.raft;
-        let contact = if raft.role == Role::Leader {
-            Some(Duration::ZERO)
-        } else {
-            status.leader_contact
-        };
-        let contact = match (raft.leader, contact) {
-            (0, _) | (_, None) => {
-                return Err(ApiError::new(
-                    ErrorCode::NoLeader,
-                    format!("node {} knows no leader", self.node_id),
-                ))
-            }
-            (_, Some(ago)) if ago > status.election_timeout => {
-                return Err(ApiError::new(
-                    ErrorCode::NoLeader,
-                    format!(
-                        "node {} last heard from its leader, node {}, {} ms ago (more than an election timeout, {} ms)",
-                        self.node_id,
-                        raft.leader,
-                        duration_ms(ago),
-                        duration_ms(status.election_timeout)
-                    ),
-                ))
-            }
-            (_, Some(ago)) => ago,
-        };
-        let lag = status.leader_commit.saturating_sub(status.applied_index);
-        if lag > self.ready_lag_max_entries {
-            return Err(ApiError::new(
-                ErrorCode::Unavailable,
-                format!(
-                    "node {} has applied up to index {}, {lag} entries behind the leader's commit index {} (more than --ready-max-lag-entries {})",
-                    self.node_id, status.applied_index, status.leader_commit, self.ready_lag_max_entries
-                ),
-            ));
-        }
-        Ok(Readiness {
-            node_id: self.node_id,
-            leader: raft.leader,
-            leader_contact_ms: duration_ms(contact),
-            applied_index: status.applied_index,
-            leader_commit_index: status.leader_commit,
-        })
+        readiness_of(&self.status().await?, self.ready_lag_max_entries)
     }
 
     async fn status(&self) -> Result<ReplicaStatus, ApiError> {
@@ -618,6 +569,60 @@ impl Service {
             ))
         }
     }
+}
+
+/// Whether a node with this status is ready to serve: it leads, or heard
+/// from a leader within an election timeout; and its applied index trails
+/// the leader's commit by at most `lag_max_entries`. Why not, if not: the
+/// reason it refuses requests (removed, failed, stopping), `no_leader`, or
+/// `unavailable` naming the lag.
+pub fn readiness_of(status: &ReplicaStatus, lag_max_entries: u64) -> Result<Readiness, ApiError> {
+    if let Some(refusing) = &status.refusing {
+        return Err(ApiError::from_kv(refusing.clone(), None));
+    }
+    let raft = &status.raft;
+    let node = raft.id;
+    let contact = if raft.role == Role::Leader {
+        Some(Duration::ZERO)
+    } else {
+        status.leader_contact
+    };
+    let contact = match (raft.leader, contact) {
+        (0, _) | (_, None) => {
+            return Err(ApiError::new(
+                ErrorCode::NoLeader,
+                format!("node {node} knows no leader"),
+            ))
+        }
+        (leader, Some(ago)) if ago > status.election_timeout => {
+            return Err(ApiError::new(
+                ErrorCode::NoLeader,
+                format!(
+                    "node {node} last heard from its leader, node {leader}, {} ms ago (more than an election timeout, {} ms)",
+                    duration_ms(ago),
+                    duration_ms(status.election_timeout)
+                ),
+            ))
+        }
+        (_, Some(ago)) => ago,
+    };
+    let lag = status.leader_commit.saturating_sub(status.applied_index);
+    if lag > lag_max_entries {
+        return Err(ApiError::new(
+            ErrorCode::Unavailable,
+            format!(
+                "node {node} has applied up to index {}, {lag} entries behind the leader's commit index {} (more than --ready-max-lag-entries {lag_max_entries})",
+                status.applied_index, status.leader_commit
+            ),
+        ));
+    }
+    Ok(Readiness {
+        node_id: node,
+        leader: raft.leader,
+        leader_contact_ms: duration_ms(contact),
+        applied_index: status.applied_index,
+        leader_commit_index: status.leader_commit,
+    })
 }
 
 fn duration_ms(duration: Duration) -> u64 {
@@ -777,5 +782,74 @@ mod mutation {
             }
             response
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use harmonydb_actors::raft::{Configuration, Status};
+
+    fn follower(leader_contact_ms: Option<u64>, applied: u64, leader_commit: u64) -> ReplicaStatus {
+        ReplicaStatus {
+            raft: Status {
+                id: 2,
+                role: Role::Follower,
+                term: 3,
+                leader: if leader_contact_ms.is_some() { 1 } else { 0 },
+                commit: applied,
+                applied,
+                last_index: applied,
+                config: Configuration::default(),
+                match_index: BTreeMap::new(),
+            },
+            leader_contact: leader_contact_ms.map(Duration::from_millis),
+            failed: None,
+            snapshot_index: 0,
+            applied_index: applied,
+            leader_commit,
+            last_heard: BTreeMap::new(),
+            election_timeout: Duration::from_millis(1000),
+            refusing: None,
+        }
+    }
+
+    #[test]
+    fn ready_needs_a_live_leader_and_little_lag() {
+        let ready = readiness_of(&follower(Some(40), 990, 1000), 10).expect("ready");
+        assert_eq!((ready.leader, ready.leader_contact_ms), (1, 40));
+        let mut leader = follower(None, 50, 50);
+        leader.raft.role = Role::Leader;
+        leader.raft.leader = 2;
+        assert!(readiness_of(&leader, 0).is_ok());
+
+        let cases = [
+            (follower(None, 5, 5), ErrorCode::NoLeader, "knows no leader"),
+            (
+                follower(Some(1500), 5, 5),
+                ErrorCode::NoLeader,
+                "1500 ms ago",
+            ),
+            (
+                follower(Some(40), 989, 1000),
+                ErrorCode::Unavailable,
+                "11 entries behind the leader's commit index 1000",
+            ),
+        ];
+        for (status, code, complaint) in cases {
+            let error = readiness_of(&status, 10).expect_err("not ready");
+            assert_eq!(error.code, code, "{error:?}");
+            assert!(error.message.contains(complaint), "{}", error.message);
+        }
+        let mut removed = follower(Some(40), 5, 5);
+        removed.refusing = Some(KvError::Removed { index: 9 });
+        let error = readiness_of(&removed, 10).expect_err("removed");
+        assert_eq!(error.status().as_u16(), 410);
+        let mut stopping = follower(Some(40), 5, 5);
+        stopping.refusing = Some(KvError::ShuttingDown);
+        assert_eq!(
+            readiness_of(&stopping, 10).expect_err("stopping").code,
+            ErrorCode::ShuttingDown
+        );
     }
 }

@@ -515,10 +515,12 @@ pub async fn listen(listener: TcpListener, inbox: PeerInbox) {
                             },
                         trace,
                         ..
-                    }) => match inbox.deliver(from, to, &messages, &frame_traces(&trace, &traces)) {
-                        Ok(_) => continue,
-                        Err(error) => error.to_string(),
-                    },
+                    }) => {
+                        match inbox.deliver(from, to, &messages, &frame_traces(&trace, &traces)) {
+                            Ok(_) => continue,
+                            Err(error) => error.to_string(),
+                        }
+                    }
                     Ok(frame) => format!("{} is not a peer operation", frame.body.op_name()),
                     Err(failure) => failure.message,
                 };
