@@ -210,8 +210,9 @@ fn dashboards_have_panels_with_queries_on_the_provisioned_datasource() {
     }
 }
 
-#[test]
-fn every_dashboard_metric_is_exported_by_a_running_node() {
+/// Every metric name the dashboards use, with the dashboards using it,
+/// and every (dashboard, expression).
+fn dashboard_uses() -> (BTreeMap<String, Vec<String>>, Vec<(String, String)>) {
     let mut names: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let mut uses: Vec<(String, String)> = Vec::new();
     for dashboard in dashboards() {
@@ -227,28 +228,24 @@ fn every_dashboard_metric_is_exported_by_a_running_node() {
         "the dashboards name only {} metrics",
         names.len()
     );
+    (names, uses)
+}
 
-    let cluster = Cluster::start(3, NODE_ARGS);
-    let leader = cluster.wait_leader(&cluster.running(), Duration::from_secs(20));
-    workload(&cluster, leader);
-    // Gauges such as the buffer pool's are set on a timer: scrape until
-    // every name is there or the time is up.
-    let deadline = Instant::now() + METRICS_TIMEOUT;
-    let exported = loop {
-        let exported = scrape(&cluster);
-        if names.keys().all(|n| exported.has(n)) || Instant::now() > deadline {
-            break exported;
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    };
-
+/// What the dashboards need that `exported` lacks: metric names no node
+/// exports, and expressions whose functions, quantiles or labels don't fit
+/// what is exported.
+fn dashboard_gaps(
+    names: &BTreeMap<String, Vec<String>>,
+    uses: &[(String, String)],
+    exported: &Exported,
+) -> (Vec<String>, Vec<String>) {
     let missing: Vec<String> = names
         .iter()
         .filter(|(name, _)| !exported.has(name))
         .map(|(name, boards)| format!("{name} (in {})", boards.join(", ")))
         .collect();
     let mut problems = Vec::new();
-    for (board, expr) in &uses {
+    for (board, expr) in uses {
         let used = metric_names(expr);
         let present: Vec<&String> = used.iter().filter(|n| exported.has(n)).collect();
         // Functions over counters need counters; quantiles need buckets.
@@ -288,6 +285,26 @@ fn every_dashboard_metric_is_exported_by_a_running_node() {
             }
         }
     }
+    (missing, problems)
+}
+
+#[test]
+fn every_dashboard_metric_is_exported_by_a_running_node() {
+    let (names, uses) = dashboard_uses();
+    let cluster = Cluster::start(3, NODE_ARGS);
+    let leader = cluster.wait_leader(&cluster.running(), Duration::from_secs(20));
+    workload(&cluster, leader);
+    // Gauges such as the buffer pool's are set on a timer: scrape until
+    // every name is there or the time is up.
+    let deadline = Instant::now() + METRICS_TIMEOUT;
+    let exported = loop {
+        let exported = scrape(&cluster);
+        if names.keys().all(|n| exported.has(n)) || Instant::now() > deadline {
+            break exported;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let (missing, problems) = dashboard_gaps(&names, &uses, &exported);
     println!(
         "{} metric names in the dashboards; {} exported",
         names.len(),
@@ -299,6 +316,79 @@ fn every_dashboard_metric_is_exported_by_a_running_node() {
         missing.join("\n  "),
         problems.join("\n  ")
     );
+}
+
+/// Sample lines of `text` labelled with node `id` as a peer or leader.
+fn series_about(text: &str, id: u64) -> Vec<&str> {
+    text.lines()
+        .filter(|line| {
+            !line.starts_with('#')
+                && (line.contains(&format!("peer=\"{id}\""))
+                    || line.contains(&format!("leader=\"{id}\"")))
+        })
+        .collect()
+}
+
+#[test]
+fn every_dashboard_series_is_there_on_a_fresh_cluster_and_peers_come_and_go() {
+    let (names, uses) = dashboard_uses();
+    // Nothing but the start: no load, no checkpoint, no forwarding, no
+    // protocol error has happened; panels must show 0, not "No data".
+    let mut cluster = Cluster::start(3, &["--raft-tick-ms", "50"]);
+    let leader = cluster.wait_leader(&[1, 2, 3], Duration::from_secs(20));
+    let exported = scrape(&cluster);
+    let (missing, problems) = dashboard_gaps(&names, &uses, &exported);
+    assert!(
+        missing.is_empty() && problems.is_empty(),
+        "missing on a fresh cluster:\n  {}\nother problems:\n  {}",
+        missing.join("\n  "),
+        problems.join("\n  ")
+    );
+    let text = |cluster: &Cluster, id: u64| {
+        let (status, text) = http(http_agent().get(&cluster.node(id).url("/metrics")), None);
+        assert_eq!(status, 200);
+        text
+    };
+    for id in [1, 2, 3] {
+        let metrics = text(&cluster, id);
+        for peer in [1, 2, 3] {
+            let about = series_about(&metrics, peer);
+            if peer == id {
+                assert!(about.is_empty(), "node {id} lists itself as a peer: {about:?}");
+            } else {
+                // Sent, dropped, received, forwarded, and round trips.
+                assert!(about.len() >= 5, "node {id} about peer {peer}: {about:?}");
+            }
+        }
+    }
+    // A member that joins gets its series; once removed, they go.
+    cluster.join_node(4, leader);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while series_about(&text(&cluster, leader), 4).is_empty() {
+        assert!(Instant::now() < deadline, "no series for node 4 after it joined");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let request = http_agent().delete(&cluster.node(leader).url("/cluster/members/4"));
+    let (status, body) = http(request, None);
+    assert_eq!(status, 200, "{body}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let about: Vec<String> = [1, 2, 3]
+            .into_iter()
+            .flat_map(|id| {
+                series_about(&text(&cluster, id), 4)
+                    .into_iter()
+                    .map(String::from)
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        if about.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "series about removed node 4 linger: {about:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    cluster.kill9(4);
 }
 
 /// A program on PATH, if it is there.
