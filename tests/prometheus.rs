@@ -210,9 +210,12 @@ fn dashboards_have_panels_with_queries_on_the_provisioned_datasource() {
     }
 }
 
+/// Metric names, each with the dashboards that use it.
+type MetricUses = BTreeMap<String, Vec<String>>;
+
 /// Every metric name the dashboards use, with the dashboards using it,
 /// and every (dashboard, expression).
-fn dashboard_uses() -> (BTreeMap<String, Vec<String>>, Vec<(String, String)>) {
+fn dashboard_uses() -> (MetricUses, Vec<(String, String)>) {
     let mut names: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let mut uses: Vec<(String, String)> = Vec::new();
     for dashboard in dashboards() {
@@ -235,7 +238,7 @@ fn dashboard_uses() -> (BTreeMap<String, Vec<String>>, Vec<(String, String)>) {
 /// exports, and expressions whose functions, quantiles or labels don't fit
 /// what is exported.
 fn dashboard_gaps(
-    names: &BTreeMap<String, Vec<String>>,
+    names: &MetricUses,
     uses: &[(String, String)],
     exported: &Exported,
 ) -> (Vec<String>, Vec<String>) {
@@ -354,7 +357,10 @@ fn every_dashboard_series_is_there_on_a_fresh_cluster_and_peers_come_and_go() {
         for peer in [1, 2, 3] {
             let about = series_about(&metrics, peer);
             if peer == id {
-                assert!(about.is_empty(), "node {id} lists itself as a peer: {about:?}");
+                assert!(
+                    about.is_empty(),
+                    "node {id} lists itself as a peer: {about:?}"
+                );
             } else {
                 // Sent, dropped, received, forwarded, and round trips.
                 assert!(about.len() >= 5, "node {id} about peer {peer}: {about:?}");
@@ -365,7 +371,10 @@ fn every_dashboard_series_is_there_on_a_fresh_cluster_and_peers_come_and_go() {
     cluster.join_node(4, leader);
     let deadline = Instant::now() + Duration::from_secs(30);
     while series_about(&text(&cluster, leader), 4).is_empty() {
-        assert!(Instant::now() < deadline, "no series for node 4 after it joined");
+        assert!(
+            Instant::now() < deadline,
+            "no series for node 4 after it joined"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     let request = http_agent().delete(&cluster.node(leader).url("/cluster/members/4"));
@@ -385,7 +394,10 @@ fn every_dashboard_series_is_there_on_a_fresh_cluster_and_peers_come_and_go() {
         if about.is_empty() {
             break;
         }
-        assert!(Instant::now() < deadline, "series about removed node 4 linger: {about:?}");
+        assert!(
+            Instant::now() < deadline,
+            "series about removed node 4 linger: {about:?}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     cluster.kill9(4);
