@@ -9,6 +9,10 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
+use crate::api::connections::{
+    ConnectionPolicy, CONNECTIONS_DEFAULT_MAX, CONNECTIONS_PER_SOURCE_DEFAULT_MAX,
+    IDLE_TIMEOUT_DEFAULT_MS, READ_TIMEOUT_DEFAULT_MS,
+};
 use harmonydb_actors::cluster::members::check_address;
 use harmonydb_actors::kv::VALUE_SIZE_DEFAULT_MAX_BYTES;
 use harmonydb_actors::storage::buffer::Policy;
@@ -145,6 +149,27 @@ pub struct ServeArgs {
     /// little behind catches up from the log, not a snapshot [default: 10000].
     #[arg(long, env = "HARMONYDB_LOG_RETAIN_ENTRIES", value_name = "ENTRIES")]
     pub log_retain_entries: Option<u64>,
+    /// Client connections each front door (TCP, HTTP) takes at once
+    /// [default: 1024].
+    #[arg(long, env = "HARMONYDB_MAX_CONNECTIONS", value_name = "COUNT")]
+    pub max_connections: Option<usize>,
+    /// Client connections each front door takes at once from one source
+    /// address [default: 256].
+    #[arg(
+        long,
+        env = "HARMONYDB_MAX_CONNECTIONS_PER_SOURCE",
+        value_name = "COUNT"
+    )]
+    pub max_connections_per_source: Option<usize>,
+    /// How long a client may take to send a whole request once it began
+    /// (a TCP frame; an HTTP head and body), and its first one once
+    /// connected, in milliseconds [default: 10000].
+    #[arg(long, env = "HARMONYDB_READ_TIMEOUT_MS", value_name = "MS")]
+    pub read_timeout_ms: Option<u64>,
+    /// How long a client connection may stay open with nothing in flight,
+    /// in milliseconds [default: 60000].
+    #[arg(long, env = "HARMONYDB_IDLE_TIMEOUT_MS", value_name = "MS")]
+    pub idle_timeout_ms: Option<u64>,
     /// `/ready` answers 200 only while this node's applied index trails the
     /// leader's commit index by at most this many entries [default: 1000].
     #[arg(long, env = "HARMONYDB_READY_MAX_LAG_ENTRIES", value_name = "ENTRIES")]
@@ -197,6 +222,10 @@ struct FileConfig {
     checkpoint_entries: Option<u64>,
     log_retain_entries: Option<u64>,
     ready_max_lag_entries: Option<u64>,
+    max_connections: Option<usize>,
+    max_connections_per_source: Option<usize>,
+    read_timeout_ms: Option<u64>,
+    idle_timeout_ms: Option<u64>,
     otlp_endpoint: Option<String>,
     trace_sample_ratio: Option<f64>,
     enable_debug: Option<bool>,
@@ -253,6 +282,8 @@ pub struct Config {
     pub log_retain_entries: u64,
     /// Most entries the applied index may trail the leader's commit by for `/ready`.
     pub ready_max_lag_entries: u64,
+    /// Connection caps and deadlines for both front doors.
+    pub connections: ConnectionPolicy,
     /// Where trace spans go (OTLP/HTTP base URL), if anywhere.
     pub otlp_endpoint: Option<String>,
     /// Share of new traces recorded.
@@ -377,6 +408,26 @@ impl Config {
                 file.ready_max_lag_entries,
                 || READY_MAX_LAG_ENTRIES_DEFAULT,
             ),
+            connections: ConnectionPolicy {
+                connections_max: pick(&args.max_connections, file.max_connections, || {
+                    CONNECTIONS_DEFAULT_MAX
+                }),
+                connections_per_source_max: pick(
+                    &args.max_connections_per_source,
+                    file.max_connections_per_source,
+                    || CONNECTIONS_PER_SOURCE_DEFAULT_MAX,
+                ),
+                read_timeout: Duration::from_millis(pick(
+                    &args.read_timeout_ms,
+                    file.read_timeout_ms,
+                    || READ_TIMEOUT_DEFAULT_MS,
+                )),
+                idle_timeout: Duration::from_millis(pick(
+                    &args.idle_timeout_ms,
+                    file.idle_timeout_ms,
+                    || IDLE_TIMEOUT_DEFAULT_MS,
+                )),
+            },
             otlp_endpoint: args
                 .otlp_endpoint
                 .clone()
@@ -503,6 +554,34 @@ impl Config {
                 name: "checkpoint_interval_ms",
                 message: format!("{interval_ms} is outside 10..=86400000"),
             });
+        }
+        let connections = &self.connections;
+        if !(1..=1_000_000).contains(&connections.connections_max) {
+            return Err(ConfigError::Invalid {
+                name: "max_connections",
+                message: format!("{} is outside 1..=1000000", connections.connections_max),
+            });
+        }
+        if !(1..=connections.connections_max).contains(&connections.connections_per_source_max) {
+            return Err(ConfigError::Invalid {
+                name: "max_connections_per_source",
+                message: format!(
+                    "{} is outside 1..=max_connections ({})",
+                    connections.connections_per_source_max, connections.connections_max
+                ),
+            });
+        }
+        for (name, timeout) in [
+            ("read_timeout_ms", connections.read_timeout),
+            ("idle_timeout_ms", connections.idle_timeout),
+        ] {
+            let ms = timeout.as_millis();
+            if !(100..=3_600_000).contains(&ms) {
+                return Err(ConfigError::Invalid {
+                    name,
+                    message: format!("{ms} is outside 100..=3600000"),
+                });
+            }
         }
         if self.checkpoint_entries == 0 {
             return Err(ConfigError::Invalid {

@@ -30,6 +30,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
+use crate::api::connections::Admission;
 use crate::api::service::{Service, ServiceParts};
 use crate::api::{http, tcp};
 use crate::config::Config;
@@ -636,12 +637,18 @@ async fn serve(
             token: config.admin_token.clone(),
         },
     };
+    let tcp_admission = Admission::new("tcp", config.connections);
+    actix_rt::spawn(follow_member_addresses(
+        members.clone(),
+        tcp_admission.clone(),
+    ));
     let (http_server, http_addr) = crate::api::http_server::serve(
         listeners.http,
         http_state,
         crate::api::http_server::HttpSettings {
             workers: HTTP_WORKERS,
             shutdown_timeout: HTTP_SHUTDOWN_TIMEOUT,
+            admission: Admission::new("http", config.connections),
         },
     )
     .map_err(|source| NodeError::Bind {
@@ -659,6 +666,8 @@ async fn serve(
             service,
             peers: peer_inbox,
             frame_size_max_bytes: config.frame_size_max_bytes,
+            value_size_max_bytes: config.value_size_max_bytes,
+            admission: tcp_admission,
         },
         tcp::TcpShutdown {
             clients: clients_stopped,
@@ -720,6 +729,34 @@ async fn serve(
     let _ = parts.manager_arbiter.join();
     info!("stopped cleanly");
     Ok(())
+}
+
+/// How often the addresses members are at are looked up again (their
+/// names may move), besides whenever the members change.
+const MEMBER_ADDRESS_REFRESH: Duration = Duration::from_secs(30);
+
+/// Keeps `admission` told which IP addresses the members are at, so a
+/// member's peer link always gets in (see `api::connections`).
+async fn follow_member_addresses(members: MemberBook, admission: Admission) {
+    let mut seen = None;
+    let mut looked_up = std::time::Instant::now();
+    loop {
+        let version = members.version();
+        if seen != Some(version) || looked_up.elapsed() >= MEMBER_ADDRESS_REFRESH {
+            let mut ips = Vec::new();
+            for address in members.addresses().into_values() {
+                if let Ok(found) = tokio::net::lookup_host(address.as_str()).await {
+                    ips.extend(found.map(|a| a.ip()));
+                }
+            }
+            ips.sort();
+            ips.dedup();
+            admission.set_member_ips(ips);
+            seen = Some(version);
+            looked_up = std::time::Instant::now();
+        }
+        actix_rt::time::sleep(Duration::from_secs(1)).await;
+    }
 }
 
 /// SIGTERM and SIGINT handlers.

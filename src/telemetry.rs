@@ -318,6 +318,15 @@ fn register_series() {
         // Creating the handle registers the series; nothing is recorded.
         let _ = metrics::histogram!("harmonydb_http_request_duration_seconds", &labels);
     }
+    for api in ["tcp", "http"] {
+        for refusal in crate::api::connections::Refusal::ALL {
+            metrics::counter!(
+                format!("harmonydb_{api}_connections_refused_total"),
+                "reason" => refusal.as_str()
+            )
+            .increment(0);
+        }
+    }
     for code in crate::api::tcp::CONNECTION_ERROR_CODES {
         metrics::counter!("harmonydb_tcp_protocol_errors_total", "code" => code.as_str())
             .increment(0);
@@ -364,7 +373,6 @@ const UNLABELLED_COUNTERS: &[&str] = &[
     "harmonydb_http_sent_bytes_total",
     "harmonydb_tcp_received_bytes_total",
     "harmonydb_tcp_sent_bytes_total",
-    "harmonydb_tcp_connections_refused_total",
     "harmonydb_wal_write_bytes_total",
     "harmonydb_wal_segments_created_total",
     "harmonydb_wal_failures_total",
@@ -472,7 +480,11 @@ fn describe_metrics() {
     describe_gauge!("harmonydb_tcp_connections", "Open client TCP connections.");
     describe_counter!(
         "harmonydb_tcp_connections_refused_total",
-        "TCP connections closed at once because the node had its maximum open."
+        "TCP connections closed at once, by reason: too_many (the pool is full) or too_many_from_source (the source has its share)."
+    );
+    describe_counter!(
+        "harmonydb_http_connections_refused_total",
+        "HTTP connections closed at once, by reason: too_many (the pool is full) or too_many_from_source (the source has its share)."
     );
     describe_counter!(
         "harmonydb_tcp_protocol_errors_total",

@@ -28,7 +28,7 @@ use tracing::Instrument;
 
 use super::debug::{cpu_profile, heap_profile, AdminAccess};
 use super::error::ApiError;
-use super::http_server::{HeadRejection, REJECTED_ROUTE};
+use super::http_server::{GuardState, HeadRejection, REJECTED_ROUTE};
 use super::service::{Service, SCAN_LIMIT_DEFAULT};
 
 /// JSON escapes can take six bytes per value byte (`\u0000`), so the body
@@ -686,7 +686,20 @@ async fn no_route(request: HttpRequest) -> HttpResponse {
     .error_response()
 }
 
-fn json_error(error: JsonPayloadError, _: &HttpRequest) -> actix_web::Error {
+/// The error for a body the connection's guard cut short (late or
+/// malformed), if it did.
+fn cut_body_error(request: &HttpRequest) -> Option<ApiError> {
+    request
+        .conn_data::<GuardState>()
+        .and_then(GuardState::body_error)
+}
+
+fn json_error(error: JsonPayloadError, request: &HttpRequest) -> actix_web::Error {
+    if matches!(error, JsonPayloadError::Payload(_)) {
+        if let Some(api) = cut_body_error(request) {
+            return api.into();
+        }
+    }
     let api = match &error {
         JsonPayloadError::ContentType => unsupported_media_type(),
         JsonPayloadError::OverflowKnownLength { length, limit } => ApiError::new(
@@ -749,6 +762,13 @@ fn json_error_body<B: MessageBody + 'static>(
     }
     let status = response.status();
     let (request, answer) = response.into_parts();
+    // A body the guard cut short fails whatever extractor read it.
+    if let Some(api) = cut_body_error(&request) {
+        let json = actix_web::ResponseError::error_response(&api);
+        return Ok(ErrorHandlerResponse::Response(
+            ServiceResponse::new(request, json).map_into_right_body(),
+        ));
+    }
     let text = answer
         .error()
         .map(ToString::to_string)

@@ -14,11 +14,23 @@
 //! why, asks to close the connection, and is answered like any other error
 //! by the app, in the JSON error format; nothing after it is read. Answers
 //! to requests before it go out first, in order, as HTTP/1 requires.
+//!
+//! The guard also holds the connection to the node's
+//! [`ConnectionPolicy`](super::connections::ConnectionPolicy): a head must
+//! arrive in full within the read timeout (the first one counts from
+//! connecting), and a body within the read timeout of its head; a body
+//! that is late or whose chunked framing is malformed is cut where it
+//! stands, the connection's [`BodyCut`] says why, and the handler's body
+//! error becomes 408 `request_timeout` or 400 `bad_request`. Each
+//! connection holds its place from the front door's admission (caps in
+//! all and per source) until it closes.
 
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -31,23 +43,13 @@ use actix_web::dev::AppConfig;
 use bytes::{Buf, BytesMut};
 use harmonydb_protocol::ErrorCode;
 
+use super::connections::{Admission, Pool, Slot};
 use super::error::ApiError;
 use super::http::{app, HttpState};
 
 /// The route a refused request head is replaced by. Its query says why
 /// ([`HeadRejection::to_query`]); a client calling it gets an error too.
 pub const REJECTED_ROUTE: &str = "/_harmonydb/rejected";
-
-/// How long a request head may take to arrive in full, from the first
-/// byte of a later request or from the connection's start for the first.
-/// A client that sends part of a head and stalls gets 408 and loses the
-/// connection. Shorter than [`KEEP_ALIVE`], so a head begun as soon as
-/// the previous answer went out gets its 408 before the idle connection
-/// would be closed without a word.
-pub const HEAD_TIMEOUT: Duration = Duration::from_secs(4);
-
-/// How long a connection may sit idle between requests before it is closed.
-pub const KEEP_ALIVE: Duration = Duration::from_secs(5);
 
 /// Longest request line the `http` crate's URI type takes (its limit is
 /// 65,534 bytes of target; the method and version add a few).
@@ -56,9 +58,10 @@ const REQUEST_TARGET_MAX_BYTES: usize = 65_534;
 /// Headers actix's decoder takes in one request.
 const HEADERS_MAX: usize = 96;
 
-/// actix's dispatcher waits this long for a first head before answering an
-/// empty 408 itself; ours ([`HEAD_TIMEOUT`]) must fire first.
-const DISPATCHER_HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+/// actix's dispatcher waits for a first head this many read timeouts
+/// before answering an empty 408 itself; the guard's own deadline (one
+/// read timeout) fires first.
+const DISPATCHER_HEAD_TIMEOUTS: u32 = 3;
 
 /// Why a request head was refused before the app saw it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -73,8 +76,11 @@ pub enum HeadRejection {
         /// The head's length so far.
         bytes: usize,
     },
-    /// The head did not arrive in full within [`HEAD_TIMEOUT`].
-    Timeout,
+    /// The head did not arrive in full within the read timeout.
+    Timeout {
+        /// The read timeout.
+        ms: u128,
+    },
     /// The head is not valid HTTP/1.
     Malformed(&'static str),
 }
@@ -113,7 +119,7 @@ impl HeadRejection {
             HeadRejection::HeadersTooLarge { bytes } => {
                 format!("reason=headers_too_large&bytes={bytes}")
             }
-            HeadRejection::Timeout => "reason=timeout".to_string(),
+            HeadRejection::Timeout { ms } => format!("reason=timeout&ms={ms}"),
             HeadRejection::Malformed(why) => format!(
                 "reason=malformed&why={}",
                 percent_encoding::utf8_percent_encode(why, percent_encoding::NON_ALPHANUMERIC)
@@ -159,8 +165,8 @@ impl HeadRejection {
             Some("timeout") => ApiError::new(
                 ErrorCode::RequestTimeout,
                 format!(
-                    "the request head did not arrive within {} s; the connection is closed",
-                    HEAD_TIMEOUT.as_secs()
+                    "the request head did not arrive within {} ms; the connection is closed",
+                    field("ms").unwrap_or_default()
                 ),
             ),
             Some("malformed") => ApiError::bad_request(format!(
@@ -174,11 +180,66 @@ impl HeadRejection {
     }
 }
 
+/// Why a connection's request body was cut short, if it was: shared by
+/// the guard and the app (as connection data), whose body errors then say
+/// so.
+#[derive(Debug, Default)]
+pub struct BodyCut(AtomicU8);
+
+impl BodyCut {
+    // 0, the default, is "not cut".
+    const LATE: u8 = 1;
+    const MALFORMED: u8 = 2;
+
+    fn set(&self, why: u8) {
+        self.0.store(why, Ordering::Relaxed);
+    }
+
+    /// The error a handler whose body failed should answer, if the guard
+    /// cut it.
+    pub fn error(&self, read_timeout: Duration) -> Option<ApiError> {
+        match self.0.load(Ordering::Relaxed) {
+            Self::LATE => Some(ApiError::new(
+                ErrorCode::RequestTimeout,
+                format!(
+                    "the request body did not arrive in full within {} ms of its head; the connection is closed",
+                    read_timeout.as_millis()
+                ),
+            )),
+            Self::MALFORMED => Some(ApiError::bad_request(
+                "the request body's chunked encoding is malformed; the connection is closed",
+            )),
+            _ => None,
+        }
+    }
+}
+
+/// A connection's guard state the app can read: why its body was cut, and
+/// the read timeout it was held to.
+#[derive(Clone, Debug)]
+pub struct GuardState {
+    /// Why the body was cut, if it was.
+    pub cut: Arc<BodyCut>,
+    /// The connection's read timeout.
+    pub read_timeout: Duration,
+}
+
+impl GuardState {
+    /// The error for a failed body read, if the guard cut the body.
+    pub fn body_error(&self) -> Option<ApiError> {
+        self.cut.error(self.read_timeout)
+    }
+}
+
 /// A client connection as actix's dispatcher reads it: bytes pass once
 /// actix's decoder has accepted them, and a refused head is replaced (see
 /// the module docs).
 pub struct GuardedStream<S> {
     inner: S,
+    /// Its place in the front door's admission, given back when it closes.
+    _slot: Option<Slot>,
+    /// What the app may learn about this connection.
+    state: GuardState,
     /// Bytes read from the socket and not handed on yet; the first
     /// `accepted` of them passed the decoder.
     pending: BytesMut,
@@ -186,13 +247,12 @@ pub struct GuardedStream<S> {
     /// The decoder's copy of `pending[accepted..]`, which it consumes.
     undecoded: BytesMut,
     decoder: Codec,
-    /// A head is on its way (or the first one is awaited) until this timer fires.
-    head_deadline: Option<Pin<Box<tokio::time::Sleep>>>,
-    /// A head was refused: what is pending is all the dispatcher gets.
+    /// A head or body is on its way (or the first head is awaited) until
+    /// this timer fires.
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// A head was refused or a body cut: what is pending is all the
+    /// dispatcher gets.
     refused: bool,
-    /// A body failed to decode: bytes pass unchecked from here on, so the
-    /// dispatcher meets the same error and answers it.
-    unchecked: bool,
 }
 
 /// Bytes read from the socket at a time.
@@ -200,50 +260,72 @@ const READ_CHUNK_BYTES: usize = 16 * 1024;
 
 impl<S> GuardedStream<S> {
     /// Guards a new connection, whose first head must arrive within
-    /// [`HEAD_TIMEOUT`]. `config` is the worker's (each one keeps a clock
+    /// `read_timeout`. `config` is the worker's (each one keeps a clock
     /// task for dates, so it is made once per worker, not per connection).
-    pub fn new(inner: S, config: actix_http::ServiceConfig) -> Self {
+    pub fn new(
+        inner: S,
+        config: actix_http::ServiceConfig,
+        read_timeout: Duration,
+        slot: Option<Slot>,
+    ) -> Self {
         GuardedStream {
             inner,
+            _slot: slot,
+            state: GuardState {
+                cut: Arc::new(BodyCut::default()),
+                read_timeout,
+            },
             pending: BytesMut::new(),
             accepted: 0,
             undecoded: BytesMut::new(),
             decoder: Codec::new(config),
-            head_deadline: Some(Box::pin(tokio::time::sleep(HEAD_TIMEOUT))),
+            deadline: Some(Box::pin(tokio::time::sleep(read_timeout))),
             refused: false,
-            unchecked: false,
         }
+    }
+
+    /// What the app may learn about this connection.
+    pub fn state(&self) -> GuardState {
+        self.state.clone()
+    }
+
+    fn arm_deadline(&mut self) {
+        self.deadline = Some(Box::pin(tokio::time::sleep(self.state.read_timeout)));
     }
 
     /// Runs the decoder over what it has not seen, accepting what it takes.
     fn decode(&mut self) {
-        while !self.refused && !self.unchecked && !self.undecoded.is_empty() {
+        while !self.refused && !self.undecoded.is_empty() {
             let before = self.undecoded.len();
             let in_body = self.decoder_in_body();
             match self.decoder.decode(&mut self.undecoded) {
                 Ok(item) => {
                     self.accepted += before - self.undecoded.len();
                     match item {
-                        Some(Message::Item(_)) => self.head_deadline = None,
-                        Some(Message::Chunk(_)) => {}
+                        // A head: its body (if any) has the read timeout
+                        // from now; without one, the next head starts the
+                        // clock when it begins.
+                        Some(Message::Item(_)) => {
+                            if self.decoder_in_body() {
+                                self.arm_deadline();
+                            } else {
+                                self.deadline = None;
+                            }
+                        }
+                        Some(Message::Chunk(None)) => self.deadline = None,
+                        Some(Message::Chunk(Some(_))) => {}
                         None => {
-                            if !in_body
-                                && !self.undecoded.is_empty()
-                                && self.head_deadline.is_none()
-                            {
+                            if !in_body && !self.undecoded.is_empty() && self.deadline.is_none() {
                                 // A later request's head has begun: it gets the same time.
-                                self.head_deadline =
-                                    Some(Box::pin(tokio::time::sleep(HEAD_TIMEOUT)));
+                                self.arm_deadline();
                             }
                             break;
                         }
                     }
                 }
-                Err(_) if in_body => {
-                    self.accepted = self.pending.len();
-                    self.undecoded.clear();
-                    self.unchecked = true;
-                }
+                // A body whose framing is broken: cut it where it stands;
+                // the handler's body error says why.
+                Err(_) if in_body => self.cut_body(BodyCut::MALFORMED),
                 // The decoder may have consumed the refused head before it
                 // found the fault: the head starts where accepted bytes end.
                 Err(error) => {
@@ -253,6 +335,17 @@ impl<S> GuardedStream<S> {
                 }
             }
         }
+    }
+
+    /// Ends the stream inside a body: the dispatcher gets the body up to
+    /// here, then the end, and the app learns why from [`BodyCut`].
+    fn cut_body(&mut self, why: u8) {
+        tracing::debug!(why, "HTTP request body cut");
+        self.state.cut.set(why);
+        self.pending.truncate(self.accepted);
+        self.undecoded.clear();
+        self.deadline = None;
+        self.refused = true;
     }
 
     /// Whether the decoder is inside a body (its next bytes are no head).
@@ -268,7 +361,7 @@ impl<S> GuardedStream<S> {
         self.pending.extend_from_slice(&rejection.request());
         self.accepted = self.pending.len();
         self.undecoded.clear();
-        self.head_deadline = None;
+        self.deadline = None;
         self.refused = true;
     }
 }
@@ -293,9 +386,14 @@ impl<S: AsyncRead + Unpin> AsyncRead for GuardedStream<S> {
                 // replaced it, went out: the dispatcher answers and closes.
                 return Poll::Ready(Ok(()));
             }
-            if let Some(deadline) = this.head_deadline.as_mut() {
+            if let Some(deadline) = this.deadline.as_mut() {
                 if deadline.as_mut().poll(cx).is_ready() {
-                    this.refuse(HeadRejection::Timeout);
+                    if this.decoder_in_body() {
+                        this.cut_body(BodyCut::LATE);
+                    } else {
+                        let ms = this.state.read_timeout.as_millis();
+                        this.refuse(HeadRejection::Timeout { ms });
+                    }
                     continue;
                 }
             }
@@ -314,12 +412,8 @@ impl<S: AsyncRead + Unpin> AsyncRead for GuardedStream<S> {
                 Poll::Ready(Ok(())) => {
                     let data = read.filled();
                     this.pending.extend_from_slice(data);
-                    if this.unchecked {
-                        this.accepted = this.pending.len();
-                    } else {
-                        this.undecoded.extend_from_slice(data);
-                        this.decode();
-                    }
+                    this.undecoded.extend_from_slice(data);
+                    this.decode();
                 }
             }
         }
@@ -362,6 +456,8 @@ pub struct HttpSettings {
     pub workers: usize,
     /// How long shutdown waits for requests in flight.
     pub shutdown_timeout: Duration,
+    /// Who may connect, and how long they may take.
+    pub admission: Admission,
 }
 
 /// Starts serving `state`'s app on `listener` (already bound); returns the
@@ -372,6 +468,8 @@ pub fn serve(
     settings: HttpSettings,
 ) -> io::Result<(actix_server::Server, SocketAddr)> {
     let local_addr = listener.local_addr()?;
+    let admission = settings.admission;
+    let policy = admission.policy();
     let builder = actix_server::Server::build()
         .workers(settings.workers)
         .disable_signals()
@@ -381,10 +479,15 @@ pub fn serve(
         .listen("harmonydb-http", listener, move || {
             let state = state.clone();
             let shutdown = shutdown.clone();
+            let admission = admission.clone();
             let http = HttpService::build()
-                .keep_alive(KeepAlive::Timeout(KEEP_ALIVE))
-                .client_request_timeout(DISPATCHER_HEAD_TIMEOUT)
+                .keep_alive(KeepAlive::Timeout(policy.idle_timeout))
+                .client_request_timeout(policy.read_timeout * DISPATCHER_HEAD_TIMEOUTS)
                 .local_addr(local_addr)
+                // The app reads why a body was cut (see `BodyCut`).
+                .on_connect_ext(|io: &GuardedStream<actix_rt::net::TcpStream>, data| {
+                    data.insert(io.state());
+                })
                 // Idle keep-alive connections close as soon as shutdown
                 // begins instead of holding it up.
                 .graceful_shutdown_signal(move || {
@@ -400,10 +503,25 @@ pub fn serve(
             let decoder_config = actix_http::ServiceConfig::default();
             fn_service(move |stream: actix_rt::net::TcpStream| {
                 let decoder_config = decoder_config.clone();
+                let admission = admission.clone();
                 async move {
                     let peer = stream.peer_addr().ok();
+                    // Refused (counted and logged by the admission): the
+                    // connection is dropped, which closes it.
+                    let slot = match peer {
+                        Some(peer) => Some(admission.admit(Pool::Clients, peer.ip()).map_err(
+                            |refusal| {
+                                actix_http::error::DispatchError::Io(io::Error::other(
+                                    refusal.as_str(),
+                                ))
+                            },
+                        )?),
+                        None => None,
+                    };
                     let _ = stream.set_nodelay(true);
-                    Ok((GuardedStream::new(stream, decoder_config), peer))
+                    let guarded =
+                        GuardedStream::new(stream, decoder_config, policy.read_timeout, slot);
+                    Ok((guarded, peer))
                 }
             })
             .and_then(http)
@@ -421,7 +539,12 @@ mod tests {
     async fn as_the_dispatcher_reads(sent: Vec<u8>) -> Vec<u8> {
         let (mut client, server) = tokio::io::duplex(1 << 20);
         client.write_all(&sent).await.expect("fits the pipe");
-        let mut guarded = GuardedStream::new(server, actix_http::ServiceConfig::default());
+        let mut guarded = GuardedStream::new(
+            server,
+            actix_http::ServiceConfig::default(),
+            Duration::from_secs(5),
+            None,
+        );
         let mut read = Vec::new();
         let mut buf = [0u8; 4096];
         loop {
@@ -463,7 +586,10 @@ mod tests {
                 HeadRejection::HeadersTooLarge { bytes: 140_000 },
                 ErrorCode::HeadersTooLarge,
             ),
-            (HeadRejection::Timeout, ErrorCode::RequestTimeout),
+            (
+                HeadRejection::Timeout { ms: 5000 },
+                ErrorCode::RequestTimeout,
+            ),
             (
                 HeadRejection::Malformed("the method is not valid"),
                 ErrorCode::BadRequest,

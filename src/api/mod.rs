@@ -1,6 +1,7 @@
 //! The node's front doors: the HTTP JSON API and the MessagePack TCP API.
 //! Both offer the same operations and share one error mapping.
 
+pub mod connections;
 pub mod debug;
 pub mod error;
 pub mod http;

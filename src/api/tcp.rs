@@ -15,13 +15,29 @@
 //! through shutdown until the replica is done, so in-flight writes can still
 //! commit.
 //!
-//! Bounds: connections (`CONNECTIONS_MAX`), requests in flight per
-//! connection (`CONNECTION_INFLIGHT_MAX`), and bytes of answers held for all
-//! connections (`ANSWER_BUDGET_BYTES`); each waits rather than grows.
+//! Connections follow the node's [`ConnectionPolicy`] (see
+//! [`super::connections`]): admitted into a small pool of unidentified
+//! connections, each must send a whole first frame within the read
+//! timeout, and it then becomes a client (under the client caps) or, if it
+//! is a member's `raft` frame, a peer link (under none). Any frame, once
+//! begun, must arrive in full within the read timeout, and a client
+//! connection with nothing in flight is closed after the idle timeout.
+//!
+//! Memory: every request reserves, before it runs, the most its answer can
+//! take (the largest value, or the largest scan page) from its
+//! connection's budget and from the node's; the reader stops reading while
+//! either is used up, and the reservation shrinks to the answer's real
+//! size once it is encoded and is given back when it is written. So what
+//! answers may hold is bounded before anything is computed, however many
+//! requests a client pipelines without reading.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -32,41 +48,46 @@ use harmonydb_protocol::message::{decode_request, encode};
 use harmonydb_protocol::{
     ErrorCode, Request, RequestFrame, Response, ResponseFrame, FRAME_SIZE_DEFAULT_MAX_BYTES,
 };
+use tokio::io::{AsyncRead, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::codec::FramedRead;
 use tracing::{debug, info, warn, Instrument};
 
+use super::connections::{Admission, Pool, Slot};
 use super::service::Service;
 
 /// Requests one connection may have in the store at once; past it the
 /// reader stops reading, which pushes back on the client through TCP.
 pub const CONNECTION_INFLIGHT_MAX: usize = 1024;
 
-/// Open client connections at once; a connection over it is closed at accept.
-pub const CONNECTIONS_MAX: usize = 1024;
-
-/// Bytes of encoded answers the node holds for all connections together
-/// (waiting in queues or unflushed). An answer waits for room, so a client
-/// that pipelines large scans and never reads can't make the node hold more.
+/// Bytes of answers (reserved, queued or unflushed) the node holds for all
+/// connections together. A request waits for room before it runs, so
+/// clients that pipeline large reads and never read can't make the node
+/// hold more.
 pub const ANSWER_BUDGET_BYTES: usize = 256 * 1024 * 1024;
 
-/// Bytes of encoded answers one connection may hold, so that one client that
+/// Bytes of answers one connection may hold, so that one client that
 /// stops reading can take at most this much of the node-wide budget.
 pub const CONNECTION_ANSWER_BUDGET_BYTES: usize = 32 * 1024 * 1024;
 
-/// Answers queued for one connection's socket.
-const ANSWER_QUEUE_CAPACITY: usize = 1024;
+/// What an answer adds to the data it carries: keys, field names, framing.
+const ANSWER_OVERHEAD_BYTES: usize = 64 * 1024;
 
 /// The codes a connection can be closed with (counted by code in
 /// `harmonydb_tcp_protocol_errors_total`).
-pub const CONNECTION_ERROR_CODES: [ErrorCode; 4] = [
+pub const CONNECTION_ERROR_CODES: [ErrorCode; 6] = [
     ErrorCode::FrameTooLarge,
     ErrorCode::MalformedFrame,
     ErrorCode::UnknownOperation,
     ErrorCode::Forbidden,
+    ErrorCode::RequestTimeout,
+    ErrorCode::Overloaded,
 ];
+
+/// Answers queued for one connection's socket.
+const ANSWER_QUEUE_CAPACITY: usize = 1024;
 
 /// Bytes of the length prefix before every frame, counted in the byte metrics.
 const FRAME_LENGTH_PREFIX_BYTES: u64 = 4;
@@ -83,6 +104,10 @@ pub struct TcpTargets {
     pub peers: PeerInbox,
     /// Largest frame read.
     pub frame_size_max_bytes: usize,
+    /// Largest value a get may answer (for the answer budget).
+    pub value_size_max_bytes: usize,
+    /// Who may connect, and for how long they may take.
+    pub admission: Admission,
 }
 
 /// When connections stop reading.
@@ -99,16 +124,15 @@ pub struct TcpShutdown {
 /// requests it had started, and closes (peer links once peer shutdown comes).
 pub async fn serve(listener: TcpListener, targets: TcpTargets, stop: TcpShutdown) {
     let mut shutdown = stop.clients.clone();
-    let connection_slots = Arc::new(Semaphore::new(CONNECTIONS_MAX));
     let answer_budget = Arc::new(Semaphore::new(ANSWER_BUDGET_BYTES));
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    let Ok(slot) = connection_slots.clone().try_acquire_owned() else {
-                        warn!(%peer, limit = CONNECTIONS_MAX, "refusing a TCP connection: too many open");
-                        metrics::counter!("harmonydb_tcp_connections_refused_total").increment(1);
+                    // Refused connections close at once; the refusal is
+                    // counted and logged (at a bounded rate) by the admission.
+                    let Ok(slot) = targets.admission.admit(Pool::Unidentified, peer.ip()) else {
                         continue;
                     };
                     let connection = Connection {
@@ -116,11 +140,9 @@ pub async fn serve(listener: TcpListener, targets: TcpTargets, stop: TcpShutdown
                         targets: targets.clone(),
                         answer_budget: answer_budget.clone(),
                         stop: stop.clone(),
+                        slot,
                     };
-                    connections.spawn(async move {
-                        connection.run(stream).await;
-                        drop(slot);
-                    });
+                    connections.spawn(connection.run(stream));
                 }
                 // Accept errors (EMFILE, a reset before accept) concern one peer; keep listening.
                 Err(error) => warn!(%error, "accepting a TCP connection failed"),
@@ -139,12 +161,94 @@ pub async fn serve(listener: TcpListener, targets: TcpTargets, stop: TcpShutdown
     info!("TCP connections drained");
 }
 
+/// Bytes read from a connection and bytes of whole frames taken from them:
+/// when the first is ahead, a frame has begun and not ended.
+#[derive(Default)]
+struct FrameClock {
+    read_bytes: AtomicU64,
+    consumed_bytes: AtomicU64,
+}
+
+/// A connection's read half that enforces the read timeout: the first
+/// frame must be whole within it of connecting, and any later frame within
+/// it of its first byte. It fails the read with `TimedOut` when one is not.
+struct DeadlineReader<R> {
+    inner: R,
+    clock: Arc<FrameClock>,
+    read_timeout: Duration,
+    /// When the current deadline fires; `None` between frames (after the first).
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<R> DeadlineReader<R> {
+    fn new(inner: R, clock: Arc<FrameClock>, read_timeout: Duration) -> Self {
+        DeadlineReader {
+            inner,
+            clock,
+            read_timeout,
+            deadline: Some(Box::pin(tokio::time::sleep(read_timeout))),
+        }
+    }
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for DeadlineReader<R> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let read = this.clock.read_bytes.load(Ordering::Relaxed);
+        let consumed = this.clock.consumed_bytes.load(Ordering::Relaxed);
+        let first_frame_pending = consumed == 0;
+        if read == consumed && !first_frame_pending {
+            // Between frames: no deadline (the idle timeout is the loop's).
+            this.deadline = None;
+        }
+        if let Some(deadline) = this.deadline.as_mut() {
+            if deadline.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "frame not complete within the read timeout",
+                )));
+            }
+        }
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
+        let got = (buf.filled().len() - before) as u64;
+        if got > 0 {
+            if read == consumed && this.deadline.is_none() {
+                // A frame begins: it has the read timeout to finish.
+                let mut deadline = Box::pin(tokio::time::sleep(this.read_timeout));
+                // Registered now, so its expiry wakes this reader.
+                let _ = deadline.as_mut().poll(cx);
+                this.deadline = Some(deadline);
+            }
+            this.clock.read_bytes.fetch_add(got, Ordering::Relaxed);
+        }
+        polled
+    }
+}
+
+/// The most an answer to `request` can take, reserved before it runs.
+fn answer_reservation_bytes(request: &Request, value_size_max_bytes: usize) -> usize {
+    let data = match request {
+        Request::Get { .. } => value_size_max_bytes,
+        Request::Scan { .. } => {
+            harmonydb_actors::kv::SCAN_RESPONSE_SIZE_MAX_BYTES + value_size_max_bytes
+        }
+        _ => 0,
+    };
+    data + ANSWER_OVERHEAD_BYTES
+}
+
 /// One client or peer connection.
 struct Connection {
     peer: SocketAddr,
     targets: TcpTargets,
     answer_budget: Arc<Semaphore>,
     stop: TcpShutdown,
+    slot: Slot,
 }
 
 impl Connection {
@@ -162,22 +266,38 @@ impl Connection {
             queue,
             answer_size_max_bytes,
         ));
+        let policy = self.targets.admission.policy();
         let inflight = Arc::new(Semaphore::new(CONNECTION_INFLIGHT_MAX));
         let connection_budget = Arc::new(Semaphore::new(CONNECTION_ANSWER_BUDGET_BYTES));
-        let mut frames = FramedRead::new(read_half, codec(frame_size_max_bytes));
+        let clock = Arc::new(FrameClock::default());
+        let reader = DeadlineReader::new(read_half, clock.clone(), policy.read_timeout);
+        let mut frames = FramedRead::new(reader, codec(frame_size_max_bytes));
         let peer = self.peer;
-        // Set by the first Raft frame: from then on this is a peer link.
-        let mut is_peer_link = false;
+        let mut last_active = Instant::now();
 
         loop {
+            let is_peer_link = self.slot.pool() == Pool::Peers;
             let stop = if is_peer_link {
                 &mut self.stop.peers
             } else {
                 &mut self.stop.clients
             };
-            if *stop.borrow() {
+            if *stop.borrow() || answers.is_closed() {
                 break;
             }
+            // A client with nothing in flight and nothing begun may sit
+            // idle only so long; peers heartbeat and are never idle.
+            let busy = inflight.available_permits() < CONNECTION_INFLIGHT_MAX
+                || clock.read_bytes.load(Ordering::Relaxed)
+                    > clock.consumed_bytes.load(Ordering::Relaxed);
+            if busy {
+                last_active = Instant::now();
+            }
+            let idle_deadline = if is_peer_link || busy {
+                None
+            } else {
+                Some(last_active + policy.idle_timeout)
+            };
             let next = tokio::select! {
                 next = frames.next() => next,
                 // Shutdown: stop reading; what was started is still answered.
@@ -186,18 +306,39 @@ impl Connection {
                     // The node is gone; nothing more will be served.
                     Err(_) => break,
                 },
+                () = sleep_until_or_forever(idle_deadline) => {
+                    let pending = clock.read_bytes.load(Ordering::Relaxed)
+                        > clock.consumed_bytes.load(Ordering::Relaxed);
+                    if pending || inflight.available_permits() < CONNECTION_INFLIGHT_MAX {
+                        continue;
+                    }
+                    debug!(%peer, idle_ms = policy.idle_timeout.as_millis() as u64, "closing an idle TCP connection");
+                    break;
+                }
             };
             let bytes = match next {
                 None => break,
                 Some(Ok(bytes)) => {
-                    metrics::counter!("harmonydb_tcp_received_bytes_total")
-                        .increment(bytes.len() as u64 + FRAME_LENGTH_PREFIX_BYTES);
+                    let frame_bytes = bytes.len() as u64 + FRAME_LENGTH_PREFIX_BYTES;
+                    clock
+                        .consumed_bytes
+                        .fetch_add(frame_bytes, Ordering::Relaxed);
+                    last_active = Instant::now();
+                    metrics::counter!("harmonydb_tcp_received_bytes_total").increment(frame_bytes);
                     bytes
                 }
                 Some(Err(error)) if is_frame_too_large(&error) => {
                     let message =
                         format!("frame exceeds the limit of {frame_size_max_bytes} bytes");
                     reject(&answers, 0, ErrorCode::FrameTooLarge, message, peer).await;
+                    break;
+                }
+                Some(Err(error)) if error.kind() == std::io::ErrorKind::TimedOut => {
+                    let message = format!(
+                        "a frame did not arrive in full within {} ms (the first frame counts from connecting)",
+                        policy.read_timeout.as_millis()
+                    );
+                    reject(&answers, 0, ErrorCode::RequestTimeout, message, peer).await;
                     break;
                 }
                 Some(Err(error)) => {
@@ -212,6 +353,7 @@ impl Connection {
                     break;
                 }
             };
+            drop(bytes);
             if let Request::Raft {
                 from,
                 to,
@@ -222,7 +364,8 @@ impl Connection {
                 let traces = frame_traces(&frame.trace, traces);
                 match self.targets.peers.deliver(*from, *to, messages, &traces) {
                     Ok(_) => {
-                        is_peer_link = true;
+                        // A member's link: no client cap applies to it.
+                        let _ = self.slot.move_to(Pool::Peers);
                         continue;
                     }
                     Err(error) => {
@@ -235,21 +378,37 @@ impl Connection {
                     }
                 }
             }
+            if self.slot.pool() == Pool::Unidentified && self.slot.move_to(Pool::Clients).is_err() {
+                let message = "too many client connections (from this address or in all); connect again later".to_string();
+                reject(&answers, frame.id, ErrorCode::Overloaded, message, peer).await;
+                break;
+            }
             let Ok(permit) = inflight.clone().acquire_owned().await else {
                 break;
             };
+            // Room for the largest answer this request can get, before it
+            // runs: the reader waits here while the budgets are used up.
+            let reserved = answer_reservation_bytes(&frame.body, self.targets.value_size_max_bytes)
+                .min(CONNECTION_ANSWER_BUDGET_BYTES);
+            let reserved_permits = u32::try_from(reserved).unwrap_or(u32::MAX);
+            let mut held = Vec::with_capacity(2);
+            for budget in [&connection_budget, &self.answer_budget] {
+                // A budget is never closed, so this only waits for room.
+                match budget.clone().acquire_many_owned(reserved_permits).await {
+                    Ok(permits) => held.push(permits),
+                    Err(_) => break,
+                }
+            }
             let service = self.targets.service.clone();
             let answers = answers.clone();
-            let budgets = [connection_budget.clone(), self.answer_budget.clone()];
             tokio::spawn(async move {
                 let answer = Bytes::from(encode(&handle(&service, frame).await));
-                let mut held = Vec::with_capacity(budgets.len());
-                for budget in budgets {
-                    // A budget is never closed, so this only waits for room; an
-                    // answer larger than a whole budget takes all of it.
-                    let bytes = answer.len().min(CONNECTION_ANSWER_BUDGET_BYTES);
-                    let bytes = u32::try_from(bytes).unwrap_or(u32::MAX);
-                    held.extend(budget.acquire_many_owned(bytes).await.ok());
+                // Keep what the answer takes; give the rest of the reservation back.
+                let keep = answer.len().min(reserved);
+                for permits in &mut held {
+                    if let Some(excess) = permits.split(reserved - keep) {
+                        drop(excess);
+                    }
                 }
                 metrics::counter!("harmonydb_tcp_sent_bytes_total")
                     .increment(answer.len() as u64 + FRAME_LENGTH_PREFIX_BYTES);
@@ -261,6 +420,14 @@ impl Connection {
         drop(answers);
         let _ = writer.await;
         metrics::gauge!("harmonydb_tcp_connections").decrement(1.0);
+    }
+}
+
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until_or_forever(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
     }
 }
 
