@@ -5,12 +5,9 @@
 use std::io;
 
 use bytes::Bytes;
-use futures_util::SinkExt;
-use tokio::io::AsyncWrite;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
-use tokio_util::codec::{
-    length_delimited::LengthDelimitedCodecError, FramedWrite, LengthDelimitedCodec,
-};
+use tokio_util::codec::{length_delimited::LengthDelimitedCodecError, LengthDelimitedCodec};
 
 /// How long a write may wait for the peer to read before the connection is dropped.
 pub const FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
@@ -34,30 +31,63 @@ pub fn is_frame_too_large(error: &io::Error) -> bool {
         .is_some_and(|inner| inner.is::<LengthDelimitedCodecError>())
 }
 
+/// Bytes of small frames gathered before a write to the socket.
+const WRITE_BUFFER_BYTES: usize = 64 * 1024;
+
 /// Writes the frame bodies arriving on `queue` to `writer` until the queue
 /// closes, then closes the writer. Bodies already queued when one is written
 /// go out with it under one flush, so a busy connection makes few syscalls.
 /// Each body comes with a value `T` that is dropped once the body is flushed
 /// (a server uses it to hold memory-budget permits until then).
+///
+/// Small frames are gathered in a 64 KiB buffer; a large body is written
+/// from where it lies, never copied into a buffer that grows with what the
+/// peer has not read, so the memory a slow reader holds is the bodies
+/// themselves. A body over `frame_size_max_bytes` is refused as a frame the
+/// peer could not read.
 pub async fn write_queued_frames<W: AsyncWrite + Unpin, T>(
     writer: W,
     mut queue: mpsc::Receiver<(Bytes, T)>,
     frame_size_max_bytes: usize,
 ) -> io::Result<()> {
-    let mut sink = FramedWrite::new(writer, codec(frame_size_max_bytes));
+    let mut writer = tokio::io::BufWriter::with_capacity(WRITE_BUFFER_BYTES, writer);
     let mut held = Vec::new();
-    while let Some((body, hold)) = queue.recv().await {
-        sink.feed(body).await?;
-        held.push(hold);
-        while let Ok((body, hold)) = queue.try_recv() {
-            sink.feed(body).await?;
-            held.push(hold);
-        }
+    while let Some(first) = queue.recv().await {
         // A peer that stops reading can't hold the node's memory forever.
-        tokio::time::timeout(FLUSH_TIMEOUT, SinkExt::<Bytes>::flush(&mut sink))
+        let batch = async {
+            let mut next = Some(first);
+            while let Some((body, hold)) = next.take() {
+                write_frame(&mut writer, &body, frame_size_max_bytes).await?;
+                held.push(hold);
+                next = queue.try_recv().ok();
+            }
+            writer.flush().await
+        };
+        tokio::time::timeout(FLUSH_TIMEOUT, batch)
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "peer did not read for 30 s"))??;
         held.clear();
     }
-    SinkExt::<Bytes>::close(&mut sink).await
+    writer.shutdown().await
+}
+
+/// Writes one frame: its length, then its body.
+async fn write_frame<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    body: &[u8],
+    frame_size_max_bytes: usize,
+) -> io::Result<()> {
+    if body.len() > frame_size_max_bytes {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "frame of {} bytes exceeds the limit of {frame_size_max_bytes}",
+                body.len()
+            ),
+        ));
+    }
+    let length = u32::try_from(body.len())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "frame over 4 GiB"))?;
+    writer.write_all(&length.to_be_bytes()).await?;
+    writer.write_all(body).await
 }

@@ -652,6 +652,35 @@ pub fn encode<T: Serialize>(message: &T) -> Vec<u8> {
     rmp_serde::to_vec_named(message).expect("protocol messages always serialize")
 }
 
+/// Bytes an answer's encoding adds to the data it carries, per item and in all.
+const ENCODING_OVERHEAD_BYTES: usize = 256;
+
+impl Response {
+    /// About how many bytes this answer takes encoded: its keys and
+    /// values, plus field names and framing.
+    pub fn encoded_size_hint(&self) -> usize {
+        let data = match self {
+            Response::Value { key, value, .. } => key.len() + value.len(),
+            Response::Items { items, .. } => items
+                .iter()
+                .map(|item| item.key.len() + item.value.len() + ENCODING_OVERHEAD_BYTES)
+                .sum(),
+            Response::SnapshotChunk { data, .. } => data.len(),
+            _ => 0,
+        };
+        data + ENCODING_OVERHEAD_BYTES
+    }
+}
+
+/// Encodes an answer frame into a buffer sized for it up front, so a large
+/// value is copied once rather than through a series of doublings (each of
+/// which holds the old buffer and the new one at once).
+pub fn encode_response(frame: &ResponseFrame) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(frame.body.encoded_size_hint());
+    rmp_serde::encode::write_named(&mut bytes, frame).expect("protocol messages always serialize");
+    bytes
+}
+
 /// What a server can tell about a frame body that failed to decode.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DecodeFailure {

@@ -24,8 +24,8 @@
 //! connection with nothing in flight is closed after the idle timeout.
 //!
 //! Memory: every request reserves, before it runs, the most its answer can
-//! take (the largest value, or the largest scan page) from its
-//! connection's budget and from the node's; the reader stops reading while
+//! take while it is made (twice the largest value, or scan page: the data
+//! read and its encoding) from its connection's budget and from the node's; the reader stops reading while
 //! either is used up, and the reservation shrinks to the answer's real
 //! size once it is encoded and is given back when it is written. So what
 //! answers may hold is bounded before anything is computed, however many
@@ -44,7 +44,7 @@ use futures_util::StreamExt;
 use harmonydb_actors::cluster::transport::{frame_traces, PeerError, PeerInbox};
 use harmonydb_actors::observe;
 use harmonydb_protocol::frame::{codec, is_frame_too_large, write_queued_frames};
-use harmonydb_protocol::message::{decode_request, encode};
+use harmonydb_protocol::message::{decode_request, encode, encode_response};
 use harmonydb_protocol::{
     ErrorCode, Request, RequestFrame, Response, ResponseFrame, FRAME_SIZE_DEFAULT_MAX_BYTES,
 };
@@ -230,7 +230,9 @@ impl<R: AsyncRead + Unpin> AsyncRead for DeadlineReader<R> {
     }
 }
 
-/// The most an answer to `request` can take, reserved before it runs.
+/// The most the answer to `request` can take while it is made, reserved
+/// before it runs: the data read from the store and its encoding exist
+/// together for a moment, so twice the largest value (or scan page).
 fn answer_reservation_bytes(request: &Request, value_size_max_bytes: usize) -> usize {
     let data = match request {
         Request::Get { .. } => value_size_max_bytes,
@@ -239,7 +241,7 @@ fn answer_reservation_bytes(request: &Request, value_size_max_bytes: usize) -> u
         }
         _ => 0,
     };
-    data + ANSWER_OVERHEAD_BYTES
+    2 * data + ANSWER_OVERHEAD_BYTES
 }
 
 /// One client or peer connection.
@@ -402,7 +404,7 @@ impl Connection {
             let service = self.targets.service.clone();
             let answers = answers.clone();
             tokio::spawn(async move {
-                let answer = Bytes::from(encode(&handle(&service, frame).await));
+                let answer = Bytes::from(encode_response(&handle(&service, frame).await));
                 // Keep what the answer takes; give the rest of the reservation back.
                 let keep = answer.len().min(reserved);
                 for permits in &mut held {

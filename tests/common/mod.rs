@@ -131,6 +131,11 @@ impl Node {
         }
     }
 
+    /// The node's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// `http://ADDR/PATH`.
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.http, path)
