@@ -48,6 +48,12 @@ const LOG_RETAIN_ENTRIES_DEFAULT: u64 = 10_000;
 /// and still be ready, by default.
 const READY_MAX_LAG_ENTRIES_DEFAULT: u64 = 1000;
 
+/// Free-space floor by default, in MiB.
+const MIN_FREE_DISK_DEFAULT_MB: u64 = 256;
+
+/// Reserve file by default, in MiB.
+const DISK_RESERVE_DEFAULT_MB: u64 = 64;
+
 /// Bytes a frame needs beyond its value: key, field names, framing.
 const FRAME_OVERHEAD_MAX_BYTES: usize = 64 * 1024;
 
@@ -170,6 +176,15 @@ pub struct ServeArgs {
     /// in milliseconds [default: 60000].
     #[arg(long, env = "HARMONYDB_IDLE_TIMEOUT_MS", value_name = "MS")]
     pub idle_timeout_ms: Option<u64>,
+    /// Free space, in MiB, under which the node refuses writes (storage_full)
+    /// and a leader hands leadership over [default: 256].
+    #[arg(long, env = "HARMONYDB_MIN_FREE_DISK_MB", value_name = "MIB")]
+    pub min_free_disk_mb: Option<u64>,
+    /// Size, in MiB, of the reserve file the node keeps in its data
+    /// directory and gives up when the disk fills, so recovery, checkpoints
+    /// and log compaction can finish; 0 for none [default: 64].
+    #[arg(long, env = "HARMONYDB_DISK_RESERVE_MB", value_name = "MIB")]
+    pub disk_reserve_mb: Option<u64>,
     /// `/ready` answers 200 only while this node's applied index trails the
     /// leader's commit index by at most this many entries [default: 1000].
     #[arg(long, env = "HARMONYDB_READY_MAX_LAG_ENTRIES", value_name = "ENTRIES")]
@@ -222,6 +237,8 @@ struct FileConfig {
     checkpoint_entries: Option<u64>,
     log_retain_entries: Option<u64>,
     ready_max_lag_entries: Option<u64>,
+    min_free_disk_mb: Option<u64>,
+    disk_reserve_mb: Option<u64>,
     max_connections: Option<usize>,
     max_connections_per_source: Option<usize>,
     read_timeout_ms: Option<u64>,
@@ -284,6 +301,10 @@ pub struct Config {
     pub ready_max_lag_entries: u64,
     /// Connection caps and deadlines for both front doors.
     pub connections: ConnectionPolicy,
+    /// Free space under which writes are refused, in MiB.
+    pub min_free_disk_mb: u64,
+    /// The reserve file's size, in MiB (0: none).
+    pub disk_reserve_mb: u64,
     /// Where trace spans go (OTLP/HTTP base URL), if anywhere.
     pub otlp_endpoint: Option<String>,
     /// Share of new traces recorded.
@@ -408,6 +429,12 @@ impl Config {
                 file.ready_max_lag_entries,
                 || READY_MAX_LAG_ENTRIES_DEFAULT,
             ),
+            min_free_disk_mb: pick(&args.min_free_disk_mb, file.min_free_disk_mb, || {
+                MIN_FREE_DISK_DEFAULT_MB
+            }),
+            disk_reserve_mb: pick(&args.disk_reserve_mb, file.disk_reserve_mb, || {
+                DISK_RESERVE_DEFAULT_MB
+            }),
             connections: ConnectionPolicy {
                 connections_max: pick(&args.max_connections, file.max_connections, || {
                     CONNECTIONS_DEFAULT_MAX

@@ -15,6 +15,7 @@ use actix::{Actor, Addr, Arbiter};
 use harmonydb_actors::cluster::fault::FaultFilter;
 use harmonydb_actors::cluster::members::MemberBook;
 use harmonydb_actors::cluster::transport::{PeerInbox, Transport};
+use harmonydb_actors::disk::{DiskMonitor, DISK_CHECK_INTERVAL};
 use harmonydb_actors::kv::{BeginShutdown, KvHandle, KvLimits};
 use harmonydb_actors::raft::replica::{
     read_removed_marker, settle_install, CheckpointPolicy, RaftReplica, ReplicaStorage,
@@ -100,6 +101,10 @@ pub enum NodeError {
     /// The WAL could not be opened.
     #[error(transparent)]
     Wal(#[from] WalError),
+    /// The WAL failed while the node ran; it stopped so that a restart
+    /// recovers from what is on disk.
+    #[error("stopped after the WAL failed ({0}); restart the node: it recovers from what is on disk, and nothing in the range that failed was acknowledged")]
+    WalFailed(String),
     /// The WAL holds something that is not a valid Raft record.
     #[error("cannot rebuild the Raft log from the WAL: {0}")]
     Recovery(#[from] WalLogError),
@@ -335,6 +340,8 @@ pub struct ReplicaSettings {
     pub checkpoint_interval: Duration,
     /// When checkpoints are due and how much log they leave.
     pub checkpoint_policy: CheckpointPolicy,
+    /// The node's disk (a leader with a full one hands leadership over).
+    pub disk: DiskMonitor,
 }
 
 /// Opens a stopped node's storage (recovering it as a start would) and
@@ -439,7 +446,8 @@ pub fn start_replica(
         transport.clone().recipient(),
         settings.tick,
         storage,
-    );
+    )
+    .with_disk(settings.disk.clone());
     let leader = replica.leader_hint();
     let replica = replica.start();
     Ok(ReplicaParts {
@@ -468,6 +476,12 @@ pub fn run(config: Config) -> Result<(), NodeError> {
     let listeners = Listeners::bind(&config)?;
     let metrics = crate::telemetry::install_metrics().map_err(NodeError::Telemetry)?;
 
+    // The reserve's space is for recovery first: it is made again once the
+    // node runs and there is room above the free-space floor.
+    let reserve = config.data_dir.join(harmonydb_actors::disk::RESERVE_FILE);
+    if std::fs::remove_file(&reserve).is_ok() {
+        info!(path = %reserve.display(), "disk reserve given up for recovery");
+    }
     let wal_dir = config.data_dir.join("wal");
     let options = WalOptions {
         segment_size_bytes: config.wal_segment_size_bytes,
@@ -566,7 +580,31 @@ async fn serve(
     // answered writer's next request then reaches it without a thread hop,
     // so at high concurrency all writers make the next group commit.
     let wal_arbiter = Arbiter::new();
-    let wal_writer = WalWriter::new(wal, config.fsync).start_on(&wal_arbiter.handle());
+    const MIB: u64 = 1024 * 1024;
+    let disk = DiskMonitor::new(
+        &config.data_dir,
+        config.min_free_disk_mb.saturating_mul(MIB),
+        config.disk_reserve_mb.saturating_mul(MIB),
+    );
+    let refreshed = disk.clone();
+    actix_rt::spawn(async move {
+        loop {
+            actix_rt::time::sleep(DISK_CHECK_INTERVAL).await;
+            refreshed.refresh();
+        }
+    });
+    let wal_sync_faults = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    // A failed WAL write or sync ends the node (crash-only): what the
+    // kernel kept of the unsynced range is unknown, and a restart recovers
+    // from what is on disk.
+    let (wal_failed, mut wal_failure) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let wal_writer = WalWriter::new(wal, config.fsync)
+        .with_disk(disk.clone())
+        .with_sync_faults(wal_sync_faults.clone())
+        .on_failure(Box::new(move |error| {
+            let _ = wal_failed.send(error.to_string());
+        }))
+        .start_on(&wal_arbiter.handle());
     let advertised = config
         .advertise_addr
         .clone()
@@ -598,6 +636,7 @@ async fn serve(
         ..KvLimits::default()
     };
     let settings = ReplicaSettings {
+        disk: disk.clone(),
         node_id: config.node_id,
         members: members.clone(),
         tick: config.raft_tick,
@@ -623,6 +662,8 @@ async fn serve(
         fault_injection: config.enable_fault_injection,
         frame_size_max_bytes: config.frame_size_max_bytes,
         ready_lag_max_entries: config.ready_max_lag_entries,
+        disk: disk.clone(),
+        wal_sync_faults,
     });
     let peer_inbox = PeerInbox::new(
         config.node_id,
@@ -696,7 +737,13 @@ async fn serve(
         }));
     }
 
-    signals.wait().await;
+    let failure = tokio::select! {
+        () = signals.wait() => None,
+        Some(error) = wal_failure.recv() => {
+            error!(%error, "the WAL failed: stopping so a restart recovers from what is on disk (crash-only)");
+            Some(error)
+        }
+    };
     info!("shutting down: no new requests; finishing accepted writes");
     // Client connections stop reading; the requests they started still get
     // answers. Peer links keep going so accepted writes can still commit.
@@ -728,6 +775,9 @@ async fn serve(
     let _ = wal_arbiter.join();
     parts.manager_arbiter.stop();
     let _ = parts.manager_arbiter.join();
+    if let Some(error) = failure {
+        return Err(NodeError::WalFailed(error));
+    }
     info!("stopped cleanly");
     Ok(())
 }

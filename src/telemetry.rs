@@ -356,6 +356,9 @@ const UNLABELLED_GAUGES: &[&str] = &[
     "harmonydb_storage_buffer_pool_dirty_frames",
     "harmonydb_storage_buffer_pool_pinned_frames",
     "harmonydb_storage_btree_height",
+    "harmonydb_storage_disk_free_bytes",
+    "harmonydb_storage_disk_full",
+    "harmonydb_wal_blocked",
 ];
 
 /// Histograms without labels, created empty when the node starts.
@@ -396,6 +399,7 @@ const UNLABELLED_COUNTERS: &[&str] = &[
     "harmonydb_storage_btree_splits_total",
     "harmonydb_storage_btree_merges_total",
     "harmonydb_storage_btree_redistributions_total",
+    "harmonydb_storage_writes_refused_disk_full_total",
 ];
 
 fn describe_metrics() {
@@ -671,5 +675,22 @@ fn describe_storage_metrics() {
     describe_counter!(
         "harmonydb_storage_btree_redistributions_total",
         "Pairs of B+ tree nodes that moved entries between them instead of merging."
+    );
+    describe_gauge!(
+        "harmonydb_storage_disk_free_bytes",
+        Unit::Bytes,
+        "Bytes free for the node on its data directory's file system (read every 500 ms)."
+    );
+    describe_gauge!(
+        "harmonydb_storage_disk_full",
+        "1 while the disk is full (free space under --min-free-disk-mb, or the WAL waiting for space): writes are refused, else 0."
+    );
+    describe_counter!(
+        "harmonydb_storage_writes_refused_disk_full_total",
+        "Writes refused with storage_full because the disk was full."
+    );
+    describe_gauge!(
+        "harmonydb_wal_blocked",
+        "1 while the WAL waits for space for a new segment (nothing is lost; it retries), else 0."
     );
 }

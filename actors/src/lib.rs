@@ -9,8 +9,10 @@
 //! - [`cluster`]: the `Transport` actor carrying Raft messages between nodes.
 //! - [`storage`]: pages, the buffer pool, the B+ tree, checkpoints.
 //! - [`observe`]: mailbox depth, handling time and trace context of actor messages.
+//! - [`disk`]: free space, the free-space floor, the reserve file.
 
 pub mod cluster;
+pub mod disk;
 pub mod kv;
 pub mod observe;
 pub mod raft;

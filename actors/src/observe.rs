@@ -38,6 +38,7 @@ pub const ACTOR_MESSAGES: &[(&str, &str, bool)] = &[
     ("WalWriter", "Sync", false),
     ("WalWriter", "DeleteBelow", false),
     ("WalWriter", "GetStats", false),
+    ("WalWriter", "RetryBlocked", false),
     ("Transport", "Outbox", true),
     ("Transport", "GetDropped", false),
     ("BufferPoolManager", "SwitchStorage", false),

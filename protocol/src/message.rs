@@ -604,6 +604,10 @@ pub enum ErrorCode {
     Removed,
     /// The node's storage failed; the write's outcome is unknown.
     StorageUnavailable,
+    /// The node's disk is full (under its free-space floor, or the WAL
+    /// waits for space): writes are refused before they are logged; reads
+    /// go on. Nothing was done.
+    StorageFull,
     /// A bug in the node.
     Internal,
 }
@@ -636,6 +640,7 @@ impl ErrorCode {
             ErrorCode::Conflict => "conflict",
             ErrorCode::Removed => "removed",
             ErrorCode::StorageUnavailable => "storage_unavailable",
+            ErrorCode::StorageFull => "storage_full",
             ErrorCode::Internal => "internal",
         }
     }

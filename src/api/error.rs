@@ -145,6 +145,7 @@ impl ApiError {
             // 421: this node is the wrong one to ask; the body names the right one.
             ErrorCode::NotLeader => StatusCode::MISDIRECTED_REQUEST,
             ErrorCode::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            ErrorCode::StorageFull => StatusCode::INSUFFICIENT_STORAGE,
             ErrorCode::Forbidden => StatusCode::FORBIDDEN,
             ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
             ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,

@@ -205,6 +205,7 @@ struct ReadQuery {
 #[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct FaultBody {
+    #[serde(default)]
     peers: Vec<u64>,
     #[serde(default)]
     drop: bool,
@@ -214,6 +215,9 @@ struct FaultBody {
     duplicate: bool,
     #[serde(default)]
     delay_ms: u64,
+    /// The WAL's next this many syncs fail (the node then restarts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    wal_sync_failures: Option<u32>,
 }
 
 impl FaultBody {
@@ -224,6 +228,7 @@ impl FaultBody {
             loss_percent: fault.loss_percent,
             duplicate: fault.duplicate,
             delay_ms: u64::try_from(fault.delay.as_millis()).unwrap_or(u64::MAX),
+            wal_sync_failures: None,
         }
     }
 }
@@ -554,6 +559,9 @@ async fn admin_fault(
     body: web::Json<FaultBody>,
 ) -> Result<HttpResponse, ApiError> {
     state.access.authorize(&request)?;
+    if let Some(count) = body.wal_sync_failures {
+        state.service.fail_wal_syncs(count)?;
+    }
     let fault = Fault {
         drop: body.drop,
         loss_percent: body.loss_percent,
@@ -561,7 +569,9 @@ async fn admin_fault(
         delay: Duration::from_millis(body.delay_ms),
     };
     state.service.set_fault(&body.peers, fault)?;
-    Ok(HttpResponse::Ok().json(FaultBody::new(body.peers.clone(), &fault)))
+    let mut answer = FaultBody::new(body.peers.clone(), &fault);
+    answer.wal_sync_failures = body.wal_sync_failures;
+    Ok(HttpResponse::Ok().json(answer))
 }
 
 async fn admin_faults(
@@ -924,6 +934,7 @@ mod tests {
             pool: PoolConfig::with_megabytes(8, Policy::Lru2),
             checkpoint_interval: Duration::from_secs(60),
             checkpoint_policy: Default::default(),
+            disk: harmonydb_actors::disk::DiskMonitor::unlimited(dir),
         };
         let parts = start_replica(&settings, raft, writer, next_index).expect("start");
         let service = Service::new(ServiceParts {
@@ -937,6 +948,8 @@ mod tests {
             fault_injection,
             frame_size_max_bytes: FRAME_SIZE_DEFAULT_MAX_BYTES,
             ready_lag_max_entries: 1000,
+            disk: harmonydb_actors::disk::DiskMonitor::unlimited(dir),
+            wal_sync_faults: Default::default(),
         });
         (service, parts.replica)
     }

@@ -12,6 +12,7 @@ use std::time::Duration;
 use actix::Addr;
 use harmonydb_actors::cluster::fault::{Delivery, Fault, FaultFilter};
 use harmonydb_actors::cluster::members::MemberBook;
+use harmonydb_actors::disk::DiskMonitor;
 use harmonydb_actors::kv::{KvAnswer, KvError, KvHandle, KvOp, KvReply, ScanRange, WriteOutcome};
 use harmonydb_actors::raft::replica::{
     dump_path, ChangeMembership, GetStatus, MemberChange, MembershipError, PrepareSnapshot,
@@ -47,6 +48,8 @@ pub struct Service {
     forward_timeout: Duration,
     frame_size_max_bytes: usize,
     ready_lag_max_entries: u64,
+    disk: DiskMonitor,
+    wal_sync_faults: Arc<std::sync::atomic::AtomicU32>,
     forward_clients: Arc<Mutex<HashMap<u64, Client>>>,
 }
 
@@ -73,6 +76,10 @@ pub struct ServiceParts {
     /// Most entries the applied index may trail the leader's commit by
     /// while the node says it is ready.
     pub ready_lag_max_entries: u64,
+    /// The node's disk: writes are refused while it is full.
+    pub disk: DiskMonitor,
+    /// Syncs the WAL is to fail on purpose (fault injection, tests only).
+    pub wal_sync_faults: Arc<std::sync::atomic::AtomicU32>,
 }
 
 impl Service {
@@ -93,6 +100,8 @@ impl Service {
             forward_timeout,
             frame_size_max_bytes: parts.frame_size_max_bytes,
             ready_lag_max_entries: parts.ready_lag_max_entries,
+            disk: parts.disk,
+            wal_sync_faults: parts.wal_sync_faults,
             forward_clients: Arc::new(Mutex::new(HashMap::new())),
         }
     }
@@ -193,9 +202,16 @@ impl Service {
         .with_leader(hint)
     }
 
-    /// Runs the request on this node's replica.
+    /// Runs the request on this node's replica. Writes of keys are
+    /// refused here, before they enter the log, while the disk is full.
     async fn local(&self, request: Request) -> Result<Response, ApiError> {
         let (op, consistency) = to_op(request)?;
+        if matches!(op, KvOp::Put { .. } | KvOp::Delete { .. }) {
+            if let Some(full) = self.disk.full() {
+                metrics::counter!("harmonydb_storage_writes_refused_disk_full_total").increment(1);
+                return Err(ApiError::new(ErrorCode::StorageFull, full.to_string()));
+            }
+        }
         let key = match &op {
             KvOp::Get { key } | KvOp::Put { key, .. } | KvOp::Delete { key, .. } => key.clone(),
             KvOp::Scan(_) | KvOp::Health => Vec::new(),
@@ -512,7 +528,19 @@ impl Service {
 
     /// Whether this node is ready to serve (see [`readiness_of`]).
     pub async fn readiness(&self) -> Result<Readiness, ApiError> {
+        if let Some(full) = self.disk.full() {
+            return Err(ApiError::new(ErrorCode::StorageFull, full.to_string()));
+        }
         readiness_of(&self.status().await?, self.ready_lag_max_entries)
+    }
+
+    /// Makes the WAL's next `count` syncs fail (tests only).
+    pub fn fail_wal_syncs(&self, count: u32) -> Result<(), ApiError> {
+        self.fault_injection_enabled()?;
+        tracing::warn!(count, "fault injected: the WAL's next syncs fail");
+        self.wal_sync_faults
+            .store(count, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
     }
 
     async fn status(&self) -> Result<ReplicaStatus, ApiError> {

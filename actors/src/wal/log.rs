@@ -482,15 +482,28 @@ fn create_segment(
 ) -> Result<ActiveSegment, WalError> {
     let final_path = segment_path(dir, first_index);
     let temp_path = dir.join(format!("{first_index:020}{TEMP_SUFFIX}"));
+    // Out of space: the half-made file goes (its blocks back to the file
+    // system) and nothing else changed, so the append can be made again.
+    let no_space = |source: io::Error| {
+        let _ = fs::remove_file(&temp_path);
+        if super::is_no_space(&source) {
+            WalError::NoSpace {
+                path: final_path.clone(),
+                needed_bytes: size_bytes,
+                source: std::sync::Arc::new(source),
+            }
+        } else {
+            io_error(source, "preallocate WAL segment", &temp_path)
+        }
+    };
     let file = OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(true)
         .open(&temp_path)
-        .map_err(|e| io_error(e, "create WAL segment", &temp_path))?;
-    preallocate(&file, size_bytes)
-        .map_err(|e| io_error(e, "preallocate WAL segment", &temp_path))?;
+        .map_err(no_space)?;
+    preallocate(&file, size_bytes).map_err(no_space)?;
     let header = SegmentHeader { first_index }.encode();
     file.write_all_at(&header, 0)
         .map_err(|e| io_error(e, "write WAL segment header", &temp_path))?;

@@ -64,6 +64,26 @@ pub enum WalError {
     /// The writer stopped before answering.
     #[error("WAL writer stopped")]
     Stopped,
+    /// No space for a new segment: nothing was written, and the append can
+    /// be made again once there is room.
+    #[error("no space for a new WAL segment of {needed_bytes} bytes in {}: {source}", path.display())]
+    NoSpace {
+        /// The segment that could not be made.
+        path: PathBuf,
+        /// Its size.
+        needed_bytes: u64,
+        /// The operating system's error (ENOSPC or EDQUOT).
+        #[source]
+        source: Arc<io::Error>,
+    },
+}
+
+/// Whether an I/O error means the file system is out of space (or quota).
+pub fn is_no_space(error: &io::Error) -> bool {
+    matches!(
+        error.raw_os_error(),
+        Some(libc::ENOSPC) | Some(libc::EDQUOT)
+    )
 }
 
 impl WalError {

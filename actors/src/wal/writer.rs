@@ -7,8 +7,23 @@
 //! so the flush sees every append that was waiting: one sync, then every
 //! waiter is answered. While a sync blocks, new appends pile up in the
 //! mailbox and become the next batch.
+//!
+//! Out of space: an append that needs a new segment the file system can't
+//! give waits inside the writer (nothing of it is lost: the records not
+//! written yet are kept, and answered once written), the disk monitor is
+//! told (writes are refused at admission meanwhile; the reserve file is
+//! given up so the retry may succeed at once), and it is tried again every
+//! `BLOCKED_RETRY_INTERVAL` until space comes back.
+//!
+//! A failed write or sync is another matter: the kernel may have dropped
+//! the pages of the unsynced range, so a later sync that succeeds proves
+//! nothing. The writer refuses everything after it, none of that range is
+//! acknowledged, and the node restarts (crash-only), recovering from what
+//! is on disk.
 
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -18,7 +33,11 @@ use tracing::{error, info};
 use super::format::RecordKind;
 use super::log::Wal;
 use super::WalError;
+use crate::disk::DiskMonitor;
 use crate::observe::{Envelope, Handling};
+
+/// How often a WAL waiting for space tries its segment again.
+const BLOCKED_RETRY_INTERVAL: Duration = Duration::from_millis(200);
 
 /// Unsynced bytes after which an append syncs at once instead of waiting for
 /// the mailbox to drain, so a flood of appends can't grow a batch without bound.
@@ -157,6 +176,24 @@ impl Message for GetStats {
     type Result = WalStats;
 }
 
+/// Internal: try again the append that waits for space.
+struct RetryBlocked;
+
+impl Message for RetryBlocked {
+    type Result = ();
+}
+
+/// An append waiting for space: the records not written yet, and who
+/// waits for them.
+struct Blocked {
+    entries: Vec<WalEntry>,
+    replies: Vec<oneshot::Sender<Result<u64, WalError>>>,
+    span: tracing::Span,
+}
+
+/// Called once when the WAL fails for good (a write or sync error).
+pub type FailureHook = Box<dyn Fn(&WalError) + Send>;
+
 /// Internal: flush the current batch after the mailbox drained.
 struct Flush;
 
@@ -176,6 +213,14 @@ pub struct WalWriter {
     flush_scheduled: bool,
     failure: Option<WalError>,
     stats: WalStats,
+    /// An append waiting for space, and the ones that came after it.
+    blocked: Option<Blocked>,
+    disk: Option<DiskMonitor>,
+    /// Syncs still to fail on purpose (fault injection, for tests).
+    sync_faults: Arc<AtomicU32>,
+    /// Index of the last record a sync made durable.
+    synced_index: u64,
+    on_failure: Option<FailureHook>,
 }
 
 impl WalWriter {
@@ -195,7 +240,32 @@ impl WalWriter {
                 last_index,
                 ..WalStats::default()
             },
+            blocked: None,
+            disk: None,
+            sync_faults: Arc::new(AtomicU32::new(0)),
+            synced_index: last_index,
+            on_failure: None,
         }
+    }
+
+    /// Reports to `disk` when it waits for space, and takes its reserve.
+    pub fn with_disk(mut self, disk: DiskMonitor) -> Self {
+        self.disk = Some(disk);
+        self
+    }
+
+    /// Fails as many syncs as `faults` holds, counting it down (fault
+    /// injection, for tests: `POST /admin/fault` with `wal_sync_failures`).
+    pub fn with_sync_faults(mut self, faults: Arc<AtomicU32>) -> Self {
+        self.sync_faults = faults;
+        self
+    }
+
+    /// Calls `hook` once if the WAL fails for good, so the node can
+    /// restart (crash-only).
+    pub fn on_failure(mut self, hook: FailureHook) -> Self {
+        self.on_failure = Some(hook);
+        self
     }
 
     /// Starts the writer on an arbiter of its own with a bounded mailbox.
@@ -206,25 +276,99 @@ impl WalWriter {
         })
     }
 
-    fn append_entries(&mut self, entries: &[WalEntry]) -> Result<u64, WalError> {
+    /// Appends `entries` in order. Out of space, it stops before the entry
+    /// that needed the new segment and says how many it wrote.
+    fn append_entries(&mut self, entries: &[WalEntry]) -> Result<u64, (usize, WalError)> {
         if let Some(failure) = &self.failure {
-            return Err(failure.clone());
+            return Err((0, failure.clone()));
         }
         let mut bytes_written = 0usize;
+        let mut written = 0;
+        let mut outcome = Ok(());
         for entry in entries {
             match self.wal.append(entry.index, entry.kind, &entry.payload) {
-                Ok(size) => bytes_written += size,
+                Ok(size) => {
+                    bytes_written += size;
+                    written += 1;
+                }
+                Err(error @ WalError::NoSpace { .. }) => {
+                    outcome = Err(error);
+                    break;
+                }
                 Err(error) => {
                     self.fail(&error);
-                    return Err(error);
+                    outcome = Err(error);
+                    break;
                 }
             }
         }
-        self.stats.records += entries.len() as u64;
+        self.stats.records += written as u64;
         self.stats.last_index = self.wal.last_index();
         metrics::counter!("harmonydb_wal_write_bytes_total").increment(bytes_written as u64);
         metrics::gauge!("harmonydb_wal_segments").set(self.wal.segment_count() as f64);
-        Ok(self.wal.last_index())
+        outcome
+            .map(|()| self.wal.last_index())
+            .map_err(|e| (written, e))
+    }
+
+    /// Waits for space with `entries` (not written yet) and `reply`: tells
+    /// the disk monitor, which gives up the reserve, and schedules a retry
+    /// (at once if the reserve was freed).
+    fn block(
+        &mut self,
+        entries: Vec<WalEntry>,
+        reply: oneshot::Sender<Result<u64, WalError>>,
+        needed_bytes: u64,
+        span: tracing::Span,
+        ctx: &mut Context<Self>,
+    ) {
+        if let Some(blocked) = &mut self.blocked {
+            blocked.entries.extend(entries);
+            blocked.replies.push(reply);
+            return;
+        }
+        self.blocked = Some(Blocked {
+            entries,
+            replies: vec![reply],
+            span,
+        });
+        metrics::gauge!("harmonydb_wal_blocked").set(1.0);
+        let freed = self
+            .disk
+            .as_ref()
+            .is_some_and(|disk| disk.wal_blocked_on(needed_bytes));
+        if freed {
+            ctx.notify(RetryBlocked);
+        } else {
+            ctx.notify_later(RetryBlocked, BLOCKED_RETRY_INTERVAL);
+        }
+    }
+
+    /// Answers (or queues for the next sync) an append whose records are
+    /// all written, up to `last_index`.
+    fn written(
+        &mut self,
+        reply: oneshot::Sender<Result<u64, WalError>>,
+        last_index: u64,
+        records: usize,
+        span: &tracing::Span,
+        ctx: &mut Context<Self>,
+    ) {
+        if self.policy != FsyncPolicy::Always {
+            let _ = reply.send(Ok(last_index));
+            return;
+        }
+        self.waiting.push((last_index, reply));
+        self.waiting_records += records;
+        if !span.is_disabled() && self.waiting_span.is_none() {
+            self.waiting_span = Some(span.clone());
+        }
+        if self.wal.unsynced_bytes() >= BATCH_SIZE_MAX_BYTES {
+            self.flush();
+        } else if !self.flush_scheduled {
+            self.flush_scheduled = true;
+            ctx.notify(Flush);
+        }
     }
 
     fn sync_now(&mut self) -> Result<(), WalError> {
@@ -235,10 +379,24 @@ impl WalWriter {
             return Ok(());
         }
         let started = Instant::now();
-        if let Err(error) = self.wal.sync() {
+        let injected = self
+            .sync_faults
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .is_ok();
+        let synced = if injected {
+            Err(WalError::Io {
+                action: "sync WAL segment (injected fault)",
+                path: std::path::PathBuf::from("wal"),
+                source: Arc::new(std::io::Error::from_raw_os_error(libc::EIO)),
+            })
+        } else {
+            self.wal.sync()
+        };
+        if let Err(error) = synced {
             self.fail(&error);
             return Err(error);
         }
+        self.synced_index = self.wal.last_index();
         let elapsed = started.elapsed();
         metrics::histogram!("harmonydb_wal_fsync_duration_seconds").record(elapsed.as_secs_f64());
         self.stats.syncs += 1;
@@ -271,13 +429,26 @@ impl WalWriter {
     /// durable (a failed fsync may have dropped dirty pages), so the writer
     /// refuses everything from here on and the node must restart to recover.
     fn fail(&mut self, error: &WalError) {
-        error!(%error, "WAL failed; refusing further writes until the node restarts");
+        error!(
+            %error,
+            unsynced_from = self.synced_index + 1,
+            unsynced_to = self.wal.last_index(),
+            "WAL failed; the unsynced records were never acknowledged, and nothing more is written until the node restarts"
+        );
         metrics::counter!("harmonydb_wal_failures_total").increment(1);
         let failure = WalError::Failed(error.to_string());
         for (_, reply) in self.waiting.drain(..) {
             let _ = reply.send(Err(failure.clone()));
         }
+        if let Some(blocked) = self.blocked.take() {
+            for reply in blocked.replies {
+                let _ = reply.send(Err(failure.clone()));
+            }
+        }
         self.failure = Some(failure);
+        if let Some(hook) = self.on_failure.take() {
+            hook(error);
+        }
     }
 }
 
@@ -309,27 +480,66 @@ impl Handler<Append> for WalWriter {
         let Append { entries, envelope } = msg;
         let handling = envelope.open();
         let _entered = handling.span().enter();
-        let result = self.append_entries(&entries);
-        let last_index = match result {
-            Ok(last_index) => last_index,
-            Err(error) => return Box::pin(async move { Err(error) }),
-        };
-        if self.policy != FsyncPolicy::Always {
-            return Box::pin(async move { Ok(last_index) });
-        }
         let (reply, answer) = oneshot::channel();
-        self.waiting.push((last_index, reply));
-        self.waiting_records += entries.len();
-        if !handling.span().is_disabled() && self.waiting_span.is_none() {
-            self.waiting_span = Some(handling.span().clone());
+        let answer = Box::pin(async move { answer.await.unwrap_or(Err(WalError::Stopped)) });
+        if self.blocked.is_some() {
+            // Behind the append that waits for space, in order.
+            self.block(entries, reply, 0, handling.span().clone(), ctx);
+            return answer;
         }
-        if self.wal.unsynced_bytes() >= BATCH_SIZE_MAX_BYTES {
-            self.flush();
-        } else if !self.flush_scheduled {
-            self.flush_scheduled = true;
-            ctx.notify(Flush);
+        match self.append_entries(&entries) {
+            Ok(last_index) => {
+                self.written(reply, last_index, entries.len(), handling.span(), ctx);
+            }
+            Err((written, WalError::NoSpace { needed_bytes, .. })) => {
+                let rest = entries[written..].to_vec();
+                self.block(rest, reply, needed_bytes, handling.span().clone(), ctx);
+            }
+            Err((_, error)) => {
+                let _ = reply.send(Err(error));
+            }
         }
-        Box::pin(async move { answer.await.unwrap_or(Err(WalError::Stopped)) })
+        answer
+    }
+}
+
+impl Handler<RetryBlocked> for WalWriter {
+    type Result = ();
+
+    fn handle(&mut self, _: RetryBlocked, ctx: &mut Self::Context) {
+        let _handling = Handling::start("WalWriter", "RetryBlocked");
+        let Some(mut blocked) = self.blocked.take() else {
+            return;
+        };
+        match self.append_entries(&blocked.entries) {
+            Ok(last_index) => {
+                info!(
+                    records = blocked.entries.len(),
+                    "the WAL found space; appends go on"
+                );
+                metrics::gauge!("harmonydb_wal_blocked").set(0.0);
+                if let Some(disk) = &self.disk {
+                    disk.wal_unblocked();
+                }
+                let records = blocked.entries.len();
+                for reply in blocked.replies {
+                    self.written(reply, last_index, records, &blocked.span, ctx);
+                }
+            }
+            Err((written, WalError::NoSpace { .. })) => {
+                blocked.entries.drain(..written);
+                self.blocked = Some(blocked);
+                if let Some(disk) = &self.disk {
+                    disk.refresh();
+                }
+                ctx.notify_later(RetryBlocked, BLOCKED_RETRY_INTERVAL);
+            }
+            Err((_, error)) => {
+                for reply in blocked.replies {
+                    let _ = reply.send(Err(error.clone()));
+                }
+            }
+        }
     }
 }
 
@@ -356,7 +566,7 @@ impl Handler<Sync> for WalWriter {
 impl Handler<DeleteBelow> for WalWriter {
     type Result = Result<usize, WalError>;
 
-    fn handle(&mut self, msg: DeleteBelow, _: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, msg: DeleteBelow, ctx: &mut Self::Context) -> Self::Result {
         let _handling = Handling::start("WalWriter", "DeleteBelow");
         if let Some(failure) = &self.failure {
             return Err(failure.clone());
@@ -366,6 +576,10 @@ impl Handler<DeleteBelow> for WalWriter {
         self.wal.sync()?;
         let deleted = self.wal.delete_below(msg.index)?;
         metrics::gauge!("harmonydb_wal_segments").set(self.wal.segment_count() as f64);
+        // Space just came free: an append waiting for it may go now.
+        if deleted > 0 && self.blocked.is_some() {
+            ctx.notify(RetryBlocked);
+        }
         Ok(deleted)
     }
 }

@@ -66,6 +66,7 @@ use super::{
     Role, Status,
 };
 use crate::cluster::members::MemberBook;
+use crate::disk::DiskMonitor;
 use crate::kv::{
     BeginShutdown, KvAnswer, KvCommand, KvError, KvOp, KvReply, KvRequest, KvState, ScanRange,
     WriteOutcome,
@@ -83,6 +84,10 @@ const APPLY_RETRY: Duration = Duration::from_millis(20);
 
 /// Heartbeat rounds per peer remembered for round-trip times.
 const HEARTBEAT_ROUNDS_TRACKED: usize = 16;
+
+/// Least time between two handovers a leader with a full disk starts (so
+/// nodes whose disks are all full don't pass leadership round and round).
+const DISK_FULL_HANDOVER_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Messages a replica wants delivered to peers, in order.
 #[derive(Debug)]
@@ -361,6 +366,11 @@ pub struct RaftReplica {
     /// A traced write was proposed here once: from then on, messages
     /// carry their entries' trace contexts.
     traced_writes_seen: bool,
+    /// The node's disk, if it is watched: a leader whose disk is full
+    /// hands leadership over.
+    disk: Option<DiskMonitor>,
+    /// When this member last handed leadership over for a full disk.
+    disk_handover_at: Option<Instant>,
     next_read_id: u64,
     reads_pending: HashMap<u64, (ReadOp, Reply)>,
     reads_ready: Vec<WaitingRead>,
@@ -423,6 +433,8 @@ impl RaftReplica {
             writes: HashMap::new(),
             batch_span: None,
             traced_writes_seen: false,
+            disk: None,
+            disk_handover_at: None,
             next_read_id: 1,
             reads_pending: HashMap::new(),
             reads_ready: Vec::new(),
@@ -438,6 +450,14 @@ impl RaftReplica {
             acknowledged_term: 0,
             ticked_at: Instant::now(),
         }
+    }
+
+    /// Watches `disk`: as leader, this member hands leadership over while
+    /// the disk is full, and serves reads while its WAL waits for space if
+    /// it is the only voter.
+    pub fn with_disk(mut self, disk: DiskMonitor) -> Self {
+        self.disk = Some(disk);
+        self
     }
 
     /// The leader this replica knows of (0 = none), kept current as it
@@ -856,6 +876,14 @@ impl RaftReplica {
     }
 
     fn handle_read(&mut self, op: ReadOp, consistency: Consistency, reply: Reply) {
+        if consistency != Consistency::Stale && self.sole_voter_waiting_for_space() {
+            // No ready can go out while the WAL waits for space, and a
+            // ReadIndex needs one; but the only voter acknowledged every
+            // write it applied and can acknowledge none now, so what it has
+            // applied is what a linearizable read must see.
+            let _ = reply.send(self.read(&op).map(KvAnswer::fresh));
+            return;
+        }
         if consistency == Consistency::Stale {
             let answer = self.read(&op).map(|reply| KvAnswer {
                 reply,
@@ -906,6 +934,41 @@ impl RaftReplica {
             Err(error) => {
                 let _ = reply.send(Err(kv_error(error)));
             }
+        }
+    }
+
+    /// Whether this member leads a group it is the only voter of, and its
+    /// WAL is waiting for space with a ready in hand.
+    fn sole_voter_waiting_for_space(&self) -> bool {
+        self.persisting
+            && self.disk.as_ref().is_some_and(DiskMonitor::wal_blocked)
+            && self.raft.role() == Role::Leader
+            && self.raft.membership().0.voters.len() == 1
+    }
+
+    /// A leader whose disk is full (under the floor) takes no writes, so it
+    /// hands leadership to the most caught-up other voter, at most once per
+    /// `DISK_FULL_HANDOVER_INTERVAL`. (A leader whose WAL is blocked can't
+    /// send anything: it falls silent and the others elect a leader.)
+    fn hand_over_if_disk_full(&mut self, ctx: &mut Context<Self>) {
+        let Some(full) = self.disk.as_ref().and_then(DiskMonitor::full) else {
+            return;
+        };
+        if self.raft.role() != Role::Leader
+            || self
+                .disk_handover_at
+                .is_some_and(|at| at.elapsed() < DISK_FULL_HANDOVER_INTERVAL)
+        {
+            return;
+        }
+        self.disk_handover_at = Some(Instant::now());
+        let status = self.raft.status();
+        let Some(target) = most_caught_up_other_voter(&status) else {
+            return;
+        };
+        if self.raft.transfer_leadership(target).is_ok() {
+            warn!(%full, target, "disk full: handing leadership over");
+            self.schedule_drive(ctx);
         }
     }
 
@@ -1004,6 +1067,23 @@ impl RaftReplica {
     }
 }
 
+/// The voter furthest along the log other than this member: it takes over
+/// soonest (the core waits for it to catch up before it campaigns).
+fn most_caught_up_other_voter(status: &Status) -> Option<NodeId> {
+    status
+        .config
+        .voters
+        .iter()
+        .copied()
+        .filter(|id| *id != status.id)
+        .max_by_key(|id| {
+            (
+                status.match_index.get(id).copied().unwrap_or(0),
+                u64::MAX - id,
+            )
+        })
+}
+
 /// How a refusal or loss from the core looks to a client.
 fn kv_error(error: RaftError) -> KvError {
     match error {
@@ -1060,6 +1140,7 @@ impl Actor for RaftReplica {
             }
             replica.drive(ctx);
             replica.report_metrics();
+            replica.hand_over_if_disk_full(ctx);
             // A removal is acted on once applied, which may come later
             // than the ready that committed it.
             replica.check_membership();
@@ -1241,19 +1322,7 @@ impl Handler<TransferLeadership> for RaftReplica {
                 return Err(TransferError::NotAVoter { target, voters });
             }
             Some(target) => target,
-            // The voter furthest along the log takes over soonest (the
-            // core waits for it to catch up before telling it to campaign).
-            None => voters
-                .iter()
-                .copied()
-                .filter(|id| *id != status.id)
-                .max_by_key(|id| {
-                    (
-                        status.match_index.get(id).copied().unwrap_or(0),
-                        u64::MAX - id,
-                    )
-                })
-                .ok_or(TransferError::NoOtherVoter)?,
+            None => most_caught_up_other_voter(&status).ok_or(TransferError::NoOtherVoter)?,
         };
         match self.raft.transfer_leadership(target) {
             Ok(()) => {
