@@ -251,3 +251,92 @@ fn a_corrupt_wal_record_before_intact_ones_is_refused_until_the_operator_allows_
     let applied = applied["applied_index"].as_u64().expect("applied index");
     assert!(applied < 10, "the cut kept {applied} records");
 }
+
+#[test]
+fn a_failed_sync_acknowledges_nothing_in_its_range_and_the_node_restarts_to_recover() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut node = Node::start(dir.path(), &["--enable-fault-injection"]);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Many writes in flight on one connection: a sync covers a batch.
+    let writer = {
+        let (tcp, stop) = (node.tcp, stop.clone());
+        std::thread::spawn(move || {
+            common::block_on(async move {
+                let client = Client::connect(tcp).await.expect("connect");
+                let mut acked = Vec::new();
+                let mut next = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) && next < 200_000 {
+                    let batch: Vec<_> = (next..next + 64)
+                        .map(|i| {
+                            let client = client.clone();
+                            async move {
+                                let key = format!("sync/{i:06}").into_bytes();
+                                let value = format!("value {i}").into_bytes();
+                                (key.clone(), value.clone(), client.put(&key, &value).await)
+                            }
+                        })
+                        .collect();
+                    next += 64;
+                    for (key, value, outcome) in futures_util::future::join_all(batch).await {
+                        match outcome {
+                            Ok(version) => acked.push((key, value, version)),
+                            Err(_) => return acked,
+                        }
+                    }
+                }
+                acked
+            })
+        })
+    };
+    // Some writes go through, then one sync fails.
+    std::thread::sleep(Duration::from_millis(500));
+    let request = http_agent()
+        .post(&node.url("/admin/fault"))
+        .set("Content-Type", "application/json");
+    let (status, body) = http(request, Some(r#"{"wal_sync_failures": 1}"#));
+    assert_eq!(status, 200, "{body}");
+    let exit = node.wait_exit(Duration::from_secs(30));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let acked = writer.join().expect("writer");
+    assert_eq!(exit.code(), Some(1), "the node stops after a failed sync");
+    let log = node.log();
+    let failure = log
+        .iter()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .find(|event| {
+            event["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("WAL failed"))
+        })
+        .unwrap_or_else(|| panic!("no WAL failure logged:\n{}", log.join("\n")));
+    let from = failure["unsynced_from"].as_u64().expect("unsynced_from");
+    let to = failure["unsynced_to"].as_u64().expect("unsynced_to");
+    assert!(from <= to, "an unsynced range: {failure}");
+    let in_range: Vec<u64> = acked
+        .iter()
+        .map(|(_, _, version)| *version)
+        .filter(|version| (from..=to).contains(version))
+        .collect();
+    println!(
+        "{} writes acknowledged before the failed sync; its unsynced range was {from}..={to}; acknowledged in it: {in_range:?}",
+        acked.len()
+    );
+    assert!(
+        in_range.is_empty(),
+        "acknowledged in the failed range: {in_range:?}"
+    );
+    assert!(!acked.is_empty(), "nothing was written before the fault");
+    // Restarted, it recovers from the disk: every acknowledged write is there.
+    let node = Node::start(dir.path(), &[]);
+    common::block_on(async {
+        let client = Client::connect(node.tcp).await.expect("connect");
+        for (key, value, version) in &acked {
+            let item = client
+                .get(key)
+                .await
+                .expect("get")
+                .expect("acknowledged write present");
+            assert_eq!((&item.value, item.version), (value, *version));
+        }
+    });
+}

@@ -305,6 +305,16 @@ pub fn free_port() -> SocketAddr {
 impl Cluster {
     /// Starts `size` nodes with extra flags and waits for a leader.
     pub fn start(size: u64, extra_args: &[&str]) -> Cluster {
+        Cluster::start_in(size, extra_args, &std::collections::BTreeMap::new())
+    }
+
+    /// Like `start`, with the data directories of the nodes in `parents`
+    /// made inside those directories (a small file system, say).
+    pub fn start_in(
+        size: u64,
+        extra_args: &[&str],
+        parents: &std::collections::BTreeMap<u64, PathBuf>,
+    ) -> Cluster {
         let tcp: std::collections::BTreeMap<u64, SocketAddr> =
             (1..=size).map(|id| (id, free_port())).collect();
         let peers = tcp
@@ -315,7 +325,13 @@ impl Cluster {
         let mut cluster = Cluster {
             nodes: Default::default(),
             dirs: (1..=size)
-                .map(|id| (id, tempfile::tempdir().expect("tempdir")))
+                .map(|id| {
+                    let dir = match parents.get(&id) {
+                        Some(parent) => tempfile::tempdir_in(parent),
+                        None => tempfile::tempdir(),
+                    };
+                    (id, dir.expect("tempdir"))
+                })
                 .collect(),
             tcp,
             peers,
