@@ -288,6 +288,7 @@ fn a_leader_whose_disk_fills_hands_over_and_comes_back_when_space_returns() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    let resumed_under_new_leader = Instant::now();
     // Node 1 still serves what it has.
     let (status, body) = http(
         http_agent().get(&cluster.node(1).url("/kv/w1?consistency=stale")),
@@ -310,9 +311,24 @@ fn a_leader_whose_disk_fills_hands_over_and_comes_back_when_space_returns() {
     cluster.start_node(1);
     wait_ready(cluster.node(1), 200, Duration::from_secs(20));
     let acked = writer.finish();
+    // The longest time without an acknowledged write from the fill until
+    // writes had resumed under the new leader.
+    let mut times: Vec<Instant> = acked
+        .iter()
+        .map(|(_, _, _, at)| *at)
+        .filter(|at| *at >= filled && *at <= resumed_under_new_leader)
+        .collect();
+    times.insert(0, filled);
+    times.push(resumed_under_new_leader);
+    let gap = times
+        .windows(2)
+        .map(|w| w[1].duration_since(w[0]))
+        .max()
+        .unwrap_or_default();
     println!(
-        "node 1's disk filled under its floor: leadership moved to node {new_leader} in {} ms; ready again {} ms after space was freed",
+        "node 1's disk filled under its floor: leadership moved to node {new_leader} in {} ms; longest gap without an acknowledged write {} ms; ready again {} ms after space was freed",
         moved.as_millis(),
+        gap.as_millis(),
         ready_again.as_millis()
     );
     let leader = cluster.wait_leader(&[1, 2, 3], Duration::from_secs(10));

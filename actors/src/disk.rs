@@ -3,7 +3,7 @@
 //! for a new segment, and a reserve file it gives up so that recovery,
 //! checkpoints and log compaction can still finish when the disk fills.
 //!
-//! The rules it supports (see `docs/raft.md`, "A full disk"):
+//! The rules it supports (ARCHITECTURE.md, "Out of space is not a failure"):
 //! - Writes are refused at admission, before they enter the log, while the
 //!   free space is under the floor or the WAL is blocked: `storage_full`.
 //!   Never at apply time: every replica applies the same entries.

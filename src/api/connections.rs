@@ -66,13 +66,15 @@ pub const IDLE_TIMEOUT_DEFAULT_MS: u64 = 60_000;
 
 /// Unidentified TCP connections at once, as a share of the client cap
 /// (at least [`UNIDENTIFIED_MIN`]).
-const UNIDENTIFIED_SHARE_DIVISOR: usize = 8;
+const UNIDENTIFIED_SHARE_DIVISOR: usize = 4;
 
 /// Fewest unidentified TCP connections allowed at once.
 const UNIDENTIFIED_MIN: usize = 16;
 
-/// Unidentified TCP connections from one source, as a share of its cap.
-const UNIDENTIFIED_PER_SOURCE_DIVISOR: usize = 8;
+/// Unidentified TCP connections from one source, as a share of its cap:
+/// room for a client that opens a pool of connections before using them,
+/// and less than the whole unidentified pool, so one source can't take it.
+const UNIDENTIFIED_PER_SOURCE_DIVISOR: usize = 2;
 
 /// Unidentified connections from a member's address allowed beyond the
 /// pool's cap, so peers always get in.
@@ -361,8 +363,8 @@ mod tests {
 
     #[test]
     fn unidentified_connections_have_a_small_pool_and_members_a_reserve() {
-        // 64 clients: 16 unidentified at once; 64 per source: 8 unidentified each.
-        let admission = Admission::new("test", policy(64, 64));
+        // 64 clients: 16 unidentified at once; 16 per source: 8 unidentified each.
+        let admission = Admission::new("test", policy(64, 16));
         let sources: Vec<IpAddr> = (2..=3)
             .map(|i| format!("127.0.0.{i}").parse().expect("ip"))
             .collect();
