@@ -198,24 +198,8 @@ fn http_errors_have_the_right_status_and_code() {
 /// Sends `request` as raw bytes on a new connection and reads the answer
 /// until the node closes it: its status and body.
 fn raw_http(node: &Node, request: &[u8]) -> (u16, String) {
-    let mut stream = TcpStream::connect(node.http).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(15)))
-        .expect("timeout");
-    // The node may answer and close before it has read everything.
-    let _ = stream.write_all(request);
-    let mut answer = Vec::new();
-    let _ = stream.read_to_end(&mut answer);
-    let text = String::from_utf8_lossy(&answer).into_owned();
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .unwrap_or_else(|| panic!("no HTTP answer: {text:?}"));
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_string())
-        .unwrap_or_default();
+    let (status, body, _) = common::raw_http_exchange(node.http, &[request], Duration::ZERO);
+    assert_ne!(status, 0, "no HTTP answer: {body:?}");
     (status, body)
 }
 

@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -310,34 +310,9 @@ fn pipelining_readers_that_never_read_stay_within_the_answer_budget() {
 }
 
 /// Sends `parts` on a new HTTP connection, `pause` apart, and reads the
-/// answer until the node closes: status, body, and how long from the
-/// first byte.
+/// answer until the node closes: status, body, and how long it took.
 fn http_parts(node: &Node, parts: &[&[u8]], pause: Duration) -> (u16, String, Duration) {
-    let mut stream = TcpStream::connect(node.http).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(15)))
-        .expect("timeout");
-    let started = Instant::now();
-    for part in parts {
-        // The node may have answered and closed already.
-        if stream.write_all(part).is_err() {
-            break;
-        }
-        std::thread::sleep(pause);
-    }
-    let mut answer = Vec::new();
-    let _ = stream.read_to_end(&mut answer);
-    let text = String::from_utf8_lossy(&answer).into_owned();
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body, started.elapsed())
+    common::raw_http_exchange(node.http, parts, pause)
 }
 
 #[test]

@@ -227,6 +227,42 @@ pub fn serve_expecting_exit(data_dir: &Path) -> std::process::Output {
         .expect("run harmonydb serve")
 }
 
+/// Sends `parts` as raw bytes on a new connection to `addr`, `pause`
+/// apart, and reads until the server closes it: the HTTP status (0 if
+/// there was no answer), the body, and how long it all took.
+pub fn raw_http_exchange(
+    addr: SocketAddr,
+    parts: &[&[u8]],
+    pause: Duration,
+) -> (u16, String, Duration) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .expect("timeout");
+    let started = Instant::now();
+    for part in parts {
+        // The server may answer and close before it has read everything.
+        if stream.write_all(part).is_err() {
+            break;
+        }
+        std::thread::sleep(pause);
+    }
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_default();
+    (status, body, started.elapsed())
+}
+
 /// Runs async client code to completion from a synchronous test.
 pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
     tokio::runtime::Builder::new_current_thread()

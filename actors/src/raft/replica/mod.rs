@@ -996,7 +996,9 @@ impl RaftReplica {
         }
     }
 
-    fn report_metrics(&mut self) {
+    /// Publishes a change of leader at once (front doors route by the
+    /// hint: a stale one sends requests to a node that no longer leads).
+    fn note_leader(&mut self) {
         let leader = self.raft.leader();
         if leader != self.reported_leader {
             if leader != 0 {
@@ -1006,6 +1008,11 @@ impl RaftReplica {
             self.reported_leader = leader;
             self.leader_hint.store(leader, Ordering::Relaxed);
         }
+    }
+
+    fn report_metrics(&mut self) {
+        self.note_leader();
+        let leader = self.reported_leader;
         // Plain accessors: `status()` would clone the configuration on every ready.
         let hard_state = self.raft.hard_state();
         metrics::gauge!("harmonydb_raft_has_leader").set(f64::from(u8::from(leader != 0)));
@@ -1176,6 +1183,7 @@ impl Handler<Step> for RaftReplica {
             }
         }
         self.raft.step(message);
+        self.note_leader();
         self.schedule_drive(ctx);
     }
 }
