@@ -17,15 +17,15 @@ use harmonydb_actors::cluster::members::MemberBook;
 use harmonydb_actors::cluster::transport::{PeerInbox, Transport};
 use harmonydb_actors::disk::{DiskMonitor, DISK_CHECK_INTERVAL};
 use harmonydb_actors::kv::{BeginShutdown, KvHandle, KvLimits};
-use harmonydb_actors::raft::replica::{
+use harmonydb_actors::replica::wal_log::{load, WalLogError};
+use harmonydb_actors::replica::{
     read_removed_marker, settle_install, CheckpointPolicy, RaftReplica, ReplicaStorage,
 };
-use harmonydb_actors::raft::wal_log::{load, WalLogError};
-use harmonydb_actors::raft::{PersistedState, Raft, RaftConfig};
 use harmonydb_actors::storage::buffer::PoolConfig;
 use harmonydb_actors::storage::checkpoint::Storage;
 use harmonydb_actors::storage::StorageError;
 use harmonydb_actors::wal::{Sync, Wal, WalError, WalOptions, WalWriter};
+use harmonydb_raft::{PersistedState, Raft, RaftConfig};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
@@ -451,7 +451,7 @@ pub fn start_replica(
     let leader = replica.leader_hint();
     let replica = replica.start();
     Ok(ReplicaParts {
-        kv: KvHandle::new(replica.clone(), settings.limits),
+        kv: KvHandle::new(replica.clone().recipient(), settings.limits),
         replica,
         faults,
         leader,
@@ -624,7 +624,7 @@ async fn serve(
         action: "read",
         path: config
             .data_dir
-            .join(harmonydb_actors::raft::replica::REMOVED_MARKER),
+            .join(harmonydb_actors::replica::REMOVED_MARKER),
         source,
     })?;
     if let Some(index) = removed {

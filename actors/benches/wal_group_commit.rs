@@ -25,11 +25,11 @@ use actix::Actor;
 use actix::Arbiter;
 use harmonydb_actors::cluster::transport::Transport;
 use harmonydb_actors::kv::{KvHandle, KvLimits, KvOp};
-use harmonydb_actors::raft::replica::{RaftReplica, ReplicaStorage};
-use harmonydb_actors::raft::wal_log::load;
-use harmonydb_actors::raft::{PersistedState, Raft, RaftConfig};
+use harmonydb_actors::replica::wal_log::load;
+use harmonydb_actors::replica::{RaftReplica, ReplicaStorage};
 use harmonydb_actors::storage::buffer::{Policy, PoolConfig};
 use harmonydb_actors::wal::{FsyncPolicy, GetStats, Wal, WalOptions, WalWriter};
+use harmonydb_raft::{PersistedState, Raft, RaftConfig};
 
 const PAYLOAD_SIZE_BYTES: usize = 100;
 const WRITER_COUNTS: [usize; 3] = [1, 8, 64];
@@ -109,7 +109,7 @@ fn group_commit_rate(writers: usize, duration: Duration) -> RunResult {
             storage,
         )
         .start();
-        let kv = KvHandle::new(replica, KvLimits::default());
+        let kv = KvHandle::new(replica.recipient(), KvLimits::default());
 
         let stop = Arc::new(AtomicBool::new(false));
         let done = Arc::new(AtomicU64::new(0));

@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use harmonydb_actors::cluster::members::MemberBook;
+use harmonydb_actors::cluster::messages::{Outbox, Step};
 use harmonydb_actors::cluster::transport::{listen, PeerInbox, Transport};
 use harmonydb_actors::observe::{self, EntryTraces};
-use harmonydb_actors::raft::replica::{Outbox, Step};
-use harmonydb_actors::raft::{Entry, EntryPayload, Message as RaftMessage, MessageBody};
+use harmonydb_raft::{Entry, EntryPayload, Message as RaftMessage, MessageBody};
 use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData, SpanExporter};

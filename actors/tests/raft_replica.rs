@@ -7,14 +7,15 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+use harmonydb_actors::cluster::messages::{Outbox, Step};
 use harmonydb_actors::kv::{
     Consistency, KvAnswer, KvError, KvOp, KvReply, KvRequest, WriteOutcome,
 };
-use harmonydb_actors::raft::replica::{GetStatus, Outbox, RaftReplica, ReplicaStorage, Step};
-use harmonydb_actors::raft::wal_log::load;
-use harmonydb_actors::raft::{NodeId, PersistedState, Raft, RaftConfig, Role};
+use harmonydb_actors::replica::wal_log::load;
+use harmonydb_actors::replica::{GetStatus, RaftReplica, ReplicaStorage};
 use harmonydb_actors::storage::buffer::{Policy, PoolConfig};
 use harmonydb_actors::wal::{FsyncPolicy, Wal, WalOptions, WalWriter};
+use harmonydb_raft::{NodeId, PersistedState, Raft, RaftConfig, Role};
 use tokio::sync::oneshot;
 
 /// Delivers replicas' messages to each other, except across blocked links.

@@ -5,9 +5,9 @@
 
 use std::fs::OpenOptions;
 
-use harmonydb_actors::raft::wal_log::{load, records_for};
-use harmonydb_actors::raft::{Entry, EntryPayload, HardState, PersistedState};
+use harmonydb_actors::replica::wal_log::{load, records_for};
 use harmonydb_actors::wal::{RecordKind, Wal, WalOptions};
+use harmonydb_raft::{Entry, EntryPayload, HardState, PersistedState};
 use proptest::prelude::*;
 
 /// One ready's worth of persistence: replace from `from` (at most one past

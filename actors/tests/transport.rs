@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use harmonydb_actors::cluster::fault::Fault;
 use harmonydb_actors::cluster::members::MemberBook;
+use harmonydb_actors::cluster::messages::{Outbox, Step};
 use harmonydb_actors::cluster::transport::{listen, GetDropped, PeerFrame, PeerInbox, Transport};
-use harmonydb_actors::raft::replica::{Outbox, Step};
-use harmonydb_actors::raft::{Message as RaftMessage, MessageBody, NodeId};
+use harmonydb_raft::{Message as RaftMessage, MessageBody, NodeId};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 

@@ -4,7 +4,7 @@
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 use harmonydb_actors::kv::KvError;
-use harmonydb_actors::raft::replica::MembershipError;
+use harmonydb_actors::replica::MembershipError;
 use harmonydb_protocol::{ErrorCode, LeaderHint, Response};
 use serde::Serialize;
 

@@ -879,11 +879,11 @@ mod tests {
 
     use harmonydb_actors::cluster::members::MemberBook;
     use harmonydb_actors::kv::KvLimits;
-    use harmonydb_actors::raft::replica::RaftReplica;
-    use harmonydb_actors::raft::wal_log::load;
-    use harmonydb_actors::raft::{PersistedState, Raft};
+    use harmonydb_actors::replica::wal_log::load;
+    use harmonydb_actors::replica::RaftReplica;
     use harmonydb_actors::wal::{FsyncPolicy, Wal, WalOptions, WalWriter};
     use harmonydb_protocol::FRAME_SIZE_DEFAULT_MAX_BYTES;
+    use harmonydb_raft::{PersistedState, Raft};
 
     use crate::api::service::ServiceParts;
     use crate::node::{raft_config, start_replica, ReplicaSettings};

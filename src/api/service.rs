@@ -14,15 +14,15 @@ use harmonydb_actors::cluster::fault::{Delivery, Fault, FaultFilter};
 use harmonydb_actors::cluster::members::MemberBook;
 use harmonydb_actors::disk::DiskMonitor;
 use harmonydb_actors::kv::{KvAnswer, KvError, KvHandle, KvOp, KvReply, ScanRange, WriteOutcome};
-use harmonydb_actors::raft::replica::{
+use harmonydb_actors::replica::{
     dump_path, ChangeMembership, GetStatus, MemberChange, MembershipError, PrepareSnapshot,
     RaftReplica, ReplicaStatus, TransferError, TransferLeadership, SNAPSHOT_CHUNK_BYTES,
 };
-use harmonydb_actors::raft::Role;
 use harmonydb_protocol::{
     Client, ClientError, ClusterStatus, Consistency, ErrorCode, Item, LeaderHint, MemberStatus,
     Membership, Readiness, Request, Response,
 };
+use harmonydb_raft::Role;
 use tracing::{debug, info};
 
 use super::error::ApiError;
@@ -816,7 +816,7 @@ mod mutation {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use harmonydb_actors::raft::{Configuration, Status};
+    use harmonydb_raft::{Configuration, Status};
 
     fn follower(leader_contact_ms: Option<u64>, applied: u64, leader_commit: u64) -> ReplicaStatus {
         ReplicaStatus {

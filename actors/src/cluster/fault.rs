@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use crate::raft::NodeId;
+use harmonydb_raft::NodeId;
 
 /// Faults on the traffic this node sends to one peer. The default is none.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
-use crate::raft::NodeId;
+use harmonydb_raft::NodeId;
 
 #[derive(Debug, Default)]
 struct Book {

@@ -5,4 +5,5 @@
 
 pub mod fault;
 pub mod members;
+pub mod messages;
 pub mod transport;

@@ -30,10 +30,10 @@ use tracing::{debug, warn};
 
 use super::fault::{Delivery, FaultFilter};
 use super::members::MemberBook;
+use crate::cluster::messages::{Outbox, Step};
 use crate::observe;
 use crate::observe::EntryTraces;
-use crate::raft::replica::{Outbox, Step};
-use crate::raft::{Message as RaftMessage, NodeId};
+use harmonydb_raft::{Message as RaftMessage, NodeId};
 
 /// Batches queued per peer before new ones are dropped.
 pub const PEER_QUEUE_CAPACITY: usize = 1024;
@@ -202,7 +202,7 @@ type Batch = (Vec<RaftMessage>, EntryTraces);
 /// The indexes of the log entries `messages` carry.
 fn entry_indexes(messages: &[RaftMessage]) -> impl Iterator<Item = u64> + '_ {
     messages.iter().flat_map(|message| match &message.body {
-        crate::raft::MessageBody::AppendEntries { entries, .. } => {
+        harmonydb_raft::MessageBody::AppendEntries { entries, .. } => {
             entries.iter().map(|entry| entry.index).collect::<Vec<_>>()
         }
         _ => Vec::new(),
@@ -366,10 +366,10 @@ fn batch_size_bytes(messages: &[RaftMessage]) -> usize {
     messages
         .iter()
         .map(|m| match &m.body {
-            crate::raft::MessageBody::AppendEntries { entries, .. } => {
+            harmonydb_raft::MessageBody::AppendEntries { entries, .. } => {
                 entries.iter().map(|e| e.size_bytes()).sum::<usize>() + 64
             }
-            crate::raft::MessageBody::InstallSnapshot { data, .. } => data.len() + 64,
+            harmonydb_raft::MessageBody::InstallSnapshot { data, .. } => data.len() + 64,
             _ => 64,
         })
         .sum()

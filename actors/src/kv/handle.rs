@@ -1,6 +1,7 @@
 //! How front doors reach the state machine: a [`KvHandle`] checks limits,
-//! bounds the requests in flight, sends a [`KvRequest`] to the node's
-//! `RaftReplica` (which owns the KV state) and waits, up to the request
+//! bounds the requests in flight, sends a [`KvRequest`] to whatever
+//! handles them (the node's `RaftReplica`, which owns the KV state: the
+//! handle knows it only as a `Recipient`) and waits, up to the request
 //! timeout, for the answer.
 
 use std::sync::Arc;
@@ -11,7 +12,6 @@ use tokio::sync::{oneshot, Semaphore};
 
 use super::{KvError, KvLimits, KvOp, KvReply};
 use crate::observe::Envelope;
-use crate::raft::replica::RaftReplica;
 
 /// What a read or write produced, and for stale reads how stale it may be.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -79,14 +79,14 @@ impl Message for BeginShutdown {
 /// alone does not bound a server that clones the address per request.
 #[derive(Clone)]
 pub struct KvHandle {
-    addr: Addr<RaftReplica>,
+    addr: Recipient<KvRequest>,
     limits: KvLimits,
     inflight: Arc<Semaphore>,
 }
 
 impl KvHandle {
-    /// A handle to a running replica.
-    pub fn new(addr: Addr<RaftReplica>, limits: KvLimits) -> Self {
+    /// A handle to what runs requests (a running replica).
+    pub fn new(addr: Recipient<KvRequest>, limits: KvLimits) -> Self {
         let inflight = Arc::new(Semaphore::new(limits.inflight_requests_max));
         KvHandle {
             addr,

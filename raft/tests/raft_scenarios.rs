@@ -6,7 +6,7 @@ mod raft_support;
 
 use std::collections::BTreeSet;
 
-use harmonydb_actors::raft::{
+use harmonydb_raft::{
     ConfChange, Entry, EntryPayload, HardState, Message, MessageBody, NodeId, PersistedState, Raft,
     RaftConfig, RaftError, Role,
 };
@@ -1288,7 +1288,7 @@ fn hostile_peer_messages_never_panic_or_change_the_log() {
             seq: u64::MAX,
         },
         MessageBody::InstallSnapshot {
-            meta: harmonydb_actors::raft::SnapshotMeta {
+            meta: harmonydb_raft::SnapshotMeta {
                 index: u64::MAX,
                 term: 1,
                 config: Default::default(),
@@ -1298,7 +1298,7 @@ fn hostile_peer_messages_never_panic_or_change_the_log() {
             done: true,
         },
         MessageBody::InstallSnapshot {
-            meta: harmonydb_actors::raft::SnapshotMeta {
+            meta: harmonydb_raft::SnapshotMeta {
                 index: 10,
                 term: 1,
                 config: Default::default(),

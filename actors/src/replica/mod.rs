@@ -39,6 +39,7 @@
 mod members;
 mod snapshot;
 mod storage;
+pub mod wal_log;
 
 pub use members::{
     read_removed_marker, ChangeMembership, MemberChange, MembershipError, LEARNER_CATCH_UP_ENTRIES,
@@ -60,12 +61,9 @@ use harmonydb_protocol::{Consistency, Staleness};
 use tokio::sync::oneshot;
 use tracing::{error, info, warn};
 
-use super::wal_log::records_for;
-use super::{
-    EntryPayload, HardState, Message as RaftMessage, MessageBody, NodeId, Raft, RaftError, Ready,
-    Role, Status,
-};
+use self::wal_log::records_for;
 use crate::cluster::members::MemberBook;
+use crate::cluster::messages::{Outbox, Step};
 use crate::disk::DiskMonitor;
 use crate::kv::{
     BeginShutdown, KvAnswer, KvCommand, KvError, KvOp, KvReply, KvRequest, KvState, ScanRange,
@@ -78,6 +76,10 @@ use crate::storage::manager::{
     BufferPoolManager, CheckpointDue, CheckpointReason, RegisterReplica,
 };
 use crate::wal::{Append, DeleteBelow, WalError, WalWriter};
+use harmonydb_raft::{
+    EntryPayload, HardState, Message as RaftMessage, MessageBody, NodeId, Raft, RaftError, Ready,
+    Role, Status,
+};
 
 /// How long applying waits before trying again after the pool had no frame.
 const APPLY_RETRY: Duration = Duration::from_millis(20);
@@ -88,75 +90,6 @@ const HEARTBEAT_ROUNDS_TRACKED: usize = 16;
 /// Least time between two handovers a leader with a full disk starts (so
 /// nodes whose disks are all full don't pass leadership round and round).
 const DISK_FULL_HANDOVER_INTERVAL: Duration = Duration::from_secs(10);
-
-/// Messages a replica wants delivered to peers, in order.
-#[derive(Debug)]
-pub struct Outbox {
-    /// The messages, each addressed to its `to`.
-    pub messages: Vec<RaftMessage>,
-    /// The trace contexts of the traced writes whose entries the messages
-    /// carry, by entry index: each travels with its entry, whichever
-    /// ready (and frame) the entry goes out in, so every write's trace
-    /// reaches every follower.
-    pub traces: EntryTraces,
-    /// Mailbox accounting, and the span the messages were sent in.
-    pub envelope: Envelope,
-}
-
-impl Outbox {
-    /// Messages sent on behalf of the current span.
-    pub fn new(messages: Vec<RaftMessage>) -> Outbox {
-        Outbox::with_span(messages, tracing::Span::current())
-    }
-
-    /// Messages sent on behalf of `span`.
-    pub fn with_span(messages: Vec<RaftMessage>, span: tracing::Span) -> Outbox {
-        Outbox {
-            messages,
-            traces: EntryTraces::new(),
-            envelope: Envelope::with_span("Transport", "Outbox", span),
-        }
-    }
-
-    /// The same, carrying the trace contexts of the entries' writes.
-    pub fn with_traces(mut self, traces: EntryTraces) -> Outbox {
-        self.traces = traces;
-        self
-    }
-}
-
-impl actix::Message for Outbox {
-    type Result = ();
-}
-
-/// A message from a peer.
-#[derive(Debug)]
-pub struct Step {
-    /// The message.
-    pub message: RaftMessage,
-    /// Mailbox accounting, and the span of the peer's traced write (if the
-    /// frame carried a trace context).
-    pub envelope: Envelope,
-}
-
-impl Step {
-    /// A peer's message, handled on behalf of the current span.
-    pub fn new(message: RaftMessage) -> Step {
-        Step::with_span(message, tracing::Span::current())
-    }
-
-    /// A peer's message, handled on behalf of `span`.
-    pub fn with_span(message: RaftMessage, span: tracing::Span) -> Step {
-        Step {
-            message,
-            envelope: Envelope::with_span("RaftReplica", "Step", span),
-        }
-    }
-}
-
-impl actix::Message for Step {
-    type Result = ();
-}
 
 /// Asks for the replica's status.
 pub struct GetStatus {

@@ -17,9 +17,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::types::{Entry, EntryPayload, HardState, Snapshot};
-use super::PersistedState;
 use crate::wal::{ReadError, RecordKind, Wal, WalEntry};
+use harmonydb_raft::{Entry, EntryPayload, HardState, PersistedState, Snapshot};
 
 /// Size of a hard-state payload.
 const HARD_STATE_SIZE_BYTES: usize = 24;

@@ -21,7 +21,7 @@ use super::RaftReplica;
 use crate::cluster::members::check_address;
 use crate::kv::KvError;
 use crate::observe::Envelope;
-use crate::raft::{ConfChange, Configuration, NodeId, RaftError, Role};
+use harmonydb_raft::{ConfChange, Configuration, NodeId, RaftError, Role};
 
 /// How far (in entries) a learner's log may trail the leader's commit
 /// index and still count as caught up for promotion.

@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use harmonydb_actors::raft::{
+use harmonydb_raft::{
     ConfChange, Entry, EntryPayload, Message, NodeId, PersistedState, Raft, RaftConfig, RaftError,
     Ready, Role,
 };
@@ -768,8 +768,8 @@ pub fn log_of(raft: &Raft) -> Vec<Entry> {
         .collect()
 }
 
-fn short(body: &harmonydb_actors::raft::MessageBody) -> String {
-    use harmonydb_actors::raft::MessageBody::*;
+fn short(body: &harmonydb_raft::MessageBody) -> String {
+    use harmonydb_raft::MessageBody::*;
     match body {
         AppendEntries {
             prev_log_index,

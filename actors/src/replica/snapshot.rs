@@ -29,8 +29,7 @@ use actix::prelude::*;
 use harmonydb_protocol::{Client, Request, Response};
 use tracing::{info, warn};
 
-use super::super::wal_log::records_for_installed_snapshot;
-use super::super::Ready;
+use super::wal_log::records_for_installed_snapshot;
 use super::RaftReplica;
 use crate::kv::{dump, KvError, KvState};
 use crate::storage::buffer::{BufferPool, Policy, PoolConfig};
@@ -39,6 +38,7 @@ use crate::storage::file_view::FilePages;
 use crate::storage::manager::SwitchStorage;
 use crate::storage::meta::ShardMeta;
 use crate::storage::pager::Pager;
+use harmonydb_raft::Ready;
 
 /// Bytes asked for per `snapshot_chunk`.
 pub const SNAPSHOT_CHUNK_BYTES: u32 = 1 << 20;

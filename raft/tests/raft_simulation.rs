@@ -10,7 +10,7 @@
 
 mod raft_support;
 
-use harmonydb_actors::raft::{ConfChange, NodeId};
+use harmonydb_raft::{ConfChange, NodeId};
 use raft_support::{NetworkFaults, Sim};
 
 /// Runs one seed; panics with the seed on a violation.
@@ -58,9 +58,7 @@ pub fn run_seed(seed: u64) {
             let leaders: Vec<NodeId> = all
                 .iter()
                 .copied()
-                .filter(|id| {
-                    sim.is_up(*id) && sim.raft(*id).role() == harmonydb_actors::raft::Role::Leader
-                })
+                .filter(|id| sim.is_up(*id) && sim.raft(*id).role() == harmonydb_raft::Role::Leader)
                 .collect();
             if !leaders.is_empty() {
                 let at = rng.pick(&leaders);

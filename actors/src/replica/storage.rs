@@ -20,8 +20,8 @@ use tracing::{debug, warn};
 use std::path::Path;
 use std::time::Duration;
 
-use super::super::wal_log::records_for_snapshot;
 use super::snapshot::clear_dumps;
+use super::wal_log::records_for_snapshot;
 use super::{settle_install, DeleteBelow, RaftReplica, ReplicaStorage};
 use crate::cluster::members::MemberBook;
 use crate::kv::KvState;

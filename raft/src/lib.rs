@@ -22,9 +22,11 @@
 //! ticks, message dispatch), `election` (pre-vote, votes, check-quorum,
 //! leadership transfer), `replication` (AppendEntries both sides, commit),
 //! `read` (ReadIndex and leases), `membership` (joint consensus, learners),
-//! `snapshot` (compaction and chunked transfer). Not part of the core:
-//! `wal_log` maps the core's persistence onto WAL records, and `replica` is
-//! the `RaftReplica` actor that drives a core with the WAL and the KV state.
+//! `snapshot` (compaction and chunked transfer). The core is a crate of its
+//! own with no actix, tokio or I/O crate among its dependencies, so that
+//! it does no I/O is a compile error rather than a rule: the
+//! `RaftReplica` actor (crate `harmonydb-actors`, `replica/`) drives it
+//! with the WAL and the KV state.
 
 mod election;
 mod log;
@@ -32,11 +34,9 @@ mod membership;
 mod node;
 mod progress;
 mod read;
-pub mod replica;
 mod replication;
 mod snapshot;
 mod types;
-pub mod wal_log;
 
 pub use node::{ElectionCounts, Raft, RaftConfig, Ready, Role, Status};
 pub use types::{
