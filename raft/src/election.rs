@@ -216,6 +216,12 @@ impl Raft {
         };
         let granted = can_vote && up_to_date;
         if granted && !pre_vote {
+            assert!(
+                self.vote == 0 || self.vote == from,
+                "voted for node {from} in term {} after voting for node {}",
+                self.term,
+                self.vote
+            );
             self.vote = from;
             self.reset_election_timer();
         }

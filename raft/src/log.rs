@@ -11,12 +11,16 @@ pub(crate) struct RaftLog {
     pub snapshot: SnapshotMeta,
     /// `entries[i].index == snapshot.index + 1 + i`.
     entries: Vec<Entry>,
-    /// Highest index known committed.
-    pub committed: u64,
-    /// Highest index handed to the caller to apply.
-    pub applied: u64,
-    /// Highest index the caller has persisted.
-    pub stable: u64,
+    /// Highest index known committed: only grows, never past the last
+    /// index ([`RaftLog::commit_to`]).
+    committed: u64,
+    /// Highest index handed to the caller to apply: only grows, never past
+    /// what is committed and persisted ([`RaftLog::applied_to`]).
+    applied: u64,
+    /// Highest index the caller has persisted: grows as readies are
+    /// persisted ([`RaftLog::stable_to`]), and falls back only when a
+    /// conflicting suffix is cut off.
+    stable: u64,
 }
 
 impl RaftLog {
@@ -38,6 +42,72 @@ impl RaftLog {
             snapshot,
             entries,
         }
+    }
+
+    /// Highest index known committed.
+    pub fn committed(&self) -> u64 {
+        self.committed
+    }
+
+    /// Highest index handed to the caller to apply.
+    pub fn applied(&self) -> u64 {
+        self.applied
+    }
+
+    /// Highest index the caller has persisted.
+    pub fn stable(&self) -> u64 {
+        self.stable
+    }
+
+    /// Moves the commit index up to `index` (etcd raft's `commitTo`). A
+    /// commit index that went back, or past the log, would apply entries
+    /// twice or apply ones that don't exist: both stop the program.
+    pub fn commit_to(&mut self, index: u64) {
+        assert!(
+            index >= self.committed,
+            "commit index moved back from {} to {index}",
+            self.committed
+        );
+        assert!(
+            index <= self.last_index(),
+            "commit index {index} is past the last index {}",
+            self.last_index()
+        );
+        self.committed = index;
+    }
+
+    /// Records that entries up to `index` were handed out to apply
+    /// (etcd raft's `appliedTo`): only forward, and never past what is
+    /// committed and persisted (a node applies only what its own disk has).
+    pub fn applied_to(&mut self, index: u64) {
+        assert!(
+            index >= self.applied,
+            "applied index moved back from {} to {index}",
+            self.applied
+        );
+        assert!(
+            index <= self.committed.min(self.stable),
+            "applying up to {index}, past the commit index {} or the persisted index {}",
+            self.committed,
+            self.stable
+        );
+        self.applied = index;
+    }
+
+    /// Records that entries up to `index` are persisted: only forward, and
+    /// never past the last index.
+    pub fn stable_to(&mut self, index: u64) {
+        assert!(
+            index >= self.stable,
+            "persisted index moved back from {} to {index}",
+            self.stable
+        );
+        assert!(
+            index <= self.last_index(),
+            "persisted index {index} is past the last index {}",
+            self.last_index()
+        );
+        self.stable = index;
     }
 
     /// First index still held as an entry.
@@ -254,5 +324,63 @@ impl RaftLog {
                 _ => None,
             })
             .unwrap_or_else(|| self.snapshot.config.clone())
+    }
+}
+
+#[cfg(test)]
+mod mark_tests {
+    use super::*;
+    use crate::types::EntryPayload;
+
+    fn log_of(count: u64) -> RaftLog {
+        let entries = (1..=count)
+            .map(|index| Entry {
+                term: 1,
+                index,
+                payload: EntryPayload::Noop,
+            })
+            .collect();
+        let mut log = RaftLog::new(SnapshotMeta::default(), entries, 0);
+        log.commit_to(2);
+        log.applied_to(1);
+        log
+    }
+
+    #[test]
+    fn marks_move_forward_within_the_log() {
+        let mut log = log_of(3);
+        log.commit_to(3);
+        log.applied_to(3);
+        assert_eq!((log.committed(), log.applied(), log.stable()), (3, 3, 3));
+    }
+
+    #[test]
+    #[should_panic(expected = "commit index moved back")]
+    fn the_commit_index_never_moves_back() {
+        log_of(3).commit_to(1);
+    }
+
+    #[test]
+    #[should_panic(expected = "past the last index")]
+    fn nothing_commits_past_the_log() {
+        log_of(3).commit_to(4);
+    }
+
+    #[test]
+    #[should_panic(expected = "past the commit index")]
+    fn nothing_applies_past_the_commit_index() {
+        log_of(3).applied_to(3);
+    }
+
+    #[test]
+    #[should_panic(expected = "applied index moved back")]
+    fn the_applied_index_never_moves_back() {
+        log_of(3).applied_to(0);
+    }
+
+    #[test]
+    #[should_panic(expected = "persisted index")]
+    fn nothing_is_persisted_past_the_log() {
+        log_of(3).stable_to(4);
     }
 }

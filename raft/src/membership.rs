@@ -28,7 +28,7 @@ impl Raft {
                 leader: self.leader,
             });
         }
-        if self.membership.is_joint() || self.membership_index > self.log.committed {
+        if self.membership.is_joint() || self.membership_index > self.log.committed() {
             return Err(RaftError::ConfChangeInProgress);
         }
         let current = self.membership.clone();
@@ -58,7 +58,7 @@ impl Raft {
     /// After a commit on the leader: finish a joint change, or step down if
     /// the committed configuration no longer has this node as a voter.
     pub(crate) fn on_leader_commit_for_membership(&mut self) {
-        if self.membership_index > self.log.committed {
+        if self.membership_index > self.log.committed() {
             return;
         }
         let now = self.now;
@@ -102,7 +102,7 @@ impl Raft {
             || id == self.id
             || member
             || self.progress.contains_key(&id)
-            || self.membership_index > self.log.committed
+            || self.membership_index > self.log.committed()
         {
             return;
         }

@@ -317,7 +317,7 @@ impl Raft {
 
     /// Index of the last entry handed to the caller to apply.
     pub fn applied_index(&self) -> u64 {
-        self.log.applied
+        self.log.applied()
     }
 
     /// The entry at `index`, if this member still holds it (not compacted).
@@ -342,8 +342,8 @@ impl Raft {
             role: self.role,
             term: self.term,
             leader: self.leader,
-            commit: self.log.committed,
-            applied: self.log.applied,
+            commit: self.log.committed(),
+            applied: self.log.applied(),
             last_index: self.log.last_index(),
             config: self.membership.clone(),
             match_index: self
@@ -362,7 +362,7 @@ impl Raft {
 
     /// The commit index this member knows.
     pub fn commit_index(&self) -> u64 {
-        self.log.committed
+        self.log.committed()
     }
 
     /// Term, vote and commit index as they are now (persisted or not).
@@ -370,7 +370,7 @@ impl Raft {
         HardState {
             term: self.term,
             vote: self.vote,
-            commit: self.log.committed,
+            commit: self.log.committed(),
         }
     }
 
@@ -509,7 +509,7 @@ impl Raft {
             || self.hard_state() != self.emitted_hard_state
             || self.snapshot_to_persist.is_some()
             || self.log.last_index() > self.emitted_index
-            || self.log.applied < self.log.committed.min(self.log.stable)
+            || self.log.applied() < self.log.committed().min(self.log.stable())
             || !self.read_states.is_empty()
             || !self.dropped_proposals.is_empty()
             || !self.dropped_reads.is_empty()
@@ -545,16 +545,16 @@ impl Raft {
         self.emitted_index = self.log.last_index();
         // Only persisted entries are applied: a node never applies what its
         // own disk might not have after a crash.
-        let applicable = self.log.committed.min(self.log.stable);
-        if self.log.applied < applicable {
+        let applicable = self.log.committed().min(self.log.stable());
+        if self.log.applied() < applicable {
             let entries = self.log.slice(
-                self.log.applied + 1,
+                self.log.applied() + 1,
                 applicable,
                 usize::MAX,
                 self.config.apply_size_max_bytes,
             );
             if let Some(last) = entries.last() {
-                self.log.applied = last.index;
+                self.log.applied_to(last.index);
             }
             for entry in &entries {
                 self.settle_proposal(entry);
@@ -568,13 +568,15 @@ impl Raft {
     /// The caller has done everything `ready` asked.
     pub fn advance(&mut self, ready: &Ready) {
         if let Some(snapshot) = &ready.snapshot {
-            self.log.stable = self.log.stable.max(snapshot.meta.index);
+            if snapshot.meta.index > self.log.stable() {
+                self.log.stable_to(snapshot.meta.index);
+            }
         }
         if let Some(last) = ready.entries.last() {
             // The entries may have been replaced since (a new leader); only
             // what is still in the log at that term counts as persisted.
-            if self.log.term(last.index) == Some(last.term) && last.index > self.log.stable {
-                self.log.stable = last.index;
+            if self.log.term(last.index) == Some(last.term) && last.index > self.log.stable() {
+                self.log.stable_to(last.index);
             }
         }
         if self.role == Role::Leader {
@@ -659,7 +661,7 @@ impl Raft {
         if self.membership.is_voter(self.id) {
             return true;
         }
-        self.membership_index > self.log.committed
+        self.membership_index > self.log.committed()
             && self.membership_index > 0
             && self
                 .log
@@ -693,6 +695,11 @@ impl Raft {
 
     /// Becomes a follower in `term` (following `leader`, 0 = unknown).
     pub(crate) fn become_follower(&mut self, term: u64, leader: NodeId) {
+        assert!(
+            term >= self.term,
+            "became a follower in term {term}, older than its term {}",
+            self.term
+        );
         if term > self.term {
             self.term = term;
             self.vote = 0;

@@ -34,11 +34,11 @@ impl Raft {
     }
 
     fn committed_in_current_term(&self) -> bool {
-        self.log.term(self.log.committed) == Some(self.term)
+        self.log.term(self.log.committed()) == Some(self.term)
     }
 
     fn queue_read(&mut self, request_id: u64) {
-        let index = self.log.committed;
+        let index = self.log.committed();
         if self.membership.has_quorum(&BTreeSet::from([self.id])) {
             self.read_states.push(ReadState { request_id, index });
             return;
@@ -110,7 +110,7 @@ impl Raft {
             Some(start) if self.now < start + lease_ticks => {
                 self.read_states.push(ReadState {
                     request_id,
-                    index: self.log.committed,
+                    index: self.log.committed(),
                 });
                 Ok(())
             }

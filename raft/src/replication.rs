@@ -57,7 +57,7 @@ impl Raft {
                 return;
             }
             let last = entries.last().map_or(prev_log_index, |e| e.index);
-            let commit = self.log.committed;
+            let commit = self.log.committed();
             if let Some(progress) = self.progress.get_mut(&peer) {
                 progress.sent(last);
             }
@@ -90,9 +90,9 @@ impl Raft {
         }
         self.leader = from;
         self.election_elapsed = 0;
-        if prev_log_index < self.log.committed {
+        if prev_log_index < self.log.committed() {
             // Already committed here; answer with what we know matches.
-            let committed = self.log.committed;
+            let committed = self.log.committed();
             let skip = (committed - prev_log_index) as usize;
             let rest: Vec<Entry> = entries.into_iter().skip(skip).collect();
             let Some(committed_term) = self.log.term(committed) else {
@@ -113,8 +113,8 @@ impl Raft {
                     self.refresh_membership();
                 }
                 let commit = leader_commit.min(last_new);
-                if commit > self.log.committed {
-                    self.log.committed = commit;
+                if commit > self.log.committed() {
+                    self.log.commit_to(commit);
                 }
                 self.send(
                     from,
@@ -215,7 +215,7 @@ impl Raft {
             .map(|(id, p)| (*id, p.match_index))
             .collect();
         for (peer, match_index) in peers {
-            let commit = self.log.committed.min(match_index);
+            let commit = self.log.committed().min(match_index);
             self.send(peer, MessageBody::Heartbeat { commit, seq });
         }
     }
@@ -226,8 +226,8 @@ impl Raft {
         self.leader = from;
         self.election_elapsed = 0;
         // The leader sends at most what it knows this follower has, so this is safe.
-        if commit > self.log.committed && commit <= self.log.last_index() {
-            self.log.committed = commit;
+        if commit > self.log.committed() && commit <= self.log.last_index() {
+            self.log.commit_to(commit);
         }
         self.send(from, MessageBody::HeartbeatResponse { seq });
     }
@@ -286,7 +286,7 @@ impl Raft {
         if self.role != Role::Leader {
             return;
         }
-        let own_match = self.log.stable;
+        let own_match = self.log.stable();
         let quorum_index = self.membership.quorum_index(|id| {
             if id == self.id {
                 own_match
@@ -294,10 +294,10 @@ impl Raft {
                 self.progress.get(&id).map_or(0, |p| p.match_index)
             }
         });
-        if quorum_index <= self.log.committed || self.log.term(quorum_index) != Some(self.term) {
+        if quorum_index <= self.log.committed() || self.log.term(quorum_index) != Some(self.term) {
             return;
         }
-        self.log.committed = quorum_index;
+        self.log.commit_to(quorum_index);
         self.on_commit_advanced();
     }
 

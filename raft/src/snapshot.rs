@@ -11,10 +11,10 @@ impl Raft {
     /// Replaces the log up to `index` (which must be applied) by a snapshot
     /// holding `data`, the state machine as of `index`.
     pub fn compact(&mut self, index: u64, data: Vec<u8>) -> Result<(), RaftError> {
-        if index > self.log.applied {
+        if index > self.log.applied() {
             return Err(RaftError::InvalidCompaction {
                 index,
-                reason: format!("only {} is applied", self.log.applied),
+                reason: format!("only {} is applied", self.log.applied()),
             });
         }
         if index <= self.log.snapshot.index {
@@ -103,7 +103,7 @@ impl Raft {
             // No real log gets there; a peer bug or attack. Ignore it.
             return;
         }
-        if index <= self.log.committed {
+        if index <= self.log.committed() {
             // Everything it covers is already committed here.
             self.incoming_snapshot = None;
             self.send(
