@@ -14,7 +14,7 @@ use crate::api::connections::{
     IDLE_TIMEOUT_DEFAULT_MS, READ_TIMEOUT_DEFAULT_MS,
 };
 use harmonydb_actors::cluster::members::check_address;
-use harmonydb_actors::kv::VALUE_SIZE_DEFAULT_MAX_BYTES;
+use harmonydb_actors::kv::{REQUEST_TIMEOUT_DEFAULT, VALUE_SIZE_DEFAULT_MAX_BYTES};
 use harmonydb_actors::storage::buffer::Policy;
 use harmonydb_actors::wal::{
     FsyncPolicy, RECORD_PAYLOAD_SIZE_MAX_BYTES, SEGMENT_SIZE_DEFAULT_BYTES, SEGMENT_SIZE_MIN_BYTES,
@@ -24,9 +24,6 @@ use serde::Deserialize;
 
 /// Raft tick by default, in milliseconds.
 const RAFT_TICK_DEFAULT_MS: u64 = 100;
-
-/// Request timeout by default, in milliseconds.
-const REQUEST_TIMEOUT_DEFAULT_MS: u64 = 5000;
 
 /// Buffer pool size by default, in MiB.
 const BUFFER_POOL_DEFAULT_MB: usize = 256;
@@ -405,7 +402,7 @@ impl Config {
             request_timeout: Duration::from_millis(pick(
                 &args.request_timeout_ms,
                 file.request_timeout_ms,
-                || REQUEST_TIMEOUT_DEFAULT_MS,
+                || REQUEST_TIMEOUT_DEFAULT.as_millis() as u64,
             )),
             enable_fault_injection: args.enable_fault_injection
                 || file.enable_fault_injection.unwrap_or(false),

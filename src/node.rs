@@ -36,9 +36,6 @@ use crate::api::service::{Service, ServiceParts};
 use crate::api::{http, tcp};
 use crate::config::Config;
 
-/// Raft ticks without a leader before a follower campaigns (randomized up to twice this).
-const ELECTION_TIMEOUT_TICKS: u64 = 10;
-
 /// Ticks of clock drift a leader's lease allows for.
 const LEASE_DRIFT_TICKS: u64 = 2;
 
@@ -291,8 +288,6 @@ fn check_identity(dir: &Path, node_id: u64, config: &Config) -> Result<(), NodeE
 /// The Raft settings of a node.
 pub fn raft_config(node_id: u64, frame_size_max_bytes: usize) -> RaftConfig {
     let mut raft = RaftConfig::new(node_id);
-    raft.election_timeout_ticks = ELECTION_TIMEOUT_TICKS;
-    raft.heartbeat_interval_ticks = 1;
     raft.lease_drift_ticks = Some(LEASE_DRIFT_TICKS);
     // An AppendEntries must fit in the receiver's frame with room to spare.
     raft.append_size_max_bytes = raft.append_size_max_bytes.min(frame_size_max_bytes / 4);

@@ -38,7 +38,10 @@ mod replication;
 mod snapshot;
 mod types;
 
-pub use node::{ElectionCounts, Raft, RaftConfig, Ready, Role, Status};
+pub use node::{
+    ElectionCounts, Raft, RaftConfig, Ready, Role, Status, ELECTION_TIMEOUT_DEFAULT_TICKS,
+    HEARTBEAT_INTERVAL_DEFAULT_TICKS,
+};
 pub use types::{
     ConfChange, Configuration, DroppedProposal, DroppedRead, Entry, EntryPayload, HardState,
     Message, MessageBody, NodeId, RaftError, ReadState, Snapshot, SnapshotMeta,

@@ -51,13 +51,20 @@ pub struct RaftConfig {
     pub seed: u64,
 }
 
+/// Ticks without a leader before a follower campaigns, by default
+/// (randomized up to twice this).
+pub const ELECTION_TIMEOUT_DEFAULT_TICKS: u64 = 10;
+
+/// Ticks between a leader's heartbeats, by default.
+pub const HEARTBEAT_INTERVAL_DEFAULT_TICKS: u64 = 1;
+
 impl RaftConfig {
     /// Sensible defaults for member `id`: election timeout 10 ticks, heartbeat 1.
     pub fn new(id: NodeId) -> Self {
         RaftConfig {
             id,
-            election_timeout_ticks: 10,
-            heartbeat_interval_ticks: 1,
+            election_timeout_ticks: ELECTION_TIMEOUT_DEFAULT_TICKS,
+            heartbeat_interval_ticks: HEARTBEAT_INTERVAL_DEFAULT_TICKS,
             append_entries_max: 256,
             append_size_max_bytes: 1024 * 1024,
             in_flight_max: 64,
