@@ -320,6 +320,12 @@ impl Raft {
         self.membership.has_quorum(&active)
     }
 
+    /// The voter leadership is being handed to, while a transfer is under
+    /// way (it is given up after an election timeout).
+    pub fn transfer_target(&self) -> Option<NodeId> {
+        self.transfer.map(|(target, _)| target)
+    }
+
     /// Starts handing leadership to `target`: replicate until it is caught
     /// up, then tell it to campaign at once. Proposals wait meanwhile.
     pub fn transfer_leadership(&mut self, target: NodeId) -> Result<(), RaftError> {

@@ -16,7 +16,8 @@ use harmonydb_actors::disk::DiskMonitor;
 use harmonydb_actors::kv::{KvAnswer, KvError, KvHandle, KvOp, KvReply, ScanRange, WriteOutcome};
 use harmonydb_actors::replica::{
     dump_path, ChangeMembership, GetStatus, MemberChange, MembershipError, PrepareSnapshot,
-    RaftReplica, ReplicaStatus, TransferError, TransferLeadership, SNAPSHOT_CHUNK_BYTES,
+    RaftReplica, ReplicaStatus, TransferError, TransferLeadership, Transferred,
+    SNAPSHOT_CHUNK_BYTES,
 };
 use harmonydb_protocol::{
     Client, ClientError, ClusterStatus, Consistency, ErrorCode, Item, LeaderHint, MemberStatus,
@@ -26,9 +27,6 @@ use harmonydb_raft::Role;
 use tracing::{debug, info};
 
 use super::error::ApiError;
-
-/// How often a leadership transfer looks for the new leader.
-const TRANSFER_POLL_INTERVAL: Duration = Duration::from_millis(10);
 
 /// Items a scan returns when the request gives no limit.
 pub const SCAN_LIMIT_DEFAULT: usize = 1000;
@@ -356,58 +354,38 @@ impl Service {
     /// Hands leadership from this node (the leader) to `target` or the most
     /// caught-up other voter, and answers once the new leader leads.
     async fn transfer_leader(&self, target: Option<u64>) -> Result<Response, ApiError> {
-        let shutting_down = |_| ApiError::from_kv(KvError::ShuttingDown, None);
-        let chosen = self
-            .replica
-            .send(TransferLeadership::new(target))
-            .await
-            .map_err(shutting_down)?
-            .map_err(|error| match error {
-                TransferError::NotLeader { leader: 0 } => {
-                    ApiError::from_kv(KvError::NoLeader, None)
-                }
-                TransferError::NotLeader { leader } => self.not_leader(leader),
-                TransferError::NotAVoter { .. } | TransferError::NoOtherVoter => {
-                    ApiError::bad_request(error.to_string())
-                }
-                TransferError::Unavailable(reason) => {
-                    ApiError::from_kv(KvError::Storage(reason), None)
-                }
-            })?;
-        // The core tells the target to campaign once it has caught up, and
-        // gives up after an election timeout: wait for the outcome.
+        // The replica answers once the transfer has an outcome; the core
+        // gives it up after an election timeout, well inside this bound.
         let timeout = self.kv.limits().request_timeout;
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let status = self.status().await?.raft;
-            let moved =
-                status.leader != 0 && (status.leader != self.node_id || chosen == self.node_id);
-            if moved && status.leader == chosen {
-                return Ok(Response::LeaderTransferred {
-                    leader: chosen,
-                    term: status.term,
-                });
+        let answer =
+            tokio::time::timeout(timeout, self.replica.send(TransferLeadership::new(target)))
+                .await
+                .map_err(|_| {
+                    ApiError::new(
+                        ErrorCode::Timeout,
+                        format!(
+                            "leadership did not move within {} ms; read /cluster for who leads",
+                            timeout.as_millis()
+                        ),
+                    )
+                })?
+                .map_err(|_| ApiError::from_kv(KvError::ShuttingDown, None))?;
+        match answer {
+            Ok(Transferred { leader, term }) => Ok(Response::LeaderTransferred { leader, term }),
+            Err(TransferError::NotLeader { leader: 0 }) => {
+                Err(ApiError::from_kv(KvError::NoLeader, None))
             }
-            if moved {
-                return Err(ApiError::new(
-                    ErrorCode::Unavailable,
-                    format!(
-                        "node {} won the election instead of node {chosen}; ask again to move it",
-                        status.leader
-                    ),
-                ));
+            Err(TransferError::NotLeader { leader }) => Err(self.not_leader(leader)),
+            Err(error @ (TransferError::NotAVoter { .. } | TransferError::NoOtherVoter)) => {
+                Err(ApiError::bad_request(error.to_string()))
             }
-            if tokio::time::Instant::now() >= deadline {
-                return Err(ApiError::new(
-                    ErrorCode::Timeout,
-                    format!(
-                        "leadership did not move to node {chosen} within {} ms (node {} leads; a transfer is abandoned after an election timeout)",
-                        timeout.as_millis(),
-                        status.leader
-                    ),
-                ));
+            // Nothing was handed over: asking again is safe.
+            Err(error @ (TransferError::OtherWon { .. } | TransferError::Abandoned { .. })) => {
+                Err(ApiError::new(ErrorCode::Unavailable, error.to_string()))
             }
-            tokio::time::sleep(TRANSFER_POLL_INTERVAL).await;
+            Err(TransferError::Unavailable(reason)) => {
+                Err(ApiError::from_kv(KvError::Storage(reason), None))
+            }
         }
     }
 

@@ -39,6 +39,7 @@
 mod members;
 mod snapshot;
 mod storage;
+mod transfer;
 pub mod wal_log;
 
 pub use members::{
@@ -49,6 +50,7 @@ pub use snapshot::{
     dump_path, settle_install, PrepareSnapshot, SnapshotDump, SNAPSHOT_CHUNK_BYTES,
 };
 pub use storage::CheckpointPolicy;
+pub use transfer::{TransferError, TransferLeadership, Transferred};
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
@@ -104,55 +106,6 @@ impl GetStatus {
             envelope: Envelope::new("RaftReplica", "GetStatus"),
         }
     }
-}
-
-/// Asks the leader to hand leadership to `target`, or to the most
-/// caught-up other voter; answers with the chosen voter once the hand-over
-/// has begun (the caller watches the status for the new leader).
-pub struct TransferLeadership {
-    /// The voter to lead next, if the caller chose one.
-    pub target: Option<NodeId>,
-    /// Mailbox accounting and the asking request's span.
-    pub envelope: Envelope,
-}
-
-impl TransferLeadership {
-    /// A transfer request on behalf of the current span.
-    pub fn new(target: Option<NodeId>) -> TransferLeadership {
-        TransferLeadership {
-            target,
-            envelope: Envelope::new("RaftReplica", "TransferLeadership"),
-        }
-    }
-}
-
-impl actix::Message for TransferLeadership {
-    type Result = Result<NodeId, TransferError>;
-}
-
-/// Why leadership can't be handed over.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum TransferError {
-    /// This member doesn't lead (0: no leader known).
-    #[error("this node does not lead")]
-    NotLeader {
-        /// The leader it knows of, if any.
-        leader: NodeId,
-    },
-    /// The target is not a voter of the configuration in force.
-    #[error("node {target} is not a voter (voters: {voters:?})")]
-    NotAVoter {
-        /// The requested target.
-        target: NodeId,
-        /// The voters there are.
-        voters: Vec<NodeId>,
-    },
-    /// The leader is the only voter.
-    #[error("no other voter to hand leadership to")]
-    NoOtherVoter,
-    /// The replica stopped serving (a storage failure).
-    #[error("the replica is not serving: {0}")]
-    Unavailable(String),
 }
 
 impl Default for GetStatus {
@@ -304,6 +257,8 @@ pub struct RaftReplica {
     disk: Option<DiskMonitor>,
     /// When this member last handed leadership over for a full disk.
     disk_handover_at: Option<Instant>,
+    /// Leadership transfers waiting for their outcome.
+    transfers: transfer::Transfers,
     next_read_id: u64,
     reads_pending: HashMap<u64, (ReadOp, Reply)>,
     reads_ready: Vec<WaitingRead>,
@@ -368,6 +323,7 @@ impl RaftReplica {
             traced_writes_seen: false,
             disk: None,
             disk_handover_at: None,
+            transfers: transfer::Transfers::default(),
             next_read_id: 1,
             reads_pending: HashMap::new(),
             reads_ready: Vec::new(),
@@ -941,6 +897,7 @@ impl RaftReplica {
             self.reported_leader = leader;
             self.leader_hint.store(leader, Ordering::Relaxed);
         }
+        self.settle_transfers();
     }
 
     fn report_metrics(&mut self) {
@@ -1238,42 +1195,6 @@ impl Handler<GetStatus> for RaftReplica {
             election_timeout: self.tick_interval * ticks,
             refusing: self.serving().err(),
         })
-    }
-}
-
-impl Handler<TransferLeadership> for RaftReplica {
-    type Result = Result<NodeId, TransferError>;
-
-    fn handle(&mut self, request: TransferLeadership, ctx: &mut Self::Context) -> Self::Result {
-        let handling = request.envelope.open();
-        let _entered = handling.span().enter();
-        if let Some(reason) = &self.failed {
-            return Err(TransferError::Unavailable(reason.clone()));
-        }
-        self.catch_up_ticks();
-        let status = self.raft.status();
-        if status.role != Role::Leader {
-            return Err(TransferError::NotLeader {
-                leader: status.leader,
-            });
-        }
-        let voters: Vec<NodeId> = status.config.voters.iter().copied().collect();
-        let target = match request.target {
-            Some(target) if !status.config.is_voter(target) => {
-                return Err(TransferError::NotAVoter { target, voters });
-            }
-            Some(target) => target,
-            None => most_caught_up_other_voter(&status).ok_or(TransferError::NoOtherVoter)?,
-        };
-        match self.raft.transfer_leadership(target) {
-            Ok(()) => {
-                info!(target, term = status.term, "handing leadership over");
-                self.schedule_drive(ctx);
-                Ok(target)
-            }
-            Err(RaftError::NotLeader { leader }) => Err(TransferError::NotLeader { leader }),
-            Err(_) => Err(TransferError::NotAVoter { target, voters }),
-        }
     }
 }
 
