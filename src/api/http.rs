@@ -18,7 +18,6 @@ use actix_web::middleware::{ErrorHandlerResponse, ErrorHandlers, Next};
 use actix_web::{web, App, HttpRequest, HttpResponse};
 use base64::Engine;
 use harmonydb_actors::cluster::fault::Fault;
-use harmonydb_actors::kv::ScanRange;
 use harmonydb_actors::observe;
 use harmonydb_protocol::{Consistency, ErrorCode, Request, Response, Staleness};
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -29,7 +28,7 @@ use tracing::Instrument;
 use super::debug::{cpu_profile, heap_profile, AdminAccess};
 use super::error::ApiError;
 use super::http_server::{GuardState, HeadRejection, REJECTED_ROUTE};
-use super::service::{Service, SCAN_LIMIT_DEFAULT};
+use super::service::Service;
 
 /// JSON escapes can take six bytes per value byte (`\u0000`), so the body
 /// limit leaves room for that beyond the value limit, plus the other fields.
@@ -264,26 +263,21 @@ fn percent_decode_strict(text: &str) -> Result<Vec<u8>, String> {
     Ok(percent_encoding::percent_decode(bytes).collect())
 }
 
-/// A scan's query string.
-#[derive(Debug, Default)]
+/// A scan's query string: the request it asks for, and `forward`.
+#[derive(Debug)]
 struct ScanQuery {
-    range: ScanRange,
-    consistency: Option<Consistency>,
+    request: Request,
     forward: Option<bool>,
 }
 
 /// Parses `prefix`, `start`, `end`, `limit`, `consistency` and `forward`
-/// from a scan's query string. Values are percent-decoded to bytes (`+` is
-/// a space), like keys in paths.
+/// from a scan's query string into the scan request (the service applies
+/// the default limit). Values are percent-decoded to bytes (`+` is a
+/// space), like keys in paths.
 fn scan_query(query: &str) -> Result<ScanQuery, ApiError> {
-    let mut parsed = ScanQuery {
-        range: ScanRange {
-            limit: SCAN_LIMIT_DEFAULT,
-            ..ScanRange::default()
-        },
-        ..ScanQuery::default()
-    };
-    let range = &mut parsed.range;
+    let (mut prefix, mut start, mut end, mut limit, mut consistency) =
+        (Vec::new(), None, None, None, None);
+    let mut forward = None;
     let mut seen = Vec::new();
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
@@ -296,14 +290,14 @@ fn scan_query(query: &str) -> Result<ScanQuery, ApiError> {
         let value = percent_decode_strict(&value.replace('+', " "))
             .map_err(|e| ApiError::bad_request(format!("query parameter {name:?}: {e}")))?;
         match name {
-            "prefix" => range.prefix = value,
-            "start" => range.start = Some(value),
-            "end" => range.end = Some(value),
+            "prefix" => prefix = value,
+            "start" => start = Some(value),
+            "end" => end = Some(value),
             "consistency" => {
-                parsed.consistency = consistency(Some(&String::from_utf8_lossy(&value)))?
+                consistency = self::consistency(Some(&String::from_utf8_lossy(&value)))?
             }
             "forward" => {
-                parsed.forward = Some(match value.as_slice() {
+                forward = Some(match value.as_slice() {
                     b"true" => true,
                     b"false" => false,
                     _ => {
@@ -314,15 +308,17 @@ fn scan_query(query: &str) -> Result<ScanQuery, ApiError> {
                 })
             }
             "limit" => {
-                range.limit = std::str::from_utf8(&value)
-                    .ok()
-                    .and_then(|v| v.parse().ok())
-                    .ok_or_else(|| {
-                        ApiError::bad_request(format!(
-                            "limit {:?} is not a whole number",
-                            value.escape_ascii().to_string()
-                        ))
-                    })?
+                limit = Some(
+                    std::str::from_utf8(&value)
+                        .ok()
+                        .and_then(|v| v.parse::<u32>().ok())
+                        .ok_or_else(|| {
+                            ApiError::bad_request(format!(
+                                "limit {:?} is not a whole number",
+                                value.escape_ascii().to_string()
+                            ))
+                        })?,
+                )
             }
             other => {
                 return Err(ApiError::bad_request(format!(
@@ -331,7 +327,16 @@ fn scan_query(query: &str) -> Result<ScanQuery, ApiError> {
             }
         }
     }
-    Ok(parsed)
+    Ok(ScanQuery {
+        request: Request::Scan {
+            prefix,
+            start,
+            end,
+            limit,
+            consistency,
+        },
+        forward,
+    })
 }
 
 /// Adds `bytes` to `object` as `name: "text"` when they are UTF-8 and as
@@ -423,15 +428,7 @@ async fn delete(
 
 async fn scan(state: web::Data<HttpState>, request: HttpRequest) -> Result<HttpResponse, ApiError> {
     let query = scan_query(request.query_string())?;
-    let range = query.range;
-    let request = Request::Scan {
-        prefix: range.prefix,
-        start: range.start,
-        end: range.end,
-        limit: Some(u32::try_from(range.limit).unwrap_or(u32::MAX)),
-        consistency: query.consistency,
-    };
-    call(&state, request, query.forward).await
+    call(&state, query.request, query.forward).await
 }
 
 async fn health(state: web::Data<HttpState>) -> Result<HttpResponse, ApiError> {
@@ -614,8 +611,7 @@ async fn call(
     forward: Option<bool>,
 ) -> Result<HttpResponse, ApiError> {
     let no_forward = forward == Some(false);
-    let response = state.service.handle(request, no_forward).await;
-    let json = match response {
+    let json = match state.service.call(request, no_forward).await? {
         Response::Value {
             key,
             value,
@@ -658,21 +654,15 @@ async fn call(
             "term": term,
         }),
         Response::Membership(membership) => serde_json::json!(membership),
-        // Node-to-node answers: HTTP never asks for them.
-        Response::SnapshotReady { .. } | Response::SnapshotChunk { .. } => {
+        // Node-to-node answers, and errors, which the service gives as
+        // `Err`: HTTP never gets them here.
+        Response::SnapshotReady { .. }
+        | Response::SnapshotChunk { .. }
+        | Response::Error { .. } => {
             return Err(ApiError::new(
                 ErrorCode::Internal,
-                "a snapshot answer to an HTTP request",
+                "an answer HTTP never asks for",
             ))
-        }
-        Response::Error {
-            code,
-            message,
-            leader,
-            current_version,
-        } => {
-            let error = ApiError::from_response(code, message, leader);
-            return Err(error.with_current_version(current_version));
         }
     };
     Ok(HttpResponse::Ok().json(json))
@@ -1214,21 +1204,27 @@ mod tests {
         );
         assert!(percent_decode_strict("bad%G1").is_err());
         assert!(percent_decode_strict("cut%F").is_err());
-        let range = scan_query("prefix=a%20b&start=x+y&limit=5")
-            .expect("valid")
-            .range;
-        assert_eq!(range.prefix, b"a b".to_vec());
-        assert_eq!(range.start, Some(b"x y".to_vec()));
-        assert_eq!(range.limit, 5);
+        let scan = |query: &str| scan_query(query).map(|q| q.request);
+        assert_eq!(
+            scan("prefix=a%20b&start=x+y&limit=5").expect("valid"),
+            Request::Scan {
+                prefix: b"a b".to_vec(),
+                start: Some(b"x y".to_vec()),
+                end: None,
+                limit: Some(5),
+                consistency: None,
+            }
+        );
         assert!(scan_query("limit=5&limit=6").is_err());
         assert!(scan_query("colour=blue").is_err());
         assert!(scan_query("limit=-1").is_err());
-        assert_eq!(
-            scan_query("").expect("empty").range.limit,
-            SCAN_LIMIT_DEFAULT
-        );
+        // No limit given: the service applies its default, once.
+        assert!(matches!(
+            scan("").expect("empty"),
+            Request::Scan { limit: None, .. }
+        ));
         let query = scan_query("consistency=stale&forward=false").expect("valid");
-        assert_eq!(query.consistency, Some(Consistency::Stale));
+        assert_eq!(query.request.consistency(), Some(Consistency::Stale));
         assert_eq!(query.forward, Some(false));
         assert!(scan_query("consistency=eventual").is_err());
         assert!(scan_query("forward=maybe").is_err());

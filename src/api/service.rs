@@ -125,15 +125,10 @@ impl Service {
             .map(|addr| LeaderHint { id: leader, addr })
     }
 
-    /// Runs a client request (not `raft`) and returns the answer to send.
-    pub async fn handle(&self, request: Request, no_forward: bool) -> Response {
-        match self.route(request, no_forward).await {
-            Ok(response) => response,
-            Err(error) => error.into_response(),
-        }
-    }
-
-    async fn route(&self, request: Request, no_forward: bool) -> Result<Response, ApiError> {
+    /// Runs a client request (not `raft`): its answer, or the error to
+    /// give (a forwarded request's error included: an `Ok` answer is never
+    /// `Response::Error`). Each front door renders the error its own way.
+    pub async fn call(&self, request: Request, no_forward: bool) -> Result<Response, ApiError> {
         match request {
             Request::ClusterStatus => {
                 return Ok(Response::ClusterStatus(self.cluster_status().await?));
@@ -251,7 +246,7 @@ impl Service {
         let client = self.forward_client(leader, &addr).await?;
         let traceparent = harmonydb_actors::observe::traceparent(&tracing::Span::current());
         match client.exchange_traced(request, true, traceparent).await {
-            Ok(response) => Ok(about_the_leader(response, leader)),
+            Ok(response) => about_the_leader(response, leader),
             Err(error) => {
                 self.drop_forward_client(leader);
                 debug!(leader, %addr, %error, "forwarding failed");
@@ -635,10 +630,11 @@ fn duration_ms(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// A forwarded request's answer, as this node passes it on: an error about
-/// the node it was forwarded to (removed, stopping) must not read as this
-/// node's own state, and neither was carried out, so the client may retry.
-fn about_the_leader(response: Response, leader: u64) -> Response {
+/// A forwarded request's answer, as this node passes it on: the leader's
+/// error as this node's error; but an error about the node it was
+/// forwarded to (removed, stopping) must not read as this node's own
+/// state, and neither was carried out, so the client may retry.
+fn about_the_leader(response: Response, leader: u64) -> Result<Response, ApiError> {
     match response {
         Response::Error {
             code: code @ (ErrorCode::Removed | ErrorCode::ShuttingDown),
@@ -650,15 +646,23 @@ fn about_the_leader(response: Response, leader: u64) -> Response {
             } else {
                 "is shutting down"
             };
-            ApiError::new(
+            Err(ApiError::new(
                 ErrorCode::Unavailable,
                 format!(
                     "the leader this node forwarded to, node {leader}, {why} ({message}); the request was not carried out: retry once a new leader leads"
                 ),
-            )
-            .into_response()
+            ))
         }
-        other => other,
+        Response::Error {
+            code,
+            message,
+            leader,
+            current_version,
+        } => {
+            Err(ApiError::from_response(code, message, leader)
+                .with_current_version(current_version))
+        }
+        other => Ok(other),
     }
 }
 

@@ -56,6 +56,7 @@ use tokio_util::codec::FramedRead;
 use tracing::{debug, info, warn, Instrument};
 
 use super::connections::{Admission, Pool, Slot};
+use super::error::ApiError;
 use super::service::Service;
 
 /// Requests one connection may have in the store at once; past it the
@@ -468,9 +469,10 @@ async fn handle(service: &Service, frame: RequestFrame) -> ResponseFrame {
     let span = observe::request_span(|| format!("TCP {op_name}"), frame.trace.as_deref());
     metrics::gauge!("harmonydb_tcp_requests_in_flight").increment(1.0);
     let body = service
-        .handle(frame.body, frame.no_forward)
+        .call(frame.body, frame.no_forward)
         .instrument(span)
-        .await;
+        .await
+        .unwrap_or_else(ApiError::into_response);
     metrics::gauge!("harmonydb_tcp_requests_in_flight").decrement(1.0);
     let status = match &body {
         Response::Error { code, .. } => code.as_str(),
