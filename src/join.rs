@@ -9,7 +9,8 @@
 use std::time::Duration;
 
 use harmonydb_actors::cluster::members::MemberBook;
-use harmonydb_protocol::{Client, ClientError, ErrorCode, Membership, Request, Response};
+use harmonydb_actors::cluster::rpc::PeerClient;
+use harmonydb_protocol::{ErrorCode, Membership, Request, Response};
 use tracing::{error, info, warn};
 
 /// First wait between attempts.
@@ -17,9 +18,6 @@ const RETRY_MIN: Duration = Duration::from_millis(100);
 
 /// Longest wait between attempts.
 const RETRY_MAX: Duration = Duration::from_secs(2);
-
-/// How long one request may take (a change waits for its commit).
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What a joining node needs to know.
 pub struct Joining {
@@ -31,8 +29,8 @@ pub struct Joining {
     pub address: String,
     /// The node's member book (taught the members' addresses).
     pub members: MemberBook,
-    /// Largest frame to send.
-    pub frame_size_max_bytes: usize,
+    /// The node's client to other nodes.
+    pub peers: PeerClient,
 }
 
 /// What one attempt came to.
@@ -47,17 +45,28 @@ enum Attempt {
 }
 
 async fn ask(joining: &Joining, request: Request) -> Attempt {
-    let client = match Client::connect(joining.through.as_str()).await {
-        Ok(client) => client
-            .with_timeout(REQUEST_TIMEOUT)
-            .with_frame_limit(joining.frame_size_max_bytes),
-        Err(error) => {
-            return Attempt::Retry(format!("{} is unreachable: {error}", joining.through))
+    // Asked with `no_forward` unset would be forwarded by the member; the
+    // peer client asks with it set, so a member that doesn't lead names
+    // the leader, which is then asked.
+    let mut through = joining.through.clone();
+    for _ in 0..2 {
+        match joining.peers.call_at(&through, request.clone()).await {
+            Ok(Response::Error {
+                code: ErrorCode::NotLeader,
+                leader: Some(leader),
+                ..
+            }) => through = leader.addr,
+            answer => return attempt(answer),
         }
-    };
-    match client.request(request).await {
+    }
+    Attempt::Retry("leadership is moving".into())
+}
+
+/// What one answer means for joining.
+fn attempt(answer: Result<Response, harmonydb_actors::cluster::rpc::RpcError>) -> Attempt {
+    match answer {
         Ok(Response::Membership(membership)) => Attempt::Done(membership),
-        Err(ClientError::Server { code, message, .. }) => match code {
+        Ok(Response::Error { code, message, .. }) => match code {
             ErrorCode::BadRequest | ErrorCode::Forbidden | ErrorCode::Unauthorized => {
                 Attempt::GiveUp(message)
             }

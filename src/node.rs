@@ -14,6 +14,7 @@ use std::time::Duration;
 use actix::{Actor, Addr, Arbiter};
 use harmonydb_actors::cluster::fault::FaultFilter;
 use harmonydb_actors::cluster::members::MemberBook;
+use harmonydb_actors::cluster::rpc::{PeerClient, RpcSettings};
 use harmonydb_actors::cluster::transport::{PeerInbox, Transport};
 use harmonydb_actors::disk::{DiskMonitor, DISK_CHECK_INTERVAL};
 use harmonydb_actors::kv::{BeginShutdown, KvHandle, KvLimits};
@@ -32,7 +33,7 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use crate::api::connections::Admission;
-use crate::api::service::{Service, ServiceParts};
+use crate::api::service::{FrontDoor, Service};
 use crate::api::{http, tcp};
 use crate::config::Config;
 
@@ -45,6 +46,13 @@ const LOCK_WAIT: Duration = Duration::from_secs(10);
 
 /// How often a start waiting for the lock tries again.
 const LOCK_RETRY_INTERVAL: Duration = Duration::from_millis(50);
+
+/// What a request to another node may wait beyond the node's own request
+/// timeout (which the other node applies), so its answer comes first.
+const RPC_TIMEOUT_MARGIN: Duration = Duration::from_secs(1);
+
+/// How long connecting to another node may take.
+const RPC_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How long shutdown waits for accepted writes to commit.
 const WRITE_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -298,6 +306,13 @@ pub fn raft_config(node_id: u64, frame_size_max_bytes: usize) -> RaftConfig {
 
 /// A started replica and what front doors need from it.
 pub struct ReplicaParts {
+    /// This node.
+    pub node_id: u64,
+    /// The node's one client to other nodes (forwarding, snapshots, join),
+    /// which obeys the transport's fault filter.
+    pub peers: PeerClient,
+    /// The node's disk.
+    pub disk: DiskMonitor,
     /// Where snapshot dumps for followers are written.
     pub snapshot_dir: PathBuf,
     /// The arbiter the checkpointer runs on (stopped at shutdown).
@@ -337,6 +352,8 @@ pub struct ReplicaSettings {
     pub checkpoint_policy: CheckpointPolicy,
     /// The node's disk (a leader with a full one hands leadership over).
     pub disk: DiskMonitor,
+    /// How requests to other nodes are bounded.
+    pub rpc: RpcSettings,
 }
 
 /// Opens a stopped node's storage (recovering it as a start would) and
@@ -434,6 +451,7 @@ pub fn start_replica(
         .with_frame_budget(settings.frame_size_max_bytes / 2);
     let faults = transport.faults();
     let transport = transport.start();
+    let peers = PeerClient::new(settings.members.clone(), faults.clone(), settings.rpc);
     let replica = RaftReplica::new(
         raft,
         wal_writer,
@@ -442,7 +460,8 @@ pub fn start_replica(
         settings.tick,
         storage,
     )
-    .with_disk(settings.disk.clone());
+    .with_disk(settings.disk.clone())
+    .with_peers(peers.clone());
     let leader = replica.leader_hint();
     let replica = replica.start();
     Ok(ReplicaParts {
@@ -453,6 +472,9 @@ pub fn start_replica(
         snapshot_dir,
         manager_arbiter,
         members: settings.members.clone(),
+        node_id,
+        peers,
+        disk: settings.disk.clone(),
     })
 }
 
@@ -644,22 +666,22 @@ async fn serve(
             checkpoint_entries: config.checkpoint_entries,
             log_retain_entries: config.log_retain_entries,
         },
+        rpc: RpcSettings {
+            // The other node's answer, even its `timeout`, comes first.
+            request_timeout: config.request_timeout + RPC_TIMEOUT_MARGIN,
+            connect_timeout: RPC_CONNECT_TIMEOUT,
+            frame_size_max_bytes: config.frame_size_max_bytes,
+        },
     };
     let parts = start_replica(&settings, raft, wal_writer.clone(), next_index)?;
-    let service = Service::new(ServiceParts {
-        kv: parts.kv.clone(),
-        node_id: config.node_id,
-        members: members.clone(),
-        leader: parts.leader.clone(),
-        replica: parts.replica.clone(),
-        faults: parts.faults.clone(),
-        snapshot_dir: parts.snapshot_dir.clone(),
-        fault_injection: config.enable_fault_injection,
-        frame_size_max_bytes: config.frame_size_max_bytes,
-        ready_lag_max_entries: config.ready_max_lag_entries,
-        disk: disk.clone(),
-        wal_sync_faults,
-    });
+    let service = Service::new(
+        &parts,
+        FrontDoor {
+            fault_injection: config.enable_fault_injection,
+            ready_lag_max_entries: config.ready_max_lag_entries,
+            wal_sync_faults,
+        },
+    );
     let peer_inbox = PeerInbox::new(
         config.node_id,
         members.clone(),
@@ -728,7 +750,7 @@ async fn serve(
             node_id: config.node_id,
             address: advertised,
             members: members.clone(),
-            frame_size_max_bytes: config.frame_size_max_bytes,
+            peers: parts.peers.clone(),
         }));
     }
 

@@ -597,3 +597,63 @@ async fn connect_many(addr: SocketAddr, count: usize) -> Vec<Client> {
     }
     clients
 }
+
+#[test]
+fn a_node_cut_off_by_the_fault_filter_forwards_nothing() {
+    // Node-to-node requests go through the one peer client, which obeys
+    // the fault filter as Raft's transport does (its unit tests show the
+    // cut request never opens a connection; the snapshot fetch and the
+    // join use the same client). Here: a write sent to a cut-off follower
+    // is refused, not carried out behind the fault's back.
+    let mut args = FAST_TICK.to_vec();
+    args.push("--enable-fault-injection");
+    let cluster = Cluster::start(3, &args);
+    let all = cluster.running();
+    let leader = cluster.wait_leader(&all, Duration::from_secs(20));
+    let cut = all
+        .iter()
+        .copied()
+        .find(|id| *id != leader)
+        .expect("a follower");
+    let others: Vec<u64> = all.iter().copied().filter(|id| *id != cut).collect();
+    write_keys(cluster.tcp[&leader], "before/", 10);
+    cluster.fault(cut, &others, true);
+    let forwarded = block_on(async {
+        let client = client(cluster.tcp[&cut]).await;
+        client.put(b"through-the-cut-node", b"x").await
+    });
+    match forwarded {
+        Err(ClientError::Server { code, message, .. }) => {
+            // It still hears the leader (only what it sends is dropped), so
+            // it knows whom to forward to and says why it could not.
+            assert_eq!(code, ErrorCode::Unavailable, "{message}");
+            assert!(message.contains("cut by an injected fault"), "{message}");
+        }
+        other => panic!("a write through a cut-off node answered {other:?}"),
+    }
+    let read = block_on(async {
+        let client = client(cluster.tcp[&leader]).await;
+        client.get(b"through-the-cut-node").await
+    });
+    assert!(
+        matches!(read, Ok(None)),
+        "the refused write was carried out: {read:?}"
+    );
+    // Healed, a write through it reaches the leader.
+    cluster.fault(cut, &others, false);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let healed = block_on(async {
+            let client = client(cluster.tcp[&cut]).await;
+            client.put(b"through-the-healed-node", b"y").await
+        });
+        if healed.is_ok() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "writes through node {cut} still fail once healed: {healed:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -875,7 +875,7 @@ mod tests {
     use harmonydb_protocol::FRAME_SIZE_DEFAULT_MAX_BYTES;
     use harmonydb_raft::{PersistedState, Raft};
 
-    use crate::api::service::ServiceParts;
+    use crate::api::service::FrontDoor;
     use crate::node::{raft_config, start_replica, ReplicaSettings};
     use harmonydb_actors::storage::buffer::{Policy, PoolConfig};
 
@@ -925,22 +925,17 @@ mod tests {
             checkpoint_interval: Duration::from_secs(60),
             checkpoint_policy: Default::default(),
             disk: harmonydb_actors::disk::DiskMonitor::unlimited(dir),
+            rpc: harmonydb_actors::cluster::rpc::RpcSettings::default(),
         };
         let parts = start_replica(&settings, raft, writer, next_index).expect("start");
-        let service = Service::new(ServiceParts {
-            kv: parts.kv,
-            node_id: 1,
-            members: settings.members,
-            leader: parts.leader,
-            replica: parts.replica.clone(),
-            faults: parts.faults,
-            snapshot_dir: parts.snapshot_dir,
-            fault_injection,
-            frame_size_max_bytes: FRAME_SIZE_DEFAULT_MAX_BYTES,
-            ready_lag_max_entries: 1000,
-            disk: harmonydb_actors::disk::DiskMonitor::unlimited(dir),
-            wal_sync_faults: Default::default(),
-        });
+        let service = Service::new(
+            &parts,
+            FrontDoor {
+                fault_injection,
+                ready_lag_max_entries: 1000,
+                wal_sync_faults: Default::default(),
+            },
+        );
         (service, parts.replica)
     }
 

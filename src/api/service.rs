@@ -1,17 +1,19 @@
 //! What both front doors call. A request in protocol terms goes to this
 //! node's replica, or, when it needs the leader and another node leads, is
-//! forwarded there over the TCP protocol (one pipelined connection per
-//! leader) and the leader's answer comes back as is. A client that asks not
-//! to be forwarded gets `not_leader` with the leader's id and address.
+//! forwarded there through the node's one client to other nodes
+//! (`cluster::rpc`) and the leader's answer comes back as is. A client
+//! that asks not to be forwarded gets `not_leader` with the leader's id
+//! and address.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix::Addr;
-use harmonydb_actors::cluster::fault::{Delivery, Fault, FaultFilter};
+use harmonydb_actors::cluster::fault::{Fault, FaultFilter};
 use harmonydb_actors::cluster::members::MemberBook;
+use harmonydb_actors::cluster::rpc::{PeerClient, RpcError};
 use harmonydb_actors::disk::DiskMonitor;
 use harmonydb_actors::kv::{KvAnswer, KvError, KvHandle, KvOp, KvReply, ScanRange, WriteOutcome};
 use harmonydb_actors::replica::{
@@ -20,19 +22,20 @@ use harmonydb_actors::replica::{
     SNAPSHOT_CHUNK_BYTES,
 };
 use harmonydb_protocol::{
-    Client, ClientError, ClusterStatus, Consistency, ErrorCode, Item, LeaderHint, MemberStatus,
-    Membership, Readiness, Request, Response,
+    ClusterStatus, Consistency, ErrorCode, Item, LeaderHint, MemberStatus, Membership, Readiness,
+    Request, Response,
 };
 use harmonydb_raft::Role;
 use tracing::{debug, info};
 
 use super::error::ApiError;
+use crate::node::ReplicaParts;
 
 /// Items a scan returns when the request gives no limit.
 pub const SCAN_LIMIT_DEFAULT: usize = 1000;
 
-/// The node's request service: its replica, its members, and connections to
-/// the leader for forwarding.
+/// The node's request service: its replica, its members, and the node's
+/// client to other nodes for forwarding.
 #[derive(Clone)]
 pub struct Service {
     kv: KvHandle,
@@ -41,66 +44,38 @@ pub struct Service {
     leader: Arc<AtomicU64>,
     replica: Addr<RaftReplica>,
     faults: FaultFilter,
-    fault_injection: bool,
+    peers: PeerClient,
     snapshot_dir: Arc<std::path::PathBuf>,
-    forward_timeout: Duration,
-    frame_size_max_bytes: usize,
-    ready_lag_max_entries: u64,
     disk: DiskMonitor,
-    wal_sync_faults: Arc<std::sync::atomic::AtomicU32>,
-    forward_clients: Arc<Mutex<HashMap<u64, Client>>>,
+    front: FrontDoor,
 }
 
-/// What the node's parts a service needs.
-pub struct ServiceParts {
-    /// The replica's handle.
-    pub kv: KvHandle,
-    /// This node.
-    pub node_id: u64,
-    /// Where members are (kept current by the replica).
-    pub members: MemberBook,
-    /// The replica's leader hint.
-    pub leader: Arc<AtomicU64>,
-    /// The replica.
-    pub replica: Addr<RaftReplica>,
-    /// The fault filter the Raft transport obeys (forwarding obeys it too).
-    pub faults: FaultFilter,
-    /// Where the replica writes snapshot dumps for followers.
-    pub snapshot_dir: std::path::PathBuf,
+/// What only the front doors use, from the node's settings.
+#[derive(Clone, Debug, Default)]
+pub struct FrontDoor {
     /// Whether `/admin/fault` is accepted.
     pub fault_injection: bool,
-    /// Largest frame sent to the leader (members share the frame limit).
-    pub frame_size_max_bytes: usize,
     /// Most entries the applied index may trail the leader's commit by
     /// while the node says it is ready.
     pub ready_lag_max_entries: u64,
-    /// The node's disk: writes are refused while it is full.
-    pub disk: DiskMonitor,
     /// Syncs the WAL is to fail on purpose (fault injection, tests only).
     pub wal_sync_faults: Arc<std::sync::atomic::AtomicU32>,
 }
 
 impl Service {
-    /// A service over a running node's parts.
-    pub fn new(parts: ServiceParts) -> Self {
-        // A forwarded request gets the leader's own timeout plus a margin,
-        // so the leader's answer (even "timeout") arrives before ours fires.
-        let forward_timeout = parts.kv.limits().request_timeout + Duration::from_secs(1);
+    /// A service over a running node's parts (see `node::start_replica`).
+    pub fn new(parts: &ReplicaParts, front: FrontDoor) -> Self {
         Service {
-            kv: parts.kv,
+            kv: parts.kv.clone(),
             node_id: parts.node_id,
-            members: parts.members,
-            leader: parts.leader,
-            replica: parts.replica,
-            faults: parts.faults,
-            snapshot_dir: Arc::new(parts.snapshot_dir),
-            fault_injection: parts.fault_injection,
-            forward_timeout,
-            frame_size_max_bytes: parts.frame_size_max_bytes,
-            ready_lag_max_entries: parts.ready_lag_max_entries,
-            disk: parts.disk,
-            wal_sync_faults: parts.wal_sync_faults,
-            forward_clients: Arc::new(Mutex::new(HashMap::new())),
+            members: parts.members.clone(),
+            leader: parts.leader.clone(),
+            replica: parts.replica.clone(),
+            faults: parts.faults.clone(),
+            peers: parts.peers.clone(),
+            snapshot_dir: Arc::new(parts.snapshot_dir.clone()),
+            disk: parts.disk.clone(),
+            front,
         }
     }
 
@@ -217,85 +192,35 @@ impl Service {
         }
     }
 
-    /// Sends the request to the leader and returns its answer.
+    /// Sends the request to the leader, through the node's one client to
+    /// other nodes (which obeys the fault filter: a partitioned node must
+    /// not reach the leader through its client port either), and returns
+    /// its answer.
     async fn forward(&self, leader: u64, request: Request) -> Result<Response, ApiError> {
-        let Some(addr) = self.members.address(leader) else {
-            return Err(ApiError::new(
-                ErrorCode::Internal,
-                format!("leader {leader} is not a configured member"),
-            ));
-        };
-        // Injected faults cut forwarding like Raft traffic: a partitioned
-        // node must not reach the leader through its client port either.
-        if self.faults.decide(leader) == Delivery::Drop {
-            return Err(ApiError::new(
-                ErrorCode::Unavailable,
-                format!(
-                    "the link to the leader, node {leader} at {addr}, is cut by an injected fault"
-                ),
-            ));
-        }
-        let delay = self.faults.get(leader).delay;
-        if !delay.is_zero() {
-            tokio::time::sleep(delay).await;
-        }
-        metrics::counter!("harmonydb_api_forwarded_total", "leader" => leader.to_string())
-            .increment(1);
         // Anything that changes state has an unknown outcome once sent.
         let is_write = request.is_write();
-        let client = self.forward_client(leader, &addr).await?;
         let traceparent = harmonydb_actors::observe::traceparent(&tracing::Span::current());
-        match client.exchange_traced(request, true, traceparent).await {
-            Ok(response) => about_the_leader(response, leader),
+        match self.peers.call(leader, request, traceparent).await {
+            Ok(response) => {
+                metrics::counter!("harmonydb_api_forwarded_total", "leader" => leader.to_string())
+                    .increment(1);
+                about_the_leader(response, leader)
+            }
+            Err(error @ RpcError::Unknown { .. }) => {
+                Err(ApiError::new(ErrorCode::Internal, error.to_string()))
+            }
             Err(error) => {
-                self.drop_forward_client(leader);
-                debug!(leader, %addr, %error, "forwarding failed");
-                // Once a write is on the wire, whether the leader applied it is unknown.
-                let sent = !matches!(
-                    error,
-                    ClientError::Connect { .. } | ClientError::RequestTooLarge { .. }
-                );
-                let code = if is_write && sent {
+                debug!(leader, %error, "forwarding failed");
+                let code = if is_write && error.maybe_sent() {
                     ErrorCode::Timeout
                 } else {
                     ErrorCode::Unavailable
                 };
                 Err(ApiError::new(
                     code,
-                    format!("forwarding to the leader, node {leader} at {addr}, failed: {error}"),
+                    format!("forwarding to the leader, node {leader}, failed: {error}"),
                 ))
             }
-        }
-    }
-
-    async fn forward_client(&self, leader: u64, addr: &str) -> Result<Client, ApiError> {
-        let cached = self
-            .forward_clients
-            .lock()
-            .ok()
-            .and_then(|clients| clients.get(&leader).cloned());
-        if let Some(client) = cached.filter(|c| !c.is_closed()) {
-            return Ok(client);
-        }
-        let client = Client::connect(addr)
-            .await
-            .map_err(|error| {
-                ApiError::new(
-                    ErrorCode::Unavailable,
-                    format!("the leader, node {leader} at {addr}, is unreachable: {error}"),
-                )
-            })?
-            .with_timeout(self.forward_timeout)
-            .with_frame_limit(self.frame_size_max_bytes);
-        if let Ok(mut clients) = self.forward_clients.lock() {
-            clients.insert(leader, client.clone());
-        }
-        Ok(client)
-    }
-
-    fn drop_forward_client(&self, leader: u64) {
-        if let Ok(mut clients) = self.forward_clients.lock() {
-            clients.remove(&leader);
         }
     }
 
@@ -504,14 +429,15 @@ impl Service {
         if let Some(full) = self.disk.full() {
             return Err(ApiError::new(ErrorCode::StorageFull, full.to_string()));
         }
-        readiness_of(&self.status().await?, self.ready_lag_max_entries)
+        readiness_of(&self.status().await?, self.front.ready_lag_max_entries)
     }
 
     /// Makes the WAL's next `count` syncs fail (tests only).
     pub fn fail_wal_syncs(&self, count: u32) -> Result<(), ApiError> {
         self.fault_injection_enabled()?;
         tracing::warn!(count, "fault injected: the WAL's next syncs fail");
-        self.wal_sync_faults
+        self.front
+            .wal_sync_faults
             .store(count, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
@@ -561,7 +487,7 @@ impl Service {
     }
 
     fn fault_injection_enabled(&self) -> Result<(), ApiError> {
-        if self.fault_injection {
+        if self.front.fault_injection {
             Ok(())
         } else {
             Err(ApiError::new(

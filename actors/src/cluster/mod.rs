@@ -6,4 +6,5 @@
 pub mod fault;
 pub mod members;
 pub mod messages;
+pub mod rpc;
 pub mod transport;

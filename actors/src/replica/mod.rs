@@ -64,8 +64,10 @@ use tokio::sync::oneshot;
 use tracing::{error, info, warn};
 
 use self::wal_log::records_for;
+use crate::cluster::fault::FaultFilter;
 use crate::cluster::members::MemberBook;
 use crate::cluster::messages::{Outbox, Step};
+use crate::cluster::rpc::{PeerClient, RpcSettings};
 use crate::disk::DiskMonitor;
 use crate::kv::{
     BeginShutdown, KvAnswer, KvCommand, KvError, KvOp, KvReply, KvRequest, KvState, ScanRange,
@@ -259,6 +261,8 @@ pub struct RaftReplica {
     disk_handover_at: Option<Instant>,
     /// Leadership transfers waiting for their outcome.
     transfers: transfer::Transfers,
+    /// The node's client to other nodes (snapshot fetches).
+    peers: PeerClient,
     next_read_id: u64,
     reads_pending: HashMap<u64, (ReadOp, Reply)>,
     reads_ready: Vec<WaitingRead>,
@@ -296,6 +300,7 @@ impl RaftReplica {
         tick_interval: Duration,
         storage: ReplicaStorage,
     ) -> Self {
+        let book_for_peers = storage.members.clone();
         RaftReplica {
             written_hard_state: raft.hard_state(),
             raft,
@@ -324,6 +329,12 @@ impl RaftReplica {
             disk: None,
             disk_handover_at: None,
             transfers: transfer::Transfers::default(),
+            // A replica of its own until `with_peers` hands it the node's.
+            peers: PeerClient::new(
+                book_for_peers,
+                FaultFilter::default(),
+                RpcSettings::default(),
+            ),
             next_read_id: 1,
             reads_pending: HashMap::new(),
             reads_ready: Vec::new(),
@@ -339,6 +350,13 @@ impl RaftReplica {
             acknowledged_term: 0,
             ticked_at: Instant::now(),
         }
+    }
+
+    /// Asks other nodes (a snapshot fetch) through `peers`, the node's one
+    /// client, which obeys its timeouts and fault filter.
+    pub fn with_peers(mut self, peers: PeerClient) -> Self {
+        self.peers = peers;
+        self
     }
 
     /// Watches `disk`: as leader, this member hands leadership over while

@@ -26,7 +26,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use harmonydb_protocol::{Client, Request, Response};
+use harmonydb_protocol::{Request, Response};
+
+use crate::cluster::rpc::PeerClient;
 use tracing::{info, warn};
 
 use super::wal_log::records_for_installed_snapshot;
@@ -38,7 +40,7 @@ use crate::storage::file_view::FilePages;
 use crate::storage::manager::SwitchStorage;
 use crate::storage::meta::ShardMeta;
 use crate::storage::pager::Pager;
-use harmonydb_raft::Ready;
+use harmonydb_raft::{NodeId, Ready};
 
 /// Bytes asked for per `snapshot_chunk`.
 pub const SNAPSHOT_CHUNK_BYTES: u32 = 1 << 20;
@@ -309,11 +311,7 @@ impl RaftReplica {
             return;
         }
         let leader = self.raft.leader();
-        let Some(addr) = self
-            .book
-            .address(leader)
-            .filter(|_| leader != self.raft.id())
-        else {
+        if leader == 0 || leader == self.raft.id() {
             // No leader known yet (or this node leads with its state behind,
             // which a restart can't cause): try again soon.
             ctx.run_later(FETCH_RETRY, |replica, ctx| replica.start_fetch(ctx));
@@ -321,7 +319,8 @@ impl RaftReplica {
         };
         self.snapshots.fetching = true;
         let job = FetchJob {
-            addr,
+            leader,
+            peers: self.peers.clone(),
             min_index: self.snapshots.wanted,
             storage_dir: self.storage_dir.clone(),
             snapshot_dir: self.snapshot_dir.clone(),
@@ -329,7 +328,6 @@ impl RaftReplica {
         info!(
             min_index = job.min_index,
             leader,
-            addr = %job.addr,
             applied_index = self.state.applied_index(),
             "fetching a snapshot from the leader"
         );
@@ -383,9 +381,12 @@ impl RaftReplica {
     }
 }
 
-/// Fetching a dump from the leader and building a storage from it.
+/// Fetching a dump from the leader (through the node's one peer client,
+/// so the fault filter and the configured timeouts apply) and building a
+/// storage from it.
 struct FetchJob {
-    addr: String,
+    leader: NodeId,
+    peers: PeerClient,
     min_index: u64,
     storage_dir: PathBuf,
     snapshot_dir: PathBuf,
@@ -401,21 +402,22 @@ impl FetchJob {
             .map_err(|e| format!("the snapshot build stopped: {e}"))?
     }
 
+    /// Asks the leader, answering an error answer as a failure.
+    async fn ask(&self, request: Request) -> Result<Response, String> {
+        match self.peers.call(self.leader, request, None).await {
+            Ok(Response::Error { code, message, .. }) => Err(format!("{code}: {message}")),
+            Ok(answer) => Ok(answer),
+            Err(error) => Err(error.to_string()),
+        }
+    }
+
     /// Streams the leader's dump into a local file.
     async fn fetch(&self) -> Result<PathBuf, String> {
-        let client = Client::connect(self.addr.as_str())
-            .await
-            .map_err(|e| e.to_string())?
-            .with_timeout(Duration::from_secs(60));
-        let prepared = client
-            .request_with(
-                Request::SnapshotPrepare {
-                    min_index: self.min_index,
-                },
-                true,
-            )
-            .await
-            .map_err(|e| e.to_string())?;
+        let prepared = self
+            .ask(Request::SnapshotPrepare {
+                min_index: self.min_index,
+            })
+            .await?;
         let Response::SnapshotReady { index, size_bytes } = prepared else {
             return Err(format!(
                 "unexpected answer to snapshot_prepare: {prepared:?}"
@@ -436,17 +438,13 @@ impl FetchJob {
             .map_err(|e| format!("create {}: {e}", path.display()))?;
         let mut offset = 0u64;
         while offset < size_bytes {
-            let answer = client
-                .request_with(
-                    Request::SnapshotChunk {
-                        index,
-                        offset,
-                        max_bytes: SNAPSHOT_CHUNK_BYTES,
-                    },
-                    true,
-                )
-                .await
-                .map_err(|e| e.to_string())?;
+            let answer = self
+                .ask(Request::SnapshotChunk {
+                    index,
+                    offset,
+                    max_bytes: SNAPSHOT_CHUNK_BYTES,
+                })
+                .await?;
             let Response::SnapshotChunk { data, .. } = answer else {
                 return Err(format!("unexpected answer to snapshot_chunk: {answer:?}"));
             };
