@@ -4,7 +4,7 @@
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 use harmonydb_actors::kv::KvError;
-use harmonydb_actors::replica::MembershipError;
+use harmonydb_actors::replica::{MembershipError, SnapshotError};
 use harmonydb_protocol::{ErrorCode, LeaderHint, Response};
 use serde::Serialize;
 
@@ -121,6 +121,16 @@ impl ApiError {
         ApiError::new(code, error.to_string())
     }
 
+    /// A dump this node could not prepare for a follower: a storage
+    /// failure as such, anything else `unavailable` (the follower asks
+    /// again).
+    pub fn from_snapshot(error: SnapshotError) -> Self {
+        match error {
+            SnapshotError::Failed(fault) => ApiError::from_kv(KvError::Storage(fault), None),
+            other => ApiError::new(ErrorCode::Unavailable, other.to_string()),
+        }
+    }
+
     /// The HTTP status for this error's code.
     pub fn status(&self) -> StatusCode {
         match self.code {
@@ -195,6 +205,7 @@ impl ResponseError for ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use harmonydb_actors::kv::NodeFault;
 
     #[test]
     fn store_errors_map_to_the_documented_statuses() {
@@ -217,7 +228,13 @@ mod tests {
             ),
             (KvError::Overloaded, 503),
             (KvError::ShuttingDown, 503),
-            (KvError::Storage("disk".into()), 503),
+            (
+                KvError::Storage(NodeFault::new(
+                    "syncing the WAL",
+                    std::io::Error::other("disk"),
+                )),
+                503,
+            ),
             (KvError::NotLeader { leader: 2 }, 421),
             (KvError::NoLeader, 503),
             (KvError::Unavailable("dropped".into()), 503),

@@ -231,7 +231,7 @@ impl Service {
             .send(PrepareSnapshot::new(min_index))
             .await
             .map_err(|_| ApiError::from_kv(KvError::ShuttingDown, None))?
-            .map_err(|reason| ApiError::new(ErrorCode::Unavailable, reason))?;
+            .map_err(ApiError::from_snapshot)?;
         Ok(Response::SnapshotReady {
             index: dump.index,
             size_bytes: dump.size_bytes,
@@ -303,9 +303,7 @@ impl Service {
             Err(error @ (TransferError::OtherWon { .. } | TransferError::Abandoned { .. })) => {
                 Err(ApiError::new(ErrorCode::Unavailable, error.to_string()))
             }
-            Err(TransferError::Unavailable(reason)) => {
-                Err(ApiError::from_kv(KvError::Storage(reason), None))
-            }
+            Err(TransferError::Unavailable(error)) => Err(ApiError::from_kv(error, None)),
         }
     }
 

@@ -14,9 +14,9 @@
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use super::{KvError, KvState, Versioned};
+use super::{KvState, StateError, Versioned};
 use crate::storage::PageStore;
 
 const MAGIC: &[u8; 8] = b"HDBSNAP1";
@@ -37,8 +37,45 @@ pub struct DumpInfo {
     pub size_bytes: u64,
 }
 
-fn io(action: &str, path: &Path, error: std::io::Error) -> KvError {
-    KvError::Storage(format!("{action} {}: {error}", path.display()))
+/// Why a dump could not be written or read.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DumpError {
+    /// A file operation failed.
+    #[error("{action} {}: {reason}", path.display())]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The kind of failure (for callers that tell a full disk apart).
+        kind: std::io::ErrorKind,
+        /// The operating system's message.
+        reason: String,
+    },
+    /// The file is not a whole, intact dump.
+    #[error("snapshot {}: {reason}", path.display())]
+    Damaged {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: &'static str,
+    },
+}
+
+fn io(action: &'static str, path: &Path, error: std::io::Error) -> StateError {
+    StateError::Dump(DumpError::Io {
+        action,
+        path: path.to_path_buf(),
+        kind: error.kind(),
+        reason: error.to_string(),
+    })
+}
+
+fn damaged(path: &Path, reason: &'static str) -> StateError {
+    StateError::Dump(DumpError::Damaged {
+        path: path.to_path_buf(),
+        reason,
+    })
 }
 
 /// A writer that checksums what it writes.
@@ -61,7 +98,7 @@ pub fn write<S: PageStore>(
     state: &KvState<S>,
     shard: u64,
     path: &Path,
-) -> Result<DumpInfo, KvError> {
+) -> Result<DumpInfo, StateError> {
     let file = File::create(path).map_err(|e| io("create", path, e))?;
     let mut out = Summed {
         inner: BufWriter::with_capacity(1 << 20, file),
@@ -107,13 +144,13 @@ pub fn write<S: PageStore>(
 /// with every key in order.
 pub fn read(
     path: &Path,
-    mut visit: impl FnMut(&[u8], &Versioned) -> Result<(), KvError>,
-) -> Result<DumpInfo, KvError> {
+    mut visit: impl FnMut(&[u8], &Versioned) -> Result<(), StateError>,
+) -> Result<DumpInfo, StateError> {
     let size_bytes = std::fs::metadata(path)
         .map_err(|e| io("stat", path, e))?
         .len();
     let info = check(path, size_bytes)?;
-    let bad = |reason: &str| KvError::Storage(format!("snapshot {}: {reason}", path.display()));
+    let bad = |reason: &'static str| damaged(path, reason);
     let file = File::open(path).map_err(|e| io("open", path, e))?;
     let mut input = BufReader::with_capacity(1 << 20, file);
     let mut header = [0u8; HEADER_SIZE];
@@ -165,8 +202,8 @@ pub fn read(
 
 /// Checks a dump's header and trailer (checksum over everything), and
 /// returns what it holds.
-pub fn check(path: &Path, size_bytes: u64) -> Result<DumpInfo, KvError> {
-    let bad = |reason: &str| KvError::Storage(format!("snapshot {}: {reason}", path.display()));
+pub fn check(path: &Path, size_bytes: u64) -> Result<DumpInfo, StateError> {
+    let bad = |reason: &'static str| damaged(path, reason);
     if size_bytes < (HEADER_SIZE + TRAILER_SIZE) as u64 {
         return Err(bad("too short"));
     }
@@ -236,7 +273,7 @@ mod tests {
                 value: vec![i as u8; (i as usize * 37) % 20_000],
                 expected_version: None,
             };
-            state.apply(i + 1, command).expect("put");
+            state.apply(i + 1, command).expect("put").expect("written");
         }
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("dump");

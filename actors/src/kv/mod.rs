@@ -6,7 +6,10 @@ pub mod dump;
 mod handle;
 mod state;
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use crate::storage::StorageError;
 
 pub use handle::{BeginShutdown, KvAnswer, KvHandle, KvRequest};
 pub use harmonydb_protocol::{Consistency, Staleness};
@@ -86,9 +89,10 @@ pub enum KvError {
         /// The index of the configuration that removed it.
         index: u64,
     },
-    /// The WAL failed. Whether this write was stored is unknown; the node must restart.
+    /// This node's storage failed and it stopped serving: whether this
+    /// write was stored is unknown; the node must restart.
     #[error("storage unavailable, write outcome unknown: {0}")]
-    Storage(String),
+    Storage(NodeFault),
     /// A WAL record that passed its checksum but is not a valid command.
     #[error("WAL entry {index} is not a valid KV command: {reason}")]
     CorruptEntry {
@@ -98,6 +102,122 @@ pub enum KvError {
         reason: String,
     },
 }
+
+/// Why a replica stopped serving: a fault of this node (its disk, its
+/// pages, its WAL), never the outcome of a command, which every replica
+/// computes the same. It keeps the error that caused it, typed, for the
+/// log and for `source()`; clients see its text.
+#[derive(Clone, Debug, thiserror::Error)]
+#[error("{during}: {source}")]
+pub struct NodeFault {
+    /// What the replica was doing ("applying entry 12", "syncing the WAL
+    /// for a checkpoint").
+    pub during: String,
+    /// The error.
+    #[source]
+    pub source: Arc<dyn std::error::Error + Send + Sync>,
+}
+
+/// Two faults are the same when they say the same: what was being done
+/// and the error's text (its type is erased behind the `Arc`).
+impl PartialEq for NodeFault {
+    fn eq(&self, other: &Self) -> bool {
+        self.during == other.during && self.source.to_string() == other.source.to_string()
+    }
+}
+
+impl Eq for NodeFault {}
+
+impl NodeFault {
+    /// A fault met while doing `during`.
+    pub fn new(
+        during: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        NodeFault {
+            during: during.into(),
+            source: Arc::new(source),
+        }
+    }
+
+    /// The error, if it is an `E`.
+    pub fn cause<E: std::error::Error + 'static>(&self) -> Option<&E> {
+        self.source.downcast_ref::<E>()
+    }
+}
+
+/// Why the state machine could not read or change its state here: a fault
+/// of this node's storage, never an outcome (see `Refusal`).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum StateError {
+    /// The pages under the state failed (a full buffer pool is transient;
+    /// anything else stops the node).
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// A stored value is shorter than the version every value starts with.
+    #[error("a stored value of {size_bytes} bytes has no version")]
+    Unversioned {
+        /// Its size.
+        size_bytes: usize,
+    },
+    /// A snapshot file could not be written or read back.
+    #[error(transparent)]
+    Dump(#[from] dump::DumpError),
+}
+
+impl StateError {
+    /// Whether trying again later can succeed without a restart: no frame
+    /// was free in the buffer pool, and nothing was changed.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            StateError::Storage(StorageError::PoolExhausted { .. })
+        )
+    }
+}
+
+impl From<StateError> for KvError {
+    /// How a fault met while reading looks to a client: a full pool is
+    /// `Overloaded` (retry later); anything else is a storage failure.
+    fn from(error: StateError) -> Self {
+        if error.is_transient() {
+            KvError::Overloaded
+        } else {
+            KvError::Storage(NodeFault::new("reading the state", error))
+        }
+    }
+}
+
+/// A command's outcome when it changes nothing: computed the same by every
+/// replica from the same state, so it is answered to the client as it is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// The key to delete does not exist.
+    #[error("key not found")]
+    NotFound,
+    /// Compare-and-set failed.
+    #[error("version mismatch: expected version {expected}, but the key's version is {current} (0 = absent)")]
+    VersionMismatch {
+        /// What the command expected.
+        expected: u64,
+        /// What the key had (0 if absent).
+        current: u64,
+    },
+}
+
+impl From<Refusal> for KvError {
+    fn from(refusal: Refusal) -> Self {
+        match refusal {
+            Refusal::NotFound => KvError::NotFound,
+            Refusal::VersionMismatch { expected, current } => {
+                KvError::VersionMismatch { expected, current }
+            }
+        }
+    }
+}
+
+/// What a command did, the same on every replica: a write, or a refusal.
+pub type Outcome = Result<WriteOutcome, Refusal>;
 
 /// Size limits enforced before a request reaches the store.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

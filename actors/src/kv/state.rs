@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::KvError;
+use super::{Outcome, Refusal, StateError};
 use crate::storage::btree::{BTree, Direction};
 use crate::storage::memory::MemoryPages;
 use crate::storage::meta::ShardMeta;
@@ -135,16 +135,6 @@ impl<S: PageStore> std::fmt::Debug for KvState<S> {
     }
 }
 
-/// A storage failure as the KV subsystem reports it: no free frame in the
-/// buffer pool is `Overloaded` (try again once a checkpoint makes room);
-/// anything else means the node must stop.
-fn storage(error: StorageError) -> KvError {
-    match error {
-        StorageError::PoolExhausted { .. } => KvError::Overloaded,
-        other => KvError::Storage(other.to_string()),
-    }
-}
-
 /// Bytes of the version in front of every stored value.
 const VERSION_SIZE: usize = 8;
 
@@ -155,12 +145,11 @@ fn encode(version: u64, value: &[u8]) -> Vec<u8> {
     stored
 }
 
-fn decode(stored: &[u8]) -> Result<Versioned, KvError> {
+fn decode(stored: &[u8]) -> Result<Versioned, StateError> {
     if stored.len() < VERSION_SIZE {
-        return Err(KvError::Storage(format!(
-            "a stored value of {} bytes has no version",
-            stored.len()
-        )));
+        return Err(StateError::Unversioned {
+            size_bytes: stored.len(),
+        });
     }
     let mut version = [0u8; VERSION_SIZE];
     version.copy_from_slice(&stored[..VERSION_SIZE]);
@@ -235,33 +224,32 @@ impl<S: PageStore> KvState<S> {
     }
 
     /// The value and version of a key.
-    pub fn get(&self, key: &[u8]) -> Result<Option<Versioned>, KvError> {
+    pub fn get(&self, key: &[u8]) -> Result<Option<Versioned>, StateError> {
         self.tree
-            .get(key)
-            .map_err(storage)?
+            .get(key)?
             .map(|stored| decode(&stored))
             .transpose()
     }
 
-    /// Applies the command at `index`. Commands must come in index order; a
-    /// failed compare-and-set still consumes its index and changes nothing.
-    /// `KvError::Overloaded` (no frame in the pool) leaves the state as it
-    /// was, the index not applied: apply it again later. `KvError::Storage`
-    /// means the node must stop and recover from its checkpoint and log.
-    pub fn apply(&mut self, index: u64, command: KvCommand) -> Result<WriteOutcome, KvError> {
+    /// Applies the command at `index`. Commands must come in index order.
+    /// Its outcome (a refusal included: a failed compare-and-set consumes
+    /// its index and changes nothing) is the same on every replica. A
+    /// `StateError` is this node's fault, not an outcome: the index is not
+    /// applied. A transient one (no frame in the pool) leaves the state as
+    /// it was: apply it again later; any other means the node must stop and
+    /// recover from its checkpoint and log.
+    pub fn apply(&mut self, index: u64, command: KvCommand) -> Result<Outcome, StateError> {
         assert!(
             index > self.applied_index,
             "command {index} applied after {}",
             self.applied_index
         );
-        let outcome = self.apply_command(index, command);
-        if !matches!(outcome, Err(KvError::Overloaded | KvError::Storage(_))) {
-            self.applied_index = index;
-        }
-        outcome
+        let outcome = self.apply_command(index, command)?;
+        self.applied_index = index;
+        Ok(outcome)
     }
 
-    fn apply_command(&mut self, index: u64, command: KvCommand) -> Result<WriteOutcome, KvError> {
+    fn apply_command(&mut self, index: u64, command: KvCommand) -> Result<Outcome, StateError> {
         match command {
             KvCommand::Put {
                 key,
@@ -271,44 +259,42 @@ impl<S: PageStore> KvState<S> {
                 let current = self.get(&key)?.map(|v| v.version);
                 if let Some(expected) = expected_version {
                     if expected != current.unwrap_or(0) {
-                        return Err(KvError::VersionMismatch {
+                        return Ok(Err(Refusal::VersionMismatch {
                             expected,
                             current: current.unwrap_or(0),
-                        });
+                        }));
                     }
                 }
-                self.tree
-                    .insert(&key, &encode(index, &value))
-                    .map_err(storage)?;
+                self.tree.insert(&key, &encode(index, &value))?;
                 if current.is_none() {
                     self.keys += 1;
                 }
-                Ok(WriteOutcome::Written { version: index })
+                Ok(Ok(WriteOutcome::Written { version: index }))
             }
             KvCommand::Delete {
                 key,
                 expected_version,
             } => {
                 let Some(current) = self.get(&key)?.map(|v| v.version) else {
-                    return Err(KvError::NotFound);
+                    return Ok(Err(Refusal::NotFound));
                 };
                 if let Some(expected) = expected_version {
                     if expected != current {
-                        return Err(KvError::VersionMismatch { expected, current });
+                        return Ok(Err(Refusal::VersionMismatch { expected, current }));
                     }
                 }
-                self.tree.delete(&key).map_err(storage)?;
+                self.tree.delete(&key)?;
                 self.keys -= 1;
-                Ok(WriteOutcome::Deleted {
+                Ok(Ok(WriteOutcome::Deleted {
                     deleted_version: current,
-                })
+                }))
             }
         }
     }
 
     /// Returns the keys in `range` in order, at most `range.limit` of them and
     /// at most about `SCAN_RESPONSE_SIZE_MAX_BYTES` of data (always at least one item).
-    pub fn scan(&self, range: &ScanRange) -> Result<ScanPage, KvError> {
+    pub fn scan(&self, range: &ScanRange) -> Result<ScanPage, StateError> {
         let lower = match &range.start {
             Some(start) if start.as_slice() > range.prefix.as_slice() => start.as_slice(),
             _ => range.prefix.as_slice(),
@@ -320,39 +306,37 @@ impl<S: PageStore> KvState<S> {
         let mut page = ScanPage::default();
         let mut size_bytes = 0usize;
         let mut failure = None;
-        self.tree
-            .scan(
-                Bound::Included(lower),
-                upper,
-                Direction::Forward,
-                |key, stored| {
-                    if !key.starts_with(&range.prefix) {
-                        return ControlFlow::Break(());
+        self.tree.scan(
+            Bound::Included(lower),
+            upper,
+            Direction::Forward,
+            |key, stored| {
+                if !key.starts_with(&range.prefix) {
+                    return ControlFlow::Break(());
+                }
+                let item_size = key.len() + stored.len().saturating_sub(VERSION_SIZE);
+                let over_budget =
+                    !page.items.is_empty() && size_bytes + item_size > SCAN_RESPONSE_SIZE_MAX_BYTES;
+                if page.items.len() >= range.limit || over_budget {
+                    page.more = true;
+                    return ControlFlow::Break(());
+                }
+                match decode(stored) {
+                    Ok(versioned) => {
+                        size_bytes += item_size;
+                        page.items.push(ScanItem {
+                            key: key.to_vec(),
+                            versioned,
+                        });
+                        ControlFlow::Continue(())
                     }
-                    let item_size = key.len() + stored.len().saturating_sub(VERSION_SIZE);
-                    let over_budget = !page.items.is_empty()
-                        && size_bytes + item_size > SCAN_RESPONSE_SIZE_MAX_BYTES;
-                    if page.items.len() >= range.limit || over_budget {
-                        page.more = true;
-                        return ControlFlow::Break(());
+                    Err(error) => {
+                        failure = Some(error);
+                        ControlFlow::Break(())
                     }
-                    match decode(stored) {
-                        Ok(versioned) => {
-                            size_bytes += item_size;
-                            page.items.push(ScanItem {
-                                key: key.to_vec(),
-                                versioned,
-                            });
-                            ControlFlow::Continue(())
-                        }
-                        Err(error) => {
-                            failure = Some(error);
-                            ControlFlow::Break(())
-                        }
-                    }
-                },
-            )
-            .map_err(storage)?;
+                }
+            },
+        )?;
         match failure {
             Some(error) => Err(error),
             None => Ok(page),
@@ -362,32 +346,29 @@ impl<S: PageStore> KvState<S> {
     /// Visits every key in order with its value and version (for snapshots).
     pub fn for_each(
         &self,
-        mut visit: impl FnMut(&[u8], Versioned) -> Result<(), KvError>,
-    ) -> Result<(), KvError> {
+        mut visit: impl FnMut(&[u8], Versioned) -> Result<(), StateError>,
+    ) -> Result<(), StateError> {
         let mut failure = None;
-        self.tree
-            .scan(
-                Bound::Unbounded,
-                Bound::Unbounded,
-                Direction::Forward,
-                |key, stored| match decode(stored).and_then(|versioned| visit(key, versioned)) {
-                    Ok(()) => ControlFlow::Continue(()),
-                    Err(error) => {
-                        failure = Some(error);
-                        ControlFlow::Break(())
-                    }
-                },
-            )
-            .map_err(storage)?;
+        self.tree.scan(
+            Bound::Unbounded,
+            Bound::Unbounded,
+            Direction::Forward,
+            |key, stored| match decode(stored).and_then(|versioned| visit(key, versioned)) {
+                Ok(()) => ControlFlow::Continue(()),
+                Err(error) => {
+                    failure = Some(error);
+                    ControlFlow::Break(())
+                }
+            },
+        )?;
         failure.map_or(Ok(()), Err)
     }
 
     /// Stores a key exactly as a snapshot holds it (version included).
-    pub fn restore(&mut self, key: &[u8], versioned: &Versioned) -> Result<(), KvError> {
-        let existed = self.tree.get(key).map_err(storage)?.is_some();
+    pub fn restore(&mut self, key: &[u8], versioned: &Versioned) -> Result<(), StateError> {
+        let existed = self.tree.get(key)?.is_some();
         self.tree
-            .insert(key, &encode(versioned.version, &versioned.value))
-            .map_err(storage)?;
+            .insert(key, &encode(versioned.version, &versioned.value))?;
         if !existed {
             self.keys += 1;
         }
@@ -419,24 +400,24 @@ mod tests {
         let mut state = KvState::in_memory();
         assert_eq!(
             state.apply(1, put("a", "1", None)),
-            Ok(WriteOutcome::Written { version: 1 })
+            Ok(Ok(WriteOutcome::Written { version: 1 }))
         );
         assert_eq!(
             state.apply(2, put("b", "x", None)),
-            Ok(WriteOutcome::Written { version: 2 })
+            Ok(Ok(WriteOutcome::Written { version: 2 }))
         );
         assert_eq!(
             state.apply(3, put("a", "2", None)),
-            Ok(WriteOutcome::Written { version: 3 })
+            Ok(Ok(WriteOutcome::Written { version: 3 }))
         );
         assert_eq!(
             state.apply(4, delete("a", None)),
-            Ok(WriteOutcome::Deleted { deleted_version: 3 })
+            Ok(Ok(WriteOutcome::Deleted { deleted_version: 3 }))
         );
         assert_eq!(state.get(b"a"), Ok(None));
         assert_eq!(
             state.apply(5, put("a", "3", None)),
-            Ok(WriteOutcome::Written { version: 5 })
+            Ok(Ok(WriteOutcome::Written { version: 5 }))
         );
         assert_eq!(
             state.get(b"a"),
@@ -453,21 +434,21 @@ mod tests {
         let mut state = KvState::in_memory();
         assert_eq!(
             state.apply(1, put("k", "v1", Some(0))),
-            Ok(WriteOutcome::Written { version: 1 })
+            Ok(Ok(WriteOutcome::Written { version: 1 }))
         );
         assert_eq!(
             state.apply(2, put("k", "v2", Some(0))),
-            Err(KvError::VersionMismatch {
+            Ok(Err(Refusal::VersionMismatch {
                 expected: 0,
                 current: 1
-            })
+            }))
         );
         assert_eq!(
             state.apply(3, put("k", "v2", Some(7))),
-            Err(KvError::VersionMismatch {
+            Ok(Err(Refusal::VersionMismatch {
                 expected: 7,
                 current: 1
-            })
+            }))
         );
         assert_eq!(
             state.get(b"k").expect("get").map(|v| v.value),
@@ -475,20 +456,23 @@ mod tests {
         );
         assert_eq!(
             state.apply(4, put("k", "v2", Some(1))),
-            Ok(WriteOutcome::Written { version: 4 })
+            Ok(Ok(WriteOutcome::Written { version: 4 }))
         );
         assert_eq!(
             state.apply(5, delete("k", Some(1))),
-            Err(KvError::VersionMismatch {
+            Ok(Err(Refusal::VersionMismatch {
                 expected: 1,
                 current: 4
-            })
+            }))
         );
         assert_eq!(
             state.apply(6, delete("k", Some(4))),
-            Ok(WriteOutcome::Deleted { deleted_version: 4 })
+            Ok(Ok(WriteOutcome::Deleted { deleted_version: 4 }))
         );
-        assert_eq!(state.apply(7, delete("k", None)), Err(KvError::NotFound));
+        assert_eq!(
+            state.apply(7, delete("k", None)),
+            Ok(Err(Refusal::NotFound))
+        );
     }
 
     impl KvState<MemoryPages> {
@@ -511,7 +495,10 @@ mod tests {
             .iter()
             .enumerate()
         {
-            state.apply(i as u64 + 1, put(key, "v", None)).expect("put");
+            state
+                .apply(i as u64 + 1, put(key, "v", None))
+                .expect("put")
+                .expect("written");
         }
         let all = state.scan_ok(&ScanRange {
             limit: 100,
@@ -574,7 +561,8 @@ mod tests {
         for (i, key) in ["k1", "k2", "k3"].iter().enumerate() {
             state
                 .apply(i as u64 + 1, put(key, &big, None))
-                .expect("put");
+                .expect("put")
+                .expect("written");
         }
         let page = state.scan_ok(&ScanRange {
             limit: 100,

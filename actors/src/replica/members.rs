@@ -19,7 +19,7 @@ use tracing::{info, warn};
 
 use super::RaftReplica;
 use crate::cluster::members::check_address;
-use crate::kv::KvError;
+use crate::kv::{KvError, NodeFault};
 use crate::observe::Envelope;
 use harmonydb_raft::{ConfChange, Configuration, NodeId, RaftError, Role};
 
@@ -230,9 +230,12 @@ impl RaftReplica {
         if let Err(error) = write_marker(&marker, index) {
             // Without the marker a restart would not know: stop serving
             // now, and say why.
-            self.fail(format!(
-                "this node was removed, and recording it in {} failed: {error}",
-                marker.display()
+            self.fail(NodeFault::new(
+                format!(
+                    "this node was removed, and recording it in {} failed",
+                    marker.display()
+                ),
+                error,
             ));
         }
         // A write not applied yet may still commit through the others.

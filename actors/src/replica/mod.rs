@@ -36,18 +36,20 @@
 //! Peers' messages come in as `Step`; outgoing ones go to an `Outbox`
 //! recipient (the `Transport` in a node).
 
+mod machine;
 mod members;
 mod snapshot;
 mod storage;
 mod transfer;
 pub mod wal_log;
 
+pub use machine::{Applied, KvRead, StateMachine};
 pub use members::{
     read_removed_marker, ChangeMembership, MemberChange, MembershipError, LEARNER_CATCH_UP_ENTRIES,
     REMOVED_MARKER,
 };
 pub use snapshot::{
-    dump_path, settle_install, PrepareSnapshot, SnapshotDump, SNAPSHOT_CHUNK_BYTES,
+    dump_path, settle_install, PrepareSnapshot, SnapshotDump, SnapshotError, SNAPSHOT_CHUNK_BYTES,
 };
 pub use storage::CheckpointPolicy;
 pub use transfer::{TransferError, TransferLeadership, Transferred};
@@ -70,7 +72,7 @@ use crate::cluster::messages::{Outbox, Step};
 use crate::cluster::rpc::{PeerClient, RpcSettings};
 use crate::disk::DiskMonitor;
 use crate::kv::{
-    BeginShutdown, KvAnswer, KvCommand, KvError, KvOp, KvReply, KvRequest, KvState, ScanRange,
+    BeginShutdown, KvAnswer, KvCommand, KvError, KvOp, KvReply, KvRequest, KvState, NodeFault,
     WriteOutcome,
 };
 use crate::observe::{EntryTraces, Envelope, Handling};
@@ -84,6 +86,10 @@ use harmonydb_raft::{
     EntryPayload, HardState, Message as RaftMessage, MessageBody, NodeId, Raft, RaftError, Ready,
     Role, Status,
 };
+
+/// Most commands applied in one batch: the pool's room for them is checked
+/// before each batch, and a checkpoint that is due begins between batches.
+const APPLY_BATCH_MAX: usize = 16;
 
 /// How long applying waits before trying again after the pool had no frame.
 const APPLY_RETRY: Duration = Duration::from_millis(20);
@@ -180,16 +186,25 @@ struct PendingWrite {
     span: tracing::Span,
 }
 
-/// A read the replica serves from the state machine.
-enum ReadOp {
-    Get(Vec<u8>),
-    Scan(ScanRange),
+/// Committed commands to apply together, with the terms of their entries.
+struct Batch {
+    commands: Vec<(u64, KvCommand)>,
+    terms: HashMap<u64, u64>,
+}
+
+/// A broken promise of the core to the replica: the replica stops rather
+/// than apply out of order.
+#[derive(Debug, thiserror::Error)]
+enum ReplicaInvariant {
+    /// A committed entry the state has not applied is gone from the log.
+    #[error("committed entry {index} is not in the log (the log starts after {log_start})")]
+    EntryMissing { index: u64, log_start: u64 },
 }
 
 /// A read waiting for its read index to be applied.
 struct WaitingRead {
     index: u64,
-    op: ReadOp,
+    op: KvRead,
     reply: Reply,
 }
 
@@ -264,9 +279,10 @@ pub struct RaftReplica {
     /// The node's client to other nodes (snapshot fetches).
     peers: PeerClient,
     next_read_id: u64,
-    reads_pending: HashMap<u64, (ReadOp, Reply)>,
+    reads_pending: HashMap<u64, (KvRead, Reply)>,
     reads_ready: Vec<WaitingRead>,
-    failed: Option<String>,
+    /// Why the replica stopped serving, if it did.
+    failed: Option<NodeFault>,
     closing: bool,
     shutdown_waiters: Vec<oneshot::Sender<()>>,
     last_leader_contact: Option<Instant>,
@@ -626,11 +642,11 @@ impl RaftReplica {
         }
     }
 
-    /// Applies committed entries one by one up to `apply_target`, answering
-    /// the writes they settle. It stops, to resume later, while the state
-    /// waits for a snapshot, while a checkpoint being written leaves too
-    /// few frames, or when the pool has no frame; a checkpoint is begun
-    /// between two entries whenever one is due.
+    /// Applies committed entries up to `apply_target`, in batches of
+    /// commands, answering the writes they settle. It stops, to resume
+    /// later, while the state waits for a snapshot, while a checkpoint
+    /// being written leaves too few frames, or when the pool has no frame;
+    /// a checkpoint is begun between two batches whenever one is due.
     fn apply_committed(&mut self, ctx: &mut Context<Self>) {
         while self.failed.is_none() && self.state.applied_index() < self.apply_target {
             if self.snapshots.state_behind(self.state.applied_index()) {
@@ -640,62 +656,96 @@ impl RaftReplica {
             if !self.room_to_apply() {
                 break;
             }
-            let index = self.state.applied_index() + 1;
-            let Some(entry) = self.raft.entry(index) else {
-                self.fail(format!(
-                    "committed entry {index} is not in the log (the log starts after {})",
-                    self.raft.snapshot_index()
-                ));
+            let Some(batch) = self.next_batch() else {
                 return;
             };
-            let term = entry.term;
-            let command = match &entry.payload {
-                EntryPayload::Command(bytes) => Some(KvCommand::decode(bytes)),
-                _ => None,
+            if batch.commands.is_empty() {
+                continue;
+            }
+            // A traced write's apply (and its answer) join its trace.
+            let span = batch
+                .commands
+                .iter()
+                .find_map(|(index, _)| self.writes.get(index).filter(|w| !w.span.is_disabled()))
+                .map_or_else(tracing::Span::none, |write| {
+                    let first = batch.commands.first().map_or(0, |(index, _)| *index);
+                    tracing::info_span!(target: "harmonydb_trace", parent: &write.span, "RaftReplica apply", index = first)
+                });
+            let applied = {
+                let _entered = span.enter();
+                StateMachine::apply(&mut self.state, batch.commands)
             };
-            let outcome = match command {
-                None => {
-                    self.state.skip_to(index);
-                    continue;
-                }
-                Some(Ok(command)) => {
-                    // A traced write's apply (and its answer) join its trace.
-                    let span = match self.writes.get(&index) {
-                        Some(write) if !write.span.is_disabled() => {
-                            tracing::info_span!(target: "harmonydb_trace", parent: &write.span, "RaftReplica apply", index)
-                        }
-                        _ => tracing::Span::none(),
-                    };
-                    let _entered = span.enter();
-                    self.state.apply(index, command)
-                }
-                Some(Err(reason)) => {
-                    error!(index, %reason, "committed entry is not a KV command");
-                    self.state.skip_to(index);
-                    Err(KvError::CorruptEntry { index, reason })
-                }
-            };
-            match &outcome {
-                Err(KvError::Overloaded) => {
+            for (index, outcome) in applied.outcomes {
+                let term = batch.terms.get(&index).copied().unwrap_or(0);
+                self.answer_write(index, term, outcome.map_err(KvError::from));
+            }
+            match applied.fault {
+                None => {}
+                Some((_, fault)) if fault.is_transient() => {
                     // No frame in the pool: the entry is not applied; a
                     // checkpoint makes room and applying resumes after it.
                     self.maybe_checkpoint(Some(CheckpointReason::MemoryPressure), ctx);
                     ctx.run_later(APPLY_RETRY, |replica, ctx| replica.apply_committed(ctx));
                     break;
                 }
-                Err(KvError::Storage(reason)) => {
+                Some((index, fault)) => {
                     // The tree may be half changed: stop, and recover from
                     // the checkpoint and the log at restart.
-                    let reason = format!("applying entry {index}: {reason}");
-                    self.fail(reason);
+                    self.fail(NodeFault::new(format!("applying entry {index}"), fault));
                     return;
                 }
-                _ => {}
             }
-            self.answer_write(index, term, outcome);
         }
         self.serve_reads();
         self.maybe_finish_shutdown();
+    }
+
+    /// The commands at the indexes after the applied one, up to
+    /// `APPLY_BATCH_MAX` of them; entries before the first command that
+    /// carry none (a no-op, a configuration) are counted as applied, and
+    /// one that does not decode is answered as corrupt. None once the
+    /// replica failed (a committed entry missing from the log).
+    fn next_batch(&mut self) -> Option<Batch> {
+        let mut batch = Batch {
+            commands: Vec::new(),
+            terms: HashMap::new(),
+        };
+        let mut index = self.state.applied_index() + 1;
+        while index <= self.apply_target && batch.commands.len() < APPLY_BATCH_MAX {
+            let Some(entry) = self.raft.entry(index) else {
+                self.fail(NodeFault::new(
+                    format!("applying entry {index}"),
+                    ReplicaInvariant::EntryMissing {
+                        index,
+                        log_start: self.raft.snapshot_index(),
+                    },
+                ));
+                return None;
+            };
+            let term = entry.term;
+            let decoded = match &entry.payload {
+                EntryPayload::Command(bytes) => {
+                    Some(<KvState<BufferPool> as StateMachine>::decode(bytes))
+                }
+                _ => None,
+            };
+            match decoded {
+                Some(Ok(command)) => {
+                    batch.commands.push((index, command));
+                    batch.terms.insert(index, term);
+                }
+                // Batches hold consecutive commands: the entry waits for the next.
+                _ if !batch.commands.is_empty() => break,
+                None => StateMachine::skip_to(&mut self.state, index),
+                Some(Err(reason)) => {
+                    error!(index, %reason, "committed entry is not a KV command");
+                    StateMachine::skip_to(&mut self.state, index);
+                    self.answer_write(index, term, Err(KvError::CorruptEntry { index, reason }));
+                }
+            }
+            index += 1;
+        }
+        Some(batch)
     }
 
     /// Answers the write proposed at `index`, if this member is waiting for it.
@@ -729,8 +779,8 @@ impl RaftReplica {
         if let Some(index) = self.book.removed_at() {
             return Err(KvError::Removed { index });
         }
-        if let Some(reason) = &self.failed {
-            return Err(KvError::Storage(reason.clone()));
+        if let Some(fault) = &self.failed {
+            return Err(KvError::Storage(fault.clone()));
         }
         if self.closing {
             return Err(KvError::ShuttingDown);
@@ -738,21 +788,19 @@ impl RaftReplica {
         Ok(())
     }
 
-    fn read(&mut self, op: &ReadOp) -> Result<KvReply, KvError> {
-        let answer = match op {
-            ReadOp::Get(key) => self
-                .state
-                .get(key)
-                .and_then(|found| found.map(KvReply::Value).ok_or(KvError::NotFound)),
-            ReadOp::Scan(range) => self.state.scan(range).map(KvReply::Page),
-        };
-        if let Err(KvError::Storage(reason)) = &answer {
-            // A page that can't be read correctly: serve nothing rather
-            // than risk serving wrong data. (No free frame is `Overloaded`,
-            // answered as such.)
-            self.fail(format!("reading: {reason}"));
+    fn read(&mut self, op: &KvRead) -> Result<KvReply, KvError> {
+        match self.state.read(op) {
+            Ok(answer) => answer.map_err(KvError::from),
+            Err(fault) if fault.is_transient() => Err(KvError::Overloaded),
+            Err(fault) => {
+                // A page that can't be read correctly: serve nothing rather
+                // than risk serving wrong data. (No free frame is answered
+                // as overloaded.)
+                let fault = NodeFault::new("reading", fault);
+                self.fail(fault.clone());
+                Err(KvError::Storage(fault))
+            }
         }
-        answer
     }
 
     /// Answers reads whose index the state has applied.
@@ -782,7 +830,7 @@ impl RaftReplica {
         }
     }
 
-    fn handle_read(&mut self, op: ReadOp, consistency: Consistency, reply: Reply) {
+    fn handle_read(&mut self, op: KvRead, consistency: Consistency, reply: Reply) {
         if consistency != Consistency::Stale && self.sole_voter_waiting_for_space() {
             // No ready can go out while the WAL waits for space, and a
             // ReadIndex needs one; but the only voter acknowledged every
@@ -879,19 +927,19 @@ impl RaftReplica {
         }
     }
 
-    fn fail(&mut self, reason: String) {
-        error!(%reason, "Raft replica stopped accepting requests");
+    fn fail(&mut self, fault: NodeFault) {
+        error!(reason = %fault, "Raft replica stopped accepting requests");
         // Whether these writes reached a quorum is unknown.
         for (_, write) in self.writes.drain() {
-            let _ = write.reply.send(Err(KvError::Storage(reason.clone())));
+            let _ = write.reply.send(Err(KvError::Storage(fault.clone())));
         }
         for (_, (_, reply)) in self.reads_pending.drain() {
-            let _ = reply.send(Err(KvError::Storage(reason.clone())));
+            let _ = reply.send(Err(KvError::Storage(fault.clone())));
         }
         for read in self.reads_ready.drain(..) {
-            let _ = read.reply.send(Err(KvError::Storage(reason.clone())));
+            let _ = read.reply.send(Err(KvError::Storage(fault.clone())));
         }
-        self.failed = Some(reason);
+        self.failed = Some(fault);
         self.maybe_finish_shutdown();
     }
 
@@ -1114,8 +1162,8 @@ impl Handler<KvRequest> for RaftReplica {
         }
         self.catch_up_ticks();
         match op {
-            KvOp::Get { key } => self.handle_read(ReadOp::Get(key), consistency, reply),
-            KvOp::Scan(range) => self.handle_read(ReadOp::Scan(range), consistency, reply),
+            KvOp::Get { key } => self.handle_read(KvRead::Get(key), consistency, reply),
+            KvOp::Scan(range) => self.handle_read(KvRead::Scan(range), consistency, reply),
             KvOp::Put {
                 key,
                 value,
@@ -1174,7 +1222,7 @@ impl Handler<Persisted> for RaftReplica {
             },
             Err(error) => {
                 warn!(%error, "persisting Raft state failed");
-                self.fail(error.to_string());
+                self.fail(NodeFault::new("persisting Raft state", error));
             }
         }
     }
@@ -1201,7 +1249,7 @@ impl Handler<GetStatus> for RaftReplica {
         MessageResult(ReplicaStatus {
             raft,
             leader_contact,
-            failed: self.failed.clone(),
+            failed: self.failed.as_ref().map(ToString::to_string),
             snapshot_index: self.raft.snapshot_index(),
             applied_index: self.state.applied_index(),
             leader_commit,

@@ -26,21 +26,139 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use harmonydb_protocol::{Request, Response};
-
-use crate::cluster::rpc::PeerClient;
+use harmonydb_protocol::{ErrorCode, Request, Response};
 use tracing::{info, warn};
 
+use crate::cluster::rpc::{PeerClient, RpcError};
+
+use super::machine::StateMachine;
 use super::wal_log::records_for_installed_snapshot;
 use super::RaftReplica;
-use crate::kv::{dump, KvError, KvState};
+use crate::kv::{KvState, NodeFault, StateError};
 use crate::storage::buffer::{BufferPool, Policy, PoolConfig};
 use crate::storage::checkpoint::Storage;
 use crate::storage::file_view::FilePages;
 use crate::storage::manager::SwitchStorage;
 use crate::storage::meta::ShardMeta;
 use crate::storage::pager::Pager;
+use crate::storage::StorageError;
 use harmonydb_raft::{NodeId, Ready};
+
+/// Why a dump could not be written, fetched or installed.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// This node's storage failed; it serves nothing.
+    #[error("this node's storage failed: {0}")]
+    Failed(NodeFault),
+    /// A dump is being written for another follower.
+    #[error("a dump is being written; ask again")]
+    Dumping,
+    /// A checkpoint is being written (a dump reads the last one).
+    #[error("a checkpoint is being written; ask again")]
+    Checkpointing,
+    /// Nothing is checkpointed yet.
+    #[error("this node has no checkpoint yet; ask again")]
+    NoCheckpoint,
+    /// The last checkpoint is older than the snapshot the follower needs
+    /// (one was begun).
+    #[error("the last checkpoint here is at {checkpointed}, before {wanted}; ask again")]
+    CheckpointBehind {
+        /// The checkpoint's applied index.
+        checkpointed: u64,
+        /// The index asked for.
+        wanted: u64,
+    },
+    /// Reading or writing the state failed.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// Opening or checkpointing a storage failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// A file operation failed.
+    #[error("{action} {}: {source}", path.display())]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// The operating system's error.
+        #[source]
+        source: Arc<std::io::Error>,
+    },
+    /// A background task ended without finishing (it panicked or was
+    /// cancelled).
+    #[error("the {task} stopped: {reason}")]
+    TaskStopped {
+        /// Which task.
+        task: &'static str,
+        /// How it ended.
+        reason: String,
+    },
+    /// The leader could not be asked (cut off, unreachable, no answer).
+    #[error(transparent)]
+    Rpc(#[from] RpcError),
+    /// The leader answered with an error.
+    #[error("the leader refused: {code}: {message}")]
+    Refused {
+        /// Its error code.
+        code: ErrorCode,
+        /// Its message.
+        message: String,
+    },
+    /// The leader answered something other than what was asked for.
+    #[error("unexpected answer to {request}: {answer}")]
+    Unexpected {
+        /// The request.
+        request: &'static str,
+        /// The answer, as debug text.
+        answer: String,
+    },
+    /// The leader's dump is older than the snapshot this node needs.
+    #[error("the leader's dump is at {index}, before the snapshot at {wanted}")]
+    DumpBehind {
+        /// The dump's index.
+        index: u64,
+        /// The index needed.
+        wanted: u64,
+    },
+    /// The leader's dump ended before its announced size.
+    #[error("the dump ended at {offset} of {size_bytes} bytes")]
+    CutShort {
+        /// Bytes received.
+        offset: u64,
+        /// Bytes announced.
+        size_bytes: u64,
+    },
+    /// The dump is of another shard, or older than needed.
+    #[error("the dump is shard {shard} at {index}, not shard 0 at {wanted} or later")]
+    WrongDump {
+        /// Its shard.
+        shard: u64,
+        /// Its index.
+        index: u64,
+        /// The index needed.
+        wanted: u64,
+    },
+    /// The storage swapped in has no shard.
+    #[error("the installed storage has no shard 0")]
+    NoShard,
+}
+
+fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> SnapshotError {
+    let path = path.to_path_buf();
+    move |error| SnapshotError::Io {
+        action,
+        path,
+        source: Arc::new(error),
+    }
+}
+
+fn stopped(task: &'static str) -> impl FnOnce(tokio::task::JoinError) -> SnapshotError {
+    move |error| SnapshotError::TaskStopped {
+        task,
+        reason: error.to_string(),
+    }
+}
 
 /// Bytes asked for per `snapshot_chunk`.
 pub const SNAPSHOT_CHUNK_BYTES: u32 = 1 << 20;
@@ -83,6 +201,7 @@ impl Snapshots {
 }
 
 /// A storage built from a dump, in `<storage>.new`, not yet swapped in.
+#[derive(Debug)]
 struct Built {
     new_dir: PathBuf,
     applied_index: u64,
@@ -108,7 +227,7 @@ impl PrepareSnapshot {
 }
 
 impl Message for PrepareSnapshot {
-    type Result = Result<SnapshotDump, String>;
+    type Result = Result<SnapshotDump, SnapshotError>;
 }
 
 /// A dump ready to be read.
@@ -158,7 +277,7 @@ pub fn clear_dumps(snapshot_dir: &Path) {
 }
 
 impl Handler<PrepareSnapshot> for RaftReplica {
-    type Result = ResponseActFuture<Self, Result<SnapshotDump, String>>;
+    type Result = ResponseActFuture<Self, Result<SnapshotDump, SnapshotError>>;
 
     fn handle(&mut self, request: PrepareSnapshot, ctx: &mut Self::Context) -> Self::Result {
         let PrepareSnapshot {
@@ -176,9 +295,7 @@ impl Handler<PrepareSnapshot> for RaftReplica {
         let write = tokio::task::spawn_blocking(move || write_dump(pager, shard, &path));
         Box::pin(write.into_actor(self).map(|result, replica, ctx| {
             replica.snapshots.dumping = false;
-            let result = result
-                .map_err(|e| format!("the dump stopped: {e}"))
-                .and_then(|r| r);
+            let result = result.map_err(stopped("dump")).and_then(|r| r);
             if let Ok(dump) = &result {
                 metrics::counter!("harmonydb_raft_snapshots_sent_total").increment(1);
                 if let Some((previous, _)) = replica
@@ -212,12 +329,16 @@ enum DumpJob {
 
 /// Writes a dump of the tree as checkpointed (blocking; checkpoints are held
 /// off by the caller, so the page file does not change meanwhile).
-fn write_dump(pager: Arc<Pager>, shard: ShardMeta, path: &Path) -> Result<SnapshotDump, String> {
+fn write_dump(
+    pager: Arc<Pager>,
+    shard: ShardMeta,
+    path: &Path,
+) -> Result<SnapshotDump, SnapshotError> {
     let started = Instant::now();
     let state = KvState::open(Arc::new(FilePages::new(pager)), shard);
     let temporary = path.with_extension("tmp");
-    let info = dump::write(&state, shard.shard, &temporary).map_err(|e| e.to_string())?;
-    std::fs::rename(&temporary, path).map_err(|e| format!("rename {}: {e}", path.display()))?;
+    let info = state.snapshot_out(&temporary)?;
+    std::fs::rename(&temporary, path).map_err(io("rename", path))?;
     info!(
         index = info.applied_index,
         keys = info.keys,
@@ -234,9 +355,13 @@ fn write_dump(pager: Arc<Pager>, shard: ShardMeta, path: &Path) -> Result<Snapsh
 
 impl RaftReplica {
     /// Decides how to answer a request for a dump at `min_index` or later.
-    fn dump_job(&mut self, min_index: u64, ctx: &mut Context<Self>) -> Result<DumpJob, String> {
-        if let Some(reason) = &self.failed {
-            return Err(format!("this node's storage failed: {reason}"));
+    fn dump_job(
+        &mut self,
+        min_index: u64,
+        ctx: &mut Context<Self>,
+    ) -> Result<DumpJob, SnapshotError> {
+        if let Some(fault) = &self.failed {
+            return Err(SnapshotError::Failed(fault.clone()));
         }
         if let Some((dump, made)) = &self.snapshots.last_dump {
             if dump.index >= min_index && made.elapsed() < DUMP_REUSE_MAX_AGE {
@@ -244,23 +369,22 @@ impl RaftReplica {
             }
         }
         if self.snapshots.dumping {
-            return Err("a dump is being written; ask again".into());
+            return Err(SnapshotError::Dumping);
         }
         if self.checkpoints.in_flight() {
-            return Err("a checkpoint is being written; ask again".into());
+            return Err(SnapshotError::Checkpointing);
         }
         let Some(shard) = self.storage.meta().shard(0) else {
-            return Err("this node has no checkpoint yet; ask again".into());
+            return Err(SnapshotError::NoCheckpoint);
         };
         if shard.applied_index < min_index {
             self.maybe_checkpoint(Some(crate::storage::manager::CheckpointReason::Timer), ctx);
-            return Err(format!(
-                "the last checkpoint here is at {}, before {min_index}; ask again",
-                shard.applied_index
-            ));
+            return Err(SnapshotError::CheckpointBehind {
+                checkpointed: shard.applied_index,
+                wanted: min_index,
+            });
         }
-        std::fs::create_dir_all(&self.snapshot_dir)
-            .map_err(|e| format!("create {}: {e}", self.snapshot_dir.display()))?;
+        std::fs::create_dir_all(&self.snapshot_dir).map_err(io("create", &self.snapshot_dir))?;
         Ok(DumpJob::Write {
             pager: self.storage.pool().pager().clone(),
             path: dump_path(&self.snapshot_dir, shard.applied_index),
@@ -370,12 +494,11 @@ impl RaftReplica {
                 self.state = state;
                 self.apply_committed(ctx);
             }
-            Err(reason) => {
-                let reason = format!(
-                    "installing the snapshot at {} failed: {reason}",
-                    built.applied_index
-                );
-                self.fail(reason);
+            Err(error) => {
+                self.fail(NodeFault::new(
+                    format!("installing the snapshot at {}", built.applied_index),
+                    error,
+                ));
             }
         }
     }
@@ -393,49 +516,49 @@ struct FetchJob {
 }
 
 impl FetchJob {
-    async fn run(self) -> Result<Built, String> {
+    async fn run(self) -> Result<Built, SnapshotError> {
         let incoming = self.fetch().await?;
         let new_dir = self.storage_dir.with_extension("new");
         let min_index = self.min_index;
         tokio::task::spawn_blocking(move || build(&incoming, &new_dir, min_index))
             .await
-            .map_err(|e| format!("the snapshot build stopped: {e}"))?
+            .map_err(stopped("snapshot build"))?
     }
 
     /// Asks the leader, answering an error answer as a failure.
-    async fn ask(&self, request: Request) -> Result<Response, String> {
-        match self.peers.call(self.leader, request, None).await {
-            Ok(Response::Error { code, message, .. }) => Err(format!("{code}: {message}")),
-            Ok(answer) => Ok(answer),
-            Err(error) => Err(error.to_string()),
+    async fn ask(&self, request: Request) -> Result<Response, SnapshotError> {
+        match self.peers.call(self.leader, request, None).await? {
+            Response::Error { code, message, .. } => Err(SnapshotError::Refused { code, message }),
+            answer => Ok(answer),
         }
     }
 
     /// Streams the leader's dump into a local file.
-    async fn fetch(&self) -> Result<PathBuf, String> {
+    async fn fetch(&self) -> Result<PathBuf, SnapshotError> {
         let prepared = self
             .ask(Request::SnapshotPrepare {
                 min_index: self.min_index,
             })
             .await?;
         let Response::SnapshotReady { index, size_bytes } = prepared else {
-            return Err(format!(
-                "unexpected answer to snapshot_prepare: {prepared:?}"
-            ));
+            return Err(SnapshotError::Unexpected {
+                request: "snapshot_prepare",
+                answer: format!("{prepared:?}"),
+            });
         };
         if index < self.min_index {
-            return Err(format!(
-                "the leader's dump is at {index}, before the snapshot at {}",
-                self.min_index
-            ));
+            return Err(SnapshotError::DumpBehind {
+                index,
+                wanted: self.min_index,
+            });
         }
         tokio::fs::create_dir_all(&self.snapshot_dir)
             .await
-            .map_err(|e| format!("create {}: {e}", self.snapshot_dir.display()))?;
+            .map_err(io("create", &self.snapshot_dir))?;
         let path = self.snapshot_dir.join("incoming.dump");
         let mut file = tokio::fs::File::create(&path)
             .await
-            .map_err(|e| format!("create {}: {e}", path.display()))?;
+            .map_err(io("create", &path))?;
         let mut offset = 0u64;
         while offset < size_bytes {
             let answer = self
@@ -446,61 +569,54 @@ impl FetchJob {
                 })
                 .await?;
             let Response::SnapshotChunk { data, .. } = answer else {
-                return Err(format!("unexpected answer to snapshot_chunk: {answer:?}"));
+                return Err(SnapshotError::Unexpected {
+                    request: "snapshot_chunk",
+                    answer: format!("{answer:?}"),
+                });
             };
             if data.is_empty() {
-                return Err(format!("the dump ended at {offset} of {size_bytes} bytes"));
+                return Err(SnapshotError::CutShort { offset, size_bytes });
             }
             tokio::io::AsyncWriteExt::write_all(&mut file, &data)
                 .await
-                .map_err(|e| format!("write {}: {e}", path.display()))?;
+                .map_err(io("write", &path))?;
             offset += data.len() as u64;
             metrics::counter!("harmonydb_raft_snapshot_bytes_received_total")
                 .increment(data.len() as u64);
         }
-        file.sync_all()
-            .await
-            .map_err(|e| format!("sync {}: {e}", path.display()))?;
+        file.sync_all().await.map_err(io("sync", &path))?;
         Ok(path)
     }
 }
 
 /// Builds a storage from the dump in `new_dir` (blocking): checked whole
 /// first, then key by key, checkpointed as it fills the pool and at the end.
-fn build(dump_path: &Path, new_dir: &Path, min_index: u64) -> Result<Built, String> {
+fn build(dump_path: &Path, new_dir: &Path, min_index: u64) -> Result<Built, SnapshotError> {
     if new_dir.exists() {
-        std::fs::remove_dir_all(new_dir)
-            .map_err(|e| format!("remove {}: {e}", new_dir.display()))?;
+        std::fs::remove_dir_all(new_dir).map_err(io("remove", new_dir))?;
     }
     // Building needs few frames: checkpoints keep the dirty ones few.
     let build_pool = PoolConfig::with_megabytes(16, Policy::Lru2);
-    let (storage, _) = Storage::open(new_dir, build_pool).map_err(|e| e.to_string())?;
-    let mut state = KvState::create(storage.pool().clone(), 0).map_err(|e| e.to_string())?;
-    let checkpoint = |state: &KvState<BufferPool>| -> Result<(), KvError> {
-        let pending = storage
-            .begin_checkpoint(vec![state.shard_meta()])
-            .map_err(|e| KvError::Storage(e.to_string()))?;
-        storage
-            .write_checkpoint(pending, None)
-            .map(|_| ())
-            .map_err(|e| KvError::Storage(e.to_string()))
+    let (storage, _) = Storage::open(new_dir, build_pool)?;
+    let mut state = KvState::create(storage.pool().clone(), 0)?;
+    let checkpoint = |state: &KvState<BufferPool>| -> Result<(), StorageError> {
+        let pending = storage.begin_checkpoint(vec![state.shard_meta()])?;
+        storage.write_checkpoint(pending, None).map(|_| ())
     };
-    let info = dump::read(dump_path, |key, versioned| {
-        state.restore(key, versioned)?;
+    let info = state.snapshot_in(dump_path, &mut |state| {
         if storage.pool().dirty_frames() > storage.pool().frames() / 4 {
-            checkpoint(&state)?;
+            checkpoint(state)?;
         }
         Ok(())
-    })
-    .map_err(|e| e.to_string())?;
+    })?;
     if info.shard != 0 || info.applied_index < min_index {
-        return Err(format!(
-            "the dump is shard {} at {}, not shard 0 at {min_index} or later",
-            info.shard, info.applied_index
-        ));
+        return Err(SnapshotError::WrongDump {
+            shard: info.shard,
+            index: info.applied_index,
+            wanted: min_index,
+        });
     }
-    state.skip_to(info.applied_index);
-    checkpoint(&state).map_err(|e| e.to_string())?;
+    checkpoint(&state)?;
     let _ = std::fs::remove_file(dump_path);
     Ok(Built {
         new_dir: new_dir.to_path_buf(),
@@ -516,15 +632,12 @@ fn swap_and_open(
     storage_dir: &Path,
     new_dir: &Path,
     pool: PoolConfig,
-) -> Result<(Arc<Storage>, KvState<BufferPool>), String> {
+) -> Result<(Arc<Storage>, KvState<BufferPool>), SnapshotError> {
     let old = storage_dir.with_extension("old");
     if old.exists() {
-        std::fs::remove_dir_all(&old).map_err(|e| format!("remove {}: {e}", old.display()))?;
+        std::fs::remove_dir_all(&old).map_err(io("remove", &old))?;
     }
-    let rename = |from: &Path, to: &Path| {
-        std::fs::rename(from, to)
-            .map_err(|e| format!("rename {} to {}: {e}", from.display(), to.display()))
-    };
+    let rename = |from: &Path, to: &Path| std::fs::rename(from, to).map_err(io("rename", from));
     rename(storage_dir, &old)?;
     rename(new_dir, storage_dir)?;
     if let Some(parent) = storage_dir.parent() {
@@ -535,11 +648,59 @@ fn swap_and_open(
     if let Err(error) = std::fs::remove_dir_all(&old) {
         warn!(%error, dir = %old.display(), "removing the replaced storage failed");
     }
-    let (storage, _) = Storage::open(storage_dir, pool).map_err(|e| e.to_string())?;
-    let meta = storage
-        .meta()
-        .shard(0)
-        .ok_or("the installed storage has no shard 0")?;
+    let (storage, _) = Storage::open(storage_dir, pool)?;
+    let meta = storage.meta().shard(0).ok_or(SnapshotError::NoShard)?;
     let state = KvState::open(storage.pool().clone(), meta);
     Ok((storage, state))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use tokio::net::TcpListener;
+
+    use super::*;
+    use crate::cluster::fault::{Fault, FaultFilter};
+    use crate::cluster::members::MemberBook;
+    use crate::cluster::rpc::RpcSettings;
+
+    #[tokio::test]
+    async fn a_follower_cut_off_from_the_leader_fetches_nothing() {
+        let leader_socket = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let leader_addr = leader_socket.local_addr().expect("address").to_string();
+        let faults = FaultFilter::default();
+        faults.set(
+            1,
+            Fault {
+                drop: true,
+                ..Fault::default()
+            },
+        );
+        let peers = PeerClient::new(
+            MemberBook::new(BTreeMap::from([(1, leader_addr)])),
+            faults,
+            RpcSettings::default(),
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        let job = FetchJob {
+            leader: 1,
+            peers,
+            min_index: 10,
+            storage_dir: dir.path().join("storage"),
+            snapshot_dir: dir.path().join("snapshots"),
+        };
+        let result = job.run().await;
+        match result {
+            Err(SnapshotError::Rpc(RpcError::Cut { peer: 1, .. })) => {}
+            other => panic!("a cut-off fetch ended as {other:?}"),
+        }
+        let connected =
+            tokio::time::timeout(Duration::from_millis(200), leader_socket.accept()).await;
+        assert!(connected.is_err(), "the cut-off fetch reached the leader");
+        assert!(
+            !dir.path().join("snapshots").exists(),
+            "nothing is written for a fetch that never left"
+        );
+    }
 }

@@ -24,7 +24,7 @@ use super::snapshot::clear_dumps;
 use super::wal_log::records_for_snapshot;
 use super::{settle_install, DeleteBelow, RaftReplica, ReplicaStorage};
 use crate::cluster::members::MemberBook;
-use crate::kv::KvState;
+use crate::kv::{KvState, NodeFault};
 use crate::storage::buffer::PoolConfig;
 use crate::storage::checkpoint::{CheckpointReport, Recovery, Storage};
 use crate::storage::manager::{
@@ -172,7 +172,7 @@ impl RaftReplica {
             match result {
                 Ok(Ok(_)) => replica.begin_checkpoint(reason, ctx),
                 Ok(Err(error)) => {
-                    replica.fail(format!("syncing the WAL for a checkpoint: {error}"))
+                    replica.fail(NodeFault::new("syncing the WAL for a checkpoint", error))
                 }
                 Err(_) => warn!("the WAL writer stopped before a checkpoint"),
             }
@@ -223,10 +223,10 @@ impl RaftReplica {
         let Some((applied, _)) = self.checkpoints.in_flight.take() else {
             return;
         };
-        if let Err(StorageError::Stopped(reason)) = &result {
+        if let Err(error @ StorageError::Stopped(_)) = &result {
             // Pages may be half written in place: nothing more may be
             // written until a restart finishes the checkpoint.
-            self.fail(reason.clone());
+            self.fail(NodeFault::new("writing a checkpoint", error.clone()));
             return;
         }
         // On another failure the manager logged it; the pages stay dirty

@@ -9,6 +9,7 @@ use tokio::sync::oneshot;
 use tracing::info;
 
 use super::{most_caught_up_other_voter, RaftReplica};
+use crate::kv::KvError;
 use crate::observe::Envelope;
 use harmonydb_raft::{NodeId, RaftError, Role};
 
@@ -80,9 +81,9 @@ pub enum TransferError {
         /// The target asked for.
         target: NodeId,
     },
-    /// The replica stopped serving (a storage failure).
-    #[error("the replica is not serving: {0}")]
-    Unavailable(String),
+    /// The replica is not serving (storage failure, shutting down).
+    #[error(transparent)]
+    Unavailable(#[from] KvError),
 }
 
 /// Transfers waiting for their outcome.
@@ -149,8 +150,8 @@ impl Handler<TransferLeadership> for RaftReplica {
         let handling = request.envelope.open();
         let _entered = handling.span().enter();
         let refused = |error| -> Self::Result { Box::pin(async move { Err(error) }) };
-        if let Some(reason) = &self.failed {
-            return refused(TransferError::Unavailable(reason.clone()));
+        if let Some(fault) = &self.failed {
+            return refused(TransferError::Unavailable(KvError::Storage(fault.clone())));
         }
         self.catch_up_ticks();
         let status = self.raft.status();
@@ -184,9 +185,9 @@ impl Handler<TransferLeadership> for RaftReplica {
                 self.transfers.waiting.push((target, reply));
                 self.schedule_drive(ctx);
                 Box::pin(async move {
-                    answer.await.unwrap_or_else(|_| {
-                        Err(TransferError::Unavailable("the replica stopped".into()))
-                    })
+                    answer
+                        .await
+                        .unwrap_or_else(|_| Err(TransferError::Unavailable(KvError::ShuttingDown)))
                 })
             }
             Err(RaftError::NotLeader { leader }) => refused(TransferError::NotLeader { leader }),
