@@ -9,7 +9,8 @@
 //! scan must be strictly ordered, every key must belong to some writer (or
 //! to the stable keys written before the start and never touched) with a
 //! value that writer could have written, and an unlimited scan must see
-//! every stable key in its range. After the join, the tree equals the
+//! every stable key in its range. (Cursors walking the tree alongside the
+//! same writers are held to the same rules.) After the join, the tree equals the
 //! union of the models, its invariants hold, and its pages are exactly the
 //! store's pages in use.
 
@@ -22,6 +23,7 @@ use std::time::Instant;
 
 use harmonydb_actors::storage::btree::{BTree, Direction};
 use harmonydb_actors::storage::memory::MemoryPages;
+use harmonydb_actors::storage::ordered::{Cursor, OrderedStore};
 
 const WRITERS: usize = 4;
 const SCANNERS: usize = 2;
@@ -225,16 +227,133 @@ fn scanner(tree: &BTree<MemoryPages>, id: usize, done: &AtomicBool, scans: &Atom
     }
 }
 
-#[test]
-fn writers_and_scanners_share_one_tree() {
-    let started = Instant::now();
+/// Keys and values as one or more writers left them.
+type Model = BTreeMap<Vec<u8>, Vec<u8>>;
+
+/// A tree holding only the stable keys, and them.
+fn tree_with_stable_keys() -> (Arc<BTree<MemoryPages>>, Model) {
     let tree = Arc::new(BTree::create(Arc::new(MemoryPages::new())).expect("create"));
-    let mut expected = BTreeMap::new();
+    let mut stable = BTreeMap::new();
     for n in (0..KEYS_PER_WRITER).step_by(STABLE_EVERY as usize) {
         let value = value(n, STABLE, 0);
         tree.insert(&key(n, STABLE), &value).expect("insert");
-        expected.insert(key(n, STABLE), value);
+        stable.insert(key(n, STABLE), value);
     }
+    (tree, stable)
+}
+
+/// Walks a cursor from a random key to one end of the tree and back a
+/// little, again and again: keys strictly ordered in each direction, each
+/// one some writer's with a value it could have written, and every stable
+/// key on the walk's side of its start seen.
+fn cursor_walker(tree: &BTree<MemoryPages>, id: usize, done: &AtomicBool, walks: &AtomicU64) {
+    let mut rng = Rng(0xC0C0_0000 + id as u64);
+    while !done.load(Ordering::Acquire) {
+        let start = key(rng.below(u64::from(KEYS_PER_WRITER)) as u32, b'0');
+        let forward = rng.below(2) == 0;
+        let mut cursor = tree.cursor();
+        if forward {
+            cursor.seek(&start).expect("seek");
+        } else {
+            cursor.seek_for_prev(&start).expect("seek");
+        }
+        let mut keys: Vec<Vec<u8>> = Vec::new();
+        let mut held_max = 0;
+        while let (Some(k), Some(v)) = (cursor.key(), cursor.value()) {
+            let in_order = keys.last().is_none_or(|last| {
+                if forward {
+                    k > last.as_slice()
+                } else {
+                    k < last.as_slice()
+                }
+            });
+            assert!(in_order, "walker {id}: {k:?} after {:?}", keys.last());
+            assert!(
+                if forward {
+                    k >= &start[..]
+                } else {
+                    k <= &start[..]
+                },
+                "walker {id}: {k:?} on the wrong side of the start"
+            );
+            let (n, owner) = parse_key(k).unwrap_or_else(|| panic!("walker {id}: stray key {k:?}"));
+            assert!(
+                plausible(n, owner, v),
+                "walker {id}: {k:?} has a value nobody wrote"
+            );
+            keys.push(k.to_vec());
+            held_max = held_max.max(cursor.held());
+            if forward {
+                cursor.next().expect("next");
+            } else {
+                cursor.prev().expect("prev");
+            }
+        }
+        // A leaf holds at most a page of cells: keys here are over 400 bytes.
+        assert!(
+            held_max <= 20,
+            "walker {id}: held {held_max} entries at once"
+        );
+        let mut expected: Vec<Vec<u8>> = (0..KEYS_PER_WRITER)
+            .step_by(STABLE_EVERY as usize)
+            .map(|n| key(n, STABLE))
+            .filter(|k| if forward { k >= &start } else { k <= &start })
+            .collect();
+        if !forward {
+            expected.reverse();
+        }
+        let seen: Vec<Vec<u8>> = keys.into_iter().filter(|k| k.ends_with(b"-s")).collect();
+        assert_eq!(seen, expected, "walker {id}: stable keys missing");
+        // Turning round: the key behind the one a step ahead is before it.
+        if let Some(k) = (0..3).find_map(|_| {
+            cursor.seek(&start).ok()?;
+            cursor.next().ok()?;
+            cursor.key().map(<[u8]>::to_vec)
+        }) {
+            cursor.prev().expect("prev");
+            if let Some(back) = cursor.key() {
+                assert!(back < &k[..], "walker {id}: prev of {k:?} is {back:?}");
+            }
+        }
+        walks.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+#[test]
+fn cursors_walk_one_tree_while_writers_split_and_merge_it() {
+    let (tree, _) = tree_with_stable_keys();
+    let done = Arc::new(AtomicBool::new(false));
+    let walks = Arc::new(AtomicU64::new(0));
+    let walkers: Vec<_> = (0..SCANNERS)
+        .map(|id| {
+            let (tree, done, walks) = (tree.clone(), done.clone(), walks.clone());
+            thread::spawn(move || cursor_walker(&tree, id, &done, &walks))
+        })
+        .collect();
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|id| {
+            let tree = tree.clone();
+            thread::spawn(move || writer(&tree, id))
+        })
+        .collect();
+    for writer in writers {
+        writer.join().expect("writer");
+    }
+    done.store(true, Ordering::Release);
+    for walker in walkers {
+        walker.join().expect("walker");
+    }
+    let stats = tree.stats();
+    let walks = walks.load(Ordering::Relaxed);
+    eprintln!("{walks} cursor walks alongside the writers, {stats:?}");
+    assert!(stats.splits > 500 && stats.merges > 100, "{stats:?}");
+    assert!(walks > 10, "walks ran alongside the writers");
+}
+
+#[test]
+fn writers_and_scanners_share_one_tree() {
+    let started = Instant::now();
+    let (tree, mut expected) = tree_with_stable_keys();
     let done = Arc::new(AtomicBool::new(false));
     let scans = Arc::new(AtomicU64::new(0));
     let scanners: Vec<_> = (0..SCANNERS)

@@ -17,7 +17,7 @@ use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use super::{KvState, StateError, Versioned};
-use crate::storage::PageStore;
+use crate::storage::ordered::OrderedStore;
 
 const MAGIC: &[u8; 8] = b"HDBSNAP1";
 const END: &[u8; 8] = b"HDBSEND1";
@@ -94,8 +94,8 @@ impl<W: Write> Summed<W> {
 }
 
 /// Writes `state` to `path` (replacing it). Call between applied entries.
-pub fn write<S: PageStore>(
-    state: &KvState<S>,
+pub fn write<O: OrderedStore>(
+    state: &KvState<O>,
     shard: u64,
     path: &Path,
 ) -> Result<DumpInfo, StateError> {

@@ -6,15 +6,15 @@
 //! In the tree a value is stored as its version (u64, little-endian) followed
 //! by the value's bytes.
 
-use std::ops::{Bound, ControlFlow};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 use super::{Outcome, Refusal, StateError};
-use crate::storage::btree::{BTree, Direction};
+use crate::storage::btree::BTree;
 use crate::storage::memory::MemoryPages;
 use crate::storage::meta::ShardMeta;
+use crate::storage::ordered::{Cursor, OrderedStore};
 use crate::storage::{PageStore, StorageError};
 
 /// A scan stops adding items once it holds this many key and value bytes, so
@@ -116,19 +116,20 @@ pub struct ScanPage {
     pub more: bool,
 }
 
-/// One shard's keys, and how far into its log they have been applied.
-pub struct KvState<S: PageStore> {
-    tree: BTree<S>,
+/// One shard's keys, and how far into its log they have been applied,
+/// over an ordered store: the B+ tree in a node (`KvState<BTree<_>>`), a
+/// map in memory in tests.
+pub struct KvState<O: OrderedStore> {
+    store: O,
     shard: u64,
     applied_index: u64,
     keys: u64,
 }
 
-impl<S: PageStore> std::fmt::Debug for KvState<S> {
+impl<O: OrderedStore> std::fmt::Debug for KvState<O> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KvState")
             .field("shard", &self.shard)
-            .field("root", &self.tree.root())
             .field("applied_index", &self.applied_index)
             .field("keys", &self.keys)
             .finish()
@@ -159,28 +160,23 @@ fn decode(stored: &[u8]) -> Result<Versioned, StateError> {
     })
 }
 
-impl KvState<MemoryPages> {
-    /// An empty state in memory, for tests.
+impl KvState<BTree<MemoryPages>> {
+    /// An empty state in a B+ tree over pages in memory, for tests.
     pub fn in_memory() -> Self {
         KvState::create(Arc::new(MemoryPages::new()), 0).expect("memory pages never fail")
     }
 }
 
-impl<S: PageStore> KvState<S> {
+impl<S: PageStore> KvState<BTree<S>> {
     /// A new, empty shard at index 0 in `store`.
     pub fn create(store: Arc<S>, shard: u64) -> Result<Self, StorageError> {
-        Ok(KvState {
-            tree: BTree::create(store)?,
-            shard,
-            applied_index: 0,
-            keys: 0,
-        })
+        Ok(KvState::over(BTree::create(store)?, shard))
     }
 
     /// A shard as a checkpoint left it.
     pub fn open(store: Arc<S>, meta: ShardMeta) -> Self {
         KvState {
-            tree: BTree::open(store, meta.root),
+            store: BTree::open(store, meta.root),
             shard: meta.shard,
             applied_index: meta.applied_index,
             keys: meta.keys,
@@ -191,7 +187,7 @@ impl<S: PageStore> KvState<S> {
     pub fn shard_meta(&self) -> ShardMeta {
         ShardMeta {
             shard: self.shard,
-            root: self.tree.root(),
+            root: self.store.root(),
             applied_index: self.applied_index,
             keys: self.keys,
         }
@@ -199,7 +195,24 @@ impl<S: PageStore> KvState<S> {
 
     /// The tree (for its statistics and checks).
     pub fn tree(&self) -> &BTree<S> {
-        &self.tree
+        &self.store
+    }
+}
+
+impl<O: OrderedStore> KvState<O> {
+    /// A new shard at index 0 over `store`, which must be empty.
+    pub fn over(store: O, shard: u64) -> Self {
+        KvState {
+            store,
+            shard,
+            applied_index: 0,
+            keys: 0,
+        }
+    }
+
+    /// The shard this is.
+    pub fn shard(&self) -> u64 {
+        self.shard
     }
 
     /// Index of the last applied command.
@@ -225,7 +238,7 @@ impl<S: PageStore> KvState<S> {
 
     /// The value and version of a key.
     pub fn get(&self, key: &[u8]) -> Result<Option<Versioned>, StateError> {
-        self.tree
+        self.store
             .get(key)?
             .map(|stored| decode(&stored))
             .transpose()
@@ -265,7 +278,7 @@ impl<S: PageStore> KvState<S> {
                         }));
                     }
                 }
-                self.tree.insert(&key, &encode(index, &value))?;
+                self.store.insert(&key, &encode(index, &value))?;
                 if current.is_none() {
                     self.keys += 1;
                 }
@@ -283,7 +296,7 @@ impl<S: PageStore> KvState<S> {
                         return Ok(Err(Refusal::VersionMismatch { expected, current }));
                     }
                 }
-                self.tree.delete(&key)?;
+                self.store.delete(&key)?;
                 self.keys -= 1;
                 Ok(Ok(WriteOutcome::Deleted {
                     deleted_version: current,
@@ -299,48 +312,30 @@ impl<S: PageStore> KvState<S> {
             Some(start) if start.as_slice() > range.prefix.as_slice() => start.as_slice(),
             _ => range.prefix.as_slice(),
         };
-        let upper = match &range.end {
-            Some(end) => Bound::Excluded(end.as_slice()),
-            None => Bound::Unbounded,
-        };
         let mut page = ScanPage::default();
         let mut size_bytes = 0usize;
-        let mut failure = None;
-        self.tree.scan(
-            Bound::Included(lower),
-            upper,
-            Direction::Forward,
-            |key, stored| {
-                if !key.starts_with(&range.prefix) {
-                    return ControlFlow::Break(());
-                }
-                let item_size = key.len() + stored.len().saturating_sub(VERSION_SIZE);
-                let over_budget =
-                    !page.items.is_empty() && size_bytes + item_size > SCAN_RESPONSE_SIZE_MAX_BYTES;
-                if page.items.len() >= range.limit || over_budget {
-                    page.more = true;
-                    return ControlFlow::Break(());
-                }
-                match decode(stored) {
-                    Ok(versioned) => {
-                        size_bytes += item_size;
-                        page.items.push(ScanItem {
-                            key: key.to_vec(),
-                            versioned,
-                        });
-                        ControlFlow::Continue(())
-                    }
-                    Err(error) => {
-                        failure = Some(error);
-                        ControlFlow::Break(())
-                    }
-                }
-            },
-        )?;
-        match failure {
-            Some(error) => Err(error),
-            None => Ok(page),
+        let mut cursor = self.store.cursor();
+        cursor.seek(lower)?;
+        while let (Some(key), Some(stored)) = (cursor.key(), cursor.value()) {
+            let past_end = range.end.as_ref().is_some_and(|end| key >= end.as_slice());
+            if past_end || !key.starts_with(&range.prefix) {
+                break;
+            }
+            let item_size = key.len() + stored.len().saturating_sub(VERSION_SIZE);
+            let over_budget =
+                !page.items.is_empty() && size_bytes + item_size > SCAN_RESPONSE_SIZE_MAX_BYTES;
+            if page.items.len() >= range.limit || over_budget {
+                page.more = true;
+                break;
+            }
+            size_bytes += item_size;
+            page.items.push(ScanItem {
+                key: key.to_vec(),
+                versioned: decode(stored)?,
+            });
+            cursor.next()?;
         }
+        Ok(page)
     }
 
     /// Visits every key in order with its value and version (for snapshots).
@@ -348,26 +343,19 @@ impl<S: PageStore> KvState<S> {
         &self,
         mut visit: impl FnMut(&[u8], Versioned) -> Result<(), StateError>,
     ) -> Result<(), StateError> {
-        let mut failure = None;
-        self.tree.scan(
-            Bound::Unbounded,
-            Bound::Unbounded,
-            Direction::Forward,
-            |key, stored| match decode(stored).and_then(|versioned| visit(key, versioned)) {
-                Ok(()) => ControlFlow::Continue(()),
-                Err(error) => {
-                    failure = Some(error);
-                    ControlFlow::Break(())
-                }
-            },
-        )?;
-        failure.map_or(Ok(()), Err)
+        let mut cursor = self.store.cursor();
+        cursor.seek(&[])?;
+        while let (Some(key), Some(stored)) = (cursor.key(), cursor.value()) {
+            visit(key, decode(stored)?)?;
+            cursor.next()?;
+        }
+        Ok(())
     }
 
     /// Stores a key exactly as a snapshot holds it (version included).
     pub fn restore(&mut self, key: &[u8], versioned: &Versioned) -> Result<(), StateError> {
-        let existed = self.tree.get(key)?.is_some();
-        self.tree
+        let existed = self.store.get(key)?.is_some();
+        self.store
             .insert(key, &encode(versioned.version, &versioned.value))?;
         if !existed {
             self.keys += 1;
@@ -475,7 +463,7 @@ mod tests {
         );
     }
 
-    impl KvState<MemoryPages> {
+    impl KvState<BTree<MemoryPages>> {
         fn scan_ok(&self, range: &ScanRange) -> ScanPage {
             self.scan(range).expect("scan")
         }
@@ -587,5 +575,53 @@ mod tests {
             assert_eq!(KvCommand::decode(&command.encode()), Ok(command));
         }
         assert!(KvCommand::decode(b"\xc1garbage").is_err());
+    }
+
+    /// The state over the B+ tree and over a map in memory: the same
+    /// commands give the same outcomes and the same scans, whatever the
+    /// range, prefix and limit.
+    #[test]
+    fn the_state_is_the_same_over_the_tree_and_over_a_map() {
+        use crate::storage::ordered::MemoryOrdered;
+        let mut tree = KvState::in_memory();
+        let mut map = KvState::over(MemoryOrdered::default(), 0);
+        for i in 1..=2000u64 {
+            let key = format!(
+                "{}/{:04}",
+                ["a", "ab", "b"][(i % 3) as usize],
+                (i * 7919) % 500
+            );
+            let command = if i % 5 == 0 {
+                delete(&key, None)
+            } else {
+                put(
+                    &key,
+                    &"v".repeat((i % 300) as usize),
+                    (i % 11 == 0).then_some(i - 1),
+                )
+            };
+            assert_eq!(
+                tree.apply(i, command.clone()),
+                map.apply(i, command),
+                "command {i}"
+            );
+        }
+        assert_eq!(tree.len(), map.len());
+        for (prefix, start, end, limit) in [
+            ("", None, None, 10_000),
+            ("ab/", None, None, 10_000),
+            ("a", Some("a/0100"), Some("ab/0200"), 10_000),
+            ("", Some("ab/0499"), None, 7),
+            ("b/", Some("a/"), Some("b/0250"), 50),
+            ("c", None, None, 10),
+        ] {
+            let range = ScanRange {
+                prefix: prefix.as_bytes().to_vec(),
+                start: start.map(|s: &str| s.as_bytes().to_vec()),
+                end: end.map(|e: &str| e.as_bytes().to_vec()),
+                limit,
+            };
+            assert_eq!(tree.scan(&range), map.scan(&range), "{range:?}");
+        }
     }
 }

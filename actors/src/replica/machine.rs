@@ -44,7 +44,7 @@ use std::path::Path;
 
 use crate::kv::dump::{self, DumpInfo};
 use crate::kv::{KvCommand, KvReply, KvState, Outcome, Refusal, ScanRange, StateError, Versioned};
-use crate::storage::PageStore;
+use crate::storage::ordered::OrderedStore;
 
 /// A deterministic state machine the replica applies committed commands to.
 pub trait StateMachine {
@@ -111,7 +111,7 @@ pub enum KvRead {
     Scan(ScanRange),
 }
 
-impl<S: PageStore> StateMachine for KvState<S> {
+impl<O: OrderedStore> StateMachine for KvState<O> {
     type Command = KvCommand;
     type Outcome = Outcome;
     type Read = KvRead;
@@ -156,7 +156,7 @@ impl<S: PageStore> StateMachine for KvState<S> {
     }
 
     fn snapshot_out(&self, path: &Path) -> Result<DumpInfo, StateError> {
-        dump::write(self, self.shard_meta().shard, path)
+        dump::write(self, self.shard(), path)
     }
 
     fn snapshot_in(
@@ -183,7 +183,7 @@ mod tests {
     use super::*;
     use crate::kv::WriteOutcome;
     use crate::storage::memory::MemoryPages;
-    use crate::storage::{PageId, StorageError};
+    use crate::storage::{PageId, PageStore, StorageError};
 
     fn command(key: u8, value: u8, expected: Option<u64>, delete: bool) -> KvCommand {
         let key = vec![b'k', key];

@@ -76,6 +76,7 @@ use crate::kv::{
     WriteOutcome,
 };
 use crate::observe::{EntryTraces, Envelope, Handling};
+use crate::storage::btree::BTree;
 use crate::storage::buffer::{BufferPool, PoolConfig};
 use crate::storage::checkpoint::Storage;
 use crate::storage::manager::{
@@ -214,7 +215,7 @@ pub struct ReplicaStorage {
     /// The node's storage (page file, buffer pool).
     pub storage: Arc<Storage>,
     /// The shard's state, opened from the storage's last checkpoint.
-    pub state: KvState<BufferPool>,
+    pub state: KvState<BTree<BufferPool>>,
     /// The background checkpointer.
     pub manager: Addr<BufferPoolManager>,
     /// The storage directory (a snapshot is installed by replacing it).
@@ -237,7 +238,7 @@ pub struct RaftReplica {
     /// The WAL's next index (where the next entry record goes).
     wal_next_index: u64,
     outbox: Recipient<Outbox>,
-    state: KvState<BufferPool>,
+    state: KvState<BTree<BufferPool>>,
     storage: Arc<Storage>,
     manager: Addr<BufferPoolManager>,
     storage_dir: PathBuf,
@@ -725,7 +726,7 @@ impl RaftReplica {
             let term = entry.term;
             let decoded = match &entry.payload {
                 EntryPayload::Command(bytes) => {
-                    Some(<KvState<BufferPool> as StateMachine>::decode(bytes))
+                    Some(<KvState<BTree<BufferPool>> as StateMachine>::decode(bytes))
                 }
                 _ => None,
             };

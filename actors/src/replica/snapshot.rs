@@ -35,6 +35,7 @@ use super::machine::StateMachine;
 use super::wal_log::records_for_installed_snapshot;
 use super::RaftReplica;
 use crate::kv::{KvState, NodeFault, StateError};
+use crate::storage::btree::BTree;
 use crate::storage::buffer::{BufferPool, Policy, PoolConfig};
 use crate::storage::checkpoint::Storage;
 use crate::storage::file_view::FilePages;
@@ -599,7 +600,7 @@ fn build(dump_path: &Path, new_dir: &Path, min_index: u64) -> Result<Built, Snap
     let build_pool = PoolConfig::with_megabytes(16, Policy::Lru2);
     let (storage, _) = Storage::open(new_dir, build_pool)?;
     let mut state = KvState::create(storage.pool().clone(), 0)?;
-    let checkpoint = |state: &KvState<BufferPool>| -> Result<(), StorageError> {
+    let checkpoint = |state: &KvState<BTree<BufferPool>>| -> Result<(), StorageError> {
         let pending = storage.begin_checkpoint(vec![state.shard_meta()])?;
         storage.write_checkpoint(pending, None).map(|_| ())
     };
@@ -632,7 +633,7 @@ fn swap_and_open(
     storage_dir: &Path,
     new_dir: &Path,
     pool: PoolConfig,
-) -> Result<(Arc<Storage>, KvState<BufferPool>), SnapshotError> {
+) -> Result<(Arc<Storage>, KvState<BTree<BufferPool>>), SnapshotError> {
     let old = storage_dir.with_extension("old");
     if old.exists() {
         std::fs::remove_dir_all(&old).map_err(io("remove", &old))?;

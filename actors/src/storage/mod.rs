@@ -19,6 +19,7 @@ mod freelist;
 pub mod manager;
 pub mod memory;
 pub mod meta;
+pub mod ordered;
 pub mod page;
 pub mod pager;
 

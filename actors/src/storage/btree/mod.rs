@@ -24,6 +24,7 @@
 
 mod cell;
 mod check;
+mod cursor;
 mod edit;
 mod node;
 mod overflow;
@@ -41,6 +42,7 @@ use parking_lot::RwLock;
 
 use super::{PageId, PageKind, PageStore, StorageError};
 
+pub use cursor::TreeCursor;
 pub use node::{
     INTERNAL_CELL_SIZE_MAX_BYTES, INTERNAL_FILL_MIN_BYTES, INTERNAL_HEADER_SIZE_BYTES,
     LEAF_CELL_SIZE_MAX_BYTES, LEAF_FILL_MIN_BYTES, LEAF_HEADER_SIZE_BYTES,

@@ -174,7 +174,7 @@ impl<S: PageStore> BTree<S> {
 /// links can't be stale): linked both ways, both holding keys, and all of
 /// `right`'s above `left`'s. A scan that didn't check could go round a
 /// damaged level forever.
-fn check_order(left: &Node<'_>, right: &Node<'_>) -> Result<(), StorageError> {
+pub(super) fn check_order(left: &Node<'_>, right: &Node<'_>) -> Result<(), StorageError> {
     right.expect_level(0)?;
     left.expect_level(0)?;
     if left.next() != right.id() || right.prev() != left.id() {
