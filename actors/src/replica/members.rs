@@ -239,17 +239,14 @@ impl RaftReplica {
             ));
         }
         // A write not applied yet may still commit through the others.
-        for (_, write) in self.writes.drain() {
-            let _ = write.reply.send(Err(KvError::OutcomeUnknown(format!(
-                "this node was removed from the cluster (configuration at index {index}) before the write's outcome was known"
-            ))));
-        }
-        for (_, (_, reply)) in self.reads_pending.drain() {
-            let _ = reply.send(Err(KvError::Removed { index }));
-        }
-        for read in self.reads_ready.drain(..) {
-            let _ = read.reply.send(Err(KvError::Removed { index }));
-        }
+        self.waiting.answer_all(
+            || {
+                KvError::OutcomeUnknown(format!(
+                    "this node was removed from the cluster (configuration at index {index}) before the write's outcome was known"
+                ))
+            },
+            || KvError::Removed { index },
+        );
     }
 
     /// Validates `change` against the configuration in force and proposes it.

@@ -37,10 +37,13 @@
 //! recipient (the `Transport` in a node).
 
 mod machine;
+mod measure;
 mod members;
+mod persist;
 mod snapshot;
 mod storage;
 mod transfer;
+mod waiting;
 pub mod wal_log;
 
 pub use machine::{Applied, KvRead, StateMachine};
@@ -54,7 +57,7 @@ pub use snapshot::{
 pub use storage::CheckpointPolicy;
 pub use transfer::{TransferError, TransferLeadership, Transferred};
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -65,6 +68,9 @@ use harmonydb_protocol::{Consistency, Staleness};
 use tokio::sync::oneshot;
 use tracing::{error, info, warn};
 
+use self::measure::{Contacts, Figures};
+use self::persist::HardStates;
+use self::waiting::{Reply, Settled, Waiting};
 use self::wal_log::records_for;
 use crate::cluster::fault::FaultFilter;
 use crate::cluster::members::MemberBook;
@@ -84,8 +90,7 @@ use crate::storage::manager::{
 };
 use crate::wal::{Append, DeleteBelow, WalError, WalWriter};
 use harmonydb_raft::{
-    EntryPayload, HardState, Message as RaftMessage, MessageBody, NodeId, Raft, RaftError, Ready,
-    Role, Status,
+    EntryPayload, Message as RaftMessage, MessageBody, NodeId, Raft, RaftError, Ready, Role, Status,
 };
 
 /// Most commands applied in one batch: the pool's room for them is checked
@@ -94,9 +99,6 @@ const APPLY_BATCH_MAX: usize = 16;
 
 /// How long applying waits before trying again after the pool had no frame.
 const APPLY_RETRY: Duration = Duration::from_millis(20);
-
-/// Heartbeat rounds per peer remembered for round-trip times.
-const HEARTBEAT_ROUNDS_TRACKED: usize = 16;
 
 /// Least time between two handovers a leader with a full disk starts (so
 /// nodes whose disks are all full don't pass leadership round and round).
@@ -174,19 +176,6 @@ impl actix::Message for Persisted {
     type Result = ();
 }
 
-type Reply = oneshot::Sender<Result<KvAnswer, KvError>>;
-
-/// A write this member proposed, waiting for its entry to commit and apply.
-struct PendingWrite {
-    /// The term it was proposed in: an entry of another term at its index
-    /// means it was replaced.
-    term: u64,
-    reply: Reply,
-    proposed: Instant,
-    /// The request's span (disabled when not traced): its apply joins it.
-    span: tracing::Span,
-}
-
 /// Committed commands to apply together, with the terms of their entries.
 struct Batch {
     commands: Vec<(u64, KvCommand)>,
@@ -200,13 +189,6 @@ enum ReplicaInvariant {
     /// A committed entry the state has not applied is gone from the log.
     #[error("committed entry {index} is not in the log (the log starts after {log_start})")]
     EntryMissing { index: u64, log_start: u64 },
-}
-
-/// A read waiting for its read index to be applied.
-struct WaitingRead {
-    index: u64,
-    op: KvRead,
-    reply: Reply,
 }
 
 /// Where a replica keeps its state machine, and what it needs to
@@ -256,14 +238,12 @@ pub struct RaftReplica {
     tick_interval: Duration,
     /// A batch of records is being persisted; the next ready waits.
     persisting: bool,
-    /// Term and vote as last handed to the WAL.
-    written_hard_state: HardState,
-    /// A commit-only hard state not written yet, and since when.
-    deferred_hard_state: Option<HardState>,
-    deferred_since: Option<Instant>,
+    /// The hard state as handed to the WAL, and a commit-only one waiting.
+    hard_states: HardStates,
     /// A drive is scheduled for when the mailbox is drained.
     drive_scheduled: bool,
-    writes: HashMap<u64, PendingWrite>,
+    /// Writes and reads waiting for the log or the state.
+    waiting: Waiting,
     /// The span of a traced request whose entries go out with the next
     /// ready: its WAL append and the messages to followers join its trace.
     batch_span: Option<tracing::Span>,
@@ -279,20 +259,13 @@ pub struct RaftReplica {
     transfers: transfer::Transfers,
     /// The node's client to other nodes (snapshot fetches).
     peers: PeerClient,
-    next_read_id: u64,
-    reads_pending: HashMap<u64, (KvRead, Reply)>,
-    reads_ready: Vec<WaitingRead>,
     /// Why the replica stopped serving, if it did.
     failed: Option<NodeFault>,
     closing: bool,
     shutdown_waiters: Vec<oneshot::Sender<()>>,
-    last_leader_contact: Option<Instant>,
-    /// The highest commit index a leader sent, and in which term.
-    leader_commit_heard: (u64, u64),
-    /// When each node was last heard from (any message).
-    last_heard: HashMap<NodeId, Instant>,
-    /// Per peer: recent heartbeat rounds sent and when, for round-trip times.
-    heartbeat_sent: HashMap<NodeId, VecDeque<(u64, Instant)>>,
+    /// When each node and a leader were last heard, the leader's commit
+    /// as heard, heartbeat round trips.
+    contacts: Contacts,
     /// Leader as last reported in metrics, to count changes.
     reported_leader: NodeId,
     /// The known leader (0 = none), readable without a message.
@@ -319,7 +292,7 @@ impl RaftReplica {
     ) -> Self {
         let book_for_peers = storage.members.clone();
         RaftReplica {
-            written_hard_state: raft.hard_state(),
+            hard_states: HardStates::new(raft.hard_state()),
             raft,
             wal,
             wal_next_index,
@@ -337,10 +310,8 @@ impl RaftReplica {
             snapshots: snapshot::Snapshots::default(),
             tick_interval,
             persisting: false,
-            deferred_hard_state: None,
-            deferred_since: None,
             drive_scheduled: false,
-            writes: HashMap::new(),
+            waiting: Waiting::default(),
             batch_span: None,
             traced_writes_seen: false,
             disk: None,
@@ -352,16 +323,10 @@ impl RaftReplica {
                 FaultFilter::default(),
                 RpcSettings::default(),
             ),
-            next_read_id: 1,
-            reads_pending: HashMap::new(),
-            reads_ready: Vec::new(),
             failed: None,
             closing: false,
             shutdown_waiters: Vec::new(),
-            last_leader_contact: None,
-            leader_commit_heard: (0, 0),
-            last_heard: HashMap::new(),
-            heartbeat_sent: HashMap::new(),
+            contacts: Contacts::default(),
             reported_leader: 0,
             leader_hint: Arc::new(AtomicU64::new(0)),
             acknowledged_term: 0,
@@ -449,7 +414,11 @@ impl RaftReplica {
             self.persist_snapshot(ready, ctx);
             return;
         }
-        let hard_state = self.hard_state_to_write(&ready);
+        let hard_state = self.hard_states.for_ready(
+            ready.hard_state,
+            !ready.entries.is_empty(),
+            self.tick_interval,
+        );
         let records = records_for(&ready.entries, hard_state, self.wal_next_index);
         if let Some(last) = ready.entries.last() {
             self.wal_next_index = last.index + 1;
@@ -465,31 +434,6 @@ impl RaftReplica {
             self.send_in(messages, span.clone());
         }
         self.persist_in(records, Some((ready, !messages_sent)), span, ctx);
-    }
-
-    /// The hard state to write with this ready, if any: always when term or
-    /// vote changed, and a pending commit-only one when records go out anyway.
-    fn hard_state_to_write(&mut self, ready: &Ready) -> Option<HardState> {
-        let latest = ready.hard_state.or(self.deferred_hard_state);
-        let latest = latest?;
-        let term_or_vote_changed = latest.term != self.written_hard_state.term
-            || latest.vote != self.written_hard_state.vote;
-        // A commit-only change rides with entries at most once a tick: the
-        // extra bytes in every sync cost throughput (docs/wal-format.md).
-        let piggyback = !ready.entries.is_empty()
-            && self
-                .deferred_since
-                .is_some_and(|since| since.elapsed() >= self.tick_interval);
-        if term_or_vote_changed || piggyback {
-            self.written_hard_state = latest;
-            self.deferred_hard_state = None;
-            self.deferred_since = None;
-            Some(latest)
-        } else {
-            self.deferred_hard_state = Some(latest);
-            self.deferred_since.get_or_insert_with(Instant::now);
-            None
-        }
     }
 
     /// Drives once the messages already in the mailbox are handled, so
@@ -540,12 +484,7 @@ impl RaftReplica {
         let now = Instant::now();
         for message in &messages {
             if let MessageBody::Heartbeat { seq, .. } = message.body {
-                let sent = self.heartbeat_sent.entry(message.to).or_default();
-                // Rounds answered late still count, up to a bound.
-                if sent.len() == HEARTBEAT_ROUNDS_TRACKED {
-                    sent.pop_front();
-                }
-                sent.push_back((seq, now));
+                self.contacts.heartbeat_sent(message.to, seq, now);
             }
         }
         let traces = self.entry_traces(&messages);
@@ -578,8 +517,8 @@ impl RaftReplica {
                         continue;
                     }
                     let traced = self
-                        .writes
-                        .get(&entry.index)
+                        .waiting
+                        .write(entry.index)
                         .and_then(|write| crate::observe::traceparent(&write.span));
                     if let Some(traceparent) = traced {
                         traces.insert(entry.index, traceparent);
@@ -615,31 +554,26 @@ impl RaftReplica {
             self.apply_target = self.apply_target.max(last.index);
         }
         for entry in &ready.committed_entries {
-            if let Some(write) = self.writes.get(&entry.index) {
+            if let Some(write) = self.waiting.write(entry.index) {
                 metrics::histogram!("harmonydb_raft_commit_duration_seconds")
                     .record(write.proposed.elapsed().as_secs_f64());
             }
         }
         ready.committed_entries.clear();
         for dropped in &ready.dropped_proposals {
-            if let Some(write) = self.writes.remove(&dropped.index) {
+            if self
+                .waiting
+                .write_dropped(dropped.index, kv_error(dropped.reason.clone()))
+            {
                 metrics::counter!("harmonydb_raft_proposals_failed_total").increment(1);
-                let _ = write.reply.send(Err(kv_error(dropped.reason.clone())));
             }
         }
         for read in &ready.read_states {
-            if let Some((op, reply)) = self.reads_pending.remove(&read.request_id) {
-                self.reads_ready.push(WaitingRead {
-                    index: read.index,
-                    op,
-                    reply,
-                });
-            }
+            self.waiting.read_confirmed(read.request_id, read.index);
         }
         for dropped in &ready.dropped_reads {
-            if let Some((_, reply)) = self.reads_pending.remove(&dropped.request_id) {
-                let _ = reply.send(Err(kv_error(dropped.reason.clone())));
-            }
+            self.waiting
+                .read_dropped(dropped.request_id, kv_error(dropped.reason.clone()));
         }
     }
 
@@ -667,7 +601,11 @@ impl RaftReplica {
             let span = batch
                 .commands
                 .iter()
-                .find_map(|(index, _)| self.writes.get(index).filter(|w| !w.span.is_disabled()))
+                .find_map(|(index, _)| {
+                    self.waiting
+                        .write(*index)
+                        .filter(|w| !w.span.is_disabled())
+                })
                 .map_or_else(tracing::Span::none, |write| {
                     let first = batch.commands.first().map_or(0, |(index, _)| *index);
                     tracing::info_span!(target: "harmonydb_trace", parent: &write.span, "RaftReplica apply", index = first)
@@ -751,28 +689,24 @@ impl RaftReplica {
 
     /// Answers the write proposed at `index`, if this member is waiting for it.
     fn answer_write(&mut self, index: u64, term: u64, outcome: Result<WriteOutcome, KvError>) {
-        let Some(PendingWrite {
-            term: proposed_term,
-            reply,
-            ..
-        }) = self.writes.remove(&index)
-        else {
-            return;
-        };
-        let answer = if proposed_term == term {
-            metrics::counter!("harmonydb_raft_proposals_committed_total").increment(1);
-            if term > self.acknowledged_term {
-                // Only a leader proposes, so the entry's term is the one
-                // this member led in when it took the write.
-                self.acknowledged_term = term;
-                info!(term, index, "acknowledging writes as leader of this term");
+        let settled = self.waiting.write_applied(index, term, outcome, || {
+            kv_error(RaftError::ProposalDropped)
+        });
+        match settled {
+            Some(Settled::Applied) => {
+                metrics::counter!("harmonydb_raft_proposals_committed_total").increment(1);
+                if term > self.acknowledged_term {
+                    // Only a leader proposes, so the entry's term is the one
+                    // this member led in when it took the write.
+                    self.acknowledged_term = term;
+                    info!(term, index, "acknowledging writes as leader of this term");
+                }
             }
-            outcome.map(|o| KvAnswer::fresh(KvReply::Written(o)))
-        } else {
-            metrics::counter!("harmonydb_raft_proposals_failed_total").increment(1);
-            Err(kv_error(RaftError::ProposalDropped))
-        };
-        let _ = reply.send(answer);
+            Some(Settled::Replaced) => {
+                metrics::counter!("harmonydb_raft_proposals_failed_total").increment(1);
+            }
+            None => {}
+        }
     }
 
     /// Whether requests are taken: not after a storage failure or once closing.
@@ -806,13 +740,9 @@ impl RaftReplica {
 
     /// Answers reads whose index the state has applied.
     fn serve_reads(&mut self) {
-        let applied = self.state.applied_index();
-        let (ready, waiting): (Vec<_>, Vec<_>) =
-            self.reads_ready.drain(..).partition(|r| r.index <= applied);
-        self.reads_ready = waiting;
-        for read in ready {
-            let answer = self.read(&read.op).map(KvAnswer::fresh);
-            let _ = read.reply.send(answer);
+        for (read, reply) in self.waiting.reads_due(self.state.applied_index()) {
+            let answer = self.read(&read).map(KvAnswer::fresh);
+            let _ = reply.send(answer);
         }
     }
 
@@ -825,8 +755,9 @@ impl RaftReplica {
             leader_contact_ms: if status.role == Role::Leader {
                 Some(0)
             } else {
-                self.last_leader_contact
-                    .map(|at| u64::try_from(at.elapsed().as_millis()).unwrap_or(u64::MAX))
+                self.contacts
+                    .since_leader()
+                    .map(|since| u64::try_from(since.as_millis()).unwrap_or(u64::MAX))
             },
         }
     }
@@ -848,8 +779,7 @@ impl RaftReplica {
             let _ = reply.send(answer);
             return;
         }
-        let id = self.next_read_id;
-        self.next_read_id += 1;
+        let id = self.waiting.read_id();
         let mut confirmed = Err(RaftError::LeaseNotHeld);
         if consistency == Consistency::Lease {
             confirmed = self.raft.read_lease(id);
@@ -860,7 +790,7 @@ impl RaftReplica {
         }
         match confirmed {
             Ok(()) => {
-                self.reads_pending.insert(id, (op, reply));
+                self.waiting.read_confirming(id, op, reply);
             }
             Err(error) => {
                 let _ = reply.send(Err(kv_error(error)));
@@ -877,15 +807,7 @@ impl RaftReplica {
                 if !span.is_disabled() && self.batch_span.is_none() {
                     self.batch_span = Some(span.clone());
                 }
-                self.writes.insert(
-                    index,
-                    PendingWrite {
-                        term,
-                        reply,
-                        proposed: Instant::now(),
-                        span,
-                    },
-                );
+                self.waiting.write_proposed(index, term, reply, span);
             }
             Err(error) => {
                 let _ = reply.send(Err(kv_error(error)));
@@ -931,21 +853,14 @@ impl RaftReplica {
     fn fail(&mut self, fault: NodeFault) {
         error!(reason = %fault, "Raft replica stopped accepting requests");
         // Whether these writes reached a quorum is unknown.
-        for (_, write) in self.writes.drain() {
-            let _ = write.reply.send(Err(KvError::Storage(fault.clone())));
-        }
-        for (_, (_, reply)) in self.reads_pending.drain() {
-            let _ = reply.send(Err(KvError::Storage(fault.clone())));
-        }
-        for read in self.reads_ready.drain(..) {
-            let _ = read.reply.send(Err(KvError::Storage(fault.clone())));
-        }
+        let refusal = || KvError::Storage(fault.clone());
+        self.waiting.answer_all(refusal, refusal);
         self.failed = Some(fault);
         self.maybe_finish_shutdown();
     }
 
     fn maybe_finish_shutdown(&mut self) {
-        if self.closing && self.writes.is_empty() {
+        if self.closing && self.waiting.writes_waiting() == 0 {
             for waiter in self.shutdown_waiters.drain(..) {
                 let _ = waiter.send(());
             }
@@ -969,64 +884,29 @@ impl RaftReplica {
 
     fn report_metrics(&mut self) {
         self.note_leader();
-        let leader = self.reported_leader;
         // Plain accessors: `status()` would clone the configuration on every ready.
         let hard_state = self.raft.hard_state();
-        metrics::gauge!("harmonydb_raft_has_leader").set(f64::from(u8::from(leader != 0)));
-        metrics::gauge!("harmonydb_raft_is_leader")
-            .set(f64::from(u8::from(self.raft.role() == Role::Leader)));
-        metrics::gauge!("harmonydb_raft_term").set(hard_state.term as f64);
-        metrics::gauge!("harmonydb_raft_commit_index").set(hard_state.commit as f64);
-        metrics::gauge!("harmonydb_raft_applied_index").set(self.state.applied_index() as f64);
-        metrics::gauge!("harmonydb_raft_snapshot_index").set(self.raft.snapshot_index() as f64);
-        metrics::gauge!("harmonydb_raft_proposals_pending").set(self.writes.len() as f64);
         let elections = self.raft.elections();
-        metrics::counter!("harmonydb_raft_elections_started_total").absolute(elections.started);
-        metrics::counter!("harmonydb_raft_elections_won_total").absolute(elections.won);
-        metrics::gauge!("harmonydb_kv_keys").set(self.state.len() as f64);
-        let tree = self.state.tree().stats();
-        metrics::gauge!("harmonydb_storage_btree_height").set(tree.height as f64);
-        metrics::counter!("harmonydb_storage_btree_splits_total").absolute(tree.splits);
-        metrics::counter!("harmonydb_storage_btree_merges_total").absolute(tree.merges);
-        metrics::counter!("harmonydb_storage_btree_redistributions_total")
-            .absolute(tree.redistributions);
+        Figures {
+            leader: self.reported_leader,
+            leads: self.raft.role() == Role::Leader,
+            term: hard_state.term,
+            commit: hard_state.commit,
+            applied: self.state.applied_index(),
+            snapshot: self.raft.snapshot_index(),
+            writes_waiting: self.waiting.writes_waiting(),
+            elections_started: elections.started,
+            elections_won: elections.won,
+            keys: self.state.len(),
+            tree: self.state.tree().stats(),
+        }
+        .publish();
     }
 
     fn note_incoming(&mut self, message: &RaftMessage) {
-        self.last_heard.insert(message.from, Instant::now());
-        if message.term >= self.raft.term() {
-            if let MessageBody::AppendEntries {
-                leader_commit: commit,
-                ..
-            }
-            | MessageBody::Heartbeat { commit, .. } = message.body
-            {
-                let (term, heard) = self.leader_commit_heard;
-                if message.term > term || commit > heard {
-                    self.leader_commit_heard = (message.term, commit);
-                }
-            }
-        }
-        match message.body {
-            MessageBody::AppendEntries { .. }
-            | MessageBody::Heartbeat { .. }
-            | MessageBody::InstallSnapshot { .. }
-                if message.term >= self.raft.term() =>
-            {
-                self.last_leader_contact = Some(Instant::now());
-            }
-            MessageBody::HeartbeatResponse { seq } => {
-                if let Some(sent) = self.heartbeat_sent.get_mut(&message.from) {
-                    if let Some(at) = sent.iter().position(|(s, _)| *s == seq) {
-                        let (_, at) = sent[at];
-                        metrics::histogram!("harmonydb_raft_peer_round_trip_seconds", "peer" => message.from.to_string())
-                            .record(at.elapsed().as_secs_f64());
-                        // Older rounds will not be answered any more (answers come in order).
-                        sent.retain(|(s, _)| *s > seq);
-                    }
-                }
-            }
-            _ => {}
+        if let Some(trip) = self.contacts.heard(message, self.raft.term()) {
+            metrics::histogram!("harmonydb_raft_peer_round_trip_seconds", "peer" => message.from.to_string())
+                .record(trip.as_secs_f64());
         }
     }
 }
@@ -1095,9 +975,7 @@ impl Actor for RaftReplica {
             }
             replica.catch_up_ticks();
             if !replica.persisting && !replica.raft.has_ready() {
-                if let Some(hard_state) = replica.deferred_hard_state.take() {
-                    replica.deferred_since = None;
-                    replica.written_hard_state = hard_state;
+                if let Some(hard_state) = replica.hard_states.take_deferred() {
                     let records = records_for(&[], Some(hard_state), replica.wal_next_index);
                     replica.persist(records, None, ctx);
                 }
@@ -1238,13 +1116,12 @@ impl Handler<GetStatus> for RaftReplica {
         let leader_contact = if raft.role == Role::Leader {
             None
         } else {
-            self.last_leader_contact.map(|at| at.elapsed())
+            self.contacts.since_leader()
         };
-        let (heard_term, heard_commit) = self.leader_commit_heard;
-        let leader_commit = if raft.role != Role::Leader && heard_term == raft.term {
-            heard_commit.max(raft.commit)
-        } else {
+        let leader_commit = if raft.role == Role::Leader {
             raft.commit
+        } else {
+            self.contacts.leader_commit(raft.term, raft.commit)
         };
         let ticks = u32::try_from(self.raft.election_timeout_ticks()).unwrap_or(u32::MAX);
         MessageResult(ReplicaStatus {
@@ -1254,11 +1131,7 @@ impl Handler<GetStatus> for RaftReplica {
             snapshot_index: self.raft.snapshot_index(),
             applied_index: self.state.applied_index(),
             leader_commit,
-            last_heard: self
-                .last_heard
-                .iter()
-                .map(|(id, at)| (*id, at.elapsed()))
-                .collect(),
+            last_heard: self.contacts.last_heard(),
             election_timeout: self.tick_interval * ticks,
             refusing: self.serving().err(),
         })
@@ -1271,7 +1144,7 @@ impl Handler<BeginShutdown> for RaftReplica {
     fn handle(&mut self, _: BeginShutdown, _: &mut Self::Context) -> Self::Result {
         let _handling = Handling::start("RaftReplica", "BeginShutdown");
         info!(
-            pending_writes = self.writes.len(),
+            pending_writes = self.waiting.writes_waiting(),
             "replica stops taking requests"
         );
         self.closing = true;

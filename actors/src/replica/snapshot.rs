@@ -400,10 +400,7 @@ impl RaftReplica {
         let Some(snapshot) = ready.snapshot.clone() else {
             return;
         };
-        let hard_state = ready
-            .hard_state
-            .or(self.deferred_hard_state)
-            .unwrap_or(self.written_hard_state);
+        let hard_state = self.hard_states.newest(ready.hard_state);
         let (records, next) = records_for_installed_snapshot(
             &snapshot,
             &ready.entries,
@@ -411,9 +408,6 @@ impl RaftReplica {
             self.wal_next_index,
         );
         self.wal_next_index = next;
-        self.written_hard_state = hard_state;
-        self.deferred_hard_state = None;
-        self.deferred_since = None;
         self.need_state(snapshot.meta.index, ctx);
         // A follower: its messages go after the records are durable.
         self.persist(records, Some((ready, true)), ctx);

@@ -277,9 +277,7 @@ impl RaftReplica {
         let (records, next) =
             records_for_snapshot(self.raft.snapshot(), hard_state, self.wal_next_index);
         self.wal_next_index = next;
-        self.written_hard_state = hard_state;
-        self.deferred_hard_state = None;
-        self.deferred_since = None;
+        self.hard_states.wrote(hard_state);
         // Segments wholly below the snapshot's index go; the one holding the
         // snapshot record itself always reaches that index, so it stays.
         self.checkpoints.delete_below = Some(index);
