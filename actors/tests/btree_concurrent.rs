@@ -319,15 +319,19 @@ fn cursor_walker(tree: &BTree<MemoryPages>, id: usize, done: &AtomicBool, walks:
     }
 }
 
-#[test]
-fn cursors_walk_one_tree_while_writers_split_and_merge_it() {
-    let (tree, _) = tree_with_stable_keys();
+/// Runs the writers on `tree` with `SCANNERS` readers beside them until the
+/// writers are done; what the writers left, and how many rounds the
+/// readers finished.
+fn alongside_writers(
+    tree: &Arc<BTree<MemoryPages>>,
+    reader: fn(&BTree<MemoryPages>, usize, &AtomicBool, &AtomicU64),
+) -> (Model, u64) {
     let done = Arc::new(AtomicBool::new(false));
-    let walks = Arc::new(AtomicU64::new(0));
-    let walkers: Vec<_> = (0..SCANNERS)
+    let rounds = Arc::new(AtomicU64::new(0));
+    let readers: Vec<_> = (0..SCANNERS)
         .map(|id| {
-            let (tree, done, walks) = (tree.clone(), done.clone(), walks.clone());
-            thread::spawn(move || cursor_walker(&tree, id, &done, &walks))
+            let (tree, done, rounds) = (tree.clone(), done.clone(), rounds.clone());
+            thread::spawn(move || reader(&tree, id, &done, &rounds))
         })
         .collect();
     let writers: Vec<_> = (0..WRITERS)
@@ -336,15 +340,22 @@ fn cursors_walk_one_tree_while_writers_split_and_merge_it() {
             thread::spawn(move || writer(&tree, id))
         })
         .collect();
+    let mut written = Model::new();
     for writer in writers {
-        writer.join().expect("writer");
+        written.extend(writer.join().expect("writer"));
     }
     done.store(true, Ordering::Release);
-    for walker in walkers {
-        walker.join().expect("walker");
+    for reader in readers {
+        reader.join().expect("reader");
     }
+    (written, rounds.load(Ordering::Relaxed))
+}
+
+#[test]
+fn cursors_walk_one_tree_while_writers_split_and_merge_it() {
+    let (tree, _) = tree_with_stable_keys();
+    let (_, walks) = alongside_writers(&tree, cursor_walker);
     let stats = tree.stats();
-    let walks = walks.load(Ordering::Relaxed);
     eprintln!("{walks} cursor walks alongside the writers, {stats:?}");
     assert!(stats.splits > 500 && stats.merges > 100, "{stats:?}");
     assert!(walks > 10, "walks ran alongside the writers");
@@ -354,27 +365,8 @@ fn cursors_walk_one_tree_while_writers_split_and_merge_it() {
 fn writers_and_scanners_share_one_tree() {
     let started = Instant::now();
     let (tree, mut expected) = tree_with_stable_keys();
-    let done = Arc::new(AtomicBool::new(false));
-    let scans = Arc::new(AtomicU64::new(0));
-    let scanners: Vec<_> = (0..SCANNERS)
-        .map(|id| {
-            let (tree, done, scans) = (tree.clone(), done.clone(), scans.clone());
-            thread::spawn(move || scanner(&tree, id, &done, &scans))
-        })
-        .collect();
-    let writers: Vec<_> = (0..WRITERS)
-        .map(|id| {
-            let tree = tree.clone();
-            thread::spawn(move || writer(&tree, id))
-        })
-        .collect();
-    for writer in writers {
-        expected.extend(writer.join().expect("writer"));
-    }
-    done.store(true, Ordering::Release);
-    for scanner in scanners {
-        scanner.join().expect("scanner");
-    }
+    let (written, scans) = alongside_writers(&tree, scanner);
+    expected.extend(written);
 
     let shape = tree.check().expect("invariants");
     assert_eq!(
@@ -400,7 +392,6 @@ fn writers_and_scanners_share_one_tree() {
     );
 
     let stats = tree.stats();
-    let scans = scans.load(Ordering::Relaxed);
     eprintln!(
         "{} writer ops, {scans} scans, {shape:?}, {stats:?} in {:?}",
         WRITERS as u64 * OPS_PER_WRITER,
