@@ -306,6 +306,7 @@ impl Raft {
         if self.heartbeat_elapsed >= self.config.heartbeat_interval_ticks {
             self.heartbeat_elapsed = 0;
             self.broadcast_heartbeat();
+            self.tick_round_seq = self.read_seq;
         }
     }
 

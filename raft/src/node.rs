@@ -210,6 +210,17 @@ pub struct Raft {
     pub(crate) seq_sent_tick: BTreeMap<u64, u64>,
     /// Reads wait for a round not sent yet; `ready` sends it.
     pub(crate) read_round_requested: bool,
+    /// Leader only: the round of the latest heartbeats sent on a tick. A
+    /// follower's stall is judged once per such round, however many
+    /// heartbeats (for reads or new commit indexes) went out in between.
+    pub(crate) tick_round_seq: u64,
+    /// Leader only: entries were proposed since the last ready; `ready`
+    /// sends them, one append per follower for all of them, instead of
+    /// one append per proposal.
+    pub(crate) append_pending: bool,
+    /// Leader only: the commit index moved since the last ready; `ready`
+    /// tells followers once, instead of once per acknowledgement.
+    pub(crate) commit_pending: bool,
     pub(crate) pending_reads: VecDeque<PendingRead>,
     /// Reads accepted before this leader committed an entry of its term.
     pub(crate) reads_before_commit: Vec<u64>,
@@ -280,6 +291,9 @@ impl Raft {
             read_seq: 0,
             seq_sent_tick: BTreeMap::new(),
             read_round_requested: false,
+            tick_round_seq: 0,
+            append_pending: false,
+            commit_pending: false,
             pending_reads: VecDeque::new(),
             reads_before_commit: Vec::new(),
             proposals: BTreeMap::new(),
@@ -490,7 +504,7 @@ impl Raft {
         }
         let index = self.append_entry(payload);
         self.proposals.insert(index, self.term);
-        self.broadcast_append();
+        self.append_pending = true;
         Ok(index)
     }
 
@@ -513,6 +527,8 @@ impl Raft {
     pub fn has_ready(&self) -> bool {
         !self.messages.is_empty()
             || self.read_round_requested
+            || self.append_pending
+            || self.commit_pending
             || self.hard_state() != self.emitted_hard_state
             || self.snapshot_to_persist.is_some()
             || self.log.last_index() > self.emitted_index
@@ -526,9 +542,8 @@ impl Raft {
     /// a snapshot, the caller drops its stored entries and stores the
     /// snapshot, then `entries` (which then start right after the snapshot).
     pub fn ready(&mut self) -> Ready {
-        if self.read_round_requested && self.role == Role::Leader {
-            // One confirmation round for every read that arrived since the last.
-            self.broadcast_heartbeat();
+        if self.role == Role::Leader {
+            self.flush_leader_messages();
         }
         let hard_state = self.hard_state();
         let entries: Vec<Entry> = self
@@ -728,6 +743,8 @@ impl Raft {
         self.timeout_now_sent_tick = None;
         self.seq_sent_tick.clear();
         self.read_round_requested = false;
+        self.append_pending = false;
+        self.commit_pending = false;
         for read in self.pending_reads.drain(..) {
             self.dropped_reads.push(DroppedRead {
                 request_id: read.request_id,

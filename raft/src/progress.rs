@@ -41,6 +41,8 @@ pub(crate) struct Progress {
     /// Heartbeat answers in a row that found it behind with no progress: a
     /// sign that appends sent optimistically were lost.
     pub stalled_heartbeats: u32,
+    /// The latest tick's heartbeat round its stall was judged in.
+    pub stall_round: u64,
 }
 
 impl Progress {
@@ -55,6 +57,7 @@ impl Progress {
             recent_active: false,
             acked_seq: 0,
             stalled_heartbeats: 0,
+            stall_round: 0,
         }
     }
 

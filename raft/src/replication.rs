@@ -5,10 +5,11 @@ use super::node::{Raft, Role};
 use super::progress::ReplicationMode;
 use super::types::{Entry, MessageBody, NodeId};
 
-/// Heartbeat answers from a follower that is behind and not moving, after
-/// which the leader assumes its in-flight appends were lost and resends: at
-/// least 3, and at least an election timeout's worth, so a follower with a
-/// slow disk is not flooded with resends.
+/// Heartbeat rounds (one each heartbeat interval) in which a follower
+/// answered while behind and not moving, after which the leader assumes
+/// its in-flight appends were lost and resends: at least 3, and at least an
+/// election timeout's worth, so a follower with a slow disk is not flooded
+/// with resends.
 fn stalled_heartbeats_max(election_timeout_ticks: u64, heartbeat_interval_ticks: u64) -> u32 {
     let per_timeout = election_timeout_ticks / heartbeat_interval_ticks.max(1);
     u32::try_from(per_timeout).unwrap_or(u32::MAX).max(3)
@@ -238,6 +239,7 @@ impl Raft {
         }
         let last_index = self.log.last_index();
         let in_flight_max = self.config.in_flight_max;
+        let tick_round = self.tick_round_seq;
         let stalled_max = stalled_heartbeats_max(
             self.config.election_timeout_ticks,
             self.config.heartbeat_interval_ticks,
@@ -248,13 +250,23 @@ impl Raft {
         progress.recent_active = true;
         progress.acked_seq = progress.acked_seq.max(seq);
         let behind = progress.match_index < last_index;
-        progress.stalled_heartbeats = if behind {
-            progress.stalled_heartbeats + 1
-        } else {
-            0
-        };
+        // Judged once per tick's round: heartbeats for reads and new
+        // commit indexes go out many times a tick under load, and a
+        // follower busy syncing answers a run of them before its append
+        // answers; counted per answer, such a run looked like lost appends
+        // and sent everything again.
+        let new_round = seq >= tick_round && tick_round > progress.stall_round;
+        if new_round {
+            progress.stall_round = tick_round;
+        }
+        if !behind {
+            progress.stalled_heartbeats = 0;
+        } else if new_round {
+            progress.stalled_heartbeats += 1;
+        }
         match progress.mode {
-            // A lost probe or a lost snapshot chunk is retried on every heartbeat answer.
+            _ if !new_round => {}
+            // A lost probe or a lost snapshot chunk is retried once a round.
             ReplicationMode::Probe => progress.probe_sent = false,
             ReplicationMode::Replicate if progress.stalled_heartbeats >= stalled_max => {
                 // Appends sent optimistically were lost (nothing moved for a
@@ -307,8 +319,26 @@ impl Raft {
             return;
         }
         self.release_reads_after_commit();
-        // Followers learn the new commit index now rather than at the next
-        // heartbeat (same round number: this confirms no new reads).
-        self.send_heartbeats(self.read_seq);
+        // Followers learn the new commit index with the next ready rather
+        // than at the next heartbeat: once per ready, however many
+        // acknowledgements moved it.
+        self.commit_pending = true;
+    }
+
+    /// Leader: what piled up since the last ready goes out once. New
+    /// entries in one append per follower (not one per proposal); one
+    /// confirmation round for every read that arrived since the last,
+    /// which carries the commit index too; else, if the commit index
+    /// moved, heartbeats of the current round (they confirm no new reads).
+    pub(crate) fn flush_leader_messages(&mut self) {
+        if std::mem::take(&mut self.append_pending) {
+            self.broadcast_append();
+        }
+        let commit_moved = std::mem::take(&mut self.commit_pending);
+        if self.read_round_requested {
+            self.broadcast_heartbeat();
+        } else if commit_moved {
+            self.send_heartbeats(self.read_seq);
+        }
     }
 }
