@@ -401,15 +401,12 @@ impl RaftReplica {
         // own write (see the module docs); anyone else's wait for it.
         let leads = self.raft.role() == Role::Leader;
         let mut ready = self.raft.ready();
-        // Committed entries are durable already (the core hands out only
-        // persisted ones), so they are applied and answered now, while this
-        // ready's new entries are written.
         self.settle(&mut ready);
-        self.apply_committed(ctx);
-        if self.failed.is_some() {
-            return;
-        }
         if ready.snapshot.is_some() {
+            self.apply_committed(ctx);
+            if self.failed.is_some() {
+                return;
+            }
             // Raft's snapshot is only a position; the state follows out of band.
             self.persist_snapshot(ready, ctx);
             return;
@@ -424,7 +421,10 @@ impl RaftReplica {
             self.wal_next_index = last.index + 1;
         }
         if records.is_empty() {
-            self.finish(ready, true, ctx);
+            self.apply_committed(ctx);
+            if self.failed.is_none() {
+                self.finish(ready, true, ctx);
+            }
             return;
         }
         let span = self.batch_span.take().unwrap_or_else(tracing::Span::none);
@@ -434,6 +434,10 @@ impl RaftReplica {
             self.send_in(messages, span.clone());
         }
         self.persist_in(records, Some((ready, !messages_sent)), span, ctx);
+        // Committed entries are durable already (the core hands out only
+        // persisted ones): they are applied and answered while the WAL
+        // writes this ready's records, not before it is handed them.
+        self.apply_committed(ctx);
     }
 
     /// Drives once the messages already in the mailbox are handled, so
