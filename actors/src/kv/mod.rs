@@ -14,7 +14,7 @@ use crate::storage::StorageError;
 pub use handle::{BeginShutdown, KvAnswer, KvHandle, KvRequest};
 pub use harmonydb_protocol::{Consistency, Staleness};
 pub use state::{
-    KvCommand, KvState, ScanItem, ScanPage, ScanRange, Versioned, WriteOutcome,
+    KvCommand, KvState, ScanItem, ScanPage, ScanRange, UndecodableCommand, Versioned, WriteOutcome,
     SCAN_RESPONSE_SIZE_MAX_BYTES,
 };
 

@@ -65,10 +65,16 @@ impl KvCommand {
     }
 
     /// Reads a command back from a WAL payload.
-    pub fn decode(payload: &[u8]) -> Result<Self, String> {
-        rmp_serde::from_slice(payload).map_err(|e| e.to_string())
+    pub fn decode(payload: &[u8]) -> Result<Self, UndecodableCommand> {
+        rmp_serde::from_slice(payload).map_err(UndecodableCommand)
     }
 }
+
+/// A log entry's payload that is not a KV command (a bug or a damaged
+/// record: entries are checksummed in the WAL).
+#[derive(Debug, thiserror::Error)]
+#[error("not a KV command: {0}")]
+pub struct UndecodableCommand(#[source] rmp_serde::decode::Error);
 
 /// What applying a write did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -572,7 +578,8 @@ mod tests {
     #[test]
     fn commands_round_trip_through_their_wal_encoding() {
         for command in [put("k", "v", Some(3)), put("", "", None), delete("k", None)] {
-            assert_eq!(KvCommand::decode(&command.encode()), Ok(command));
+            let decoded = KvCommand::decode(&command.encode()).expect("decodes");
+            assert_eq!(decoded, command);
         }
         assert!(KvCommand::decode(b"\xc1garbage").is_err());
     }

@@ -33,6 +33,7 @@
 //!     type Read = MvccRead;        // Get { key, read_ts }, Scan { range, read_ts }
 //!     type ReadAnswer = Result<KvReply, TxnRefusal>;  // LockHeld if an intent
 //!                                  // below read_ts must be resolved first
+//!     type DecodeError = UndecodableTxnCommand;
 //! }
 //! ```
 //!
@@ -43,7 +44,10 @@
 use std::path::Path;
 
 use crate::kv::dump::{self, DumpInfo};
-use crate::kv::{KvCommand, KvReply, KvState, Outcome, Refusal, ScanRange, StateError, Versioned};
+use crate::kv::{
+    KvCommand, KvReply, KvState, Outcome, Refusal, ScanRange, StateError, UndecodableCommand,
+    Versioned,
+};
 use crate::storage::ordered::OrderedStore;
 
 /// A deterministic state machine the replica applies committed commands to.
@@ -56,10 +60,11 @@ pub trait StateMachine {
     type Read;
     /// A read's answer: the same on every replica at the same applied index.
     type ReadAnswer;
+    /// Why a log entry's payload is not a command.
+    type DecodeError: std::error::Error;
 
-    /// Reads a command back from a log entry's payload; an error names what
-    /// is wrong with it.
-    fn decode(payload: &[u8]) -> Result<Self::Command, String>;
+    /// Reads a command back from a log entry's payload.
+    fn decode(payload: &[u8]) -> Result<Self::Command, Self::DecodeError>;
 
     /// The index of the last command applied (or skipped).
     fn applied_index(&self) -> u64;
@@ -116,8 +121,9 @@ impl<O: OrderedStore> StateMachine for KvState<O> {
     type Outcome = Outcome;
     type Read = KvRead;
     type ReadAnswer = Result<KvReply, Refusal>;
+    type DecodeError = UndecodableCommand;
 
-    fn decode(payload: &[u8]) -> Result<KvCommand, String> {
+    fn decode(payload: &[u8]) -> Result<KvCommand, UndecodableCommand> {
         KvCommand::decode(payload)
     }
 

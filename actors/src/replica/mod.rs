@@ -680,9 +680,10 @@ impl RaftReplica {
                 // Batches hold consecutive commands: the entry waits for the next.
                 _ if !batch.commands.is_empty() => break,
                 None => StateMachine::skip_to(&mut self.state, index),
-                Some(Err(reason)) => {
-                    error!(index, %reason, "committed entry is not a KV command");
+                Some(Err(error)) => {
+                    error!(index, %error, "committed entry is not a KV command");
                     StateMachine::skip_to(&mut self.state, index);
+                    let reason = error.to_string();
                     self.answer_write(index, term, Err(KvError::CorruptEntry { index, reason }));
                 }
             }
