@@ -344,7 +344,7 @@ mod tests {
                 _ => {
                     // Some frames may not go (pinned, dirty): a random mask.
                     let mask = next(&mut state);
-                    let evictable = |f: FrameId| mask & (1 << f) != 0 || mask % 3 == 0;
+                    let evictable = |f: FrameId| mask & (1 << f) != 0 || mask.is_multiple_of(3);
                     assert_eq!(
                         replacer.victim(evictable),
                         model_victim(&history, evictable),
