@@ -39,8 +39,8 @@ mod snapshot;
 mod types;
 
 pub use node::{
-    ElectionCounts, Raft, RaftConfig, Ready, Role, Status, ELECTION_TIMEOUT_DEFAULT_TICKS,
-    HEARTBEAT_INTERVAL_DEFAULT_TICKS,
+    ElectionCounts, LogRead, Raft, RaftConfig, Ready, Role, Status, ELECTION_TIMEOUT_DEFAULT_TICKS,
+    HEARTBEAT_INTERVAL_DEFAULT_TICKS, LOG_CACHE_DEFAULT_BYTES,
 };
 pub use types::{
     ConfChange, Configuration, DroppedProposal, DroppedRead, Entry, EntryPayload, HardState,

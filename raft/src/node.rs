@@ -49,11 +49,20 @@ pub struct RaftConfig {
     pub snapshot_size_max_bytes: usize,
     /// Seed of the election-timeout randomness (the core has no other).
     pub seed: u64,
+    /// About the most bytes of entries kept in memory once the caller has
+    /// applied them ([`Raft::release_applied`]); older ones are read back
+    /// from the caller's log when a follower needs them
+    /// ([`Ready::log_reads`]). Entries not yet applied or persisted stay
+    /// whatever their size.
+    pub log_cache_max_bytes: usize,
 }
 
 /// Ticks without a leader before a follower campaigns, by default
 /// (randomized up to twice this).
 pub const ELECTION_TIMEOUT_DEFAULT_TICKS: u64 = 10;
+
+/// Bytes of applied entries kept in memory by default.
+pub const LOG_CACHE_DEFAULT_BYTES: usize = 64 * 1024 * 1024;
 
 /// Ticks between a leader's heartbeats, by default.
 pub const HEARTBEAT_INTERVAL_DEFAULT_TICKS: u64 = 1;
@@ -77,6 +86,7 @@ impl RaftConfig {
             pending_proposals_max: 65_536,
             snapshot_size_max_bytes: 1 << 30,
             seed: id,
+            log_cache_max_bytes: LOG_CACHE_DEFAULT_BYTES,
         }
     }
 
@@ -162,6 +172,26 @@ pub struct Ready {
     pub dropped_proposals: Vec<DroppedProposal>,
     /// Reads this node accepted and will not confirm.
     pub dropped_reads: Vec<DroppedRead>,
+    /// Entries a follower needs that this leader no longer holds in
+    /// memory: the caller reads each range from its log and hands it back
+    /// with [`Raft::log_read_done`] (every one, or `None` if it can't).
+    pub log_reads: Vec<LogRead>,
+}
+
+/// A range of persisted, committed entries the leader must send to `peer`
+/// but evicted from memory; the caller's log has them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogRead {
+    /// The follower that needs them.
+    pub peer: NodeId,
+    /// First index to read.
+    pub from: u64,
+    /// Last index that may be read (all of them are committed and persisted).
+    pub to: u64,
+    /// Most entries to read.
+    pub count_max: usize,
+    /// About the most entry bytes to read (at least one entry).
+    pub size_max_bytes: usize,
 }
 
 /// A read waiting for a heartbeat round to confirm leadership.
@@ -236,6 +266,7 @@ pub struct Raft {
     pub(crate) dropped_proposals: Vec<DroppedProposal>,
     pub(crate) dropped_reads: Vec<DroppedRead>,
     pub(crate) snapshot_to_persist: Option<Snapshot>,
+    pub(crate) log_reads: Vec<LogRead>,
     /// Hard state last handed out in a ready.
     emitted_hard_state: HardState,
     /// Highest entry index handed out in a ready (persisting or persisted).
@@ -263,7 +294,12 @@ impl Raft {
             snapshot,
             entries,
         } = persisted;
-        let log = RaftLog::new(snapshot.meta.clone(), entries, hard_state.commit);
+        let log = RaftLog::new(
+            snapshot.meta.clone(),
+            entries,
+            hard_state.commit,
+            config.log_cache_max_bytes,
+        );
         let (membership_index, membership) = log.config();
         let last_index = log.last_index();
         let mut raft = Raft {
@@ -304,6 +340,7 @@ impl Raft {
             dropped_proposals: Vec::new(),
             dropped_reads: Vec::new(),
             snapshot_to_persist: None,
+            log_reads: Vec::new(),
             emitted_hard_state: hard_state,
             emitted_index: last_index,
         };
@@ -341,9 +378,24 @@ impl Raft {
         self.log.applied()
     }
 
-    /// The entry at `index`, if this member still holds it (not compacted).
+    /// The entry at `index`, if this member holds it in memory (not
+    /// compacted, and not evicted after [`Raft::release_applied`]).
     pub fn entry(&self, index: u64) -> Option<&Entry> {
         self.log.entry(index)
+    }
+
+    /// The caller's state machine has applied the entries up to `index`
+    /// (at most what ready handed out): from now on the caller reads them
+    /// from its own log, so they may leave memory once the cached entries
+    /// pass `log_cache_max_bytes`. Without this call nothing is evicted.
+    pub fn release_applied(&mut self, index: u64) {
+        self.log.release_to(index);
+    }
+
+    /// Bytes of entries this member holds in memory, and the first index
+    /// held (entries from the snapshot up to it are in the caller's log only).
+    pub fn log_cache(&self) -> (usize, u64) {
+        (self.log.cached_bytes(), self.log.cache_first())
     }
 
     /// Term of the entry at `index` (also for the snapshot's last index).
@@ -536,6 +588,7 @@ impl Raft {
             || !self.read_states.is_empty()
             || !self.dropped_proposals.is_empty()
             || !self.dropped_reads.is_empty()
+            || !self.log_reads.is_empty()
     }
 
     /// Takes what the caller must persist, send and apply now. When it holds
@@ -549,7 +602,6 @@ impl Raft {
         let entries: Vec<Entry> = self
             .log
             .unstable()
-            .iter()
             .filter(|e| e.index > self.emitted_index)
             .cloned()
             .collect();
@@ -562,6 +614,7 @@ impl Raft {
             read_states: std::mem::take(&mut self.read_states),
             dropped_proposals: Vec::new(),
             dropped_reads: std::mem::take(&mut self.dropped_reads),
+            log_reads: std::mem::take(&mut self.log_reads),
         };
         self.emitted_hard_state = hard_state;
         self.emitted_index = self.log.last_index();

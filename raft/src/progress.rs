@@ -43,6 +43,12 @@ pub(crate) struct Progress {
     pub stalled_heartbeats: u32,
     /// The latest tick's heartbeat round its stall was judged in.
     pub stall_round: u64,
+    /// A read of evicted entries from this index is out with the caller
+    /// (at most one at a time; nothing else is sent until it is answered).
+    pub reading: Option<u64>,
+    /// After a read the caller could not serve, no new one is asked before
+    /// this tick round.
+    pub read_retry_round: u64,
 }
 
 impl Progress {
@@ -58,6 +64,8 @@ impl Progress {
             acked_seq: 0,
             stalled_heartbeats: 0,
             stall_round: 0,
+            reading: None,
+            read_retry_round: 0,
         }
     }
 

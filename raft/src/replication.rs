@@ -1,7 +1,7 @@
 //! Log replication: the leader's batched, pipelined AppendEntries with fast
 //! back-off, the follower's side, heartbeats, and the commit rule.
 
-use super::node::{Raft, Role};
+use super::node::{LogRead, Raft, Role};
 use super::progress::ReplicationMode;
 use super::types::{Entry, MessageBody, NodeId};
 
@@ -43,11 +43,20 @@ impl Raft {
                 self.start_snapshot(peer);
                 return;
             }
+            if progress.reading.is_some() {
+                return;
+            }
             let prev_log_index = next - 1;
             let Some(prev_log_term) = self.log.term(prev_log_index) else {
                 self.start_snapshot(peer);
                 return;
             };
+            if next < self.log.cache_first() {
+                if progress.read_retry_round <= self.tick_round_seq {
+                    self.read_evicted(peer, next);
+                }
+                return;
+            }
             let entries = self.log.slice(
                 next,
                 self.log.last_index(),
@@ -75,6 +84,80 @@ impl Raft {
                 return;
             }
         }
+    }
+
+    /// Asks the caller for evicted entries from `from` on, which `peer` needs next.
+    fn read_evicted(&mut self, peer: NodeId, from: u64) {
+        let Some(progress) = self.progress.get_mut(&peer) else {
+            return;
+        };
+        progress.reading = Some(from);
+        self.log_reads.push(LogRead {
+            peer,
+            from,
+            to: self.log.cache_first() - 1,
+            count_max: self.config.append_entries_max,
+            size_max_bytes: self.config.append_size_max_bytes,
+        });
+    }
+
+    /// The caller's answer to a [`LogRead`] for `peer` from `from`: the
+    /// entries it read from its log, or `None` if it could not read them
+    /// (then the follower gets the snapshot if that reaches `from`, or the
+    /// read is asked again after the next tick round). An answer that no longer fits
+    /// (another leadership, the follower moved on meanwhile) is dropped and
+    /// what the follower needs now is sent instead; entries whose terms
+    /// differ from this log's are treated as unreadable.
+    pub fn log_read_done(&mut self, peer: NodeId, from: u64, entries: Option<Vec<Entry>>) {
+        if self.role != Role::Leader {
+            return;
+        }
+        let Some(progress) = self.progress.get_mut(&peer) else {
+            return;
+        };
+        if progress.reading != Some(from) {
+            return;
+        }
+        progress.reading = None;
+        let current = progress.next_index == from && progress.can_send(self.config.in_flight_max);
+        if !current {
+            self.send_append(peer);
+            return;
+        }
+        let prev_log_index = from - 1;
+        let prev_log_term = self.log.term(prev_log_index);
+        let readable = entries.filter(|entries| {
+            !entries.is_empty()
+                && entries.iter().enumerate().all(|(i, e)| {
+                    e.index == from + i as u64 && self.log.term(e.index) == Some(e.term)
+                })
+        });
+        let (Some(prev_log_term), Some(entries)) = (prev_log_term, readable) else {
+            // The snapshot helps only if it reaches what the follower
+            // lacks; else the read is asked again next tick round (the
+            // caller's log may be busy) or a later snapshot will cover it.
+            if self.snapshot.meta.index >= from {
+                self.start_snapshot(peer);
+            } else if let Some(progress) = self.progress.get_mut(&peer) {
+                progress.read_retry_round = self.tick_round_seq + 1;
+            }
+            return;
+        };
+        let last = entries.last().map_or(prev_log_index, |e| e.index);
+        let commit = self.log.committed();
+        if let Some(progress) = self.progress.get_mut(&peer) {
+            progress.sent(last);
+        }
+        self.send(
+            peer,
+            MessageBody::AppendEntries {
+                prev_log_index,
+                prev_log_term,
+                entries,
+                leader_commit: commit,
+            },
+        );
+        self.send_append(peer);
     }
 
     pub(crate) fn handle_append(

@@ -1364,3 +1364,91 @@ fn reads_that_arrive_together_share_one_heartbeat_round() {
     let answered: Vec<u64> = sim.nodes[&leader].reads.iter().map(|r| r.0).collect();
     assert_eq!(answered, (100..110).collect::<Vec<_>>());
 }
+
+/// A 3-member cluster whose members keep about 200 bytes of applied
+/// entries in memory and compact every 30: 32 commits, then member 3 is
+/// down for 20 more (past the cache, not past the compaction point), then
+/// it is restarted with every message to it recorded.
+fn behind_the_log_cache(sim: &mut Sim) {
+    let follower = 3;
+    sim.compact_every = 30;
+    for i in 0..32 {
+        commit(sim, &format!("before {i}"));
+    }
+    assert!(sim.run_until(300, |s| s.converged()));
+    sim.crash(follower);
+    for i in 0..20 {
+        commit(sim, &format!("while down {i}"));
+    }
+    let leader = sim.elect();
+    let (cached_bytes, cache_first) = sim.raft(leader).log_cache();
+    let follower_last = sim.nodes[&follower].disk.snapshot.meta.index
+        + sim.nodes[&follower].disk.entries.len() as u64;
+    assert!(
+        cache_first > follower_last + 1,
+        "the leader still holds every entry the follower lacks (first in memory {cache_first}, follower at {follower_last})"
+    );
+    assert!(
+        sim.raft(leader).snapshot_index() <= follower_last,
+        "the leader compacted past the follower: this test needs entries it can still read back"
+    );
+    assert!(
+        cached_bytes <= 200 + 64,
+        "{cached_bytes} bytes of entries held with a 200-byte cache"
+    );
+    sim.record_sent = true;
+    sim.restart(follower);
+}
+
+fn snapshots_sent_to(sim: &Sim, id: NodeId) -> usize {
+    sim.sent
+        .iter()
+        .filter(|m| m.to == id && matches!(m.body, MessageBody::InstallSnapshot { .. }))
+        .count()
+}
+
+#[test]
+fn a_follower_behind_the_log_cache_gets_entries_read_back_from_disk_not_a_snapshot() {
+    let mut sim = cluster_with(3, &[], |config| config.log_cache_max_bytes = 200);
+    behind_the_log_cache(&mut sim);
+    assert!(
+        sim.run_until(500, |s| s.converged()),
+        "the follower did not catch up"
+    );
+    assert!(
+        sim.log_reads_served > 0,
+        "no entries were read back from a disk"
+    );
+    assert_eq!(
+        snapshots_sent_to(&sim, 3),
+        0,
+        "the follower was sent a snapshot"
+    );
+    let leader = sim.elect();
+    assert_eq!(applied_commands(&sim, 3), applied_commands(&sim, leader));
+    assert_eq!(applied_commands(&sim, 3).len(), 52);
+}
+
+#[test]
+fn entries_the_disk_cannot_give_back_wait_for_a_snapshot_that_covers_them() {
+    let mut sim = cluster_with(3, &[], |config| config.log_cache_max_bytes = 200);
+    sim.log_reads_fail = true;
+    behind_the_log_cache(&mut sim);
+    // The snapshot the leader has is older than what the follower lacks:
+    // sending it would not help, so the follower waits.
+    sim.run(100);
+    assert!(!sim.converged(), "caught up with nothing to catch up from");
+    assert_eq!(snapshots_sent_to(&sim, 3), 0, "an old snapshot was sent");
+    // A compaction past the follower's position: now the snapshot helps.
+    for i in 0..35 {
+        commit(&mut sim, &format!("after {i}"));
+    }
+    assert!(
+        sim.run_until(500, |s| s.converged()),
+        "the follower did not catch up from the newer snapshot"
+    );
+    assert!(
+        snapshots_sent_to(&sim, 3) > 0,
+        "caught up without a snapshot"
+    );
+}

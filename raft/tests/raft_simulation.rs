@@ -1,7 +1,8 @@
 //! Randomized deterministic simulation of the Raft core: 3- and 5-member
 //! clusters under message loss, duplication, delay/reordering, partitions
 //! (symmetric, one-way, leader isolated, bridge), crash-restart, and in some
-//! seeds membership changes, leadership transfers and snapshots. Safety is
+//! seeds membership changes, leadership transfers, snapshots and a log
+//! cache of a few entries (older ones read back from the disk). Safety is
 //! checked after every step; after the faults heal, a leader must emerge and
 //! every acknowledged proposal must be applied everywhere.
 //!
@@ -13,8 +14,9 @@ mod raft_support;
 use harmonydb_raft::{ConfChange, NodeId};
 use raft_support::{NetworkFaults, Sim};
 
-/// Runs one seed; panics with the seed on a violation.
-pub fn run_seed(seed: u64) {
+/// Runs one seed; panics with the seed on a violation. Returns how many
+/// reads of evicted entries the disks served.
+pub fn run_seed(seed: u64) -> u64 {
     let mut rng = raft_support::Rng::new(seed ^ 0xA5A5);
     let five = rng.chance(50);
     let voters: Vec<NodeId> = if five {
@@ -27,6 +29,8 @@ pub fn run_seed(seed: u64) {
     let transfers = rng.chance(25);
     let compaction = rng.chance(30);
     let leases = rng.chance(30);
+    // Drawn apart from the rest, so every other choice of a seed stays as it was.
+    let evicting = raft_support::Rng::new(seed ^ 0xE71C).chance(40);
     let others: Vec<NodeId> = if membership { vec![spare] } else { vec![] };
     let mut sim = Sim::new(seed, &voters, &others, |config| {
         config.election_timeout_ticks = 10;
@@ -36,6 +40,11 @@ pub fn run_seed(seed: u64) {
         config.snapshot_chunk_bytes = 64;
         if leases {
             config.lease_drift_ticks = Some(2);
+        }
+        if evicting {
+            // A few entries: followers that fall behind are sent entries
+            // read back from the disk.
+            config.log_cache_max_bytes = 100;
         }
     });
     if compaction {
@@ -111,6 +120,7 @@ pub fn run_seed(seed: u64) {
             sim.ids().iter().filter(|id| sim.is_up(**id)).map(|id| sim.raft(*id).status()).collect::<Vec<_>>()
         );
     }
+    sim.log_reads_served
 }
 
 fn change_faults(sim: &mut Sim, rng: &mut raft_support::Rng, all: &[NodeId]) {
@@ -165,11 +175,14 @@ fn seeds() -> Vec<u64> {
 #[test]
 fn random_faults_never_break_safety_and_the_cluster_recovers() {
     let verbose = std::env::var_os("HARMONYDB_SIM_VERBOSE").is_some();
-    for seed in seeds() {
+    let seeds = seeds();
+    let mut log_reads_served = 0;
+    for &seed in &seeds {
         if verbose {
             eprintln!("seed {seed}");
         }
         let result = std::panic::catch_unwind(|| run_seed(seed));
+        log_reads_served += result.as_ref().copied().unwrap_or(0);
         if let Err(panic) = result {
             let message = panic
                 .downcast_ref::<String>()
@@ -181,6 +194,19 @@ fn random_faults_never_break_safety_and_the_cluster_recovers() {
             );
         }
     }
+    // The seeds with a small log cache must really send entries read back
+    // from the disk, or that path went untested.
+    if seeds.len() >= 100 {
+        assert!(
+            log_reads_served > 0,
+            "{} seeds and not one follower was sent evicted entries",
+            seeds.len()
+        );
+    }
+    eprintln!(
+        "{} seeds; {log_reads_served} reads of evicted entries served",
+        seeds.len()
+    );
 }
 
 /// Mutation check: built with `--features mutation-vote-stale-log`, members

@@ -9,8 +9,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use harmonydb_raft::{
-    ConfChange, Entry, EntryPayload, Message, NodeId, PersistedState, Raft, RaftConfig, RaftError,
-    Ready, Role,
+    ConfChange, Entry, EntryPayload, LogRead, Message, NodeId, PersistedState, Raft, RaftConfig,
+    RaftError, Ready, Role,
 };
 
 /// xorshift64*: small, seeded, and the same on every machine.
@@ -73,6 +73,10 @@ pub struct SimNode {
     pub proposals: BTreeMap<u64, (u64, Vec<u8>)>,
     /// Proposals reported dropped.
     pub dropped: Vec<u64>,
+    /// Reads of evicted entries the core asked for and the "disk" has not
+    /// answered yet (answered a few at a time, so answers come late and
+    /// sometimes no longer fit).
+    pub log_reads: Vec<LogRead>,
 }
 
 /// A message in flight.
@@ -123,6 +127,10 @@ pub struct Sim {
     /// When set, every message sent is also kept here for tests to inspect.
     pub record_sent: bool,
     pub sent: Vec<Message>,
+    /// Reads of evicted entries answered from a disk with the entries.
+    pub log_reads_served: u64,
+    /// Answer every read of evicted entries as unreadable (a disk that lost them).
+    pub log_reads_fail: bool,
 }
 
 impl Sim {
@@ -159,6 +167,8 @@ impl Sim {
             check_invariants_every_step: true,
             record_sent: false,
             sent: Vec::new(),
+            log_reads_served: 0,
+            log_reads_fail: false,
         };
         for id in voters.iter().chain(others) {
             let disk = PersistedState::bootstrap(voters.iter().copied());
@@ -172,6 +182,7 @@ impl Sim {
                     reads: Vec::new(),
                     proposals: BTreeMap::new(),
                     dropped: Vec::new(),
+                    log_reads: Vec::new(),
                 },
             );
         }
@@ -353,6 +364,7 @@ impl Sim {
 
     fn process_readies(&mut self) {
         for id in self.ids() {
+            self.answer_log_reads(id);
             while let Some(ready) = self
                 .nodes
                 .get_mut(&id)
@@ -364,6 +376,61 @@ impl Sim {
             }
             self.maybe_compact(id);
         }
+    }
+
+    /// Answers the node's pending reads of evicted entries from its disk,
+    /// each with a 70% chance now (the rest wait for a later round).
+    fn answer_log_reads(&mut self, id: NodeId) {
+        let node = self.nodes.get_mut(&id).expect("node");
+        if node.raft.is_none() || node.log_reads.is_empty() {
+            return;
+        }
+        let mut later = Vec::new();
+        for read in std::mem::take(&mut node.log_reads) {
+            if !self.rng.chance(70) {
+                later.push(read);
+                continue;
+            }
+            let mut entries = Vec::new();
+            let mut size = 0;
+            for entry in node
+                .disk
+                .entries
+                .iter()
+                .filter(|e| e.index >= read.from && e.index <= read.to)
+            {
+                size += entry.size_bytes();
+                if entries.len() >= read.count_max
+                    || (!entries.is_empty() && size > read.size_max_bytes)
+                {
+                    break;
+                }
+                entries.push(entry.clone());
+            }
+            // The disk no longer has them (compacted): unreadable.
+            let found = (entries.first().map(|e| e.index) == Some(read.from)
+                && !self.log_reads_fail)
+                .then_some(entries);
+            self.log_reads_served += u64::from(found.is_some());
+            if let Some(raft) = node.raft.as_mut() {
+                raft.log_read_done(read.peer, read.from, found);
+            }
+        }
+        node.log_reads = later;
+    }
+
+    /// The entry at `index` as `id` has it: in its core's memory, or else
+    /// on its disk (where evicted entries are).
+    fn entry_of(&self, id: NodeId, index: u64) -> Option<Entry> {
+        let node = &self.nodes[&id];
+        node.raft
+            .as_ref()
+            .and_then(|r| r.entry(index).cloned())
+            .or_else(|| {
+                let position = index.checked_sub(node.disk.snapshot.meta.index + 1)?;
+                let entry = node.disk.entries.get(usize::try_from(position).ok()?)?;
+                (entry.index == index).then(|| entry.clone())
+            })
     }
 
     fn handle_ready(&mut self, id: NodeId, ready: Ready) {
@@ -509,10 +576,13 @@ impl Sim {
                 self.fail(&message);
             }
         }
-        // 4. Advance.
+        // 4. Advance; what was applied may leave the core's memory, and
+        // reads of evicted entries are answered later.
         let node = self.nodes.get_mut(&id).expect("node");
         if let Some(raft) = node.raft.as_mut() {
             raft.advance(&ready);
+            raft.release_applied(node.state.len() as u64);
+            node.log_reads.extend(ready.log_reads.iter().cloned());
         }
     }
 
@@ -585,6 +655,7 @@ impl Sim {
         let node = self.nodes.get_mut(&id).expect("node");
         node.raft = None;
         node.proposals.clear();
+        node.log_reads.clear();
     }
 
     /// Restart from disk; the state machine is rebuilt from the snapshot and
@@ -673,7 +744,7 @@ impl Sim {
                 let high = raft_a.status().last_index.min(raft_b.status().last_index);
                 let mut matched = false;
                 for index in (low..=high).rev() {
-                    let (ea, eb) = (raft_a.entry(index), raft_b.entry(index));
+                    let (ea, eb) = (self.entry_of(*id_a, index), self.entry_of(*id_b, index));
                     if matched {
                         if ea != eb {
                             self.fail(&format!("log matching: {id_a} and {id_b} differ at {index} below a matching entry"));
