@@ -38,6 +38,9 @@ const CHECKPOINT_INTERVAL_DEFAULT_MS: u64 = 30_000;
 /// Applied entries that make a checkpoint due by default.
 const CHECKPOINT_ENTRIES_DEFAULT: u64 = 50_000;
 
+/// Applied Raft entries kept in memory by default, in MiB.
+const RAFT_LOG_CACHE_DEFAULT_MB: usize = 64;
+
 /// Entries kept in the log below the last checkpoint by default.
 const LOG_RETAIN_ENTRIES_DEFAULT: u64 = 10_000;
 
@@ -152,6 +155,10 @@ pub struct ServeArgs {
     /// little behind catches up from the log, not a snapshot [default: 10000].
     #[arg(long, env = "HARMONYDB_LOG_RETAIN_ENTRIES", value_name = "ENTRIES")]
     pub log_retain_entries: Option<u64>,
+    /// MiB of applied Raft log entries kept in memory; older ones a lagging
+    /// follower needs are read back from the WAL [default: 64].
+    #[arg(long, env = "HARMONYDB_RAFT_LOG_CACHE_MB", value_name = "MB")]
+    pub raft_log_cache_mb: Option<usize>,
     /// Client connections each front door (TCP, HTTP) takes at once
     /// [default: 1024].
     #[arg(long, env = "HARMONYDB_MAX_CONNECTIONS", value_name = "COUNT")]
@@ -233,6 +240,7 @@ struct FileConfig {
     checkpoint_interval_ms: Option<u64>,
     checkpoint_entries: Option<u64>,
     log_retain_entries: Option<u64>,
+    raft_log_cache_mb: Option<usize>,
     ready_max_lag_entries: Option<u64>,
     min_free_disk_mb: Option<u64>,
     disk_reserve_mb: Option<u64>,
@@ -294,6 +302,8 @@ pub struct Config {
     pub checkpoint_entries: u64,
     /// Entries kept in the log below the last checkpoint.
     pub log_retain_entries: u64,
+    /// MiB of applied Raft entries kept in memory.
+    pub raft_log_cache_mb: usize,
     /// Most entries the applied index may trail the leader's commit by for `/ready`.
     pub ready_max_lag_entries: u64,
     /// Connection caps and deadlines for both front doors.
@@ -420,6 +430,9 @@ impl Config {
             }),
             log_retain_entries: pick(&args.log_retain_entries, file.log_retain_entries, || {
                 LOG_RETAIN_ENTRIES_DEFAULT
+            }),
+            raft_log_cache_mb: pick(&args.raft_log_cache_mb, file.raft_log_cache_mb, || {
+                RAFT_LOG_CACHE_DEFAULT_MB
             }),
             ready_max_lag_entries: pick(
                 &args.ready_max_lag_entries,
@@ -570,6 +583,12 @@ impl Config {
                     "{} is outside {BUFFER_POOL_MIN_MB}..=1048576",
                     self.buffer_pool_mb
                 ),
+            });
+        }
+        if self.raft_log_cache_mb > 1024 * 1024 {
+            return Err(ConfigError::Invalid {
+                name: "raft_log_cache_mb",
+                message: format!("{} is outside 0..=1048576", self.raft_log_cache_mb),
             });
         }
         let interval_ms = self.checkpoint_interval.as_millis();

@@ -294,8 +294,9 @@ fn check_identity(dir: &Path, node_id: u64, config: &Config) -> Result<(), NodeE
 }
 
 /// The Raft settings of a node.
-pub fn raft_config(node_id: u64, frame_size_max_bytes: usize) -> RaftConfig {
+pub fn raft_config(node_id: u64, frame_size_max_bytes: usize, log_cache_mb: usize) -> RaftConfig {
     let mut raft = RaftConfig::new(node_id);
+    raft.log_cache_max_bytes = log_cache_mb.saturating_mul(1024 * 1024);
     raft.lease_drift_ticks = Some(LEASE_DRIFT_TICKS);
     // An AppendEntries must fit in the receiver's frame with room to spare.
     raft.append_size_max_bytes = raft.append_size_max_bytes.min(frame_size_max_bytes / 4);
@@ -523,7 +524,11 @@ pub fn run(config: Config) -> Result<(), NodeError> {
         "recovered the Raft log from the WAL"
     );
     let raft = Raft::new(
-        raft_config(config.node_id, config.frame_size_max_bytes),
+        raft_config(
+            config.node_id,
+            config.frame_size_max_bytes,
+            config.raft_log_cache_mb,
+        ),
         persisted,
     )
     .map_err(NodeError::Raft)?;

@@ -352,6 +352,7 @@ const UNLABELLED_GAUGES: &[&str] = &[
     "harmonydb_raft_applied_index",
     "harmonydb_raft_snapshot_index",
     "harmonydb_raft_proposals_pending",
+    "harmonydb_raft_log_cache_bytes",
     "harmonydb_storage_buffer_pool_frames",
     "harmonydb_storage_buffer_pool_dirty_frames",
     "harmonydb_storage_buffer_pool_pinned_frames",
@@ -377,6 +378,7 @@ const UNLABELLED_COUNTERS: &[&str] = &[
     "harmonydb_tcp_received_bytes_total",
     "harmonydb_tcp_sent_bytes_total",
     "harmonydb_wal_write_bytes_total",
+    "harmonydb_wal_read_records_total",
     "harmonydb_wal_segments_created_total",
     "harmonydb_wal_failures_total",
     "harmonydb_kv_overloaded_total",
@@ -509,6 +511,15 @@ fn describe_metrics() {
         "Bytes appended to the WAL."
     );
     describe_gauge!("harmonydb_wal_segments", "WAL segment files on disk.");
+    describe_counter!(
+        "harmonydb_wal_read_records_total",
+        "Raft entries read back from the WAL for a follower, the leader having evicted them from memory."
+    );
+    describe_gauge!(
+        "harmonydb_raft_log_cache_bytes",
+        Unit::Bytes,
+        "Bytes of Raft log entries held in memory (applied ones beyond --raft-log-cache-mb are read back from the WAL)."
+    );
     describe_counter!(
         "harmonydb_wal_segments_created_total",
         "WAL segments created by roll-over."

@@ -37,6 +37,7 @@ pub const ACTOR_MESSAGES: &[(&str, &str, bool)] = &[
     ("WalWriter", "Flush", false),
     ("WalWriter", "Sync", false),
     ("WalWriter", "DeleteBelow", false),
+    ("WalWriter", "ReadEntries", false),
     ("WalWriter", "GetStats", false),
     ("WalWriter", "RetryBlocked", false),
     ("Transport", "Outbox", true),

@@ -908,7 +908,7 @@ mod tests {
         let (wal, _) = Wal::open(dir, WalOptions::default()).expect("open");
         let persisted = load(&wal, PersistedState::bootstrap([1])).expect("load");
         let raft =
-            Raft::new(raft_config(1, FRAME_SIZE_DEFAULT_MAX_BYTES), persisted).expect("core");
+            Raft::new(raft_config(1, FRAME_SIZE_DEFAULT_MAX_BYTES, 64), persisted).expect("core");
         let next_index = wal.last_index() + 1;
         let writer = WalWriter::new(wal, FsyncPolicy::Never).start();
         let settings = ReplicaSettings {

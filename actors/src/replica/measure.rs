@@ -143,6 +143,8 @@ pub(super) struct Figures {
     pub(super) elections_won: u64,
     /// Keys in the state.
     pub(super) keys: u64,
+    /// Bytes of log entries the core holds in memory.
+    pub(super) log_cache_bytes: usize,
     /// The tree's height and structure changes.
     pub(super) tree: TreeStats,
 }
@@ -157,6 +159,7 @@ impl Figures {
         metrics::gauge!("harmonydb_raft_applied_index").set(self.applied as f64);
         metrics::gauge!("harmonydb_raft_snapshot_index").set(self.snapshot as f64);
         metrics::gauge!("harmonydb_raft_proposals_pending").set(self.writes_waiting as f64);
+        metrics::gauge!("harmonydb_raft_log_cache_bytes").set(self.log_cache_bytes as f64);
         metrics::counter!("harmonydb_raft_elections_started_total")
             .absolute(self.elections_started);
         metrics::counter!("harmonydb_raft_elections_won_total").absolute(self.elections_won);

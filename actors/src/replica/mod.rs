@@ -71,7 +71,7 @@ use tracing::{error, info, warn};
 use self::measure::{Contacts, Figures};
 use self::persist::HardStates;
 use self::waiting::{Reply, Settled, Waiting};
-use self::wal_log::records_for;
+use self::wal_log::{decode_entry, records_for};
 use crate::cluster::fault::FaultFilter;
 use crate::cluster::members::MemberBook;
 use crate::cluster::messages::{Outbox, Step};
@@ -88,9 +88,10 @@ use crate::storage::checkpoint::Storage;
 use crate::storage::manager::{
     BufferPoolManager, CheckpointDue, CheckpointReason, RegisterReplica,
 };
-use crate::wal::{Append, DeleteBelow, WalError, WalWriter};
+use crate::wal::{Append, DeleteBelow, ReadEntries, WalError, WalWriter};
 use harmonydb_raft::{
-    EntryPayload, Message as RaftMessage, MessageBody, NodeId, Raft, RaftError, Ready, Role, Status,
+    EntryPayload, LogRead, Message as RaftMessage, MessageBody, NodeId, Raft, RaftError, Ready,
+    Role, Status,
 };
 
 /// Most commands applied in one batch: the pool's room for them is checked
@@ -402,6 +403,7 @@ impl RaftReplica {
         let leads = self.raft.role() == Role::Leader;
         let mut ready = self.raft.ready();
         self.settle(&mut ready);
+        self.read_back(std::mem::take(&mut ready.log_reads), ctx);
         if ready.snapshot.is_some() {
             self.apply_committed(ctx);
             if self.failed.is_some() {
@@ -549,6 +551,39 @@ impl RaftReplica {
         self.drive(ctx);
     }
 
+    /// Reads back from the WAL the entries the core evicted from memory and
+    /// a follower needs, and hands them to the core (`None` if they could
+    /// not be read: then the core sends a snapshot if one covers them, or
+    /// asks again later).
+    fn read_back(&mut self, reads: Vec<LogRead>, ctx: &mut Context<Self>) {
+        for read in reads {
+            let asked = self.wal.send(ReadEntries {
+                from: read.from,
+                to: read.to,
+                count_max: read.count_max,
+                size_max_bytes: read.size_max_bytes,
+            });
+            ctx.spawn(asked.into_actor(self).map(move |answer, replica, ctx| {
+                let entries = match answer {
+                    Ok(Ok(records)) => records
+                        .iter()
+                        .map(|r| decode_entry(r.index, &r.payload))
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(|e| e.to_string()),
+                    Ok(Err(error)) => Err(error.to_string()),
+                    Err(error) => Err(error.to_string()),
+                };
+                let entries = entries
+                    .inspect_err(|error| {
+                        warn!(peer = read.peer, from = read.from, %error, "could not read entries back from the WAL");
+                    })
+                    .ok();
+                replica.raft.log_read_done(read.peer, read.from, entries);
+                replica.schedule_drive(ctx);
+            }));
+        }
+    }
+
     /// Takes what a ready settles: the committed entries to apply (up to
     /// `apply_target`; the core keeps them in its log until compaction,
     /// which never passes the applied state), dropped proposals, confirmed
@@ -639,6 +674,8 @@ impl RaftReplica {
                 }
             }
         }
+        // What the state holds now need not stay in the core's memory.
+        self.raft.release_applied(self.state.applied_index());
         self.serve_reads();
         self.maybe_finish_shutdown();
     }
@@ -903,6 +940,7 @@ impl RaftReplica {
             elections_started: elections.started,
             elections_won: elections.won,
             keys: self.state.len(),
+            log_cache_bytes: self.raft.log_cache().0,
             tree: self.state.tree().stats(),
         }
         .publish();

@@ -137,6 +137,19 @@ pub fn records_for_installed_snapshot(
     (records, next_index)
 }
 
+/// An entry record's payload read back as the entry at `index`.
+pub fn decode_entry(index: u64, payload: &[u8]) -> Result<Entry, WalLogError> {
+    let stored: StoredEntry = rmp_serde::from_slice(payload).map_err(|e| WalLogError::Invalid {
+        index,
+        reason: e.to_string(),
+    })?;
+    Ok(Entry {
+        term: stored.term,
+        index,
+        payload: stored.payload,
+    })
+}
+
 fn hard_state_payload(hard_state: HardState) -> Vec<u8> {
     let mut payload = Vec::with_capacity(HARD_STATE_SIZE_BYTES);
     payload.extend_from_slice(&hard_state.term.to_le_bytes());

@@ -79,6 +79,27 @@ pub struct TailCut {
     pub reason: String,
 }
 
+/// Bytes of a segment between two remembered entry positions.
+const MARK_SPACING_BYTES: usize = 256 * 1024;
+
+/// Where a record sits: its segment (by first index), its offset in it, and
+/// its index. Positions compare in log order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Position {
+    segment: u64,
+    offset: usize,
+    index: u64,
+}
+
+/// An entry record read back: its index and payload.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredRecord {
+    /// The entry's index.
+    pub index: u64,
+    /// The bytes the writer gave.
+    pub payload: Vec<u8>,
+}
+
 /// A segment that is complete and synced.
 #[derive(Debug)]
 struct ClosedSegment {
@@ -106,6 +127,12 @@ pub struct Wal {
     closed: Vec<ClosedSegment>,
     active: ActiveSegment,
     next_index: u64,
+    /// An entry record every `MARK_SPACING_BYTES` or so, in log order, so
+    /// reading old entries starts near them instead of at the first segment.
+    marks: Vec<Position>,
+    /// Every truncation record, in log order: the entries a read collected
+    /// before one of them may be replaced after it.
+    truncations: Vec<Position>,
 }
 
 impl Wal {
@@ -128,6 +155,8 @@ impl Wal {
                 closed: Vec::new(),
                 active,
                 next_index: 1,
+                marks: Vec::new(),
+                truncations: Vec::new(),
             };
             let report = wal.report(None);
             return Ok((wal, report));
@@ -138,7 +167,12 @@ impl Wal {
         let last_position = segment_paths.len() - 1;
         for (position, (named_first, path)) in segment_paths.iter().enumerate() {
             if let Some(expected) = expected_first {
-                if *named_first != expected {
+                // A segment named above where the previous one ended is
+                // one started after truncations: it opens with a
+                // truncation back to that point (see `roll`).
+                let reopened = *named_first > expected
+                    && opens_with_truncation_to(path, *named_first, expected)?;
+                if *named_first != expected && !reopened {
                     return Err(WalError::Corrupt {
                         segment: path.clone(),
                         offset: 0,
@@ -160,13 +194,16 @@ impl Wal {
             } else {
                 let (active, cut) = recover_last_segment(path, *named_first, &options)?;
                 let next_index = next_index_of(&active);
-                let wal = Wal {
+                let mut wal = Wal {
                     dir: dir.to_path_buf(),
                     options,
                     closed,
                     active,
                     next_index,
+                    marks: Vec::new(),
+                    truncations: Vec::new(),
                 };
+                wal.find_positions()?;
                 let report = wal.report(cut);
                 return Ok((wal, report));
             }
@@ -237,7 +274,157 @@ impl Wal {
         );
         self.active.write_offset += size;
         self.next_index = next_index;
+        let position = Position {
+            segment: self.active.first_index,
+            offset: start,
+            index,
+        };
+        self.remember(kind, position);
         Ok(size)
+    }
+
+    /// Keeps `position` as a mark (an entry far enough from the last one)
+    /// or as a truncation.
+    fn remember(&mut self, kind: RecordKind, position: Position) {
+        match kind {
+            RecordKind::Entry => {
+                let far = self.marks.last().is_none_or(|mark| {
+                    mark.segment != position.segment
+                        || position.offset >= mark.offset + MARK_SPACING_BYTES
+                });
+                if far {
+                    self.marks.push(position);
+                }
+            }
+            RecordKind::Truncate => self.truncations.push(position),
+            RecordKind::HardState | RecordKind::Snapshot => {}
+        }
+    }
+
+    /// Finds the marks and truncations of the records already in the log (at open).
+    fn find_positions(&mut self) -> Result<(), WalError> {
+        let mut found = Vec::new();
+        for segment in &self.closed {
+            let map = map_readonly(&segment.path)?;
+            positions_in(&map, segment.first_index, &mut found);
+        }
+        let written = &self.active.map[..self.active.write_offset];
+        positions_in(written, self.active.first_index, &mut found);
+        for (kind, position) in found {
+            self.remember(kind, position);
+        }
+        Ok(())
+    }
+
+    /// The entry records at `from..=to` as the log holds them now (a
+    /// replaced entry is read in its latest version), at most `count_max`
+    /// of them and about `size_max_bytes` of payload (at least one). The
+    /// indexes must be ones no later record can replace (committed
+    /// entries). Fewer come back where the log doesn't reach: none if
+    /// `from` is not in it.
+    pub fn read_entries(
+        &self,
+        from: u64,
+        to: u64,
+        count_max: usize,
+        size_max_bytes: usize,
+    ) -> Result<Vec<StoredRecord>, WalError> {
+        // The latest entry record at or below `from` in log order: the
+        // entry at `from` as it is now was written at or after it, since
+        // going back below `from` later would have taken a truncation
+        // that replaced it.
+        let start = self
+            .marks
+            .iter()
+            .rev()
+            .find(|mark| mark.index <= from)
+            .copied();
+        let mut read = Vec::new();
+        let mut size = 0usize;
+        let segments = self
+            .closed
+            .iter()
+            .map(|s| (s.first_index, s.path.as_path()))
+            .chain(std::iter::once((
+                self.active.first_index,
+                self.active.path.as_path(),
+            )));
+        for (first_index, path) in segments {
+            if start.is_some_and(|start| first_index < start.segment) {
+                continue;
+            }
+            let closed_map;
+            let bytes: &[u8] = if first_index == self.active.first_index {
+                &self.active.map[..self.active.write_offset]
+            } else {
+                closed_map = map_readonly(path)?;
+                &closed_map
+            };
+            let begin = start
+                .filter(|start| start.segment == first_index)
+                .map_or(SEGMENT_HEADER_SIZE_BYTES, |start| start.offset);
+            let next_index = start
+                .filter(|start| start.segment == first_index)
+                .map_or(first_index, |start| start.index);
+            let done = scan_records_from(bytes, begin, next_index, |record, offset| {
+                match record.kind {
+                    RecordKind::Entry if record.index >= from && record.index <= to => {
+                        let keep = (record.index - from) as usize;
+                        if keep > read.len() {
+                            // A gap: this is not the log's entry sequence.
+                            return Err(WalError::Corrupt {
+                                segment: path.to_path_buf(),
+                                offset: offset as u64,
+                                reason: format!(
+                                    "entry {} follows entry {} when read back",
+                                    record.index,
+                                    from + read.len() as u64 - 1
+                                ),
+                            });
+                        }
+                        read.truncate(keep);
+                        read.push(StoredRecord {
+                            index: record.index,
+                            payload: record.payload.to_vec(),
+                        });
+                    }
+                    RecordKind::Truncate => {
+                        read.truncate(record.index.saturating_sub(from) as usize);
+                    }
+                    _ => {}
+                }
+                size = read.iter().map(|r| r.payload.len()).sum();
+                let full = read.len() >= count_max
+                    || size >= size_max_bytes
+                    || read.last().is_some_and(|r| r.index >= to);
+                // Stop once full, unless a later truncation replaces some of it.
+                let here = Position {
+                    segment: first_index,
+                    offset,
+                    index: record.index,
+                };
+                let last = read.last().map_or(0, |r| r.index);
+                let replaced_later = self
+                    .truncations
+                    .iter()
+                    .any(|t| *t > here && t.index <= last);
+                Ok(full && !replaced_later)
+            })?;
+            if done {
+                break;
+            }
+        }
+        let mut kept = 0usize;
+        let mut bytes = 0usize;
+        for record in &read {
+            if kept > 0 && (kept >= count_max || bytes + record.payload.len() > size_max_bytes) {
+                break;
+            }
+            kept += 1;
+            bytes += record.payload.len();
+        }
+        read.truncate(kept);
+        Ok(read)
     }
 
     /// Makes every appended record durable (msync of the written range, which
@@ -258,13 +445,23 @@ impl Wal {
     /// Closes the active segment (synced in full, to keep the invariant at the
     /// top of this file) and starts a new one whose first record is `index`.
     fn roll(&mut self, record_size: usize) -> Result<(), WalError> {
-        // A segment is named after the log's next index when it starts.
+        // A segment is named after the log's next index when it starts,
+        // unless truncations took that back to or below the active
+        // segment's name: names must rise (they order the log), so the new
+        // segment is named just above and opens with a truncation back to
+        // the next index.
         let index = self.next_index;
+        let name = index.max(self.active.first_index + 1);
         self.sync()?;
+        let opening = if name > index {
+            record_size_bytes(0)
+        } else {
+            0
+        };
         let size = self
             .options
             .segment_size_bytes
-            .max((SEGMENT_HEADER_SIZE_BYTES + record_size) as u64);
+            .max((SEGMENT_HEADER_SIZE_BYTES + opening + record_size) as u64);
         if self.active.write_offset == SEGMENT_HEADER_SIZE_BYTES {
             // The active segment holds no record yet, and a new segment
             // would have the same name: grow this one to fit instead.
@@ -278,13 +475,29 @@ impl Wal {
             active.map = map_writable(&active.file, &active.path)?;
             return Ok(());
         }
-        let next = create_segment(&self.dir, index, size)?;
+        let next = create_segment(&self.dir, name, size)?;
         let previous = std::mem::replace(&mut self.active, next);
         self.closed.push(ClosedSegment {
             first_index: previous.first_index,
             last_index: index.saturating_sub(1),
             path: previous.path,
         });
+        if opening > 0 {
+            let start = self.active.write_offset;
+            encode_record(
+                &mut self.active.map[start..start + opening],
+                index,
+                RecordKind::Truncate,
+                &[],
+            );
+            self.active.write_offset += opening;
+            let position = Position {
+                segment: name,
+                offset: start,
+                index,
+            };
+            self.remember(RecordKind::Truncate, position);
+        }
         metrics::counter!("harmonydb_wal_segments_created_total").increment(1);
         Ok(())
     }
@@ -326,6 +539,12 @@ impl Wal {
             .iter()
             .position(|s| s.last_index >= index)
             .unwrap_or(self.closed.len());
+        let first_kept = self
+            .closed
+            .get(keep_from)
+            .map_or(self.active.first_index, |s| s.first_index);
+        self.marks.retain(|mark| mark.segment >= first_kept);
+        self.truncations.retain(|t| t.segment >= first_kept);
         for segment in self.closed.drain(..keep_from) {
             fs::remove_file(&segment.path)
                 .map_err(|e| io_error(e, "delete WAL segment", &segment.path))?;
@@ -392,6 +611,49 @@ fn scan_records<'a, E>(
             }
         }
     }
+}
+
+/// Decodes the records of a segment from `offset` (a record boundary, whose
+/// record's sequence starts at `next_index`), handing each with its offset
+/// to `visit`, until the end, the first bad record, or `visit` says it is
+/// done (then returns true).
+fn scan_records_from(
+    segment_bytes: &[u8],
+    mut offset: usize,
+    mut next_index: u64,
+    mut visit: impl FnMut(RecordRef<'_>, usize) -> Result<bool, WalError>,
+) -> Result<bool, WalError> {
+    while let Ok(record) = decode_record(
+        &segment_bytes[offset.min(segment_bytes.len())..],
+        next_index,
+    ) {
+        let at = offset;
+        offset += record_size_bytes(record.payload.len());
+        next_index = record.next_index_after(next_index);
+        if visit(record, at)? {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Every entry and truncation record of a segment with its position.
+fn positions_in(segment_bytes: &[u8], first_index: u64, found: &mut Vec<(RecordKind, Position)>) {
+    let mut offset = SEGMENT_HEADER_SIZE_BYTES;
+    let _ = scan_records(segment_bytes, first_index, |record| {
+        if matches!(record.kind, RecordKind::Entry | RecordKind::Truncate) {
+            found.push((
+                record.kind,
+                Position {
+                    segment: first_index,
+                    offset,
+                    index: record.index,
+                },
+            ));
+        }
+        offset += record_size_bytes(record.payload.len());
+        Ok::<(), std::convert::Infallible>(())
+    });
 }
 
 /// `scan_records` without a visitor: just where the segment's records end.
@@ -588,6 +850,16 @@ fn scan_closed_segment(path: &Path, named_first: u64) -> Result<u64, WalError> {
             format!("{reason}; this segment was synced before the next one was started, so acknowledged records are damaged"),
         )),
     }
+}
+
+/// Whether the segment's first record is a truncation to `index`.
+fn opens_with_truncation_to(path: &Path, named_first: u64, index: u64) -> Result<bool, WalError> {
+    let map = map_readonly(path)?;
+    let first = decode_record(
+        &map[SEGMENT_HEADER_SIZE_BYTES.min(map.len())..],
+        named_first,
+    );
+    Ok(matches!(first, Ok(record) if record.kind == RecordKind::Truncate && record.index == index))
 }
 
 /// Opens the last segment for appending, cutting a torn or corrupt tail.

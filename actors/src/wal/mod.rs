@@ -14,11 +14,11 @@ use std::sync::Arc;
 
 pub use format::{RecordKind, RecordRef, RECORD_PAYLOAD_SIZE_MAX_BYTES};
 pub use log::{
-    ReadError, RecoveryReport, TailCut, Wal, WalOptions, SEGMENT_SIZE_DEFAULT_BYTES,
+    ReadError, RecoveryReport, StoredRecord, TailCut, Wal, WalOptions, SEGMENT_SIZE_DEFAULT_BYTES,
     SEGMENT_SIZE_MIN_BYTES,
 };
 pub use writer::{
-    Append, DeleteBelow, FsyncPolicy, GetStats, Sync, WalEntry, WalStats, WalWriter,
+    Append, DeleteBelow, FsyncPolicy, GetStats, ReadEntries, Sync, WalEntry, WalStats, WalWriter,
     WAL_MAILBOX_CAPACITY,
 };
 

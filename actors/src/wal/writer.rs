@@ -31,7 +31,7 @@ use tokio::sync::oneshot;
 use tracing::{error, info};
 
 use super::format::RecordKind;
-use super::log::Wal;
+use super::log::{StoredRecord, Wal};
 use super::WalError;
 use crate::disk::DiskMonitor;
 use crate::observe::{Envelope, Handling};
@@ -153,6 +153,24 @@ pub struct DeleteBelow {
 
 impl Message for DeleteBelow {
     type Result = Result<usize, WalError>;
+}
+
+/// Reads entry records back (entries a follower needs that the Raft core
+/// no longer holds in memory); see `Wal::read_entries`.
+#[derive(Debug)]
+pub struct ReadEntries {
+    /// First index to read.
+    pub from: u64,
+    /// Last index to read; every index up to it must be committed.
+    pub to: u64,
+    /// Most records to read.
+    pub count_max: usize,
+    /// About the most payload bytes to read (at least one record).
+    pub size_max_bytes: usize,
+}
+
+impl Message for ReadEntries {
+    type Result = Result<Vec<StoredRecord>, WalError>;
 }
 
 /// Asks for counters, for tests and benchmarks.
@@ -581,6 +599,21 @@ impl Handler<DeleteBelow> for WalWriter {
             ctx.notify(RetryBlocked);
         }
         Ok(deleted)
+    }
+}
+
+impl Handler<ReadEntries> for WalWriter {
+    type Result = Result<Vec<StoredRecord>, WalError>;
+
+    fn handle(&mut self, msg: ReadEntries, _: &mut Self::Context) -> Self::Result {
+        let _handling = Handling::start("WalWriter", "ReadEntries");
+        // Read between batches, on this thread: the records are in the
+        // mapped segments, and no write moves while this runs.
+        let records = self
+            .wal
+            .read_entries(msg.from, msg.to, msg.count_max, msg.size_max_bytes)?;
+        metrics::counter!("harmonydb_wal_read_records_total").increment(records.len() as u64);
+        Ok(records)
     }
 }
 
