@@ -1,5 +1,6 @@
 //! The storage engine in real nodes: a follower that missed 100,000 writes
-//! comes back by snapshot; an overwrite load keeps the WAL and the page
+//! comes back by snapshot; one that missed more than the leader keeps of
+//! its log in memory comes back from entries read back from the WAL; an overwrite load keeps the WAL and the page
 //! file bounded; `kill -9` while checkpoints run keeps every acknowledged
 //! write and a sound tree; a damaged page is named, and nothing wrong is
 //! served.
@@ -85,6 +86,84 @@ fn metric(node: &Node, name: &str) -> f64 {
         .and_then(|line| line.rsplit(' ').next())
         .and_then(|value| value.parse().ok())
         .unwrap_or(0.0)
+}
+
+#[test]
+fn a_follower_behind_the_log_cache_catches_up_from_the_wal_without_a_snapshot() {
+    // 1 MiB of applied entries in memory; 3,000 writes of 4 KB are 12 MiB.
+    let mut cluster = Cluster::start(3, &["--raft-tick-ms", "50", "--raft-log-cache-mb", "1"]);
+    let all = cluster.running();
+    let leader = cluster.wait_leader(&all, Duration::from_secs(20));
+    let follower = *all.iter().find(|id| **id != leader).expect("a follower");
+    cluster.kill9(follower);
+    let value = "x".repeat(4096);
+    block_on(async {
+        let client = Client::connect(cluster.tcp[&leader])
+            .await
+            .expect("connect")
+            .with_timeout(Duration::from_secs(60));
+        futures_util::stream::iter(0..3000u64)
+            .map(|i| {
+                let client = client.clone();
+                let value = format!("{i}:{value}");
+                async move { put_retrying(&client, &format!("big{i:04}"), &value).await }
+            })
+            .buffer_unordered(32)
+            .collect::<Vec<_>>()
+            .await
+    });
+    // Once everything is applied the leader holds about the cache in memory.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let cached = metric(cluster.node(leader), "harmonydb_raft_log_cache_bytes");
+        if cached > 0.0 && cached <= 1.5 * 1024.0 * 1024.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the leader holds {cached} bytes of entries with a 1 MiB cache"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    cluster.start_node(follower);
+    let commit = cluster.status(leader)["commit_index"]
+        .as_u64()
+        .expect("commit");
+    cluster.wait_applied(follower, commit, Duration::from_secs(120));
+    let read_back: f64 = cluster
+        .running()
+        .into_iter()
+        .filter(|id| *id != follower)
+        .map(|id| metric(cluster.node(id), "harmonydb_wal_read_records_total"))
+        .sum();
+    println!("{read_back} entries read back from the WAL for node {follower}");
+    assert!(
+        read_back >= 2000.0,
+        "only {read_back} entries were read back from the WAL"
+    );
+    assert_eq!(
+        metric(
+            cluster.node(follower),
+            "harmonydb_raft_snapshots_received_total"
+        ),
+        0.0,
+        "the follower was sent a snapshot"
+    );
+    block_on(async {
+        let client = Client::connect(cluster.tcp[&follower])
+            .await
+            .expect("connect");
+        for i in [0u64, 1500, 2999] {
+            let key = format!("big{i:04}");
+            let item = client
+                .get_with(key.as_bytes(), Consistency::Stale)
+                .await
+                .expect("stale read")
+                .unwrap_or_else(|| panic!("{key} missing on the follower"));
+            assert_eq!(item.value, format!("{i}:{value}").into_bytes());
+        }
+    });
 }
 
 #[test]
