@@ -1,6 +1,8 @@
 //! The storage engine in real nodes: a follower that missed 100,000 writes
 //! comes back by snapshot; one that missed more than the leader keeps of
-//! its log in memory comes back from entries read back from the WAL; an overwrite load keeps the WAL and the page
+//! its log in memory comes back from entries read back from the WAL; a
+//! node's resident memory stays within its pool, its log cache and a margin
+//! under 4 KB values many times the pool; an overwrite load keeps the WAL and the page
 //! file bounded; `kill -9` while checkpoints run keeps every acknowledged
 //! write and a sound tree; a damaged page is named, and nothing wrong is
 //! served.
@@ -164,6 +166,99 @@ fn a_follower_behind_the_log_cache_catches_up_from_the_wal_without_a_snapshot() 
             assert_eq!(item.value, format!("{i}:{value}").into_bytes());
         }
     });
+}
+
+/// A process's resident memory in KiB: (VmRSS, RssAnon), from /proc.
+fn resident_kib(pid: u32) -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|line| line.starts_with(name))
+            .and_then(|line| line.split_whitespace().nth(1))
+            .and_then(|kib| kib.parse::<u64>().ok())
+    };
+    Some((field("VmRSS:")?, field("RssAnon:")?))
+}
+
+#[test]
+fn resident_memory_stays_within_pool_log_cache_and_a_margin_under_large_values() {
+    const POOL_MB: u64 = 16;
+    const CACHE_MB: u64 = 8;
+    const MARGIN_MB: u64 = 64;
+    if !Path::new("/proc/self/status").exists() {
+        println!("skipping: no /proc to read resident memory from");
+        return;
+    }
+    let cluster = Cluster::start(
+        3,
+        &[
+            "--raft-tick-ms",
+            "50",
+            "--buffer-pool-mb",
+            "16",
+            "--raft-log-cache-mb",
+            "8",
+        ],
+    );
+    let all = cluster.running();
+    let leader = cluster.wait_leader(&all, Duration::from_secs(20));
+    let pids: Vec<(u64, u32)> = all
+        .iter()
+        .map(|id| (*id, cluster.node(*id).pid()))
+        .collect();
+    let sampling = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sampler = {
+        let sampling = sampling.clone();
+        std::thread::spawn(move || {
+            let mut peaks: HashMap<u64, (u64, u64)> = HashMap::new();
+            while sampling.load(std::sync::atomic::Ordering::Relaxed) {
+                for (id, pid) in &pids {
+                    if let Some((rss, anon)) = resident_kib(*pid) {
+                        let peak = peaks.entry(*id).or_default();
+                        *peak = (peak.0.max(rss), peak.1.max(anon));
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            peaks
+        })
+    };
+    // 8,000 keys of 4 KB (32 MiB, twice the pool), written three times over:
+    // 96 MiB through the Raft log, twelve times the log cache.
+    let value = "y".repeat(4096);
+    block_on(async {
+        let client = Client::connect(cluster.tcp[&leader])
+            .await
+            .expect("connect")
+            .with_timeout(Duration::from_secs(60));
+        futures_util::stream::iter(0..24_000u64)
+            .map(|i| {
+                let client = client.clone();
+                let value = format!("{i}:{value}");
+                async move { put_retrying(&client, &format!("m{:04}", i % 8000), &value).await }
+            })
+            .buffer_unordered(32)
+            .collect::<Vec<_>>()
+            .await
+    });
+    sampling.store(false, std::sync::atomic::Ordering::Relaxed);
+    let peaks = sampler.join().expect("sampler");
+    let bound_kib = (POOL_MB + CACHE_MB + MARGIN_MB) * 1024;
+    for (id, (rss, anon)) in &peaks {
+        println!(
+            "node {id}: peak resident {} MiB ({} MiB anonymous), bound {} MiB",
+            rss / 1024,
+            anon / 1024,
+            bound_kib / 1024
+        );
+        assert!(
+            *rss <= bound_kib,
+            "node {id} peaked at {} MiB resident, over pool {POOL_MB} + log cache {CACHE_MB} + {MARGIN_MB} MiB",
+            rss / 1024
+        );
+    }
+    assert_eq!(peaks.len(), 3, "not every node was sampled");
 }
 
 #[test]

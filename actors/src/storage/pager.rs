@@ -1,21 +1,21 @@
-//! The page file: fixed-size pages at `id * PAGE_SIZE`. Reads go through a
-//! read-only memory map and are copied into buffer-pool frames; writes go
-//! only through `write` (pwrite), called by the checkpointer, never through
-//! a writable mapping, so the OS can never write back a page the engine has
-//! not released (Crotty, Leis and Pavlo, CIDR 2022). On Linux the mapping
-//! and pwrite share the page cache, so a read after a write sees it.
+//! The page file: fixed-size pages at `id * PAGE_SIZE`. Reads (pread) copy
+//! a page into a buffer-pool frame; writes go only through `write`
+//! (pwrite), called by the checkpointer, never through a writable mapping,
+//! so the OS can never write back a page the engine has not released
+//! (Crotty, Leis and Pavlo, CIDR 2022). Not a read-only mapping either:
+//! every page ever read through one stays in the process's resident set
+//! (as mapped file pages), so a node's memory would grow with its data
+//! however small its pool; with pread the pool is what the node holds, and
+//! the rest is the kernel's page cache.
 //!
 //! The file grows when the checkpointer writes a page past its end; the
-//! mapping is renewed on the first read beyond what it covers. Readers keep
-//! the old mapping alive (an `Arc`) until they finish with it.
+//! number of whole pages is kept, and read again from the file on a read
+//! beyond it.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-
-use memmap2::Mmap;
-use parking_lot::RwLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::{Page, PageId, StorageError, PAGE_SIZE};
 
@@ -23,8 +23,8 @@ use super::{Page, PageId, StorageError, PAGE_SIZE};
 pub struct Pager {
     path: PathBuf,
     file: File,
-    /// The current read-only mapping and how many whole pages it covers.
-    map: RwLock<(Option<Arc<Mmap>>, u64)>,
+    /// Whole pages the file holds, as last known (it only grows).
+    pages: AtomicU64,
 }
 
 impl Pager {
@@ -43,7 +43,7 @@ impl Pager {
         let pager = Pager {
             path: path.to_path_buf(),
             file,
-            map: RwLock::new((None, 0)),
+            pages: AtomicU64::new(0),
         };
         let length = pager.length()?;
         let page_size = PAGE_SIZE as u64;
@@ -54,7 +54,7 @@ impl Pager {
                 .set_len(whole)
                 .map_err(|e| io_error("extend", path, &e))?;
         }
-        pager.remap()?;
+        pager.pages.store(pager.page_count()?, Ordering::Release);
         Ok(pager)
     }
 
@@ -75,52 +75,27 @@ impl Pager {
         Ok(self.length()? / PAGE_SIZE as u64)
     }
 
-    /// Maps the whole file again (after it grew).
-    fn remap(&self) -> Result<(), StorageError> {
-        let pages = self.page_count()?;
-        let map = if pages == 0 {
-            None
-        } else {
-            // SAFETY: the mapping is read-only and the engine never truncates
-            // the page file while it runs; writes go through pwrite, which on
-            // Linux updates the same page cache the mapping reads.
-            let map =
-                unsafe { Mmap::map(&self.file) }.map_err(|e| io_error("map", &self.path, &e))?;
-            Some(Arc::new(map))
-        };
-        *self.map.write() = (map, pages);
-        Ok(())
-    }
-
     /// Reads page `id` into `into` and checks it. A page past the end of the
     /// file reads as a fresh, zeroed page.
     pub fn read(&self, id: PageId, into: &mut Page) -> Result<(), StorageError> {
-        let mapped = {
-            let guard = self.map.read();
-            (guard.1 > id).then(|| guard.0.clone()).flatten()
-        };
-        let map = match mapped {
-            Some(map) => Some(map),
-            None if id < self.page_count()? => {
-                self.remap()?;
-                self.map.read().0.clone()
-            }
-            None => None,
+        let inside = id < self.pages.load(Ordering::Acquire) || {
+            let pages = self.page_count()?;
+            self.pages.fetch_max(pages, Ordering::AcqRel);
+            id < pages
         };
         let bytes = into.bytes_mut();
-        match map {
-            Some(map) => {
-                let start = usize::try_from(id)
-                    .ok()
-                    .and_then(|i| i.checked_mul(PAGE_SIZE))
-                    .filter(|start| start + PAGE_SIZE <= map.len())
+        if inside {
+            let offset =
+                id.checked_mul(PAGE_SIZE as u64)
                     .ok_or_else(|| StorageError::Malformed {
                         page: id,
-                        reason: "page id beyond the mapped file".into(),
+                        reason: "page id beyond any file".into(),
                     })?;
-                bytes.copy_from_slice(&map[start..start + PAGE_SIZE]);
-            }
-            None => bytes.fill(0),
+            self.file
+                .read_exact_at(bytes, offset)
+                .map_err(|e| io_error("read", &self.path, &e))?;
+        } else {
+            bytes.fill(0);
         }
         if bytes.iter().all(|b| *b == 0) {
             // Never written: a fresh page of this id.

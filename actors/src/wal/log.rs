@@ -117,6 +117,8 @@ struct ActiveSegment {
     map: MmapMut,
     write_offset: usize,
     synced_offset: usize,
+    /// Below this offset the mapping's pages were handed back (see `sync`).
+    released_offset: usize,
 }
 
 /// A segmented, checksummed, append-only log of records numbered 1, 2, 3, ...
@@ -438,6 +440,7 @@ impl Wal {
                 .flush_range(active.synced_offset, len)
                 .map_err(|e| io_error(e, "sync WAL segment", &active.path))?;
             active.synced_offset = active.write_offset;
+            active.release_synced();
         }
         Ok(())
     }
@@ -784,7 +787,43 @@ fn create_segment(
         map,
         write_offset: SEGMENT_HEADER_SIZE_BYTES,
         synced_offset: SEGMENT_HEADER_SIZE_BYTES,
+        released_offset: 0,
     })
+}
+
+/// Synced bytes of the active segment after which its pages are handed
+/// back to the kernel.
+const RELEASE_STEP_BYTES: usize = 4 * 1024 * 1024;
+
+impl ActiveSegment {
+    /// Hands back the mapping's pages below the synced offset once another
+    /// `RELEASE_STEP_BYTES` were synced: else every page written stays in
+    /// the node's resident set until the segment is closed (64 MiB by
+    /// default). They stay in the page cache, and a later read (entries
+    /// read back for a follower) maps them again from it.
+    fn release_synced(&mut self) {
+        const PAGE_BYTES: usize = 4096;
+        let upto = self.synced_offset / PAGE_BYTES * PAGE_BYTES;
+        if upto < self.released_offset + RELEASE_STEP_BYTES {
+            return;
+        }
+        // SAFETY: a shared mapping of a file: MADV_DONTNEED only drops this
+        // process's page-table entries for the range, and the next access
+        // faults the page back in from the page cache, which holds every
+        // byte written (and synced, below `synced_offset`). No reference
+        // into the range is held across this call (`&mut self`).
+        let advised = unsafe {
+            self.map.unchecked_advise_range(
+                memmap2::UncheckedAdvice::DontNeed,
+                self.released_offset,
+                upto - self.released_offset,
+            )
+        };
+        // Only a hint: on failure the pages just stay resident.
+        if advised.is_ok() {
+            self.released_offset = upto;
+        }
+    }
 }
 
 /// Reserves the segment's blocks up front so appends never hit ENOSPC halfway
@@ -962,6 +1001,7 @@ fn recover_last_segment(
             map,
             write_offset: offset,
             synced_offset: offset,
+            released_offset: 0,
         },
         cut,
     ))
