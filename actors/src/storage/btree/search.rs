@@ -41,11 +41,16 @@ impl<S: PageStore> BTree<S> {
         let mut page = self.store.read(*root)?;
         drop(root);
         let mut lower: Option<Vec<u8>> = None;
-        let level = Node::parse(&page)?.level();
-        self.note_root_level(level);
+        let mut expected_level = None;
         loop {
-            let (child, level) = {
+            // Each page is parsed once, here: its level is checked against
+            // what its parent's implies (the root's is noted instead).
+            let child = {
                 let node = Node::parse(&page)?;
+                match expected_level {
+                    None => self.note_root_level(node.level()),
+                    Some(level) => node.expect_level(level)?,
+                }
                 if node.is_leaf() {
                     break;
                 }
@@ -62,12 +67,11 @@ impl<S: PageStore> BTree<S> {
                 if child == node.id() {
                     return Err(malformed(child, "a node is its own child"));
                 }
-                (child, node.level())
+                expected_level = Some(node.level() - 1);
+                child
             };
             // The child's latch is taken before the parent's is let go.
-            let next = self.store.read(child)?;
-            Node::parse(&next)?.expect_level(level - 1)?;
-            page = next;
+            page = self.store.read(child)?;
         }
         Ok(Found {
             leaf: page,
