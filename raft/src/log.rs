@@ -135,8 +135,9 @@ impl RaftLog {
             self.committed,
             self.stable
         );
+        // Nothing more becomes evictable: the released mark is at most the
+        // applied one before this call.
         self.applied = index;
-        self.evict();
     }
 
     /// Records that entries up to `index` are persisted: only forward, and

@@ -66,20 +66,7 @@ impl Raft {
             if entries.is_empty() && !probing {
                 return;
             }
-            let last = entries.last().map_or(prev_log_index, |e| e.index);
-            let commit = self.log.committed();
-            if let Some(progress) = self.progress.get_mut(&peer) {
-                progress.sent(last);
-            }
-            self.send(
-                peer,
-                MessageBody::AppendEntries {
-                    prev_log_index,
-                    prev_log_term,
-                    entries,
-                    leader_commit: commit,
-                },
-            );
+            self.send_entries(peer, prev_log_index, prev_log_term, entries);
             if probing {
                 return;
             }
@@ -143,21 +130,33 @@ impl Raft {
             }
             return;
         };
+        self.send_entries(peer, prev_log_index, prev_log_term, entries);
+        self.send_append(peer);
+    }
+
+    /// One AppendEntries to `peer` after `(prev_log_index, prev_log_term)`,
+    /// counted in its window.
+    fn send_entries(
+        &mut self,
+        peer: NodeId,
+        prev_log_index: u64,
+        prev_log_term: u64,
+        entries: Vec<Entry>,
+    ) {
         let last = entries.last().map_or(prev_log_index, |e| e.index);
-        let commit = self.log.committed();
         if let Some(progress) = self.progress.get_mut(&peer) {
             progress.sent(last);
         }
+        let leader_commit = self.log.committed();
         self.send(
             peer,
             MessageBody::AppendEntries {
                 prev_log_index,
                 prev_log_term,
                 entries,
-                leader_commit: commit,
+                leader_commit,
             },
         );
-        self.send_append(peer);
     }
 
     pub(crate) fn handle_append(
