@@ -10,6 +10,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
+use std::ops::ControlFlow;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -341,7 +342,8 @@ impl Wal {
             .rev()
             .find(|mark| mark.index <= from)
             .copied();
-        let mut read = Vec::new();
+        let mut read: Vec<StoredRecord> = Vec::new();
+        // Payload bytes in `read`.
         let mut size = 0usize;
         let segments = self
             .closed
@@ -368,7 +370,7 @@ impl Wal {
             let next_index = start
                 .filter(|start| start.segment == first_index)
                 .map_or(first_index, |start| start.index);
-            let done = scan_records_from(bytes, begin, next_index, |record, offset| {
+            let flow = scan_records_at(bytes, (begin, next_index), |record, offset| {
                 match record.kind {
                     RecordKind::Entry if record.index >= from && record.index <= to => {
                         let keep = (record.index - from) as usize;
@@ -384,35 +386,41 @@ impl Wal {
                                 ),
                             });
                         }
-                        read.truncate(keep);
+                        size -= read.drain(keep..).map(|r| r.payload.len()).sum::<usize>();
+                        size += record.payload.len();
                         read.push(StoredRecord {
                             index: record.index,
                             payload: record.payload.to_vec(),
                         });
                     }
                     RecordKind::Truncate => {
-                        read.truncate(record.index.saturating_sub(from) as usize);
+                        let keep = (record.index.saturating_sub(from) as usize).min(read.len());
+                        size -= read.drain(keep..).map(|r| r.payload.len()).sum::<usize>();
                     }
-                    _ => {}
+                    _ => return Ok(ControlFlow::Continue(())),
                 }
-                size = read.iter().map(|r| r.payload.len()).sum();
-                let full = read.len() >= count_max
-                    || size >= size_max_bytes
-                    || read.last().is_some_and(|r| r.index >= to);
+                let Some(last) = read.last().map(|r| r.index) else {
+                    return Ok(ControlFlow::Continue(()));
+                };
+                let full = read.len() >= count_max || size >= size_max_bytes || last >= to;
                 // Stop once full, unless a later truncation replaces some of it.
                 let here = Position {
                     segment: first_index,
                     offset,
                     index: record.index,
                 };
-                let last = read.last().map_or(0, |r| r.index);
-                let replaced_later = self
-                    .truncations
-                    .iter()
-                    .any(|t| *t > here && t.index <= last);
-                Ok(full && !replaced_later)
+                let replaced_later = || {
+                    self.truncations
+                        .iter()
+                        .any(|t| *t > here && t.index <= last)
+                };
+                Ok(if full && !replaced_later() {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                })
             })?;
-            if done {
+            if flow.is_break() {
                 break;
             }
         }
@@ -587,63 +595,60 @@ struct ScanEnd {
 
 /// Decodes the records of one segment in order, from just after its header,
 /// handing each to `visit`, until the zeroed end or the first bad record.
-/// The one loop every reader of segments shares (recovery, replay, counting).
 fn scan_records<'a, E>(
     segment_bytes: &'a [u8],
     first_index: u64,
     mut visit: impl FnMut(RecordRef<'a>) -> Result<(), E>,
 ) -> Result<ScanEnd, E> {
-    let mut offset = SEGMENT_HEADER_SIZE_BYTES;
-    let mut next_index = first_index;
+    let start = (SEGMENT_HEADER_SIZE_BYTES, first_index);
+    match scan_records_at(segment_bytes, start, |record, _| {
+        visit(record).map(|()| ControlFlow::Continue(()))
+    })? {
+        ControlFlow::Continue(end) => Ok(end),
+        ControlFlow::Break(()) => unreachable!("this visitor never stops the scan"),
+    }
+}
+
+/// The one loop every reader of segments shares (recovery, replay,
+/// positions, entries read back): decodes the records of a segment from
+/// `start` (an offset at a record boundary, and the log's next index
+/// there), handing each with its offset to `visit`, until the zeroed end or
+/// the first bad record (`Continue` with where and why), or until `visit`
+/// breaks (`Break`).
+fn scan_records_at<'a, E>(
+    segment_bytes: &'a [u8],
+    start: (usize, u64),
+    mut visit: impl FnMut(RecordRef<'a>, usize) -> Result<ControlFlow<()>, E>,
+) -> Result<ControlFlow<(), ScanEnd>, E> {
+    let (mut offset, mut next_index) = start;
     loop {
         match decode_record(
             &segment_bytes[offset.min(segment_bytes.len())..],
             next_index,
         ) {
             Ok(record) => {
+                let at = offset;
                 offset += record_size_bytes(record.payload.len());
                 next_index = record.next_index_after(next_index);
-                visit(record)?;
+                if visit(record, at)?.is_break() {
+                    return Ok(ControlFlow::Break(()));
+                }
             }
             Err(stop) => {
-                return Ok(ScanEnd {
+                return Ok(ControlFlow::Continue(ScanEnd {
                     offset,
                     next_index,
                     stop,
-                })
+                }))
             }
         }
     }
-}
-
-/// Decodes the records of a segment from `offset` (a record boundary, whose
-/// record's sequence starts at `next_index`), handing each with its offset
-/// to `visit`, until the end, the first bad record, or `visit` says it is
-/// done (then returns true).
-fn scan_records_from(
-    segment_bytes: &[u8],
-    mut offset: usize,
-    mut next_index: u64,
-    mut visit: impl FnMut(RecordRef<'_>, usize) -> Result<bool, WalError>,
-) -> Result<bool, WalError> {
-    while let Ok(record) = decode_record(
-        &segment_bytes[offset.min(segment_bytes.len())..],
-        next_index,
-    ) {
-        let at = offset;
-        offset += record_size_bytes(record.payload.len());
-        next_index = record.next_index_after(next_index);
-        if visit(record, at)? {
-            return Ok(true);
-        }
-    }
-    Ok(false)
 }
 
 /// Every entry and truncation record of a segment with its position.
 fn positions_in(segment_bytes: &[u8], first_index: u64, found: &mut Vec<(RecordKind, Position)>) {
-    let mut offset = SEGMENT_HEADER_SIZE_BYTES;
-    let _ = scan_records(segment_bytes, first_index, |record| {
+    let start = (SEGMENT_HEADER_SIZE_BYTES, first_index);
+    let _ = scan_records_at(segment_bytes, start, |record, offset| {
         if matches!(record.kind, RecordKind::Entry | RecordKind::Truncate) {
             found.push((
                 record.kind,
@@ -654,8 +659,7 @@ fn positions_in(segment_bytes: &[u8], first_index: u64, found: &mut Vec<(RecordK
                 },
             ));
         }
-        offset += record_size_bytes(record.payload.len());
-        Ok::<(), std::convert::Infallible>(())
+        Ok::<_, std::convert::Infallible>(ControlFlow::Continue(()))
     });
 }
 
