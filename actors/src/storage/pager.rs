@@ -78,26 +78,8 @@ impl Pager {
     /// Reads page `id` into `into` and checks it. A page past the end of the
     /// file reads as a fresh, zeroed page.
     pub fn read(&self, id: PageId, into: &mut Page) -> Result<(), StorageError> {
-        let inside = id < self.pages.load(Ordering::Acquire) || {
-            let pages = self.page_count()?;
-            self.pages.fetch_max(pages, Ordering::AcqRel);
-            id < pages
-        };
-        let bytes = into.bytes_mut();
-        if inside {
-            let offset =
-                id.checked_mul(PAGE_SIZE as u64)
-                    .ok_or_else(|| StorageError::Malformed {
-                        page: id,
-                        reason: "page id beyond any file".into(),
-                    })?;
-            self.file
-                .read_exact_at(bytes, offset)
-                .map_err(|e| io_error("read", &self.path, &e))?;
-        } else {
-            bytes.fill(0);
-        }
-        if bytes.iter().all(|b| *b == 0) {
+        self.read_bytes(id, into.bytes_mut())?;
+        if into.bytes().iter().all(|b| *b == 0) {
             // Never written: a fresh page of this id.
             into.set_id(id);
             return Ok(());
@@ -110,22 +92,42 @@ impl Pager {
     /// decides what to do with a damaged page).
     pub fn read_raw(&self, id: PageId) -> Result<Box<Page>, StorageError> {
         let mut page = Page::new(id);
-        let offset = id * PAGE_SIZE as u64;
-        if offset + PAGE_SIZE as u64 <= self.length()? {
-            self.file
-                .read_exact_at(page.bytes_mut(), offset)
-                .map_err(|e| io_error("read", &self.path, &e))?;
-        } else {
-            page.bytes_mut().fill(0);
-        }
+        self.read_bytes(id, page.bytes_mut())?;
         Ok(page)
+    }
+
+    /// Page `id`'s bytes as on disk (pread), or zeros past the end of the
+    /// file. The page count is the one kept; the file is asked only for a
+    /// page beyond it (another process or a crash may have grown it).
+    fn read_bytes(&self, id: PageId, bytes: &mut [u8]) -> Result<(), StorageError> {
+        let inside = id < self.pages.load(Ordering::Acquire) || {
+            let pages = self.page_count()?;
+            self.pages.fetch_max(pages, Ordering::AcqRel);
+            id < pages
+        };
+        if !inside {
+            bytes.fill(0);
+            return Ok(());
+        }
+        let offset = id
+            .checked_mul(PAGE_SIZE as u64)
+            .ok_or_else(|| StorageError::Malformed {
+                page: id,
+                reason: "page id beyond any file".into(),
+            })?;
+        self.file
+            .read_exact_at(bytes, offset)
+            .map_err(|e| io_error("read", &self.path, &e))
     }
 
     /// Writes a sealed page in place (the checkpointer's job only).
     pub fn write(&self, page: &Page) -> Result<(), StorageError> {
         self.file
             .write_all_at(page.bytes(), page.id() * PAGE_SIZE as u64)
-            .map_err(|e| io_error("write", &self.path, &e))
+            .map_err(|e| io_error("write", &self.path, &e))?;
+        // The file now reaches past this page: reads of it need not ask.
+        self.pages.fetch_max(page.id() + 1, Ordering::AcqRel);
+        Ok(())
     }
 
     /// Makes every write so far durable.
