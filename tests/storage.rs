@@ -90,6 +90,54 @@ fn metric(node: &Node, name: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// Puts `count` values through `addr`, 32 in flight: put `i` writes
+/// `value_of(i)` under `key_of(i)`.
+fn put_many(
+    addr: SocketAddr,
+    count: u64,
+    key_of: impl Fn(u64) -> String,
+    value_of: impl Fn(u64) -> String,
+) {
+    block_on(async {
+        let client = Client::connect(addr)
+            .await
+            .expect("connect")
+            .with_timeout(Duration::from_secs(60));
+        futures_util::stream::iter(0..count)
+            .map(|i| {
+                let client = client.clone();
+                let (key, value) = (key_of(i), value_of(i));
+                async move { put_retrying(&client, &key, &value).await }
+            })
+            .buffer_unordered(32)
+            .collect::<Vec<_>>()
+            .await
+    });
+}
+
+/// Waits up to `timeout` for `wrong` to return `None`; it returns what is
+/// still wrong, which the failure names.
+fn wait_until(timeout: Duration, mut wrong: impl FnMut() -> Option<String>) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let Some(what) = wrong() else {
+            return;
+        };
+        assert!(Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Starts `follower` again and waits until it has applied everything the
+/// leader had committed then.
+fn rejoin(cluster: &mut Cluster, follower: u64, leader: u64) {
+    cluster.start_node(follower);
+    let commit = cluster.status(leader)["commit_index"]
+        .as_u64()
+        .expect("commit");
+    cluster.wait_applied(follower, commit, Duration::from_secs(120));
+}
+
 #[test]
 fn a_follower_behind_the_log_cache_catches_up_from_the_wal_without_a_snapshot() {
     // 1 MiB of applied entries in memory; 3,000 writes of 4 KB are 12 MiB.
@@ -99,40 +147,22 @@ fn a_follower_behind_the_log_cache_catches_up_from_the_wal_without_a_snapshot() 
     let follower = *all.iter().find(|id| **id != leader).expect("a follower");
     cluster.kill9(follower);
     let value = "x".repeat(4096);
-    block_on(async {
-        let client = Client::connect(cluster.tcp[&leader])
-            .await
-            .expect("connect")
-            .with_timeout(Duration::from_secs(60));
-        futures_util::stream::iter(0..3000u64)
-            .map(|i| {
-                let client = client.clone();
-                let value = format!("{i}:{value}");
-                async move { put_retrying(&client, &format!("big{i:04}"), &value).await }
-            })
-            .buffer_unordered(32)
-            .collect::<Vec<_>>()
-            .await
-    });
+    let value_of = |i: u64| format!("{i}:{value}");
+    put_many(
+        cluster.tcp[&leader],
+        3000,
+        |i| format!("big{i:04}"),
+        value_of,
+    );
     // Once everything is applied the leader holds about the cache in memory.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    wait_until(Duration::from_secs(30), || {
         let cached = metric(cluster.node(leader), "harmonydb_raft_log_cache_bytes");
-        if cached > 0.0 && cached <= 1.5 * 1024.0 * 1024.0 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the leader holds {cached} bytes of entries with a 1 MiB cache"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+        let about_the_cache = cached > 0.0 && cached <= 1.5 * 1024.0 * 1024.0;
+        (!about_the_cache)
+            .then(|| format!("the leader holds {cached} bytes of entries with a 1 MiB cache"))
+    });
 
-    cluster.start_node(follower);
-    let commit = cluster.status(leader)["commit_index"]
-        .as_u64()
-        .expect("commit");
-    cluster.wait_applied(follower, commit, Duration::from_secs(120));
+    rejoin(&mut cluster, follower, leader);
     let read_back: f64 = cluster
         .running()
         .into_iter()
@@ -163,7 +193,7 @@ fn a_follower_behind_the_log_cache_catches_up_from_the_wal_without_a_snapshot() 
                 .await
                 .expect("stale read")
                 .unwrap_or_else(|| panic!("{key} missing on the follower"));
-            assert_eq!(item.value, format!("{i}:{value}").into_bytes());
+            assert_eq!(item.value, value_of(i).into_bytes());
         }
     });
 }
@@ -227,21 +257,12 @@ fn resident_memory_stays_within_pool_log_cache_and_a_margin_under_large_values()
     // 8,000 keys of 4 KB (32 MiB, twice the pool), written three times over:
     // 96 MiB through the Raft log, twelve times the log cache.
     let value = "y".repeat(4096);
-    block_on(async {
-        let client = Client::connect(cluster.tcp[&leader])
-            .await
-            .expect("connect")
-            .with_timeout(Duration::from_secs(60));
-        futures_util::stream::iter(0..24_000u64)
-            .map(|i| {
-                let client = client.clone();
-                let value = format!("{i}:{value}");
-                async move { put_retrying(&client, &format!("m{:04}", i % 8000), &value).await }
-            })
-            .buffer_unordered(32)
-            .collect::<Vec<_>>()
-            .await
-    });
+    put_many(
+        cluster.tcp[&leader],
+        24_000,
+        |i| format!("m{:04}", i % 8000),
+        |i| format!("{i}:{value}"),
+    );
     sampling.store(false, std::sync::atomic::Ordering::Relaxed);
     let peaks = sampler.join().expect("sampler");
     let bound_kib = (POOL_MB + CACHE_MB + MARGIN_MB) * 1024;
@@ -288,26 +309,15 @@ fn a_follower_that_missed_100000_writes_comes_back_by_snapshot() {
         started.elapsed().as_secs_f64()
     );
     // The leader's log no longer reaches back to where the follower stopped.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    wait_until(Duration::from_secs(30), || {
         let snapshot_index = cluster.status(leader)["snapshot_index"]
             .as_u64()
             .unwrap_or(0);
-        if snapshot_index > 50_000 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the leader never compacted its log: {snapshot_index}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+        (snapshot_index <= 50_000)
+            .then(|| format!("the leader never compacted its log: {snapshot_index}"))
+    });
 
-    cluster.start_node(follower);
-    let commit = cluster.status(leader)["commit_index"]
-        .as_u64()
-        .expect("commit");
-    cluster.wait_applied(follower, commit, Duration::from_secs(120));
+    rejoin(&mut cluster, follower, leader);
     assert!(
         cluster
             .node(follower)
@@ -354,11 +364,7 @@ fn a_follower_that_missed_100000_writes_comes_back_by_snapshot() {
     let data_dir = cluster.node(follower).data_dir.clone();
     cluster.kill9(follower);
     std::fs::remove_dir_all(data_dir.join("storage")).expect("remove the storage");
-    cluster.start_node(follower);
-    let commit = cluster.status(leader)["commit_index"]
-        .as_u64()
-        .expect("commit");
-    cluster.wait_applied(follower, commit, Duration::from_secs(120));
+    rejoin(&mut cluster, follower, leader);
     assert!(cluster.node(follower).wait_log(
         "the state is behind the start of the log",
         Duration::from_secs(10)
