@@ -220,15 +220,16 @@ fn resident_memory_stays_within_pool_log_cache_and_a_margin_under_large_values()
         println!("skipping: no /proc to read resident memory from");
         return;
     }
+    let (pool, cache) = (POOL_MB.to_string(), CACHE_MB.to_string());
     let cluster = Cluster::start(
         3,
         &[
             "--raft-tick-ms",
             "50",
             "--buffer-pool-mb",
-            "16",
+            &pool,
             "--raft-log-cache-mb",
-            "8",
+            &cache,
         ],
     );
     let all = cluster.running();
