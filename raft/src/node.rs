@@ -162,8 +162,15 @@ pub struct Ready {
     pub snapshot: Option<Snapshot>,
     /// Entries to persist (replacing any stored from `entries[0].index` on).
     pub entries: Vec<Entry>,
-    /// Messages to send once the above is durable.
+    /// Messages to send once the above is durable, or at once when
+    /// `send_before_persist` says so.
     pub messages: Vec<Message>,
+    /// The messages may go out before this ready is durable: a leader's
+    /// (Raft thesis §10.2.1: its own entries count towards a commit only
+    /// once [`Raft::advance`] says they are persisted, so its and its
+    /// followers' writes overlap). Anyone else's messages promise what is
+    /// on disk (votes, acknowledgements) and wait for it.
+    pub send_before_persist: bool,
     /// Committed entries to apply, in order.
     pub committed_entries: Vec<Entry>,
     /// Reads to serve once the applied index reaches theirs.
@@ -176,6 +183,11 @@ pub struct Ready {
     /// memory: the caller reads each range from its log and hands it back
     /// with [`Raft::log_read_done`] (every one, or `None` if it can't).
     pub log_reads: Vec<LogRead>,
+    /// Snapshots installed from a leader before this ready was taken. An
+    /// install makes the entries it keeps unpersisted again (the caller
+    /// rewrites them after the snapshot), so a ready taken before it must
+    /// not mark them persisted when it is advanced.
+    installs_before: u64,
 }
 
 /// A range of persisted, committed entries the leader must send to `peer`
@@ -271,6 +283,8 @@ pub struct Raft {
     emitted_hard_state: HardState,
     /// Highest entry index handed out in a ready (persisting or persisted).
     emitted_index: u64,
+    /// Snapshots installed from a leader since this member was created.
+    pub(crate) snapshot_installs: u64,
     /// Elections this member started (pre-votes excluded) and won, since
     /// it was created: counters for the replica's metrics.
     pub(crate) elections: ElectionCounts,
@@ -343,6 +357,7 @@ impl Raft {
             log_reads: Vec::new(),
             emitted_hard_state: hard_state,
             emitted_index: last_index,
+            snapshot_installs: 0,
         };
         raft.reset_election_timer();
         Ok(raft)
@@ -575,6 +590,13 @@ impl Raft {
         index
     }
 
+    /// Whether the next ready holds a snapshot to persist. A caller that
+    /// persists several readies at once waits for the ones in flight before
+    /// taking such a ready (its state is restored out of order otherwise).
+    pub fn snapshot_pending(&self) -> bool {
+        self.snapshot_to_persist.is_some()
+    }
+
     /// Whether a ready is waiting.
     pub fn has_ready(&self) -> bool {
         !self.messages.is_empty()
@@ -615,7 +637,16 @@ impl Raft {
             dropped_proposals: Vec::new(),
             dropped_reads: std::mem::take(&mut self.dropped_reads),
             log_reads: std::mem::take(&mut self.log_reads),
+            send_before_persist: self.role == Role::Leader,
+            installs_before: self.snapshot_installs,
         };
+        // Test-only mutation: every member's messages go out before its
+        // write, so acknowledgements and votes promise what the disk may
+        // not hold; the simulator and the nemesis must catch it.
+        #[cfg(feature = "mutation-ack-before-sync")]
+        {
+            ready.send_before_persist = true;
+        }
         self.emitted_hard_state = hard_state;
         self.emitted_index = self.log.last_index();
         // Only persisted entries are applied: a node never applies what its
@@ -640,8 +671,18 @@ impl Raft {
         ready
     }
 
-    /// The caller has done everything `ready` asked.
+    /// The caller has done everything `ready` asked. Readies are advanced
+    /// in the order they were taken; several may be taken before the first
+    /// is advanced (persisted while the next is written).
     pub fn advance(&mut self, ready: &Ready) {
+        if ready.installs_before != self.snapshot_installs {
+            // A snapshot was installed since this ready was taken: what it
+            // wrote is replaced by what the install's ready writes.
+            if self.role == Role::Leader {
+                self.maybe_commit();
+            }
+            return;
+        }
         if let Some(snapshot) = &ready.snapshot {
             if snapshot.meta.index > self.log.stable() {
                 self.log.stable_to(snapshot.meta.index);

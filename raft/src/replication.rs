@@ -380,7 +380,13 @@ impl Raft {
         if self.role != Role::Leader {
             return;
         }
+        #[cfg(not(feature = "mutation-leader-counts-unsynced"))]
         let own_match = self.log.stable();
+        // Test-only mutation: the leader counts its own entries towards a
+        // commit before they are durable (its write still in flight); the
+        // simulator and the nemesis must catch it.
+        #[cfg(feature = "mutation-leader-counts-unsynced")]
+        let own_match = self.log.last_index();
         let quorum_index = self.membership.quorum_index(|id| {
             if id == self.id {
                 own_match

@@ -177,8 +177,10 @@ impl Raft {
     fn install_snapshot(&mut self, snapshot: Snapshot) {
         let meta = snapshot.meta.clone();
         let removed = self.log.restore(meta.clone());
-        // Everything after the snapshot goes to disk again, after it.
+        // Everything after the snapshot goes to disk again, after it (and
+        // readies taken before now no longer count as persisting it).
         self.mark_emitted_up_to(meta.index);
+        self.snapshot_installs += 1;
         // Proposals inside the snapshot: their entries are gone from this
         // log, so their fate can't be told unless it is the snapshot's own
         // entry. (Settled before the removed entries: those at or below the

@@ -626,6 +626,67 @@ fn entries_are_applied_only_after_they_are_persisted() {
 
 // ---------------------------------------------------------------- proposals
 
+/// A follower persists readies in a pipeline: a ready taken before a
+/// snapshot install that keeps the entries after the snapshot must not mark
+/// them persisted when it is advanced, because the install's ready writes
+/// the snapshot (dropping what the disk held after it) and then those
+/// entries again. Advancing it as before left the install's ready with no
+/// entries: the disk lost them while the core counted them as persisted
+/// (the simulator's pipelined seeds found it).
+#[test]
+fn a_ready_taken_before_a_snapshot_install_does_not_count_its_entries_persisted() {
+    let mut follower = member(1, &[1, 2, 3], &[1, 1], hard(1, 2, 0));
+    let entry = |index: u64| Entry {
+        term: 1,
+        index,
+        payload: EntryPayload::Command(vec![index as u8]),
+    };
+    follower.step(message(
+        2,
+        1,
+        1,
+        MessageBody::AppendEntries {
+            prev_log_index: 2,
+            prev_log_term: 1,
+            entries: vec![entry(3), entry(4)],
+            leader_commit: 0,
+        },
+    ));
+    let writing = follower.ready();
+    assert_eq!(
+        writing.entries.iter().map(|e| e.index).collect::<Vec<_>>(),
+        vec![3, 4]
+    );
+    // While that ready is being written, the leader's snapshot at 3
+    // arrives: this log has its last entry, so entry 4 is kept.
+    follower.step(message(
+        2,
+        1,
+        1,
+        MessageBody::InstallSnapshot {
+            meta: harmonydb_raft::SnapshotMeta {
+                index: 3,
+                term: 1,
+                config: harmonydb_raft::Configuration::with_voters([1, 2, 3]),
+            },
+            offset: 0,
+            data: vec![7],
+            done: true,
+        },
+    ));
+    assert!(follower.snapshot_pending());
+    follower.advance(&writing);
+    let install = follower.ready();
+    assert_eq!(install.snapshot.as_ref().map(|s| s.meta.index), Some(3));
+    assert_eq!(
+        install.entries.iter().map(|e| e.index).collect::<Vec<_>>(),
+        vec![4],
+        "the entry kept after the snapshot must be written again after it"
+    );
+    follower.advance(&install);
+    assert!(!follower.has_ready() || follower.ready().entries.is_empty());
+}
+
 #[test]
 fn a_proposal_to_a_follower_is_refused_with_the_leader_named() {
     let mut sim = cluster(3);

@@ -1,8 +1,10 @@
 //! Randomized deterministic simulation of the Raft core: 3- and 5-member
 //! clusters under message loss, duplication, delay/reordering, partitions
 //! (symmetric, one-way, leader isolated, bridge), crash-restart, and in some
-//! seeds membership changes, leadership transfers, snapshots and a log
-//! cache of a few entries (older ones read back from the disk). Safety is
+//! seeds membership changes, leadership transfers, snapshots, a log cache
+//! of a few entries (older ones read back from the disk) and pipelined
+//! persistence (readies taken before the previous one is durable, writes
+//! not yet durable lost in a crash). Safety is
 //! checked after every step; after the faults heal, a leader must emerge and
 //! every acknowledged proposal must be applied everywhere.
 //!
@@ -14,9 +16,17 @@ mod raft_support;
 use harmonydb_raft::{ConfChange, NodeId};
 use raft_support::{NetworkFaults, Sim};
 
-/// Runs one seed; panics with the seed on a violation. Returns how many
-/// reads of evicted entries the disks served.
-pub fn run_seed(seed: u64) -> u64 {
+/// What one seed exercised, so the run can check its paths were taken.
+#[derive(Clone, Copy, Default)]
+pub struct SeedRun {
+    /// Reads of evicted entries the disks served.
+    log_reads_served: u64,
+    /// Readies taken while an older one of the same member was in flight.
+    pipelined_readies: u64,
+}
+
+/// Runs one seed; panics with the seed on a violation.
+pub fn run_seed(seed: u64) -> SeedRun {
     let mut rng = raft_support::Rng::new(seed ^ 0xA5A5);
     let five = rng.chance(50);
     let voters: Vec<NodeId> = if five {
@@ -31,6 +41,11 @@ pub fn run_seed(seed: u64) -> u64 {
     let leases = rng.chance(30);
     // Drawn apart from the rest, so every other choice of a seed stays as it was.
     let evicting = raft_support::Rng::new(seed ^ 0xE71C).chance(40);
+    let pipelined = raft_support::Rng::new(seed ^ 0x91BE).chance(50)
+        || cfg!(any(
+            feature = "mutation-ack-before-sync",
+            feature = "mutation-leader-counts-unsynced"
+        ));
     let others: Vec<NodeId> = if membership { vec![spare] } else { vec![] };
     let mut sim = Sim::new(seed, &voters, &others, |config| {
         config.election_timeout_ticks = 10;
@@ -50,6 +65,16 @@ pub fn run_seed(seed: u64) -> u64 {
     if compaction {
         sim.compact_every = 8;
     }
+    sim.pipelined = pipelined;
+    // Drawn apart too: the disk's speed against the network's, and how
+    // often a member loses power with writes in flight.
+    let mut disk_rng = raft_support::Rng::new(seed ^ 0xD15C);
+    sim.persist_percent = disk_rng.pick(&[20, 50, 80]);
+    let crash_writing_percent = if pipelined {
+        disk_rng.pick(&[0, 2, 5])
+    } else {
+        0
+    };
     sim.mid_step_crash_percent = rng.pick(&[0, 0, 1]);
     let all: Vec<NodeId> = sim.ids();
     let mut next_command = 0u64;
@@ -94,6 +119,9 @@ pub fn run_seed(seed: u64) -> u64 {
                 sim.crash(id);
             }
         }
+        if crash_writing_percent > 0 && disk_rng.chance(crash_writing_percent) {
+            sim.crash_one_writing();
+        }
         for id in all.clone() {
             if !sim.is_up(id) && rng.chance(5) {
                 sim.restart(id);
@@ -120,7 +148,10 @@ pub fn run_seed(seed: u64) -> u64 {
             sim.ids().iter().filter(|id| sim.is_up(**id)).map(|id| sim.raft(*id).status()).collect::<Vec<_>>()
         );
     }
-    sim.log_reads_served
+    SeedRun {
+        log_reads_served: sim.log_reads_served,
+        pipelined_readies: sim.pipelined_readies,
+    }
 }
 
 fn change_faults(sim: &mut Sim, rng: &mut raft_support::Rng, all: &[NodeId]) {
@@ -177,12 +208,15 @@ fn random_faults_never_break_safety_and_the_cluster_recovers() {
     let verbose = std::env::var_os("HARMONYDB_SIM_VERBOSE").is_some();
     let seeds = seeds();
     let mut log_reads_served = 0;
+    let mut pipelined_readies = 0;
     for &seed in &seeds {
         if verbose {
             eprintln!("seed {seed}");
         }
         let result = std::panic::catch_unwind(|| run_seed(seed));
-        log_reads_served += result.as_ref().copied().unwrap_or(0);
+        let run = result.as_ref().copied().unwrap_or_default();
+        log_reads_served += run.log_reads_served;
+        pipelined_readies += run.pipelined_readies;
         if let Err(panic) = result {
             let message = panic
                 .downcast_ref::<String>()
@@ -202,9 +236,14 @@ fn random_faults_never_break_safety_and_the_cluster_recovers() {
             "{} seeds and not one follower was sent evicted entries",
             seeds.len()
         );
+        assert!(
+            pipelined_readies > 0,
+            "{} seeds and no member took a ready before the previous one was durable",
+            seeds.len()
+        );
     }
     eprintln!(
-        "{} seeds; {log_reads_served} reads of evicted entries served",
+        "{} seeds; {log_reads_served} reads of evicted entries served; {pipelined_readies} readies taken with another in flight",
         seeds.len()
     );
 }
@@ -222,4 +261,42 @@ fn the_simulator_catches_a_vote_for_a_stale_log() {
         }
     }
     panic!("voting for stale logs went unnoticed for 2,000 seeds");
+}
+
+/// Mutation check: built with `--features mutation-ack-before-sync`,
+/// members send acknowledgements and votes before their write is durable
+/// (every seed pipelined, so writes are lost in crashes). The simulator
+/// must catch it within 2,000 seeds.
+#[cfg(feature = "mutation-ack-before-sync")]
+#[test]
+fn the_simulator_catches_an_acknowledgement_before_the_sync() {
+    catches_within(2000, "acknowledging before the sync");
+}
+
+/// Mutation check: built with `--features mutation-leader-counts-unsynced`,
+/// a leader counts its own entries towards a commit before its write is
+/// durable. The simulator must catch it within 2,000 seeds.
+#[cfg(feature = "mutation-leader-counts-unsynced")]
+#[test]
+fn the_simulator_catches_a_leader_counting_itself_before_its_sync() {
+    catches_within(2000, "a leader counting its unsynced entries");
+}
+
+#[cfg(any(
+    feature = "mutation-ack-before-sync",
+    feature = "mutation-leader-counts-unsynced"
+))]
+fn catches_within(seeds: u64, mutation: &str) {
+    for seed in 1..=seeds {
+        if let Err(panic) = std::panic::catch_unwind(|| run_seed(seed)) {
+            let message = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            eprintln!("mutation caught at seed {seed}: {message}");
+            return;
+        }
+    }
+    panic!("{mutation} went unnoticed for {seeds} seeds");
 }

@@ -6,10 +6,16 @@
 //! reaches its read index.
 //!
 //! Ordering rules it keeps (see the core's module docs for the contract):
-//! - Readies are persisted one at a time, in order. Proposals that arrive
-//!   meanwhile pile up in the core and go out together in the next ready,
-//!   and a new ready is taken only once the mailbox is drained, so requests
-//!   that arrive together share one: that is where batching comes from.
+//! - Readies are persisted in order, at most `PERSIST_DEPTH_MAX` (two) in
+//!   the WAL writer's hands at once: the next one is written while the
+//!   current one syncs, so the disk never waits for this actor. Proposals
+//!   that arrive meanwhile pile up in the core and go out together in the
+//!   next ready, and a new ready is taken only once the mailbox is
+//!   drained, so requests that arrive together share one: that is where
+//!   batching comes from. Readies are finished (messages sent, the core
+//!   advanced) in the order they were taken, whatever order the writer's
+//!   answers are seen in; a ready holding a snapshot waits for an empty
+//!   pipeline.
 //! - A ready's committed entries are applied, and their writes answered, as
 //!   soon as it is taken: the core hands out only entries already durable,
 //!   so they need not wait for the ready's own new entries to be written.
@@ -17,7 +23,8 @@
 //!   is durable (votes and acknowledgements promise what is on disk). A
 //!   leader sends its AppendEntries before its own write finishes (Raft
 //!   thesis §10.2.1): its own entries count towards a commit only once
-//!   durable, so the leader's and the followers' fsyncs overlap.
+//!   durable, so the leader's and the followers' fsyncs overlap. The core
+//!   says which (`Ready::send_before_persist`).
 //! - A hard state that only moves the commit index is not worth an fsync
 //!   of its own, nor bytes in every sync: it rides along with entries at
 //!   most once a tick, or is written on its own when the replica is idle. A commit index found lower at restart is learned
@@ -57,7 +64,7 @@ pub use snapshot::{
 pub use storage::CheckpointPolicy;
 pub use transfer::{TransferError, TransferLeadership, Transferred};
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -166,11 +173,28 @@ impl actix::Message for DriveNow {
     type Result = ();
 }
 
-/// Internal: a persisted batch of records is durable (or failed). `ready`
-/// is `None` for a hard state written on its own.
+/// Internal: the batch of records handed to the WAL writer as `seq` is
+/// durable (or failed).
 struct Persisted {
-    ready: Option<(Ready, bool)>,
+    seq: u64,
     result: Result<(), WalError>,
+}
+
+/// Most batches of records in the WAL writer's hands at once: one syncing
+/// and the next one written meanwhile. More would only split the batches
+/// that group commit makes.
+const PERSIST_DEPTH_MAX: usize = 2;
+
+/// A batch of records handed to the WAL writer, waiting to be finished in
+/// the order handed over.
+struct InFlight {
+    seq: u64,
+    /// The ready the records came from and whether its messages are still
+    /// to be sent; `None` for records of their own (a hard state, a
+    /// compaction).
+    ready: Option<(Ready, bool)>,
+    /// The writer's answer, once seen.
+    result: Option<Result<(), WalError>>,
 }
 
 impl actix::Message for Persisted {
@@ -237,8 +261,11 @@ pub struct RaftReplica {
     /// Snapshots: the state fetched from the leader, dumps for followers.
     snapshots: snapshot::Snapshots,
     tick_interval: Duration,
-    /// A batch of records is being persisted; the next ready waits.
-    persisting: bool,
+    /// Batches of records handed to the WAL writer and not finished yet,
+    /// oldest first (at most `PERSIST_DEPTH_MAX`).
+    in_flight: VecDeque<InFlight>,
+    /// Sequence number of the next batch handed to the writer.
+    next_persist_seq: u64,
     /// The hard state as handed to the WAL, and a commit-only one waiting.
     hard_states: HardStates,
     /// A drive is scheduled for when the mailbox is drained.
@@ -310,7 +337,8 @@ impl RaftReplica {
             apply_target: 0,
             snapshots: snapshot::Snapshots::default(),
             tick_interval,
-            persisting: false,
+            in_flight: VecDeque::new(),
+            next_persist_seq: 0,
             drive_scheduled: false,
             waiting: Waiting::default(),
             batch_span: None,
@@ -386,21 +414,24 @@ impl RaftReplica {
         }
     }
 
-    /// Takes the next ready, if the previous one is done, and persists it.
+    /// Takes the next ready, if the pipeline has room, and persists it.
     fn drive(&mut self, ctx: &mut Context<Self>) {
-        if self.persisting || self.failed.is_some() {
+        if self.failed.is_some() || self.in_flight.len() >= PERSIST_DEPTH_MAX {
             return;
         }
-        // A compaction's WAL records go out between readies.
-        if self.compact(ctx) {
+        // A compaction's WAL records go out between readies (in the WAL's
+        // order, so after the ones in flight).
+        if self.compact(ctx) && self.in_flight.len() >= PERSIST_DEPTH_MAX {
             return;
         }
         if !self.raft.has_ready() {
             return;
         }
-        // Read before `ready()`: a leader's messages may go out before its
-        // own write (see the module docs); anyone else's wait for it.
-        let leads = self.raft.role() == Role::Leader;
+        // A snapshot replaces the log and the state: installed with nothing
+        // else in flight.
+        if self.raft.snapshot_pending() && !self.in_flight.is_empty() {
+            return;
+        }
         let mut ready = self.raft.ready();
         self.settle(&mut ready);
         self.read_back(std::mem::take(&mut ready.log_reads), ctx);
@@ -422,24 +453,42 @@ impl RaftReplica {
         if let Some(last) = ready.entries.last() {
             self.wal_next_index = last.index + 1;
         }
-        if records.is_empty() {
-            self.apply_committed(ctx);
-            if self.failed.is_none() {
-                self.finish(ready, true, ctx);
-            }
-            return;
-        }
         let span = self.batch_span.take().unwrap_or_else(tracing::Span::none);
-        let messages_sent = leads && !ready.messages.is_empty();
+        let messages_sent = ready.send_before_persist && !ready.messages.is_empty();
         if messages_sent {
             let messages = std::mem::take(&mut ready.messages);
             self.send_in(messages, span.clone());
+        }
+        if records.is_empty() {
+            self.apply_committed(ctx);
+            if self.failed.is_some() {
+                return;
+            }
+            if self.in_flight.is_empty() {
+                self.finish(ready, !messages_sent, ctx);
+                self.drive(ctx);
+            } else {
+                // Nothing to write, but its messages may promise what the
+                // ones in flight write (an acknowledgement of entries a
+                // repeated append brought again): finished after them.
+                let seq = self.next_persist_seq;
+                self.next_persist_seq += 1;
+                self.in_flight.push_back(InFlight {
+                    seq,
+                    ready: Some((ready, !messages_sent)),
+                    result: Some(Ok(())),
+                });
+            }
+            return;
         }
         self.persist_in(records, Some((ready, !messages_sent)), span, ctx);
         // Committed entries are durable already (the core hands out only
         // persisted ones): they are applied and answered while the WAL
         // writes this ready's records, not before it is handed them.
         self.apply_committed(ctx);
+        // The pipeline has room for the next ready: what arrived while this
+        // one was taken goes to the writer while it syncs this one.
+        self.schedule_drive(ctx);
     }
 
     /// Drives once the messages already in the mailbox are handled, so
@@ -470,15 +519,46 @@ impl RaftReplica {
         span: tracing::Span,
         ctx: &mut Context<Self>,
     ) {
-        self.persisting = true;
+        let seq = self.next_persist_seq;
+        self.next_persist_seq += 1;
+        self.in_flight.push_back(InFlight {
+            seq,
+            ready,
+            result: None,
+        });
         let started = Instant::now();
         let append = self.wal.send(Append::with_span(records, span));
         ctx.spawn(append.into_actor(self).map(move |answer, _, ctx| {
             metrics::histogram!("harmonydb_raft_append_duration_seconds")
                 .record(started.elapsed().as_secs_f64());
             let result = answer.unwrap_or(Err(WalError::Stopped)).map(|_| ());
-            ctx.notify(Persisted { ready, result });
+            ctx.notify(Persisted { seq, result });
         }));
+    }
+
+    /// Finishes, in the order they were handed to the writer, the batches
+    /// whose answers are in.
+    fn finish_persisted(&mut self, ctx: &mut Context<Self>) {
+        while self.in_flight.front().is_some_and(|f| f.result.is_some()) {
+            let Some(InFlight { ready, result, .. }) = self.in_flight.pop_front() else {
+                break;
+            };
+            if self.failed.is_some() {
+                continue;
+            }
+            match (result, ready) {
+                (Some(Ok(())), Some((ready, send_messages))) => {
+                    self.finish(ready, send_messages, ctx)
+                }
+                (Some(Ok(())), None) => self.delete_compacted_segments(),
+                (Some(Err(error)), _) => {
+                    warn!(%error, "persisting Raft state failed");
+                    self.fail(NodeFault::new("persisting Raft state", error));
+                }
+                (None, _) => {}
+            }
+        }
+        self.drive(ctx);
     }
 
     fn send(&mut self, messages: Vec<RaftMessage>) {
@@ -548,7 +628,6 @@ impl RaftReplica {
         self.check_membership();
         self.report_metrics();
         self.maybe_finish_shutdown();
-        self.drive(ctx);
     }
 
     /// Reads back from the WAL the entries the core evicted from memory and
@@ -860,7 +939,7 @@ impl RaftReplica {
     /// Whether this member leads a group it is the only voter of, and its
     /// WAL is waiting for space with a ready in hand.
     fn sole_voter_waiting_for_space(&self) -> bool {
-        self.persisting
+        !self.in_flight.is_empty()
             && self.disk.as_ref().is_some_and(DiskMonitor::wal_blocked)
             && self.raft.role() == Role::Leader
             && self.raft.membership().0.voters.len() == 1
@@ -1017,7 +1096,7 @@ impl Actor for RaftReplica {
                 return;
             }
             replica.catch_up_ticks();
-            if !replica.persisting && !replica.raft.has_ready() {
+            if replica.in_flight.is_empty() && !replica.raft.has_ready() {
                 if let Some(hard_state) = replica.hard_states.take_deferred() {
                     let records = records_for(&[], Some(hard_state), replica.wal_next_index);
                     replica.persist(records, None, ctx);
@@ -1133,20 +1212,10 @@ impl Handler<Persisted> for RaftReplica {
 
     fn handle(&mut self, persisted: Persisted, ctx: &mut Self::Context) {
         let _handling = Handling::start("RaftReplica", "Persisted");
-        self.persisting = false;
-        match persisted.result {
-            Ok(()) => match persisted.ready {
-                Some((ready, send_messages)) => self.finish(ready, send_messages, ctx),
-                None => {
-                    self.delete_compacted_segments();
-                    self.drive(ctx)
-                }
-            },
-            Err(error) => {
-                warn!(%error, "persisting Raft state failed");
-                self.fail(NodeFault::new("persisting Raft state", error));
-            }
+        if let Some(in_flight) = self.in_flight.iter_mut().find(|f| f.seq == persisted.seq) {
+            in_flight.result = Some(persisted.result);
         }
+        self.finish_persisted(ctx);
     }
 }
 

@@ -6,7 +6,7 @@
 
 #![allow(dead_code)] // Scenario tests and the simulation use different parts.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use harmonydb_raft::{
     ConfChange, Entry, EntryPayload, LogRead, Message, NodeId, PersistedState, Raft, RaftConfig,
@@ -77,7 +77,12 @@ pub struct SimNode {
     /// answered yet (answered a few at a time, so answers come late and
     /// sometimes no longer fit).
     pub log_reads: Vec<LogRead>,
+    /// Readies taken and not yet durable, oldest first (see `Sim::pipelined`).
+    pub in_flight: VecDeque<Ready>,
 }
+
+/// Most readies a pipelined member has taken and not yet made durable.
+pub const PERSIST_DEPTH_MAX: usize = 2;
 
 /// A message in flight.
 struct InFlight {
@@ -131,6 +136,18 @@ pub struct Sim {
     pub log_reads_served: u64,
     /// Answer every read of evicted entries as unreadable (a disk that lost them).
     pub log_reads_fail: bool,
+    /// Members persist asynchronously, as the replica does: up to
+    /// `PERSIST_DEPTH_MAX` readies are taken before the oldest is durable,
+    /// each becomes durable (in order) with some chance per round, and a
+    /// crash loses those that are not. A leader's messages go out when its
+    /// ready is taken. Off: each ready is durable as soon as it is taken.
+    pub pipelined: bool,
+    /// Percent chance, per round, that a pipelined member's oldest ready
+    /// in flight becomes durable (low: a slow disk, whose writes network
+    /// round trips overtake).
+    pub persist_percent: u64,
+    /// Readies that were taken while an older one was still in flight.
+    pub pipelined_readies: u64,
 }
 
 impl Sim {
@@ -169,6 +186,9 @@ impl Sim {
             sent: Vec::new(),
             log_reads_served: 0,
             log_reads_fail: false,
+            pipelined: false,
+            persist_percent: 60,
+            pipelined_readies: 0,
         };
         for id in voters.iter().chain(others) {
             let disk = PersistedState::bootstrap(voters.iter().copied());
@@ -183,6 +203,7 @@ impl Sim {
                     proposals: BTreeMap::new(),
                     dropped: Vec::new(),
                     log_reads: Vec::new(),
+                    in_flight: VecDeque::new(),
                 },
             );
         }
@@ -365,16 +386,44 @@ impl Sim {
     fn process_readies(&mut self) {
         for id in self.ids() {
             self.answer_log_reads(id);
-            while let Some(ready) = self
-                .nodes
-                .get_mut(&id)
-                .and_then(|n| n.raft.as_mut())
-                .filter(|r| r.has_ready())
-                .map(|r| r.ready())
-            {
-                self.handle_ready(id, ready);
+            if self.pipelined {
+                self.persist_some(id);
+            }
+            while let Some(ready) = self.next_ready(id) {
+                self.take_ready(id, ready);
+                if !self.pipelined {
+                    self.persist_oldest(id);
+                }
             }
             self.maybe_compact(id);
+        }
+    }
+
+    /// The member's next ready, if it has one and room to take it: a
+    /// pipelined member holds at most `PERSIST_DEPTH_MAX` in flight, and a
+    /// ready with a snapshot waits for none to be.
+    fn next_ready(&mut self, id: NodeId) -> Option<Ready> {
+        let node = self.nodes.get_mut(&id)?;
+        let in_flight = node.in_flight.len();
+        let raft = node.raft.as_mut()?;
+        if in_flight >= PERSIST_DEPTH_MAX
+            || !raft.has_ready()
+            || (in_flight > 0 && raft.snapshot_pending())
+        {
+            return None;
+        }
+        Some(raft.ready())
+    }
+
+    /// Makes the member's oldest readies durable, each with a chance of
+    /// `persist_percent` (stopping at the first that is not: the disk
+    /// writes in order).
+    fn persist_some(&mut self, id: NodeId) {
+        while self.nodes[&id].raft.is_some()
+            && !self.nodes[&id].in_flight.is_empty()
+            && self.rng.chance(self.persist_percent)
+        {
+            self.persist_oldest(id);
         }
     }
 
@@ -433,8 +482,32 @@ impl Sim {
             })
     }
 
-    fn handle_ready(&mut self, id: NodeId, ready: Ready) {
+    /// Takes a ready: a leader's messages go out at once; committed
+    /// entries (durable already) are applied; the rest waits in flight.
+    fn take_ready(&mut self, id: NodeId, mut ready: Ready) {
+        if self.pipelined && !self.nodes[&id].in_flight.is_empty() {
+            self.pipelined_readies += 1;
+        }
+        if ready.send_before_persist {
+            for message in std::mem::take(&mut ready.messages) {
+                self.enqueue(message);
+            }
+        }
+        self.apply_ready(id, &ready);
         let node = self.nodes.get_mut(&id).expect("node");
+        if let Some(raft) = node.raft.as_mut() {
+            raft.release_applied(node.state.len() as u64);
+        }
+        node.in_flight.push_back(ready);
+    }
+
+    /// The member's oldest ready in flight becomes durable: its records
+    /// reach the disk, its messages go out, the core advances.
+    fn persist_oldest(&mut self, id: NodeId) {
+        let node = self.nodes.get_mut(&id).expect("node");
+        let Some(ready) = node.in_flight.pop_front() else {
+            return;
+        };
         // 1. Persist: snapshot, entries, hard state.
         if let Some(snapshot) = &ready.snapshot {
             node.disk.snapshot = snapshot.clone();
@@ -447,25 +520,41 @@ impl Sim {
                 .saturating_sub(node.disk.snapshot.meta.index + 1) as usize;
             node.disk.entries.truncate(keep);
             node.disk.entries.extend(ready.entries.iter().cloned());
+            // Entries are appended in index order, so the ends tell whether
+            // a gap opened (checked in every build: a gap is lost data).
             let base = node.disk.snapshot.meta.index;
-            assert!(
-                node.disk
-                    .entries
-                    .iter()
-                    .enumerate()
-                    .all(|(i, e)| e.index == base + 1 + i as u64)
-                    || !cfg!(debug_assertions),
-                "disk log not contiguous after the snapshot"
+            let (first, last) = (
+                node.disk.entries.first().map(|e| e.index),
+                node.disk.entries.last().map(|e| e.index),
             );
+            if first != Some(base + 1) || last != Some(base + node.disk.entries.len() as u64) {
+                let message = format!(
+                    "node {id}: disk log not contiguous after the snapshot at {base}: {first:?}..={last:?} in {} entries",
+                    node.disk.entries.len()
+                );
+                self.fail(&message);
+            }
         }
         if let Some(hard_state) = ready.hard_state {
             node.disk.hard_state = hard_state;
         }
-        // 2. Send.
+        // 2. Send (unless sent when taken).
         for message in ready.messages.clone() {
             self.enqueue(message);
         }
-        // 3. Apply.
+        // 3. Advance; what was applied may leave the core's memory, and
+        // reads of evicted entries are answered later.
+        let node = self.nodes.get_mut(&id).expect("node");
+        if let Some(raft) = node.raft.as_mut() {
+            raft.advance(&ready);
+            raft.release_applied(node.state.len() as u64);
+            node.log_reads.extend(ready.log_reads.iter().cloned());
+        }
+    }
+
+    /// Applies what a ready settles (committed entries, a snapshot's
+    /// state, reads, dropped proposals) and checks it.
+    fn apply_ready(&mut self, id: NodeId, ready: &Ready) {
         let node = self.nodes.get_mut(&id).expect("node");
         if let Some(snapshot) = &ready.snapshot {
             node.state = decode_state(&snapshot.data);
@@ -576,14 +665,6 @@ impl Sim {
                 self.fail(&message);
             }
         }
-        // 4. Advance; what was applied may leave the core's memory, and
-        // reads of evicted entries are answered later.
-        let node = self.nodes.get_mut(&id).expect("node");
-        if let Some(raft) = node.raft.as_mut() {
-            raft.advance(&ready);
-            raft.release_applied(node.state.len() as u64);
-            node.log_reads.extend(ready.log_reads.iter().cloned());
-        }
     }
 
     fn maybe_compact(&mut self, id: NodeId) {
@@ -656,6 +737,23 @@ impl Sim {
         node.raft = None;
         node.proposals.clear();
         node.log_reads.clear();
+        // What was not durable is lost.
+        node.in_flight.clear();
+    }
+
+    /// Crashes a random live member that has writes in flight (a power
+    /// loss while its disk is busy), if there is one.
+    pub fn crash_one_writing(&mut self) {
+        let writing: Vec<NodeId> = self
+            .nodes
+            .iter()
+            .filter(|(_, n)| n.raft.is_some() && !n.in_flight.is_empty())
+            .map(|(id, _)| *id)
+            .collect();
+        if !writing.is_empty() {
+            let victim = self.rng.pick(&writing);
+            self.crash(victim);
+        }
     }
 
     /// Restart from disk; the state machine is rebuilt from the snapshot and
