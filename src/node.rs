@@ -615,14 +615,14 @@ async fn serve(
             refreshed.refresh();
         }
     });
-    let wal_sync_faults = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let wal_faults = Arc::new(harmonydb_actors::wal::WalFaults::default());
     // A failed WAL write or sync ends the node (crash-only): what the
     // kernel kept of the unsynced range is unknown, and a restart recovers
     // from what is on disk.
     let (wal_failed, mut wal_failure) = tokio::sync::mpsc::unbounded_channel::<String>();
     let wal_writer = WalWriter::new(wal, config.fsync)
         .with_disk(disk.clone())
-        .with_sync_faults(wal_sync_faults.clone())
+        .with_faults(wal_faults.clone())
         .on_failure(Box::new(move |error| {
             let _ = wal_failed.send(error.to_string());
         }))
@@ -684,7 +684,7 @@ async fn serve(
         FrontDoor {
             fault_injection: config.enable_fault_injection,
             ready_lag_max_entries: config.ready_max_lag_entries,
-            wal_sync_faults,
+            wal_faults,
         },
     );
     let peer_inbox = PeerInbox::new(

@@ -48,6 +48,9 @@ pub(crate) struct RaftLog {
     /// Highest index the caller says its state machine applied, so it no
     /// longer needs the entry from this log ([`RaftLog::release_to`]).
     released: u64,
+    /// Appends refused because they conflicted with an entry committed
+    /// here: evidence that a committed entry was lost somewhere.
+    committed_conflicts: u64,
 }
 
 impl RaftLog {
@@ -74,6 +77,7 @@ impl RaftLog {
             applied,
             stable: last,
             released: snapshot.index,
+            committed_conflicts: 0,
             cache_first: snapshot.index + 1,
             cached_bytes: 0,
             cache_max_bytes,
@@ -91,6 +95,16 @@ impl RaftLog {
     /// Highest index known committed.
     pub fn committed(&self) -> u64 {
         self.committed
+    }
+
+    /// Appends refused because they conflicted with a committed entry.
+    pub fn committed_conflicts(&self) -> u64 {
+        self.committed_conflicts
+    }
+
+    /// Counts an append refused for conflicting with a committed entry.
+    pub fn note_committed_conflict(&mut self) {
+        self.committed_conflicts += 1;
     }
 
     /// Highest index handed to the caller to apply.
@@ -345,6 +359,7 @@ impl RaftLog {
                     // committed entry can never conflict (Log Matching), so a
                     // message that claims otherwise is refused unapplied.
                     if entry.index <= self.committed {
+                        self.committed_conflicts += 1;
                         return Some((self.committed, removed));
                     }
                     removed.extend(self.truncate_from(entry.index));

@@ -368,6 +368,15 @@ impl Raft {
         self.id
     }
 
+    /// How many times a leader's append conflicted with an entry this
+    /// member holds as committed (and was refused). Never more than 0 in a
+    /// correct cluster: each one means a committed entry was lost
+    /// somewhere, such as by a member that acknowledged what it had not
+    /// persisted. The caller reports it loudly.
+    pub fn committed_conflicts(&self) -> u64 {
+        self.log.committed_conflicts()
+    }
+
     /// Elections this member started and won since it was created.
     pub fn elections(&self) -> ElectionCounts {
         self.elections
@@ -649,6 +658,15 @@ impl Raft {
         }
         self.emitted_hard_state = hard_state;
         self.emitted_index = self.log.last_index();
+        // Test-only mutation: a leader takes its entries as persisted as
+        // soon as it hands them out, so it counts them towards a commit
+        // (and applies them) before its write is durable; the simulator
+        // and the nemesis must catch it.
+        #[cfg(feature = "mutation-leader-counts-unsynced")]
+        if self.role == Role::Leader && self.log.last_index() > self.log.stable() {
+            self.log.stable_to(self.log.last_index());
+            self.maybe_commit();
+        }
         // Only persisted entries are applied: a node never applies what its
         // own disk might not have after a crash.
         let applicable = self.log.committed().min(self.log.stable());

@@ -177,6 +177,16 @@ impl Raft {
             // Already committed here; answer with what we know matches.
             let committed = self.log.committed();
             let skip = (committed - prev_log_index) as usize;
+            // Unless what the leader says of that prefix contradicts it: a
+            // committed entry was lost somewhere. Refused, and counted.
+            let differs =
+                |index: u64, term: u64| self.log.term(index).is_some_and(|held| held != term);
+            if differs(prev_log_index, prev_log_term)
+                || entries.iter().take(skip).any(|e| differs(e.index, e.term))
+            {
+                self.log.note_committed_conflict();
+                return;
+            }
             let rest: Vec<Entry> = entries.into_iter().skip(skip).collect();
             let Some(committed_term) = self.log.term(committed) else {
                 return;
@@ -380,13 +390,7 @@ impl Raft {
         if self.role != Role::Leader {
             return;
         }
-        #[cfg(not(feature = "mutation-leader-counts-unsynced"))]
         let own_match = self.log.stable();
-        // Test-only mutation: the leader counts its own entries towards a
-        // commit before they are durable (its write still in flight); the
-        // simulator and the nemesis must catch it.
-        #[cfg(feature = "mutation-leader-counts-unsynced")]
-        let own_match = self.log.last_index();
         let quorum_index = self.membership.quorum_index(|id| {
             if id == self.id {
                 own_match

@@ -217,6 +217,13 @@ struct FaultBody {
     /// The WAL's next this many syncs fail (the node then restarts).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     wal_sync_failures: Option<u32>,
+    /// Every WAL sync waits this long first (a slow disk; 0 clears it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    wal_sync_delay_ms: Option<u64>,
+    /// Cut the node's power at the WAL's next sync: what it wrote since the
+    /// last sync is lost and the process ends.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    power_cut: bool,
 }
 
 impl FaultBody {
@@ -228,6 +235,8 @@ impl FaultBody {
             duplicate: fault.duplicate,
             delay_ms: u64::try_from(fault.delay.as_millis()).unwrap_or(u64::MAX),
             wal_sync_failures: None,
+            wal_sync_delay_ms: None,
+            power_cut: false,
         }
     }
 }
@@ -559,6 +568,12 @@ async fn admin_fault(
     if let Some(count) = body.wal_sync_failures {
         state.service.fail_wal_syncs(count)?;
     }
+    if let Some(delay_ms) = body.wal_sync_delay_ms {
+        state.service.slow_wal_syncs(delay_ms)?;
+    }
+    if body.power_cut {
+        state.service.cut_power()?;
+    }
     let fault = Fault {
         drop: body.drop,
         loss_percent: body.loss_percent,
@@ -568,6 +583,8 @@ async fn admin_fault(
     state.service.set_fault(&body.peers, fault)?;
     let mut answer = FaultBody::new(body.peers.clone(), &fault);
     answer.wal_sync_failures = body.wal_sync_failures;
+    answer.wal_sync_delay_ms = body.wal_sync_delay_ms;
+    answer.power_cut = body.power_cut;
     Ok(HttpResponse::Ok().json(answer))
 }
 
@@ -933,7 +950,7 @@ mod tests {
             FrontDoor {
                 fault_injection,
                 ready_lag_max_entries: 1000,
-                wal_sync_faults: Default::default(),
+                wal_faults: Default::default(),
             },
         );
         (service, parts.replica)

@@ -59,7 +59,7 @@ pub struct FrontDoor {
     /// while the node says it is ready.
     pub ready_lag_max_entries: u64,
     /// Syncs the WAL is to fail on purpose (fault injection, tests only).
-    pub wal_sync_faults: Arc<std::sync::atomic::AtomicU32>,
+    pub wal_faults: Arc<harmonydb_actors::wal::WalFaults>,
 }
 
 impl Service {
@@ -435,8 +435,33 @@ impl Service {
         self.fault_injection_enabled()?;
         tracing::warn!(count, "fault injected: the WAL's next syncs fail");
         self.front
-            .wal_sync_faults
+            .wal_faults
+            .sync_failures
             .store(count, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Makes every WAL sync of this node wait `delay_ms` first (tests only):
+    /// a slow disk. 0 clears it.
+    pub fn slow_wal_syncs(&self, delay_ms: u64) -> Result<(), ApiError> {
+        self.fault_injection_enabled()?;
+        tracing::warn!(delay_ms, "fault injected: every WAL sync waits first");
+        self.front
+            .wal_faults
+            .sync_delay_ms
+            .store(delay_ms, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Cuts this node's power at its WAL's next sync (tests only): the
+    /// records written since the last sync are lost and the process ends.
+    pub fn cut_power(&self) -> Result<(), ApiError> {
+        self.fault_injection_enabled()?;
+        tracing::warn!("fault injected: power cut at the WAL's next sync");
+        self.front
+            .wal_faults
+            .power_cut
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
 

@@ -50,6 +50,9 @@ const NETNS_HTTP_PORT: u16 = 8080;
 /// How long a fault waits for its sender to learn of a newly joined peer.
 const UNKNOWN_PEER_WAIT: Duration = Duration::from_secs(10);
 
+/// How long a node whose power was cut gets to reach its next WAL sync.
+const POWER_CUT_WAIT: Duration = Duration::from_secs(10);
+
 /// How long a harness HTTP call to a node may take (a paused node never answers).
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -228,6 +231,51 @@ impl NemesisCluster {
             self.old_logs.entry(id).or_default().extend(node.log());
         }
         self.paused.remove(&id);
+    }
+
+    /// Makes every WAL sync of node `id` wait `delay_ms` first (a slow
+    /// disk), through its fault injection; a restart clears it.
+    pub fn slow_disk(&self, id: u64, delay_ms: u64) {
+        let Some(Some(node)) = self.nodes.get(&id) else {
+            return;
+        };
+        let request = self
+            .agent
+            .post(&node.url("/admin/fault"))
+            .set("Content-Type", "application/json");
+        let body = serde_json::json!({ "wal_sync_delay_ms": delay_ms });
+        let (status, answer) = http(request, Some(&body.to_string()));
+        assert_eq!(status, 200, "slow disk on node {id}: {answer}");
+    }
+
+    /// Cuts node `id`'s power through its fault injection: at its WAL's
+    /// next sync it loses what it wrote since the last one and the process
+    /// ends. Waits up to `POWER_CUT_WAIT` for that (the next sync comes with
+    /// the next write; the clients keep writing), else kills it: true if
+    /// the power cut itself ended it. Its log is kept.
+    pub fn power_cut(&mut self, id: u64) -> bool {
+        let Some(Some(node)) = self.nodes.get(&id) else {
+            return false;
+        };
+        let request = self
+            .agent
+            .post(&node.url("/admin/fault"))
+            .set("Content-Type", "application/json");
+        let (status, answer) = http(request, Some(r#"{"power_cut":true}"#));
+        assert_eq!(status, 200, "power cut on node {id}: {answer}");
+        let deadline = Instant::now() + POWER_CUT_WAIT;
+        let mut cut = false;
+        while Instant::now() < deadline {
+            if let Some(Some(node)) = self.nodes.get_mut(&id) {
+                if node.exited() {
+                    cut = true;
+                    break;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.kill9(id);
+        cut
     }
 
     /// SIGSTOP: the process stops where it is, sockets and all.

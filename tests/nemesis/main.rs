@@ -346,7 +346,11 @@ fn print_report(report: &RunReport, records: &[Record], seed: u64) {
     }
 }
 
-#[cfg(not(feature = "mutation-follower-local-reads"))]
+#[cfg(not(any(
+    feature = "mutation-follower-local-reads",
+    feature = "mutation-ack-before-sync",
+    feature = "mutation-leader-counts-unsynced"
+)))]
 mod scenarios {
     use super::*;
 
@@ -425,6 +429,11 @@ mod scenarios {
     }
 
     #[test]
+    fn power_cut_with_writes_in_flight() {
+        assert_clean(Scenario::PowerCut, process_backend());
+    }
+
+    #[test]
     fn everything_mixed_by_fault_filter() {
         assert_clean(Scenario::Mixed, Backend::Filter);
     }
@@ -473,5 +482,54 @@ fn the_harness_catches_followers_serving_linearizable_reads_locally() {
         check.violations.len(),
         check.keys.len(),
         first as f64 / 1e9
+    );
+}
+
+/// With members acknowledging before their write is durable, a power cut of
+/// a follower must lose acknowledged writes and the harness must find it
+/// (`cargo test --features mutation-ack-before-sync --test nemesis`).
+#[cfg(feature = "mutation-ack-before-sync")]
+#[test]
+fn the_harness_catches_acknowledgements_before_the_sync() {
+    catches_lost_writes("acknowledgements before the sync");
+}
+
+/// With a leader counting (and applying) its entries before its write is
+/// durable, a power cut of the leader must lose acknowledged writes and the
+/// harness must find it (`cargo test --features
+/// mutation-leader-counts-unsynced --test nemesis`).
+#[cfg(feature = "mutation-leader-counts-unsynced")]
+#[test]
+fn the_harness_catches_a_leader_counting_itself_before_its_sync() {
+    catches_lost_writes("a leader counting its unsynced entries");
+}
+
+#[cfg(any(
+    feature = "mutation-ack-before-sync",
+    feature = "mutation-leader-counts-unsynced"
+))]
+fn catches_lost_writes(mutation: &str) {
+    let seconds = run_seconds(30);
+    let report = run_scenario(Scenario::PowerCut, Backend::Filter, seconds)
+        .expect("the fault filter backend always runs");
+    // Lost acknowledged writes show as reads the checker can't linearize
+    // when a client reads the key before writing it again, and always as a
+    // member refusing a new leader's log that conflicts with its committed
+    // entries once the partition heals.
+    let caught: Vec<&String> = report
+        .verification
+        .anomalies
+        .iter()
+        .filter(|a| a.starts_with("not linearizable") || a.starts_with("committed entry lost"))
+        .collect();
+    assert!(
+        !caught.is_empty(),
+        "{mutation} went unnoticed in a {seconds} s run: {}",
+        report.verification.check
+    );
+    println!(
+        "{mutation} caught in a {seconds} s run: {} anomalies showing lost writes (the checker: {})",
+        caught.len(),
+        report.verification.check
     );
 }

@@ -32,7 +32,7 @@ pub enum Scenario {
     /// Every link loses a share of what it carries (and, through the fault
     /// filter, delivers Raft messages twice). Only as part of `Mixed`.
     Flaky,
-    /// Each round one of the above at random.
+    /// Each round one of the above (or a power cut) at random.
     Mixed,
     /// A new node joins (`--join`) and, once it votes, an old one (the
     /// leader half the time) is removed and killed; half the time another
@@ -41,6 +41,14 @@ pub enum Scenario {
     /// Each round a replacement, a partition, an isolated leader or a
     /// kill -9, at random; the first round is always a replacement.
     MembershipMixed,
+    /// A power cut of one node while every commit needs it: a minority is
+    /// cut off (falls behind), then the node, the leader every other round
+    /// and a follower the rest, loses what it wrote since its last sync and
+    /// restarts; the nodes that had every write it promised are cut off,
+    /// and it forms a majority with the ones behind. Nothing acknowledged
+    /// may be lost: a node acknowledges (a leader counts itself) only what
+    /// it has synced.
+    PowerCut,
 }
 
 impl Scenario {
@@ -57,10 +65,11 @@ impl Scenario {
             Scenario::Mixed => "all of them mixed",
             Scenario::Replace => "replace a member",
             Scenario::MembershipMixed => "membership changes mixed with faults",
+            Scenario::PowerCut => "power cut with writes in flight",
         }
     }
 
-    const SINGLE: [Scenario; 7] = [
+    const SINGLE: [Scenario; 8] = [
         Scenario::PartitionMajorityMinority,
         Scenario::IsolateLeader,
         Scenario::Bridge,
@@ -68,6 +77,7 @@ impl Scenario {
         Scenario::Kill,
         Scenario::Pause,
         Scenario::Flaky,
+        Scenario::PowerCut,
     ];
 
     const WITH_MEMBERSHIP: [Scenario; 4] = [
@@ -135,6 +145,7 @@ pub fn run(
         let before = nanos_since(start);
         let (description, minority, undo) = match kind {
             Scenario::Replace => replace(cluster, targets, rng),
+            Scenario::PowerCut => power_cut(cluster, rng, cut_the_leader(events.len())),
             kind => inject(cluster, kind, rng),
         };
         // A replacement is under way from its first step.
@@ -323,10 +334,86 @@ fn inject(
                 Undo::Heal,
             )
         }
-        Scenario::Mixed | Scenario::MembershipMixed | Scenario::Replace => {
-            unreachable!("mixed scenarios pick a single kind per round; replace has its own")
+        Scenario::Mixed | Scenario::MembershipMixed | Scenario::Replace | Scenario::PowerCut => {
+            unreachable!(
+                "mixed scenarios pick a single kind per round; replacements and power cuts have their own"
+            )
         }
     }
+}
+
+/// How long the minority is cut off before the power cut, so the writes
+/// committed meanwhile are on the other nodes only.
+const POWER_CUT_LAG: Duration = Duration::from_secs(1);
+
+/// How long each WAL sync of the power cut's victim waits first.
+const POWER_CUT_SLOW_SYNC_MS: u64 = 20;
+
+/// Whether round `round` of power cuts cuts the leader's power: every other
+/// round, except in a mutation check, which cuts the role whose promise its
+/// mutation breaks every round.
+fn cut_the_leader(round: usize) -> bool {
+    if cfg!(feature = "mutation-ack-before-sync") {
+        false
+    } else if cfg!(feature = "mutation-leader-counts-unsynced") {
+        true
+    } else {
+        round.is_multiple_of(2)
+    }
+}
+
+/// See `Scenario::PowerCut`. `leader`: cut the leader's power, else a
+/// follower's.
+fn power_cut(
+    cluster: &mut NemesisCluster,
+    rng: &mut Rng,
+    leader: bool,
+) -> (String, BTreeSet<u64>, Undo) {
+    let ids = cluster.ids();
+    let current = leader_or_random(cluster, rng);
+    let victim = if leader {
+        current
+    } else {
+        let followers: Vec<u64> = ids.iter().copied().filter(|id| *id != current).collect();
+        followers[rng.below(followers.len() as u64) as usize]
+    };
+    let others = shuffled(
+        &ids.iter()
+            .copied()
+            .filter(|id| *id != victim)
+            .collect::<Vec<_>>(),
+        rng,
+    );
+    // A minority falls behind; the victim and the holders are a bare
+    // majority, so every commit needs the victim.
+    let (behind, holders) = others.split_at((ids.len() - 1) / 2);
+    let with_victim = |nodes: &[u64]| [nodes, &[victim]].concat();
+    cut_both_ways(cluster, behind, &with_victim(holders));
+    // The victim's disk is slow, so its next writes are taken (and the
+    // network answers) while a sync is under way: where a node that
+    // promises too early would do so.
+    cluster.slow_disk(victim, POWER_CUT_SLOW_SYNC_MS);
+    std::thread::sleep(POWER_CUT_LAG);
+    let cut = cluster.power_cut(victim);
+
+    // The holders have every write the victim promised; without them the
+    // victim comes back with what it synced and leads the ones behind.
+    cluster.heal().unwrap_or_else(|e| panic!("heal: {e}"));
+    cut_both_ways(cluster, holders, &with_victim(behind));
+    cluster.start_node(victim);
+    (
+        format!(
+            "power cut of {} {victim} ({}) while {behind:?} were cut off, then {holders:?} cut off",
+            if leader { "leader" } else { "follower" },
+            if cut {
+                "lost its unsynced writes"
+            } else {
+                "no sync in time: killed"
+            }
+        ),
+        holders.iter().copied().collect(),
+        Undo::Heal,
+    )
 }
 
 /// Waits up to `timeout` for `done`, checking every 100 ms.

@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use harmonydb_checker::{check, CheckOptions, CheckResult, Nanos, Outcome, Verdict};
 
+use harmonydb_actors::replica::COMMITTED_ENTRY_CONFLICT;
+
 use crate::clients::Record;
 use crate::nemesis::FaultEvent;
 
@@ -94,6 +96,7 @@ pub fn verify(
 
     let leaders = acknowledging_leaders(logs);
     anomalies.extend(leaders_sharing_a_term(&leaders));
+    anomalies.extend(committed_conflicts(logs));
     anomalies.extend(minority_writes(records, events));
 
     let recovered = records
@@ -114,6 +117,25 @@ pub fn verify(
         leader_terms: leaders.len(),
         anomalies,
     }
+}
+
+/// Members that saw a leader's log conflict with an entry they held as
+/// committed: a committed entry was lost (whether or not a client's read
+/// happened to show it).
+fn committed_conflicts(logs: &BTreeMap<u64, Vec<String>>) -> Vec<String> {
+    let mut found = Vec::new();
+    for (node, lines) in logs {
+        let first = lines.iter().find(|line| {
+            serde_json::from_str::<serde_json::Value>(line)
+                .is_ok_and(|event| event["message"] == COMMITTED_ENTRY_CONFLICT)
+        });
+        if let Some(line) = first {
+            found.push(format!(
+                "committed entry lost: node {node} was sent a log that conflicts with an entry it had committed: {line}"
+            ));
+        }
+    }
+    found
 }
 
 /// Which nodes acknowledged writes as leader in each term, from their logs.

@@ -180,6 +180,14 @@ struct Persisted {
     result: Result<(), WalError>,
 }
 
+/// The error a member logs when a leader's append conflicts with an entry
+/// it holds as committed (the nemesis looks for it).
+pub const COMMITTED_ENTRY_CONFLICT: &str =
+    "a leader's log conflicts with an entry committed here: a committed entry was lost";
+
+/// At most one log line per this interval about refused conflicting appends.
+const COMMITTED_CONFLICT_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
 /// Most batches of records in the WAL writer's hands at once: one syncing
 /// and the next one written meanwhile. More would only split the batches
 /// that group commit makes.
@@ -266,6 +274,11 @@ pub struct RaftReplica {
     in_flight: VecDeque<InFlight>,
     /// Sequence number of the next batch handed to the writer.
     next_persist_seq: u64,
+    /// Appends the core refused for conflicting with a committed entry,
+    /// as last reported.
+    committed_conflicts_seen: u64,
+    /// When such a refusal was last logged.
+    committed_conflict_logged: Option<Instant>,
     /// The hard state as handed to the WAL, and a commit-only one waiting.
     hard_states: HardStates,
     /// A drive is scheduled for when the mailbox is drained.
@@ -339,6 +352,8 @@ impl RaftReplica {
             tick_interval,
             in_flight: VecDeque::new(),
             next_persist_seq: 0,
+            committed_conflicts_seen: 0,
+            committed_conflict_logged: None,
             drive_scheduled: false,
             waiting: Waiting::default(),
             batch_span: None,
@@ -1025,6 +1040,32 @@ impl RaftReplica {
         .publish();
     }
 
+    /// Reports, loudly, a leader's append that conflicted with an entry
+    /// committed here: a committed entry was lost somewhere (a member
+    /// acknowledged, or a leader counted, what it had not persisted). The
+    /// core refuses such appends; nothing here can repair it.
+    fn check_committed_conflicts(&mut self, from: NodeId) {
+        let conflicts = self.raft.committed_conflicts();
+        if conflicts > self.committed_conflicts_seen {
+            metrics::counter!("harmonydb_raft_committed_conflicts_total")
+                .increment(conflicts - self.committed_conflicts_seen);
+            self.committed_conflicts_seen = conflicts;
+            // The leader retries every heartbeat: one line per interval.
+            let due = self
+                .committed_conflict_logged
+                .is_none_or(|at| at.elapsed() >= COMMITTED_CONFLICT_LOG_INTERVAL);
+            if due {
+                self.committed_conflict_logged = Some(Instant::now());
+                error!(
+                    leader = from,
+                    commit = self.raft.status().commit,
+                    refused_appends = conflicts,
+                    "{COMMITTED_ENTRY_CONFLICT}"
+                );
+            }
+        }
+    }
+
     fn note_incoming(&mut self, message: &RaftMessage) {
         if let Some(trip) = self.contacts.heard(message, self.raft.term()) {
             metrics::histogram!("harmonydb_raft_peer_round_trip_seconds", "peer" => message.from.to_string())
@@ -1139,7 +1180,9 @@ impl Handler<Step> for RaftReplica {
                 self.raft.remind_removed(from);
             }
         }
+        let from = message.from;
         self.raft.step(message);
+        self.check_committed_conflicts(from);
         self.note_leader();
         self.schedule_drive(ctx);
     }

@@ -437,6 +437,18 @@ impl Wal {
         Ok(read)
     }
 
+    /// Loses what was appended since the last sync, as a power cut would:
+    /// its bytes are zeroed and the next record goes where the first of
+    /// them was. Returns the bytes lost. Only the power-cut fault uses it,
+    /// and the process ends right after: nothing else here is rewound.
+    pub fn drop_unsynced(&mut self) -> usize {
+        let active = &mut self.active;
+        let lost = active.write_offset - active.synced_offset;
+        active.map[active.synced_offset..active.write_offset].fill(0);
+        active.write_offset = active.synced_offset;
+        lost
+    }
+
     /// Makes every appended record durable (msync of the written range, which
     /// the kernel runs as an fdatasync of that range).
     pub fn sync(&mut self) -> Result<(), WalError> {

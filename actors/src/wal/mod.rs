@@ -18,8 +18,8 @@ pub use log::{
     SEGMENT_SIZE_MIN_BYTES,
 };
 pub use writer::{
-    Append, DeleteBelow, FsyncPolicy, GetStats, ReadEntries, Sync, WalEntry, WalStats, WalWriter,
-    WAL_MAILBOX_CAPACITY,
+    Append, DeleteBelow, FsyncPolicy, GetStats, ReadEntries, Sync, WalEntry, WalFaults, WalStats,
+    WalWriter, WAL_MAILBOX_CAPACITY,
 };
 
 /// Everything that can go wrong in the WAL.

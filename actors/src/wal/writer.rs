@@ -22,7 +22,7 @@
 //! is on disk.
 
 use std::str::FromStr;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -209,6 +209,22 @@ struct Blocked {
     span: tracing::Span,
 }
 
+/// Faults a test can inject into the WAL writer (`POST /admin/fault`).
+#[derive(Debug, Default)]
+pub struct WalFaults {
+    /// Syncs still to fail, counted down as they fail.
+    pub sync_failures: AtomicU32,
+    /// At its next sync, the writer loses what it wrote since the last one
+    /// and ends the process, as a power cut would (see `cut_power`).
+    pub power_cut: AtomicBool,
+    /// Milliseconds every sync waits before it starts: a slow disk.
+    pub sync_delay_ms: AtomicU64,
+}
+
+/// How long the writer holds still after an injected power cut before the
+/// process ends.
+const POWER_CUT_LINGER: std::time::Duration = std::time::Duration::from_millis(300);
+
 /// Called once when the WAL fails for good (a write or sync error).
 pub type FailureHook = Box<dyn Fn(&WalError) + Send>;
 
@@ -234,8 +250,8 @@ pub struct WalWriter {
     /// An append waiting for space, and the ones that came after it.
     blocked: Option<Blocked>,
     disk: Option<DiskMonitor>,
-    /// Syncs still to fail on purpose (fault injection, for tests).
-    sync_faults: Arc<AtomicU32>,
+    /// Faults to inject on purpose (for tests).
+    faults: Arc<WalFaults>,
     /// Index of the last record a sync made durable.
     synced_index: u64,
     on_failure: Option<FailureHook>,
@@ -260,7 +276,7 @@ impl WalWriter {
             },
             blocked: None,
             disk: None,
-            sync_faults: Arc::new(AtomicU32::new(0)),
+            faults: Arc::new(WalFaults::default()),
             synced_index: last_index,
             on_failure: None,
         }
@@ -272,10 +288,10 @@ impl WalWriter {
         self
     }
 
-    /// Fails as many syncs as `faults` holds, counting it down (fault
-    /// injection, for tests: `POST /admin/fault` with `wal_sync_failures`).
-    pub fn with_sync_faults(mut self, faults: Arc<AtomicU32>) -> Self {
-        self.sync_faults = faults;
+    /// Injects the faults `faults` asks for (for tests: `POST /admin/fault`
+    /// with `wal_sync_failures` or `power_cut`).
+    pub fn with_faults(mut self, faults: Arc<WalFaults>) -> Self {
+        self.faults = faults;
         self
     }
 
@@ -397,8 +413,18 @@ impl WalWriter {
             return Ok(());
         }
         let started = Instant::now();
+        let delay_ms = self.faults.sync_delay_ms.load(Ordering::Relaxed);
+        if delay_ms > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        }
+        // After the slow disk's delay: the power goes while a sync is under
+        // way, with whatever the node did meanwhile on the strength of it.
+        if self.faults.power_cut.load(Ordering::Relaxed) {
+            self.cut_power();
+        }
         let injected = self
-            .sync_faults
+            .faults
+            .sync_failures
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
             .is_ok();
         let synced = if injected {
@@ -420,6 +446,24 @@ impl WalWriter {
         self.stats.syncs += 1;
         self.stats.sync_time_total_us += elapsed.as_micros() as u64;
         Ok(())
+    }
+
+    /// The injected power cut: the records written since the last sync are
+    /// lost, as the disk would lose them, and the process ends. Before it
+    /// does, the writer holds still for `POWER_CUT_LINGER` while the rest of
+    /// the node goes on: messages already handed to the network leave, as
+    /// they would from a machine whose disk (not network) was the slow part.
+    /// Whatever those messages promised about this write is now false, and
+    /// a correct node never promised anything about it.
+    fn cut_power(&mut self) -> ! {
+        let lost = self.wal.drop_unsynced();
+        error!(
+            lost_bytes = lost,
+            synced_index = self.synced_index,
+            "power cut (injected fault): the records written since the last sync are lost; exiting"
+        );
+        std::thread::sleep(POWER_CUT_LINGER);
+        std::process::abort();
     }
 
     /// Syncs once and answers the whole batch.

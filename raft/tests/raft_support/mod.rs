@@ -834,6 +834,14 @@ impl Sim {
                 }
             }
         }
+        // No leader ever sends a log that conflicts with a committed entry.
+        for (id, raft) in &live {
+            if raft.committed_conflicts() > 0 {
+                self.fail(&format!(
+                    "node {id} was sent a log that conflicts with an entry it had committed"
+                ));
+            }
+        }
         // Log matching: if two logs have an entry with the same index and
         // term, they are identical up to it.
         for (a, (id_a, raft_a)) in live.iter().enumerate() {
