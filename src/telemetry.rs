@@ -388,6 +388,7 @@ const UNLABELLED_COUNTERS: &[&str] = &[
     "harmonydb_raft_elections_won_total",
     "harmonydb_raft_proposals_committed_total",
     "harmonydb_raft_proposals_failed_total",
+    "harmonydb_raft_committed_conflicts_total",
     "harmonydb_raft_snapshots_sent_total",
     "harmonydb_raft_snapshots_received_total",
     "harmonydb_raft_snapshot_bytes_received_total",
@@ -578,6 +579,10 @@ fn describe_metrics() {
     describe_counter!(
         "harmonydb_raft_proposals_failed_total",
         "Writes proposed by this node that a newer leader replaced: never applied."
+    );
+    describe_counter!(
+        "harmonydb_raft_committed_conflicts_total",
+        "Appends refused because the leader's log contradicted an entry committed here: a committed entry was lost somewhere. Always 0 in a healthy cluster."
     );
     describe_gauge!(
         "harmonydb_raft_proposals_pending",
