@@ -251,9 +251,9 @@ impl NemesisCluster {
     /// Cuts node `id`'s power through its fault injection: at its WAL's
     /// next sync it loses what it wrote since the last one and the process
     /// ends. Waits up to `POWER_CUT_WAIT` for that (the next sync comes with
-    /// the next write; the clients keep writing), else kills it: true if
-    /// the power cut itself ended it. Its log is kept.
-    pub fn power_cut(&mut self, id: u64) -> bool {
+    /// the next write; the clients keep writing), and never past `until`,
+    /// else kills it: true if the power cut itself ended it. Its log is kept.
+    pub fn power_cut(&mut self, id: u64, until: Instant) -> bool {
         let Some(Some(node)) = self.nodes.get(&id) else {
             return false;
         };
@@ -263,7 +263,7 @@ impl NemesisCluster {
             .set("Content-Type", "application/json");
         let (status, answer) = http(request, Some(r#"{"power_cut":true}"#));
         assert_eq!(status, 200, "power cut on node {id}: {answer}");
-        let deadline = Instant::now() + POWER_CUT_WAIT;
+        let deadline = (Instant::now() + POWER_CUT_WAIT).min(until);
         let mut cut = false;
         while Instant::now() < deadline {
             if let Some(Some(node)) = self.nodes.get_mut(&id) {

@@ -130,8 +130,7 @@ pub fn run(
     rng: &mut Rng,
 ) -> Vec<FaultEvent> {
     let mut events = Vec::new();
-    while Instant::now() + schedule.quiet + schedule.hold <= until {
-        std::thread::sleep(schedule.quiet);
+    loop {
         let kind = match scenario {
             Scenario::Mixed => Scenario::SINGLE[rng.below(Scenario::SINGLE.len() as u64) as usize],
             // The first round replaces a member, so even a short run has one.
@@ -142,10 +141,14 @@ pub fn run(
             }
             single => single,
         };
+        if Instant::now() + schedule.quiet + setup_time(kind) + schedule.hold > until {
+            break;
+        }
+        std::thread::sleep(schedule.quiet);
         let before = nanos_since(start);
         let (description, minority, undo) = match kind {
             Scenario::Replace => replace(cluster, targets, rng),
-            Scenario::PowerCut => power_cut(cluster, rng, cut_the_leader(events.len())),
+            Scenario::PowerCut => power_cut(cluster, rng, cut_the_leader(events.len()), until),
             kind => inject(cluster, kind, rng),
         };
         // A replacement is under way from its first step.
@@ -154,7 +157,14 @@ pub fn run(
         } else {
             nanos_since(start)
         };
-        std::thread::sleep(schedule.hold);
+        // A fault whose setup ran long (a power cut waits for its victim's
+        // next sync) is held only until faults must end, so the run keeps
+        // its fault-free end.
+        std::thread::sleep(
+            schedule
+                .hold
+                .min(until.saturating_duration_since(Instant::now())),
+        );
         let fault_end = nanos_since(start);
         undo.apply(cluster);
         events.push(FaultEvent {
@@ -169,6 +179,15 @@ pub fn run(
         panic!("restoring the cluster failed: {error}");
     }
     events
+}
+
+/// About how long a fault of `kind` takes to put in place beyond the
+/// schedule's hold.
+fn setup_time(kind: Scenario) -> Duration {
+    match kind {
+        Scenario::PowerCut => POWER_CUT_LAG + Duration::from_secs(1),
+        _ => Duration::ZERO,
+    }
 }
 
 /// How to take a fault back.
@@ -363,11 +382,13 @@ fn cut_the_leader(round: usize) -> bool {
 }
 
 /// See `Scenario::PowerCut`. `leader`: cut the leader's power, else a
-/// follower's.
+/// follower's; `until`: when faults must end (a victim that has not synced
+/// by then is killed instead).
 fn power_cut(
     cluster: &mut NemesisCluster,
     rng: &mut Rng,
     leader: bool,
+    until: Instant,
 ) -> (String, BTreeSet<u64>, Undo) {
     let ids = cluster.ids();
     let current = leader_or_random(cluster, rng);
@@ -394,7 +415,9 @@ fn power_cut(
     // promises too early would do so.
     cluster.slow_disk(victim, POWER_CUT_SLOW_SYNC_MS);
     std::thread::sleep(POWER_CUT_LAG);
-    let cut = cluster.power_cut(victim);
+    let asked = Instant::now();
+    let cut = cluster.power_cut(victim, until);
+    let waited_ms = asked.elapsed().as_millis();
 
     // The holders have every write the victim promised; without them the
     // victim comes back with what it synced and leads the ones behind.
@@ -406,9 +429,9 @@ fn power_cut(
             "power cut of {} {victim} ({}) while {behind:?} were cut off, then {holders:?} cut off",
             if leader { "leader" } else { "follower" },
             if cut {
-                "lost its unsynced writes"
+                format!("lost its unsynced writes {waited_ms} ms after the cut was asked")
             } else {
-                "no sync in time: killed"
+                format!("no sync within {waited_ms} ms: killed")
             }
         ),
         holders.iter().copied().collect(),
