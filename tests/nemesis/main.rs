@@ -13,7 +13,9 @@
 //!
 //! Each run lasts `HARMONYDB_NEMESIS_SECONDS` (30 by default);
 //! `HARMONYDB_NEMESIS_SEED` replays a run's fault choices;
-//! `HARMONYDB_NEMESIS_RESULTS=<file>` appends each row to a file. The long
+//! `HARMONYDB_NEMESIS_RESULTS=<file>` appends each row to a file;
+//! `HARMONYDB_NEMESIS_LOGS=<text>` prints the nodes' log lines holding it.
+//! The long
 //! run by hand is `scripts/nemesis-long` (10 minutes per scenario).
 
 #[path = "../common/mod.rs"]
@@ -214,7 +216,17 @@ fn run_scenario(scenario: Scenario, backend: Backend, seconds: u64) -> Option<Ru
         ));
         records.extend(final_reads);
     }
-    let mut verification = verify::verify(&records, &events, &cluster.logs(), recovered_from);
+    let logs = cluster.logs();
+    // `HARMONYDB_NEMESIS_LOGS=<text>`: every node's log lines holding it,
+    // for looking into a run (leader changes, power cuts, ...).
+    if let Ok(needle) = std::env::var("HARMONYDB_NEMESIS_LOGS") {
+        for (node, lines) in &logs {
+            for line in lines.iter().filter(|l| l.contains(&needle)) {
+                println!("  node {node}: {line}");
+            }
+        }
+    }
+    let mut verification = verify::verify(&records, &events, &logs, recovered_from);
     if leader.is_none() {
         verification
             .anomalies

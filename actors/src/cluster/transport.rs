@@ -49,6 +49,21 @@ const FRAME_BATCH_SIZE_MAX_BYTES: usize = 8 * 1024 * 1024;
 pub const FRAME_BUDGET_DEFAULT_BYTES: usize = 4 * 1024 * 1024;
 
 const BACKOFF_MIN: Duration = Duration::from_millis(20);
+
+/// A connection attempt with no answer by then is given up and retried:
+/// during a partition the kernel's SYN retries back off to many seconds,
+/// and the link would stay down that long after the partition heals.
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Data the peer has not acknowledged for this long ends the connection
+/// (`TCP_USER_TIMEOUT`), and the writer connects again. Without it a link
+/// cut by a partition stays in the kernel's retransmission back-off, which
+/// doubles to seconds, and carries nothing for that long after the
+/// partition heals (the nemesis's power-cut rounds over iptables saw a
+/// majority go 10 s without a leader so). A peer's kernel acknowledges
+/// even while the peer process is stopped or slow, so only the network
+/// trips it.
+const UNACKED_TIMEOUT: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 /// What travels on a peer link: Raft messages from one node to another.
@@ -414,7 +429,12 @@ async fn write_to_peer(
             // The link was replaced or pruned.
             return;
         }
-        let stream = match TcpStream::connect(addr.as_str()).await {
+        let connected =
+            match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr.as_str())).await {
+                Ok(result) => result.map_err(|e| e.to_string()),
+                Err(_) => Err(format!("no answer within {CONNECT_TIMEOUT:?}")),
+            };
+        let stream = match connected {
             Ok(stream) => stream,
             Err(error) => {
                 debug!(peer, %addr, %error, "peer unreachable; retrying");
@@ -425,6 +445,7 @@ async fn write_to_peer(
         };
         backoff = BACKOFF_MIN;
         let _ = stream.set_nodelay(true);
+        let _ = socket2::SockRef::from(&stream).set_tcp_user_timeout(Some(UNACKED_TIMEOUT));
         let mut sink = FramedWrite::new(stream, codec(PEER_FRAME_SIZE_MAX_BYTES));
         while let Some((mut messages, mut traces)) = queue.recv().await {
             // Batches queued meanwhile go out with this one, their entries'
