@@ -359,7 +359,7 @@ impl RaftLog {
                     // committed entry can never conflict (Log Matching), so a
                     // message that claims otherwise is refused unapplied.
                     if entry.index <= self.committed {
-                        self.committed_conflicts += 1;
+                        self.note_committed_conflict();
                         return Some((self.committed, removed));
                     }
                     removed.extend(self.truncate_from(entry.index));

@@ -694,11 +694,9 @@ impl Raft {
     /// is advanced (persisted while the next is written).
     pub fn advance(&mut self, ready: &Ready) {
         if ready.installs_before != self.snapshot_installs {
-            // A snapshot was installed since this ready was taken: what it
-            // wrote is replaced by what the install's ready writes.
-            if self.role == Role::Leader {
-                self.maybe_commit();
-            }
+            // A snapshot was installed since this ready was taken (so this
+            // member follows): what it wrote is replaced by what the
+            // install's ready writes.
             return;
         }
         if let Some(snapshot) = &ready.snapshot {

@@ -565,15 +565,11 @@ async fn admin_fault(
     body: web::Json<FaultBody>,
 ) -> Result<HttpResponse, ApiError> {
     state.access.authorize(&request)?;
-    if let Some(count) = body.wal_sync_failures {
-        state.service.fail_wal_syncs(count)?;
-    }
-    if let Some(delay_ms) = body.wal_sync_delay_ms {
-        state.service.slow_wal_syncs(delay_ms)?;
-    }
-    if body.power_cut {
-        state.service.cut_power()?;
-    }
+    state.service.set_wal_faults(
+        body.wal_sync_failures,
+        body.wal_sync_delay_ms,
+        body.power_cut,
+    )?;
     let fault = Fault {
         drop: body.drop,
         loss_percent: body.loss_percent,

@@ -430,38 +430,38 @@ impl Service {
         readiness_of(&self.status().await?, self.front.ready_lag_max_entries)
     }
 
-    /// Makes the WAL's next `count` syncs fail (tests only).
-    pub fn fail_wal_syncs(&self, count: u32) -> Result<(), ApiError> {
+    /// Sets the WAL's injected faults (tests only): its next `sync_failures`
+    /// syncs fail; every sync waits `sync_delay_ms` first (a slow disk; 0
+    /// clears it); with `power_cut`, at its next sync the records written
+    /// since the last one are lost and the process ends. `None` and `false`
+    /// leave a fault as it is.
+    pub fn set_wal_faults(
+        &self,
+        sync_failures: Option<u32>,
+        sync_delay_ms: Option<u64>,
+        power_cut: bool,
+    ) -> Result<(), ApiError> {
+        use std::sync::atomic::Ordering::Relaxed;
         self.fault_injection_enabled()?;
-        tracing::warn!(count, "fault injected: the WAL's next syncs fail");
-        self.front
-            .wal_faults
-            .sync_failures
-            .store(count, std::sync::atomic::Ordering::Relaxed);
-        Ok(())
-    }
-
-    /// Makes every WAL sync of this node wait `delay_ms` first (tests only):
-    /// a slow disk. 0 clears it.
-    pub fn slow_wal_syncs(&self, delay_ms: u64) -> Result<(), ApiError> {
-        self.fault_injection_enabled()?;
-        tracing::warn!(delay_ms, "fault injected: every WAL sync waits first");
-        self.front
-            .wal_faults
-            .sync_delay_ms
-            .store(delay_ms, std::sync::atomic::Ordering::Relaxed);
-        Ok(())
-    }
-
-    /// Cuts this node's power at its WAL's next sync (tests only): the
-    /// records written since the last sync are lost and the process ends.
-    pub fn cut_power(&self) -> Result<(), ApiError> {
-        self.fault_injection_enabled()?;
-        tracing::warn!("fault injected: power cut at the WAL's next sync");
-        self.front
-            .wal_faults
-            .power_cut
-            .store(true, std::sync::atomic::Ordering::Relaxed);
+        if sync_failures.is_none() && sync_delay_ms.is_none() && !power_cut {
+            return Ok(());
+        }
+        tracing::warn!(
+            ?sync_failures,
+            ?sync_delay_ms,
+            power_cut,
+            "fault injected into the WAL"
+        );
+        let faults = &self.front.wal_faults;
+        if let Some(count) = sync_failures {
+            faults.sync_failures.store(count, Relaxed);
+        }
+        if let Some(delay_ms) = sync_delay_ms {
+            faults.sync_delay_ms.store(delay_ms, Relaxed);
+        }
+        if power_cut {
+            faults.power_cut.store(true, Relaxed);
+        }
         Ok(())
     }
 

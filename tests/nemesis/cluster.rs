@@ -236,16 +236,23 @@ impl NemesisCluster {
     /// Makes every WAL sync of node `id` wait `delay_ms` first (a slow
     /// disk), through its fault injection; a restart clears it.
     pub fn slow_disk(&self, id: u64, delay_ms: u64) {
+        let body = serde_json::json!({ "wal_sync_delay_ms": delay_ms });
+        if let Some((status, answer)) = self.post_fault(id, &body) {
+            assert_eq!(status, 200, "slow disk on node {id}: {answer}");
+        }
+    }
+
+    /// Posts `body` to node `id`'s `/admin/fault`: its status and answer,
+    /// or None if the node is not running.
+    fn post_fault(&self, id: u64, body: &serde_json::Value) -> Option<(u16, String)> {
         let Some(Some(node)) = self.nodes.get(&id) else {
-            return;
+            return None;
         };
         let request = self
             .agent
             .post(&node.url("/admin/fault"))
             .set("Content-Type", "application/json");
-        let body = serde_json::json!({ "wal_sync_delay_ms": delay_ms });
-        let (status, answer) = http(request, Some(&body.to_string()));
-        assert_eq!(status, 200, "slow disk on node {id}: {answer}");
+        Some(http(request, Some(&body.to_string())))
     }
 
     /// Cuts node `id`'s power through its fault injection: at its WAL's
@@ -254,14 +261,10 @@ impl NemesisCluster {
     /// the next write; the clients keep writing), and never past `until`,
     /// else kills it: true if the power cut itself ended it. Its log is kept.
     pub fn power_cut(&mut self, id: u64, until: Instant) -> bool {
-        let Some(Some(node)) = self.nodes.get(&id) else {
+        let body = serde_json::json!({ "power_cut": true });
+        let Some((status, answer)) = self.post_fault(id, &body) else {
             return false;
         };
-        let request = self
-            .agent
-            .post(&node.url("/admin/fault"))
-            .set("Content-Type", "application/json");
-        let (status, answer) = http(request, Some(r#"{"power_cut":true}"#));
         assert_eq!(status, 200, "power cut on node {id}: {answer}");
         let deadline = (Instant::now() + POWER_CUT_WAIT).min(until);
         let mut cut = false;
@@ -338,9 +341,6 @@ impl NemesisCluster {
 
     /// Sets (or with None clears) the fault filter of node `from` for `to`.
     fn set_filter(&self, from: u64, to: &[u64], fault: Option<LinkFault>) {
-        let Some(Some(node)) = self.nodes.get(&from) else {
-            return;
-        };
         let body = match fault {
             None => serde_json::json!({ "peers": to }),
             Some(LinkFault::Cut) => serde_json::json!({ "peers": to, "drop": true }),
@@ -356,11 +356,9 @@ impl NemesisCluster {
         // shortly is enough.
         let deadline = Instant::now() + UNKNOWN_PEER_WAIT;
         loop {
-            let request = self
-                .agent
-                .post(&node.url("/admin/fault"))
-                .set("Content-Type", "application/json");
-            let (status, answer) = http(request, Some(&body.to_string()));
+            let Some((status, answer)) = self.post_fault(from, &body) else {
+                return;
+            };
             if status == 400 && answer.contains("is not a peer") && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(100));
                 continue;

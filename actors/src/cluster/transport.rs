@@ -49,6 +49,7 @@ const FRAME_BATCH_SIZE_MAX_BYTES: usize = 8 * 1024 * 1024;
 pub const FRAME_BUDGET_DEFAULT_BYTES: usize = 4 * 1024 * 1024;
 
 const BACKOFF_MIN: Duration = Duration::from_millis(20);
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 /// A connection attempt with no answer by then is given up and retried:
 /// during a partition the kernel's SYN retries back off to many seconds,
@@ -60,11 +61,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 /// cut by a partition stays in the kernel's retransmission back-off, which
 /// doubles to seconds, and carries nothing for that long after the
 /// partition heals (the nemesis's power-cut rounds over iptables saw a
-/// majority go 10 s without a leader so). A peer's kernel acknowledges
+/// connected majority go 7.9 s without a leader so). A peer's kernel acknowledges
 /// even while the peer process is stopped or slow, so only the network
 /// trips it.
 const UNACKED_TIMEOUT: Duration = Duration::from_secs(1);
-const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 /// What travels on a peer link: Raft messages from one node to another.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

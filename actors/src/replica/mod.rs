@@ -479,21 +479,12 @@ impl RaftReplica {
             if self.failed.is_some() {
                 return;
             }
-            if self.in_flight.is_empty() {
-                self.finish(ready, !messages_sent, ctx);
-                self.drive(ctx);
-            } else {
-                // Nothing to write, but its messages may promise what the
-                // ones in flight write (an acknowledgement of entries a
-                // repeated append brought again): finished after them.
-                let seq = self.next_persist_seq;
-                self.next_persist_seq += 1;
-                self.in_flight.push_back(InFlight {
-                    seq,
-                    ready: Some((ready, !messages_sent)),
-                    result: Some(Ok(())),
-                });
-            }
+            // Nothing to write, but its messages may promise what the ones
+            // in flight write (an acknowledgement of entries a repeated
+            // append brought again): it joins the queue already done, and is
+            // finished at once if nothing is ahead of it.
+            self.track(Some((ready, !messages_sent)), Some(Ok(())));
+            self.finish_persisted(ctx);
             return;
         }
         self.persist_in(records, Some((ready, !messages_sent)), span, ctx);
@@ -534,13 +525,7 @@ impl RaftReplica {
         span: tracing::Span,
         ctx: &mut Context<Self>,
     ) {
-        let seq = self.next_persist_seq;
-        self.next_persist_seq += 1;
-        self.in_flight.push_back(InFlight {
-            seq,
-            ready,
-            result: None,
-        });
+        let seq = self.track(ready, None);
         let started = Instant::now();
         let append = self.wal.send(Append::with_span(records, span));
         ctx.spawn(append.into_actor(self).map(move |answer, _, ctx| {
@@ -551,26 +536,37 @@ impl RaftReplica {
         }));
     }
 
-    /// Finishes, in the order they were handed to the writer, the batches
-    /// whose answers are in.
+    /// Queues a batch to be finished in order (`result` already in for one
+    /// with nothing to write); returns its sequence number.
+    fn track(&mut self, ready: Option<(Ready, bool)>, result: Option<Result<(), WalError>>) -> u64 {
+        let seq = self.next_persist_seq;
+        self.next_persist_seq += 1;
+        self.in_flight.push_back(InFlight { seq, ready, result });
+        seq
+    }
+
+    /// Finishes, in the order they were queued, the batches whose answers
+    /// are in, then takes the next ready.
     fn finish_persisted(&mut self, ctx: &mut Context<Self>) {
         while self.in_flight.front().is_some_and(|f| f.result.is_some()) {
-            let Some(InFlight { ready, result, .. }) = self.in_flight.pop_front() else {
+            let Some(InFlight {
+                ready,
+                result: Some(result),
+                ..
+            }) = self.in_flight.pop_front()
+            else {
                 break;
             };
             if self.failed.is_some() {
                 continue;
             }
             match (result, ready) {
-                (Some(Ok(())), Some((ready, send_messages))) => {
-                    self.finish(ready, send_messages, ctx)
-                }
-                (Some(Ok(())), None) => self.delete_compacted_segments(),
-                (Some(Err(error)), _) => {
+                (Ok(()), Some((ready, send_messages))) => self.finish(ready, send_messages, ctx),
+                (Ok(()), None) => self.delete_compacted_segments(),
+                (Err(error), _) => {
                     warn!(%error, "persisting Raft state failed");
                     self.fail(NodeFault::new("persisting Raft state", error));
                 }
-                (None, _) => {}
             }
         }
         self.drive(ctx);

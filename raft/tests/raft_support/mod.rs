@@ -547,7 +547,6 @@ impl Sim {
         let node = self.nodes.get_mut(&id).expect("node");
         if let Some(raft) = node.raft.as_mut() {
             raft.advance(&ready);
-            raft.release_applied(node.state.len() as u64);
             node.log_reads.extend(ready.log_reads.iter().cloned());
         }
     }
